@@ -1,0 +1,299 @@
+//! Server side of SCRAM-SHA-256 (RFC 5802 / 7677) as PostgreSQL speaks it.
+//!
+//! Verifiers use PostgreSQL's stored format, `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`,
+//! so an admin can copy one from `pg_authid` or generate it with any PostgreSQL tool.
+//! Channel binding (`-PLUS`) is not offered; clients fall back to plain SCRAM-SHA-256.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+const DEFAULT_ITERATIONS: u32 = 4096;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    stored_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(<redacted>)")
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+impl Verifier {
+    pub fn from_password(password: &str) -> Verifier {
+        let mut salt = vec![0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        Verifier::derive(password, salt, DEFAULT_ITERATIONS)
+    }
+
+    pub fn derive(password: &str, salt: Vec<u8>, iterations: u32) -> Verifier {
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iterations, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let server_key = hmac(&salted, b"Server Key");
+        Verifier {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        }
+    }
+
+    /// Parses PostgreSQL's stored verifier format.
+    pub fn parse(text: &str) -> Result<Verifier, String> {
+        let err = || {
+            "expected a SCRAM-SHA-256 verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`"
+                .to_string()
+        };
+        let rest = text.strip_prefix("SCRAM-SHA-256$").ok_or_else(err)?;
+        let (params, keys) = rest.split_once('$').ok_or_else(err)?;
+        let (iter, salt) = params.split_once(':').ok_or_else(err)?;
+        let (stored, server) = keys.split_once(':').ok_or_else(err)?;
+        let iterations: u32 = iter.parse().map_err(|_| err())?;
+        if iterations == 0 {
+            return Err(err());
+        }
+        let salt = B64.decode(salt).map_err(|_| err())?;
+        let key = |s: &str| -> Result<[u8; 32], String> {
+            B64.decode(s)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+                .ok_or_else(err)
+        };
+        Ok(Verifier {
+            iterations,
+            salt,
+            stored_key: key(stored)?,
+            server_key: key(server)?,
+        })
+    }
+
+    pub fn to_stored(&self) -> String {
+        format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
+    }
+}
+
+/// Why an exchange failed. Protocol errors are the client's fault (08P01); a wrong
+/// proof is a failed login (28P01).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScramError {
+    Protocol(String),
+    WrongProof,
+}
+
+/// One server-side exchange, driven by the session's startup code.
+pub struct ScramExchange {
+    verifier: Verifier,
+    /// Unknown users run a full exchange against a fake verifier, so the reply time
+    /// and messages do not reveal which user names exist.
+    known_user: bool,
+    nonce: String,
+    client_first_bare: String,
+    server_first: String,
+}
+
+impl ScramExchange {
+    pub fn new(verifier: Option<&Verifier>) -> ScramExchange {
+        let (verifier, known_user) = match verifier {
+            Some(v) => (v.clone(), true),
+            None => {
+                let mut salt = vec![0u8; 16];
+                rand::thread_rng().fill_bytes(&mut salt);
+                (Verifier::derive("", salt, DEFAULT_ITERATIONS), false)
+            }
+        };
+        ScramExchange {
+            verifier,
+            known_user,
+            nonce: String::new(),
+            client_first_bare: String::new(),
+            server_first: String::new(),
+        }
+    }
+
+    /// Consumes client-first-message and returns server-first-message.
+    pub fn client_first(&mut self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let message = std::str::from_utf8(message)
+            .map_err(|_| ScramError::Protocol("SCRAM message is not UTF-8".into()))?;
+        // gs2-header: "n,," (no binding) or "y,," (client could bind, server did not offer).
+        let bare = if let Some(rest) = message.strip_prefix("n,,") {
+            rest
+        } else if let Some(rest) = message.strip_prefix("y,,") {
+            rest
+        } else if message.starts_with("p=") {
+            return Err(ScramError::Protocol(
+                "SCRAM channel binding was requested but the server did not offer SCRAM-SHA-256-PLUS"
+                    .into(),
+            ));
+        } else {
+            return Err(ScramError::Protocol(
+                "malformed SCRAM client-first-message".into(),
+            ));
+        };
+        let client_nonce = bare
+            .split(',')
+            .find_map(|attr| attr.strip_prefix("r="))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+            .ok_or_else(|| ScramError::Protocol("SCRAM client nonce missing".into()))?;
+        let mut server_nonce = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut server_nonce);
+        self.nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
+        self.client_first_bare = bare.to_owned();
+        self.server_first = format!(
+            "r={},s={},i={}",
+            self.nonce,
+            B64.encode(&self.verifier.salt),
+            self.verifier.iterations
+        );
+        Ok(self.server_first.clone().into_bytes())
+    }
+
+    /// Consumes client-final-message; on success returns server-final-message.
+    pub fn client_final(&self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let message = std::str::from_utf8(message)
+            .map_err(|_| ScramError::Protocol("SCRAM message is not UTF-8".into()))?;
+        let (without_proof, proof) = message
+            .rsplit_once(",p=")
+            .ok_or_else(|| ScramError::Protocol("SCRAM proof missing".into()))?;
+        let mut binding = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(v) = attr.strip_prefix("c=") {
+                binding = Some(v);
+            } else if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            }
+        }
+        if !matches!(binding, Some("biws") | Some("eSws")) {
+            return Err(ScramError::Protocol(
+                "unexpected SCRAM channel binding".into(),
+            ));
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Protocol("SCRAM nonce mismatch".into()));
+        }
+        let proof = B64
+            .decode(proof)
+            .ok()
+            .filter(|p| p.len() == 32)
+            .ok_or_else(|| ScramError::Protocol("malformed SCRAM proof".into()))?;
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
+        let mut client_key = [0u8; 32];
+        for i in 0..32 {
+            client_key[i] = proof[i] ^ client_signature[i];
+        }
+        let computed: [u8; 32] = Sha256::digest(client_key).into();
+        let matches: bool = computed.ct_eq(&self.verifier.stored_key).into();
+        if !matches || !self.known_user {
+            return Err(ScramError::WrongProof);
+        }
+        let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plays the client side of RFC 7677 to check the server end to end.
+    fn client_final_for(password: &str, client_first_bare: &str, server_first: &str) -> String {
+        let parts: Vec<&str> = server_first.split(',').collect();
+        let nonce = &parts[0][2..];
+        let salt = B64.decode(&parts[1][2..]).unwrap();
+        let iters: u32 = parts[2][2..].parse().unwrap();
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iters, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth = format!("{client_first_bare},{server_first},{without_proof}");
+        let sig = hmac(&stored, auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
+    #[test]
+    fn right_password_passes_and_wrong_fails() {
+        let v = Verifier::from_password("s3cret");
+        for (password, ok) in [("s3cret", true), ("wrong", false)] {
+            let mut ex = ScramExchange::new(Some(&v));
+            let sf = ex.client_first(b"n,,n=,r=abcdef").unwrap();
+            let cf = client_final_for(password, "n=,r=abcdef", std::str::from_utf8(&sf).unwrap());
+            assert_eq!(ex.client_final(cf.as_bytes()).is_ok(), ok);
+        }
+    }
+
+    #[test]
+    fn unknown_user_always_fails() {
+        let mut ex = ScramExchange::new(None);
+        let sf = ex.client_first(b"n,,n=,r=abc").unwrap();
+        let cf = client_final_for("", "n=,r=abc", std::str::from_utf8(&sf).unwrap());
+        assert_eq!(ex.client_final(cf.as_bytes()), Err(ScramError::WrongProof));
+    }
+
+    #[test]
+    fn stored_format_round_trips_and_rejects_garbage() {
+        let v = Verifier::from_password("x");
+        assert_eq!(Verifier::parse(&v.to_stored()).unwrap(), v);
+        for bad in [
+            "",
+            "md5abc",
+            "SCRAM-SHA-256$x:y$z:w",
+            "SCRAM-SHA-256$4096:AAAA$AAAA:AAAA",
+        ] {
+            assert!(Verifier::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn garbage_messages_are_protocol_errors() {
+        let v = Verifier::from_password("x");
+        let mut ex = ScramExchange::new(Some(&v));
+        assert!(matches!(
+            ex.client_first(b"\xff\xfe"),
+            Err(ScramError::Protocol(_))
+        ));
+        assert!(matches!(
+            ex.client_first(b"p=tls-server-end-point,,n=,r=a"),
+            Err(ScramError::Protocol(_))
+        ));
+        ex.client_first(b"n,,n=,r=abc").unwrap();
+        assert!(matches!(
+            ex.client_final(b"c=biws,r=zzz,p=AAAA"),
+            Err(ScramError::Protocol(_))
+        ));
+        assert!(matches!(
+            ex.client_final(b"nonsense"),
+            Err(ScramError::Protocol(_))
+        ));
+    }
+}

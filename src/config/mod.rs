@@ -1,0 +1,355 @@
+//! The one TOML file an admin writes: parsed strictly (unknown keys are errors) and
+//! validated before anything listens, so a typo never silently changes behaviour.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, always naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub lake: LakeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Directory of the config file; relative paths in the config resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The database name clients connect to; others are refused with 3D000.
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Most concurrent client connections; further ones are refused with 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may take from connect to finished authentication.
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            database: default_database(),
+            tls: TlsConfig::default(),
+            max_connections: default_max_connections(),
+            auth_timeout_secs: default_auth_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:5439".into()
+}
+fn default_database() -> String {
+    "sluice".into()
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_auth_timeout() -> u64 {
+    30
+}
+
+/// Which clients may skip TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Plaintext {
+    /// Every connection must negotiate TLS (the default).
+    #[default]
+    Never,
+    /// Plaintext only from loopback addresses (development).
+    Loopback,
+    /// Plaintext from anywhere (behind a TLS-terminating proxy only).
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Without `cert` and `key`, a self-signed certificate is generated.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_plaintext: Plaintext,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub users: Vec<LocalUser>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalUser {
+    pub name: String,
+    /// Plaintext password (development only); hashed into a SCRAM verifier at load.
+    pub password: Option<String>,
+    /// A stored SCRAM-SHA-256 verifier, as in PostgreSQL's `pg_authid.rolpassword`.
+    pub scram: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    pub local: Option<LocalLakeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalLakeConfig {
+    /// `<root>/<database>/<table>/[key=value/…]*.parquet|csv|json`
+    pub root: PathBuf,
+    /// Generate the NYC-taxi demo data set under `root` when it is missing.
+    #[serde(default)]
+    pub demo_data: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `sluice=debug,info`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, base_dir)
+    }
+
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.base_dir = base_dir;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.server.listen.parse().map_err(|e| {
+            format!(
+                "`{}` is not a socket address such as 127.0.0.1:5439 ({e})",
+                self.server.listen
+            )
+        })
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        self.listen_addr()
+            .map_err(|m| invalid("server.listen".into(), m))?;
+        if self.server.database.is_empty() {
+            return Err(invalid(
+                "server.database".into(),
+                "must not be empty".into(),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        match (&self.server.tls.cert, &self.server.tls.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server.tls.key".into(),
+                    "is required when server.tls.cert is set".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server.tls.cert".into(),
+                    "is required when server.tls.key is set".into(),
+                ));
+            }
+            _ => {}
+        }
+        let mut names = BTreeSet::new();
+        for (i, user) in self.auth.users.iter().enumerate() {
+            let key = |field: &str| format!("auth.users[{i}].{field}");
+            if user.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty".into()));
+            }
+            if !names.insert(user.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("user `{}` is defined twice", user.name),
+                ));
+            }
+            match (&user.password, &user.scram) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("scram"),
+                        "set either `password` or `scram`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        key("password"),
+                        "a local user needs `password` or `scram`".into(),
+                    ));
+                }
+                (None, Some(verifier)) => {
+                    crate::auth::scram::Verifier::parse(verifier)
+                        .map_err(|m| invalid(key("scram"), m))?;
+                }
+                (Some(p), None) if p.is_empty() => {
+                    return Err(invalid(key("password"), "must not be empty".into()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(local) = &self.lake.local
+            && local.root.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "lake.local.root".into(),
+                "must not be empty".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level".into(), e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::from("/etc/sluice"))
+    }
+
+    #[test]
+    fn empty_file_gives_secure_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:5439");
+        assert_eq!(c.server.tls.allow_plaintext, Plaintext::Never);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_is_named() {
+        let e = parse("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+    }
+
+    #[test]
+    fn user_needs_a_secret() {
+        let e = parse("[[auth.users]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.users[0].password"), "{e}");
+    }
+
+    #[test]
+    fn bad_verifier_is_named() {
+        let e = parse("[[auth.users]]\nname = \"a\"\nscram = \"md5abc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.users[0].scram"), "{e}");
+    }
+
+    #[test]
+    fn cert_without_key_is_refused() {
+        let e = parse("[server.tls]\ncert = \"a.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.tls.key"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_config_dir() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.resolve(Path::new("data")),
+            PathBuf::from("/etc/sluice/data")
+        );
+    }
+}

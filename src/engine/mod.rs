@@ -1,0 +1,200 @@
+//! The local query engine: one shared DataFusion context holding the lake catalog,
+//! `pg_catalog` and `information_schema`; each statement gets a cheap per-session
+//! copy of its state (default schema, time zone, who is asking).
+
+pub mod encode;
+pub mod params;
+pub mod types;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use crate::config::Config;
+use crate::lake;
+use crate::server::error::{PgError, SqlState};
+
+/// The version string `version()` returns; clients parse the leading "PostgreSQL x.y".
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {} (Sluice {}) on {}-linux, compiled by rustc",
+        crate::server::settings::SERVER_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// Who is asking and with which session settings: everything that changes how a
+/// statement is planned.
+#[derive(Debug, Clone)]
+pub struct QueryContext {
+    pub user: String,
+    pub search_path: String,
+    pub time_zone: String,
+    pub backend_pid: i32,
+}
+
+pub struct Engine {
+    ctx: SessionContext,
+    database: String,
+    parser: PostgresCompatibilityParser,
+    catalog: Arc<MemoryCatalogProvider>,
+}
+
+impl Engine {
+    pub async fn new(config: &Config) -> Result<Engine, String> {
+        let database = config.server.database.clone();
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(&database, "public");
+        let ctx = SessionContext::new_with_config(session_config);
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog
+            .register_schema("public", Arc::new(MemorySchemaProvider::new()))
+            .map_err(|e| e.to_string())?;
+        ctx.register_catalog(&database, catalog.clone());
+
+        if let Some(local) = &config.lake.local {
+            let root = config.resolve(&local.root);
+            if local.demo_data {
+                if lake::demo::ensure(&root)? {
+                    tracing::info!(root = %root.display(), "generated demo data");
+                }
+            } else if !root.is_dir() {
+                return Err(format!(
+                    "lake.local.root: {} is not a directory (set demo_data = true to generate the demo data there)",
+                    root.display()
+                ));
+            }
+            for (name, schema) in lake::local::discover(&ctx, &root).await? {
+                if matches!(
+                    name.as_str(),
+                    "public" | "pg_catalog" | "information_schema"
+                ) {
+                    tracing::warn!(database = %name, "lake database name is reserved; skipped");
+                    continue;
+                }
+                catalog
+                    .register_schema(&name, schema)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+
+        setup_pg_catalog(&ctx, &database, EmptyContextProvider)
+            .map_err(|e| format!("cannot set up pg_catalog: {e}"))?;
+
+        Ok(Engine {
+            ctx,
+            database,
+            parser: PostgresCompatibilityParser::new(),
+            catalog,
+        })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Lake schemas (databases) visible in this catalog.
+    pub fn schema_names(&self) -> Vec<String> {
+        self.catalog.schema_names()
+    }
+
+    /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
+    /// with the rewrites that let common client catalog queries run on DataFusion.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, PgError> {
+        self.parser
+            .parse(sql)
+            .map_err(|e| PgError::new(SqlState::SYNTAX_ERROR, parser_message(&e.to_string())))
+    }
+
+    fn state_for(&self, qc: &QueryContext) -> SessionState {
+        let mut state = self.ctx.state();
+        let schema = self.default_schema(&qc.search_path);
+        let options = state.config_mut().options_mut();
+        options.catalog.default_schema = schema.clone();
+        if !qc.time_zone.eq_ignore_ascii_case("utc") {
+            options.execution.time_zone = Some(qc.time_zone.clone());
+        }
+        let constant = |name: &str, value: String| {
+            let v = ScalarValue::Utf8(Some(value));
+            Arc::new(create_udf(
+                name,
+                vec![],
+                DataType::Utf8,
+                Volatility::Stable,
+                Arc::new(move |_| Ok(ColumnarValue::Scalar(v.clone()))),
+            ))
+        };
+        use datafusion::execution::FunctionRegistry;
+        let _ = state.register_udf(constant("session_user", qc.user.clone()));
+        let _ = state.register_udf(constant("current_user", qc.user.clone()));
+        let _ = state.register_udf(constant("current_schema", schema));
+        let _ = state.register_udf(constant("version", version_string()));
+        let pid = ScalarValue::Int32(Some(qc.backend_pid));
+        let _ = state.register_udf(Arc::new(create_udf(
+            "pg_backend_pid",
+            vec![],
+            DataType::Int32,
+            Volatility::Stable,
+            Arc::new(move |_| Ok(ColumnarValue::Scalar(pid.clone()))),
+        )));
+        state
+    }
+
+    /// The first schema on the search path that exists, like PostgreSQL.
+    fn default_schema(&self, search_path: &str) -> String {
+        let names = self.catalog.schema_names();
+        search_path
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_lowercase())
+            .find(|s| s != "$user" && names.iter().any(|n| n == s))
+            .unwrap_or_else(|| "public".into())
+    }
+
+    /// Plans one statement. Only read-only queries are allowed through.
+    pub async fn plan(&self, stmt: &Statement, qc: &QueryContext) -> Result<LogicalPlan, PgError> {
+        let state = self.state_for(qc);
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt.clone())))
+            .await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| PgError::new(SqlState::READ_ONLY_SQL_TRANSACTION, e.to_string()))?;
+        Ok(plan)
+    }
+
+    /// Starts executing a plan; batches arrive as the client consumes them.
+    pub async fn execute(
+        &self,
+        plan: LogicalPlan,
+        qc: &QueryContext,
+    ) -> Result<SendableRecordBatchStream, PgError> {
+        let state = self.state_for(qc);
+        let physical = state.create_physical_plan(&plan).await?;
+        Ok(execute_stream(physical, state.task_ctx())?)
+    }
+}
+
+/// sqlparser's messages read "sql parser error: Expected: …"; keep the useful part.
+fn parser_message(s: &str) -> String {
+    let s = s.strip_prefix("sql parser error: ").unwrap_or(s);
+    format!("syntax error: {s}")
+}

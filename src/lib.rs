@@ -1,0 +1,13 @@
+//! Sluice: a federated SQL gateway that speaks the PostgreSQL wire protocol.
+//!
+//! See ARCHITECTURE.md for the map. A statement flows
+//! `server` (wire, TLS, session) → `route` (where it runs) → `engine` (DataFusion over
+//! the `lake` catalogs) → back through `engine::encode` to the client.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod lake;
+pub mod route;
+pub mod server;

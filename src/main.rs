@@ -1,0 +1,176 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+
+/// Sluice: a federated SQL gateway speaking the PostgreSQL protocol.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Start the gateway.
+    Serve {
+        /// Config file (default: conf/sluice.toml, the embedded demo set-up).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and exit (non-zero on error), without serving.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Generate the NYC-taxi demo data set into a directory (skipped if present).
+    DemoData {
+        /// Target directory (default: the config's lake.local.root).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the SCRAM-SHA-256 verifier for a password (for `auth.users[].scram`).
+    HashPassword {
+        /// The password; read from standard input when omitted.
+        password: Option<String>,
+    },
+}
+
+fn config_path(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| PathBuf::from("conf/sluice.toml"))
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("sluice: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::CheckConfig { config } => {
+            let path = config_path(config);
+            match load(&path) {
+                Ok(c) => {
+                    if let Err(e) = sluice::server::tls::load(&c) {
+                        eprintln!("sluice: invalid configuration: {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                    println!("{}: configuration is valid", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Commands::HashPassword { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() {
+                        eprintln!("sluice: cannot read password from standard input");
+                        return ExitCode::FAILURE;
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            println!(
+                "{}",
+                sluice::auth::scram::Verifier::from_password(&password).to_stored()
+            );
+            ExitCode::SUCCESS
+        }
+        Commands::DemoData { dir, config } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => {
+                    let path = config_path(config);
+                    let c = match load(&path) {
+                        Ok(c) => c,
+                        Err(code) => return code,
+                    };
+                    match &c.lake.local {
+                        Some(l) => c.resolve(&l.root),
+                        None => {
+                            eprintln!("sluice: {} has no [lake.local]; pass --dir", path.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            match sluice::lake::demo::ensure(&dir) {
+                Ok(true) => println!("demo data written to {}", dir.display()),
+                Ok(false) => println!("demo data already present in {}", dir.display()),
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Commands::Serve { config } => {
+            let path = config_path(config);
+            let config = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            sluice::admin::init_logging(&config.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sluice: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                let server = match sluice::server::Server::bind(config).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot start: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match server.local_addr() {
+                    Ok(addr) => tracing::info!(%addr, "Sluice is listening"),
+                    Err(e) => tracing::warn!(error = %e, "listening (address unknown)"),
+                }
+                tokio::select! {
+                    _ = server.run() => {}
+                    _ = shutdown_signal() => tracing::info!("shutting down"),
+                }
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

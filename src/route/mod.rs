@@ -1,0 +1,296 @@
+//! Where a statement goes: answered by the session itself (SET, SHOW, BEGIN, …),
+//! planned and run by the lake engine (queries), or refused with a reason.
+//!
+//! The decision is made per parsed statement, and for the extended protocol once per
+//! prepared statement at Parse; Bind/Execute follow the route chosen there.
+
+use datafusion::sql::sqlparser::ast::{
+    DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
+};
+
+use crate::server::error::{PgError, SqlState};
+
+/// A statement the session answers without an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SET name = value`; `None` means `DEFAULT`.
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    /// `RESET name`; `None` means `RESET ALL`.
+    Reset(Option<String>),
+    Show(String),
+    /// `DISCARD ALL` and friends.
+    Discard,
+    Begin,
+    Commit,
+    Rollback,
+    /// `DEALLOCATE [PREPARE] name | ALL`; `None` means ALL.
+    Deallocate(Option<String>),
+    /// Transaction characteristics: accepted (the gateway is read-only anyway).
+    SetTransaction,
+}
+
+impl Command {
+    /// The CommandComplete tag PostgreSQL sends for this command.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Command::Set { .. } | Command::SetTransaction => "SET",
+            Command::Reset(_) => "RESET",
+            Command::Show(_) => "SHOW",
+            Command::Discard => "DISCARD ALL",
+            Command::Begin => "BEGIN",
+            Command::Commit => "COMMIT",
+            Command::Rollback => "ROLLBACK",
+            Command::Deallocate(None) => "DEALLOCATE ALL",
+            Command::Deallocate(Some(_)) => "DEALLOCATE",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Route {
+    Session(Command),
+    /// A read-only query for the lake engine (DataFusion).
+    Lake(Box<Statement>),
+}
+
+/// Classifies one parsed statement.
+pub fn classify(stmt: Statement) -> Result<Route, PgError> {
+    Ok(match stmt {
+        Statement::Query(_) | Statement::Explain { .. } => Route::Lake(Box::new(stmt)),
+        Statement::Set(set) => Route::Session(classify_set(set)?),
+        Statement::Reset(r) => Route::Session(Command::Reset(match r.reset {
+            Reset::ALL => None,
+            Reset::ConfigurationParameter(name) => Some(object_name(&name)),
+        })),
+        Statement::ShowVariable { variable } => {
+            let name = variable
+                .iter()
+                .map(|i| i.value.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let name = match name.as_str() {
+                "transaction isolation level" => "transaction_isolation".to_owned(),
+                "time zone" => "timezone".to_owned(),
+                _ => name,
+            };
+            Route::Session(Command::Show(name))
+        }
+        Statement::Discard { object_type } => match object_type {
+            DiscardObject::ALL
+            | DiscardObject::PLANS
+            | DiscardObject::SEQUENCES
+            | DiscardObject::TEMP => Route::Session(Command::Discard),
+        },
+        Statement::StartTransaction { .. } => Route::Session(Command::Begin),
+        Statement::Commit { .. } => Route::Session(Command::Commit),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => Route::Session(Command::Rollback),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        }
+        | Statement::Savepoint { .. } => {
+            return Err(PgError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "savepoints are not supported by the lake engine",
+            ));
+        }
+        Statement::Deallocate { name, .. } => Route::Session(Command::Deallocate(
+            if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
+                None
+            } else {
+                Some(name.value)
+            },
+        )),
+        Statement::Insert(_)
+        | Statement::Update { .. }
+        | Statement::Delete(_)
+        | Statement::Merge { .. }
+        | Statement::Copy { .. }
+        | Statement::CreateTable(_)
+        | Statement::CreateView { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::CreateDatabase { .. }
+        | Statement::CreateIndex(_)
+        | Statement::AlterTable { .. }
+        | Statement::Drop { .. }
+        | Statement::Truncate { .. } => {
+            return Err(PgError::new(
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                format!(
+                    "cannot execute {} on the lake: lake tables are read-only through Sluice",
+                    statement_kind(&stmt)
+                ),
+            ));
+        }
+        other => {
+            return Err(PgError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("{} is not supported by Sluice", statement_kind(&other)),
+            ));
+        }
+    })
+}
+
+fn classify_set(set: Set) -> Result<Command, PgError> {
+    Ok(match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let name = object_name(&variable);
+            let value = set_value(&values);
+            Command::Set { name, value }
+        }
+        Set::SetTimeZone { value, .. } => Command::Set {
+            name: "timezone".into(),
+            value: set_value(std::slice::from_ref(&value)),
+        },
+        Set::SetNames { charset_name, .. } => Command::Set {
+            name: "client_encoding".into(),
+            value: Some(charset_name.value),
+        },
+        Set::SetTransaction { .. } => Command::SetTransaction,
+        Set::SetSessionParam(_) | Set::SetNamesDefault {} => Command::SetTransaction,
+        Set::SetRole { .. } => {
+            return Err(PgError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "SET ROLE is not supported: Sluice roles come from your login",
+            ));
+        }
+        Set::SetSessionAuthorization(_) => {
+            return Err(PgError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "SET SESSION AUTHORIZATION is not allowed through Sluice",
+            ));
+        }
+        other => {
+            return Err(PgError::new(
+                SqlState::SYNTAX_ERROR,
+                format!("unsupported SET form: {other}"),
+            ));
+        }
+    })
+}
+
+fn object_name(name: &ObjectName) -> String {
+    name.to_string().to_lowercase()
+}
+
+/// The text of a SET value list (`a, b` for lists); `None` for `DEFAULT`.
+fn set_value(values: &[Expr]) -> Option<String> {
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Expr::Value(ValueWithSpan {
+                value: Value::SingleQuotedString(s) | Value::DoubleQuotedString(s),
+                ..
+            }) => s.clone(),
+            Expr::Value(ValueWithSpan { value, .. }) => value.to_string(),
+            Expr::Identifier(ident) => ident.value.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    if parts.len() == 1 && parts[0].eq_ignore_ascii_case("default") {
+        return None;
+    }
+    Some(parts.join(", "))
+}
+
+/// A short name for a statement kind, for messages ("INSERT", "CREATE TABLE").
+fn statement_kind(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second] if matches!(first.to_uppercase().as_str(), "CREATE" | "DROP" | "ALTER") => {
+            format!("{} {}", first.to_uppercase(), second.to_uppercase())
+        }
+        [first, ..] => first.to_uppercase(),
+        [] => "statement".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    fn route(sql: &str) -> Result<Route, PgError> {
+        let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+        classify(stmts.remove(0))
+    }
+
+    fn command(sql: &str) -> Command {
+        match route(sql).unwrap() {
+            Route::Session(c) => c,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_commands_are_recognised() {
+        assert_eq!(
+            command("SET application_name = 'x y'"),
+            Command::Set {
+                name: "application_name".into(),
+                value: Some("x y".into())
+            }
+        );
+        assert_eq!(
+            command("SET search_path TO nyc, public"),
+            Command::Set {
+                name: "search_path".into(),
+                value: Some("nyc, public".into())
+            }
+        );
+        assert_eq!(
+            command("SET extra_float_digits = 3"),
+            Command::Set {
+                name: "extra_float_digits".into(),
+                value: Some("3".into())
+            }
+        );
+        assert_eq!(
+            command("SET TIME ZONE 'UTC'"),
+            Command::Set {
+                name: "timezone".into(),
+                value: Some("UTC".into())
+            }
+        );
+        assert_eq!(
+            command("SET DateStyle TO DEFAULT"),
+            Command::Set {
+                name: "datestyle".into(),
+                value: None
+            }
+        );
+        assert_eq!(
+            command("SHOW TRANSACTION ISOLATION LEVEL"),
+            Command::Show("transaction_isolation".into())
+        );
+        assert_eq!(command("RESET ALL"), Command::Reset(None));
+        assert_eq!(command("DISCARD ALL"), Command::Discard);
+        assert_eq!(command("BEGIN"), Command::Begin);
+        assert_eq!(command("START TRANSACTION READ ONLY"), Command::Begin);
+        assert_eq!(command("COMMIT"), Command::Commit);
+        assert_eq!(command("END"), Command::Commit);
+        assert_eq!(command("ROLLBACK"), Command::Rollback);
+        assert_eq!(command("DEALLOCATE ALL"), Command::Deallocate(None));
+        assert_eq!(
+            command("DEALLOCATE s1"),
+            Command::Deallocate(Some("s1".into()))
+        );
+    }
+
+    #[test]
+    fn queries_go_to_the_lake_and_writes_are_refused() {
+        assert!(matches!(route("SELECT 1").unwrap(), Route::Lake(_)));
+        let e = route("INSERT INTO t VALUES (1)").unwrap_err();
+        assert_eq!(e.code, SqlState::READ_ONLY_SQL_TRANSACTION);
+        let e = route("CREATE TABLE t (a int)").unwrap_err();
+        assert!(e.message.contains("CREATE TABLE"), "{}", e.message);
+    }
+}

@@ -1,0 +1,100 @@
+//! CancelRequest support: every session registers a (process id, secret key) pair;
+//! a cancel arriving on another connection with the right pair interrupts the
+//! statement that session is running, and nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    sessions: Mutex<HashMap<i32, (i32, Arc<Notify>)>>,
+    next_pid: AtomicI32,
+}
+
+/// A session's registration; dropping it unregisters.
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub secret: i32,
+    pub signal: Arc<Notify>,
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.sessions.lock() {
+            map.remove(&self.pid);
+        }
+    }
+}
+
+impl CancelRegistry {
+    pub fn new() -> Arc<CancelRegistry> {
+        Arc::new(CancelRegistry {
+            sessions: Mutex::new(HashMap::new()),
+            next_pid: AtomicI32::new(rand::thread_rng().gen_range(10_000..1_000_000)),
+        })
+    }
+
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let secret: i32 = rand::thread_rng().r#gen();
+        let signal = Arc::new(Notify::new());
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = loop {
+            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
+            if pid != 0 && !map.contains_key(&pid) {
+                break pid;
+            }
+        };
+        map.insert(pid, (secret, signal.clone()));
+        CancelHandle {
+            registry: self.clone(),
+            pid,
+            secret,
+            signal,
+        }
+    }
+
+    /// Interrupts the statement running in session `pid` if `secret` matches.
+    pub fn cancel(&self, pid: i32, secret: i32) -> bool {
+        let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&pid) {
+            Some((s, signal)) if bool::from(s.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
+                signal.notify_waiters();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_right_secret_cancels() {
+        let reg = CancelRegistry::new();
+        let h = reg.register();
+        let waiting = h.signal.notified();
+        assert!(!reg.cancel(h.pid, h.secret.wrapping_add(1)));
+        assert!(reg.cancel(h.pid, h.secret));
+        waiting.await;
+        let pid = h.pid;
+        drop(h);
+        assert!(!reg.cancel(pid, 0));
+        assert!(reg.is_empty());
+    }
+}

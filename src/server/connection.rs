@@ -1,0 +1,211 @@
+//! A client connection after the startup handshake: buffered framing in, buffered
+//! messages out. Writes accumulate in `out` and reach the socket on `flush`, which
+//! awaits the socket: a client that stops reading stops the producer (backpressure).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use pgwire::messages::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::server::error::{PgError, SqlState};
+use crate::server::frame::Frame;
+
+/// Plain TCP or TLS; both are Unpin so delegation is direct.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Bytes the output buffer may hold before a result stream waits for the socket.
+pub const FLUSH_THRESHOLD: usize = 128 * 1024;
+/// Buffers larger than this are released when the connection goes idle, so an idle
+/// connection that once streamed a big result costs little.
+const IDLE_BUFFER: usize = 16 * 1024;
+/// Most bytes reserved in one step while a large message arrives: a client claiming
+/// a 1 GB message cannot make the server allocate it up front.
+const READ_CHUNK: usize = 1024 * 1024;
+
+pub struct Connection {
+    stream: ClientStream,
+    input: BytesMut,
+    pub out: BytesMut,
+}
+
+/// Why a session ends: the client went away, or broke the protocol.
+#[derive(Debug)]
+pub enum Disconnect {
+    Io(io::Error),
+    Protocol(PgError),
+}
+
+impl From<io::Error> for Disconnect {
+    fn from(e: io::Error) -> Disconnect {
+        Disconnect::Io(e)
+    }
+}
+
+impl Connection {
+    pub fn new(stream: ClientStream) -> Connection {
+        Connection {
+            stream,
+            input: BytesMut::with_capacity(4096),
+            out: BytesMut::with_capacity(4096),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Reads one tagged message; `Ok(None)` on a clean end of stream between messages.
+    pub async fn read_frame(
+        &mut self,
+        max_len: impl Fn(u8) -> usize,
+    ) -> Result<Option<Frame>, Disconnect> {
+        loop {
+            if self.input.len() >= 5 {
+                let tag = self.input[0];
+                let len = i32::from_be_bytes([
+                    self.input[1],
+                    self.input[2],
+                    self.input[3],
+                    self.input[4],
+                ]);
+                if len < 4 {
+                    return Err(Disconnect::Protocol(PgError::protocol(format!(
+                        "invalid message length {len} for message type {:?}",
+                        tag as char
+                    ))));
+                }
+                let body_len = len as usize - 4;
+                if body_len > max_len(tag) {
+                    return Err(Disconnect::Protocol(PgError::fatal(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!(
+                            "message of type {:?} is {body_len} bytes, over the limit of {} bytes",
+                            tag as char,
+                            max_len(tag)
+                        ),
+                    )));
+                }
+                let total = 5 + body_len;
+                if self.input.len() >= total {
+                    let mut frame = self.input.split_to(total).freeze();
+                    let body = frame.split_off(5);
+                    return Ok(Some(Frame { tag, body }));
+                }
+                let missing = total - self.input.len();
+                self.input.reserve(missing.min(READ_CHUNK));
+            } else {
+                self.input.reserve(4096);
+            }
+            let n = self.stream.read_buf(&mut self.input).await?;
+            if n == 0 {
+                if self.input.is_empty() {
+                    return Ok(None);
+                }
+                return Err(Disconnect::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a message",
+                )));
+            }
+        }
+    }
+
+    /// Appends a pgwire backend message to the output buffer.
+    pub fn send<M: Message>(&mut self, message: &M) {
+        if let Err(e) = message.encode(&mut self.out) {
+            // Only size limits can fail here; report instead of sending a broken frame.
+            tracing::error!(error = %e, "cannot encode backend message");
+            PgError::new(
+                SqlState::INTERNAL_ERROR,
+                format!("cannot encode reply: {e}"),
+            )
+            .encode(&mut self.out);
+        }
+    }
+
+    pub fn send_error(&mut self, e: &PgError) {
+        e.encode(&mut self.out);
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Flushes only when enough output is pending to be worth a syscall.
+    pub async fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.out.len() >= FLUSH_THRESHOLD {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Returns large buffers to the allocator while the session waits for a client.
+    pub fn shrink_idle(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > IDLE_BUFFER {
+            self.out = BytesMut::with_capacity(4096);
+        }
+        if self.input.is_empty() && self.input.capacity() > IDLE_BUFFER {
+            self.input = BytesMut::with_capacity(4096);
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

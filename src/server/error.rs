@@ -1,0 +1,300 @@
+//! Errors a client can see: each carries a SQLSTATE and a message a user can act on.
+
+use std::fmt;
+
+use bytes::BytesMut;
+use datafusion::error::DataFusionError;
+
+use crate::server::frame::put_message;
+
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
+    pub const WARNING: SqlState = SqlState("01000");
+    pub const CONNECTION_EXCEPTION: SqlState = SqlState("08000");
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const DIVISION_BY_ZERO: SqlState = SqlState("22012");
+    pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    pub const INVALID_BINARY_REPRESENTATION: SqlState = SqlState("22P03");
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: SqlState = SqlState("22003");
+    pub const DATA_EXCEPTION: SqlState = SqlState("22000");
+    pub const CHARACTER_NOT_IN_REPERTOIRE: SqlState = SqlState("22021");
+    pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    pub const NO_ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25P01");
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
+    pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    pub const INVALID_SCHEMA_NAME: SqlState = SqlState("3F000");
+    pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
+    pub const INVALID_CURSOR_NAME: SqlState = SqlState("34000");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+    pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
+    pub const UNDEFINED_COLUMN: SqlState = SqlState("42703");
+    pub const UNDEFINED_FUNCTION: SqlState = SqlState("42883");
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
+    pub const DUPLICATE_CURSOR: SqlState = SqlState("42P03");
+    pub const DATATYPE_MISMATCH: SqlState = SqlState("42804");
+    pub const AMBIGUOUS_COLUMN: SqlState = SqlState("42702");
+    pub const GROUPING_ERROR: SqlState = SqlState("42803");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+    pub const IO_ERROR: SqlState = SqlState("58030");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+/// An error reported to the client as an ErrorResponse.
+#[derive(Debug, Clone)]
+pub struct PgError {
+    pub severity: Severity,
+    pub code: SqlState,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    pub fn new(code: SqlState, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn fatal(code: SqlState, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: Severity::Fatal,
+            ..PgError::new(code, message)
+        }
+    }
+
+    pub fn protocol(message: impl Into<String>) -> PgError {
+        PgError::fatal(SqlState::PROTOCOL_VIOLATION, message)
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> PgError {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn canceled() -> PgError {
+        PgError::new(
+            SqlState::QUERY_CANCELED,
+            "canceling statement due to user request",
+        )
+    }
+
+    /// Appends this error as an ErrorResponse message.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let severity = match self.severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        };
+        put_message(out, b'E', |b| {
+            let mut field = |tag: u8, value: &str| {
+                b.extend_from_slice(&[tag]);
+                // Interior NULs would end the field early; strip them.
+                for part in value.split('\0') {
+                    b.extend_from_slice(part.as_bytes());
+                }
+                b.extend_from_slice(&[0]);
+            };
+            field(b'S', severity);
+            field(b'V', severity);
+            field(b'C', self.code.0);
+            field(b'M', truncate(&self.message, 8000));
+            if let Some(d) = &self.detail {
+                field(b'D', truncate(d, 8000));
+            }
+            if let Some(h) = &self.hint {
+                field(b'H', truncate(h, 2000));
+            }
+            b.extend_from_slice(&[0]);
+        });
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.0, self.message)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl From<DataFusionError> for PgError {
+    fn from(e: DataFusionError) -> PgError {
+        from_datafusion(&e)
+    }
+}
+
+/// Maps a DataFusion error to the SQLSTATE PostgreSQL would use for the same mistake.
+pub fn from_datafusion(e: &DataFusionError) -> PgError {
+    let root = e.find_root();
+    if let DataFusionError::External(inner) = root
+        && let Some(pg) = inner.downcast_ref::<PgError>()
+    {
+        return pg.clone();
+    }
+    let message = strip_prefixes(&root.to_string());
+    let lower = message.to_ascii_lowercase();
+    let code = match root {
+        DataFusionError::SQL(..) => SqlState::SYNTAX_ERROR,
+        DataFusionError::NotImplemented(_) => SqlState::FEATURE_NOT_SUPPORTED,
+        DataFusionError::ResourcesExhausted(_) => SqlState::OUT_OF_MEMORY,
+        DataFusionError::SchemaError(..) => {
+            if lower.contains("ambiguous") {
+                SqlState::AMBIGUOUS_COLUMN
+            } else {
+                SqlState::UNDEFINED_COLUMN
+            }
+        }
+        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
+            if lower.contains("divide by zero") || lower.contains("division by zero") {
+                SqlState::DIVISION_BY_ZERO
+            } else if lower.contains("overflow") {
+                SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+            } else if lower.contains("cannot cast")
+                || lower.contains("cast error")
+                || lower.contains("parse")
+            {
+                SqlState::INVALID_TEXT_REPRESENTATION
+            } else if lower.contains("io error") || lower.contains("object store") {
+                SqlState::IO_ERROR
+            } else {
+                SqlState::DATA_EXCEPTION
+            }
+        }
+        DataFusionError::Plan(_) => {
+            if lower.contains("table") && lower.contains("not found") {
+                SqlState::UNDEFINED_TABLE
+            } else if lower.contains("schema") && lower.contains("not found") {
+                SqlState::INVALID_SCHEMA_NAME
+            } else if lower.contains("invalid function") || lower.contains("no function matches") {
+                SqlState::UNDEFINED_FUNCTION
+            } else if lower.contains("group by") || lower.contains("aggregate") {
+                SqlState::GROUPING_ERROR
+            } else if lower.contains("cannot coerce") || lower.contains("type") {
+                SqlState::DATATYPE_MISMATCH
+            } else {
+                SqlState::SYNTAX_ERROR
+            }
+        }
+        _ => SqlState::INTERNAL_ERROR,
+    };
+    PgError::new(code, message)
+}
+
+/// DataFusion prefixes messages with its error kind ("Error during planning: …");
+/// users need the sentence, not the internal category.
+fn strip_prefixes(s: &str) -> String {
+    const PREFIXES: &[&str] = &[
+        "Error during planning: ",
+        "Execution error: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Schema error: ",
+        "Arrow error: ",
+        "Internal error: ",
+        "External error: ",
+        "Resources exhausted: ",
+        "ParserError(\"",
+    ];
+    let mut s = s.trim();
+    loop {
+        let before = s;
+        for p in PREFIXES {
+            if let Some(rest) = s.strip_prefix(p) {
+                s = rest;
+            }
+        }
+        if s == before {
+            break;
+        }
+    }
+    let s = s.strip_suffix("\")").unwrap_or(s);
+    s.lines().next().unwrap_or(s).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn err_of(sql: &str) -> PgError {
+        let ctx = SessionContext::new();
+        let e = match ctx.sql(sql).await {
+            Err(e) => e,
+            Ok(df) => df.collect().await.expect_err("query should fail"),
+        };
+        PgError::from(e)
+    }
+
+    #[tokio::test]
+    async fn datafusion_errors_get_postgres_codes() {
+        assert_eq!(err_of("SELEC 1").await.code, SqlState::SYNTAX_ERROR);
+        assert_eq!(
+            err_of("SELECT * FROM nope").await.code,
+            SqlState::UNDEFINED_TABLE
+        );
+        assert_eq!(
+            err_of("SELECT nope FROM (SELECT 1 AS a)").await.code,
+            SqlState::UNDEFINED_COLUMN
+        );
+        assert_eq!(
+            err_of("SELECT nofunc(1)").await.code,
+            SqlState::UNDEFINED_FUNCTION
+        );
+        let e = err_of("SELECT * FROM nope").await;
+        assert!(
+            !e.message.starts_with("Error during planning"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn error_response_has_code_and_message() {
+        let mut out = BytesMut::new();
+        PgError::new(SqlState::UNDEFINED_TABLE, "relation \"x\" does not exist").encode(&mut out);
+        assert_eq!(out[0], b'E');
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("C42P01\0"));
+        assert!(text.contains("Mrelation \"x\" does not exist\0"));
+    }
+}

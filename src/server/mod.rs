@@ -1,0 +1,150 @@
+//! The PostgreSQL front end: listener, TLS, startup and authentication, sessions.
+//!
+//! `frame` decodes client messages, `connection` buffers a socket, `startup` takes a
+//! connection from first byte to authenticated, and `session` runs its statements.
+
+pub mod cancel;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod session;
+pub mod settings;
+pub mod startup;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::auth::LocalAccounts;
+use crate::config::Config;
+use crate::engine::Engine;
+use cancel::CancelRegistry;
+use connection::Disconnect;
+use error::{PgError, SqlState};
+
+/// What every session shares: read-only after start-up.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub engine: Arc<Engine>,
+    pub accounts: LocalAccounts,
+    pub cancels: Arc<CancelRegistry>,
+    pub tls: tls::Tls,
+}
+
+/// A bound, ready-to-serve gateway.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Validates everything that can fail before accepting the first client.
+    pub async fn bind(config: Config) -> Result<Server, String> {
+        let config = Arc::new(config);
+        let tls = tls::load(&config)?;
+        if tls.self_signed {
+            tracing::info!(sha256 = %tls.fingerprint, "TLS: generated a self-signed certificate (configure server.tls.cert/key for a trusted one)");
+        } else {
+            tracing::info!(sha256 = %tls.fingerprint, "TLS: loaded certificate");
+        }
+        let accounts = LocalAccounts::from_config(&config)?;
+        let engine = Arc::new(Engine::new(&config).await?);
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("server.listen: cannot listen on {addr}: {e}"))?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                engine,
+                accounts,
+                cancels: CancelRegistry::new(),
+                tls,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts clients until the task is dropped. Each connection runs in its own task,
+    /// so a failing or misbehaving client never affects another.
+    pub async fn run(self) {
+        let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let permit = limit.clone().try_acquire_owned();
+            tokio::spawn(async move {
+                match permit {
+                    Ok(_permit) => serve_connection(tcp, peer, shared).await,
+                    Err(_) => refuse_busy(tcp).await,
+                }
+            });
+        }
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let timeout = Duration::from_secs(shared.config.server.auth_timeout_secs);
+    let handshake = tokio::time::timeout(timeout, startup::handshake(tcp, peer, &shared)).await;
+    let (conn, identity, params) = match handshake {
+        Ok(Ok(startup::Handshake::Ready {
+            conn,
+            identity,
+            params,
+        })) => (conn, identity, params),
+        Ok(Ok(startup::Handshake::Done)) => return,
+        Ok(Err(Disconnect::Protocol(e))) => {
+            tracing::debug!(%peer, error = %e, "connection refused during startup");
+            return;
+        }
+        Ok(Err(Disconnect::Io(e))) => {
+            tracing::debug!(%peer, error = %e, "connection lost during startup");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "authentication timed out");
+            return;
+        }
+    };
+    let cancel = shared.cancels.register();
+    let user = identity.user.clone();
+    let session = session::Session::new(conn, shared.clone(), identity, cancel);
+    match session.run(&params).await {
+        Ok(()) => tracing::debug!(%peer, %user, "session ended"),
+        Err(Disconnect::Protocol(e)) => {
+            tracing::info!(%peer, %user, error = %e, "session closed: protocol error")
+        }
+        Err(Disconnect::Io(e)) => {
+            tracing::debug!(%peer, %user, error = %e, "session closed: connection lost")
+        }
+    }
+}
+
+/// Past `server.max_connections`: answer the startup with 53300, as PostgreSQL does.
+async fn refuse_busy(mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    PgError::fatal(
+        SqlState::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    )
+    .encode(&mut out);
+    let _ = tcp.write_all(&out).await;
+    let _ = tcp.shutdown().await;
+}

@@ -1,0 +1,978 @@
+//! One authenticated client session: reads frontend messages one at a time and
+//! dispatches each on its own.
+//!
+//! The loop owns the raw [`Frame`]s, not a handler that can only answer with rows:
+//! every statement (and every prepared statement, at Parse) gets a [`Route`], and
+//! Bind/Describe/Execute follow the route their statement chose. A later route can
+//! therefore relay frames verbatim to an upstream while others are answered here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
+use pgwire::messages::data::{NoData, ParameterDescription};
+use pgwire::messages::extendedquery::{
+    BindComplete, CloseComplete, ParseComplete, PortalSuspended,
+};
+use pgwire::messages::response::{
+    CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::startup::{BackendKeyData, ParameterStatus, SecretKey};
+use tokio::time::Instant;
+
+use crate::auth::Identity;
+use crate::engine::QueryContext;
+use crate::engine::encode::{self, BatchEncoder, EncodeOptions, Format};
+use crate::engine::params::{self, ParamType};
+use crate::route::{self, Command, Route};
+use crate::server::Shared;
+use crate::server::cancel::CancelHandle;
+use crate::server::connection::{Connection, Disconnect};
+use crate::server::error::{PgError, Severity, SqlState};
+use crate::server::frame::{self, Frame, Target};
+use crate::server::settings::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tx {
+    Idle,
+    Block,
+    Failed,
+}
+
+/// What a prepared statement will do when executed.
+enum Prepared {
+    Empty,
+    Command(Command),
+    Lake {
+        plan: LogicalPlan,
+        params: Vec<ParamType>,
+        schema: SchemaRef,
+        explain: bool,
+    },
+}
+
+struct PreparedStatement {
+    prepared: Prepared,
+}
+
+/// A bound portal: the statement's route with parameters applied.
+struct Portal {
+    statement: Arc<PreparedStatement>,
+    state: PortalState,
+    formats: Vec<Format>,
+}
+
+enum PortalState {
+    Empty,
+    Command(Command),
+    Lake(Box<LakeRun>),
+    Done,
+}
+
+/// A lake query bound to a portal: its plan until first Execute, then its stream.
+struct LakeRun {
+    plan: Option<LogicalPlan>,
+    stream: Option<SendableRecordBatchStream>,
+    /// Rows of the current batch not yet sent (after a PortalSuspended).
+    pending: Option<(datafusion::arrow::record_batch::RecordBatch, usize)>,
+    rows: u64,
+    explain: bool,
+}
+
+pub struct Session {
+    conn: Connection,
+    shared: Arc<Shared>,
+    identity: Identity,
+    settings: Settings,
+    statements: HashMap<String, Arc<PreparedStatement>>,
+    portals: HashMap<String, Portal>,
+    tx: Tx,
+    /// After an error in the extended protocol, messages are skipped until Sync.
+    skip_until_sync: bool,
+    cancel: CancelHandle,
+}
+
+impl Session {
+    pub fn new(
+        conn: Connection,
+        shared: Arc<Shared>,
+        identity: Identity,
+        cancel: CancelHandle,
+    ) -> Session {
+        let settings = Settings::new(&identity.user);
+        Session {
+            conn,
+            shared,
+            identity,
+            settings,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            tx: Tx::Idle,
+            skip_until_sync: false,
+            cancel,
+        }
+    }
+
+    /// Applies startup parameters, reports server parameters, and runs until the client leaves.
+    pub async fn run(
+        mut self,
+        startup: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Disconnect> {
+        for (key, value) in startup {
+            match key.as_str() {
+                "user" | "database" | "replication" => {}
+                "options" => {
+                    if let Err(e) = self.apply_options(value) {
+                        self.conn.send_error(&PgError {
+                            severity: Severity::Fatal,
+                            ..e
+                        });
+                        self.conn.shutdown().await;
+                        return Ok(());
+                    }
+                }
+                k if k.starts_with("_pq_.") => {}
+                _ => {
+                    if let Err(e) = self.settings.set(key, Some(value)) {
+                        self.conn.send_error(&PgError {
+                            severity: Severity::Fatal,
+                            ..e
+                        });
+                        self.conn.shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let reported: Vec<(String, String)> = self
+            .settings
+            .reported()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in reported {
+            self.conn.send(&ParameterStatus::new(k, v));
+        }
+        self.conn.send(&BackendKeyData::new(
+            self.cancel.pid,
+            SecretKey::I32(self.cancel.secret),
+        ));
+        self.ready();
+        self.conn.flush().await?;
+
+        loop {
+            let frame = match self.conn.read_frame(|tag| frame::max_len(tag, false)).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(Disconnect::Protocol(e)) => {
+                    self.conn.send_error(&e);
+                    self.conn.shutdown().await;
+                    return Err(Disconnect::Protocol(e));
+                }
+                Err(e) => return Err(e),
+            };
+            match self.dispatch(frame).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.conn.shutdown().await;
+                    return Ok(());
+                }
+                Err(Disconnect::Protocol(e)) => {
+                    self.conn.send_error(&e);
+                    self.conn.shutdown().await;
+                    return Err(Disconnect::Protocol(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `options=-c name=value …` from the startup packet.
+    fn apply_options(&mut self, options: &str) -> Result<(), PgError> {
+        let mut words = options.split_whitespace();
+        while let Some(w) = words.next() {
+            let assignment = if w == "-c" {
+                words.next().unwrap_or("")
+            } else if let Some(rest) = w.strip_prefix("-c") {
+                rest
+            } else if let Some(rest) = w.strip_prefix("--") {
+                rest
+            } else {
+                return Err(PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported startup option \"{w}\""),
+                ));
+            };
+            let (name, value) = assignment.split_once('=').ok_or_else(|| {
+                PgError::new(
+                    SqlState::SYNTAX_ERROR,
+                    format!("invalid startup option \"{assignment}\""),
+                )
+            })?;
+            self.settings.set(&name.replace('-', "_"), Some(value))?;
+        }
+        Ok(())
+    }
+
+    fn ready(&mut self) {
+        let status = match self.tx {
+            Tx::Idle => TransactionStatus::Idle,
+            Tx::Block => TransactionStatus::Transaction,
+            Tx::Failed => TransactionStatus::Error,
+        };
+        self.conn.send(&ReadyForQuery::new(status));
+    }
+
+    fn query_context(&self) -> QueryContext {
+        QueryContext {
+            user: self.identity.user.clone(),
+            search_path: self
+                .settings
+                .get("search_path")
+                .unwrap_or("public")
+                .to_owned(),
+            time_zone: self.settings.get("TimeZone").unwrap_or("UTC").to_owned(),
+            backend_pid: self.cancel.pid,
+        }
+    }
+
+    /// Handles one message; `Ok(false)` ends the session (Terminate).
+    async fn dispatch(&mut self, frame: Frame) -> Result<bool, Disconnect> {
+        match frame.tag {
+            b'Q' => {
+                self.skip_until_sync = false;
+                let sql = match frame::decode_query(&frame.body) {
+                    Ok(s) => s.to_owned(),
+                    Err(e) => return Err(Disconnect::Protocol(e)),
+                };
+                self.simple_query(&sql).await?;
+                self.ready();
+                self.conn.flush().await?;
+                self.conn.shrink_idle();
+            }
+            b'S' => {
+                self.skip_until_sync = false;
+                if self.tx == Tx::Idle {
+                    // The implicit transaction ends: its portals go with it.
+                    self.portals.clear();
+                }
+                self.ready();
+                self.conn.flush().await?;
+                self.conn.shrink_idle();
+            }
+            b'H' => self.conn.flush().await?,
+            b'X' => return Ok(false),
+            // Leftover COPY traffic after a failed COPY is ignored, as PostgreSQL does.
+            b'd' | b'c' | b'f' => {}
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                if self.skip_until_sync {
+                    return Ok(true);
+                }
+                let result = match frame.tag {
+                    b'P' => self.parse(&frame).await,
+                    b'B' => self.bind(&frame),
+                    b'D' => self.describe(&frame),
+                    b'E' => self.execute(&frame).await,
+                    _ => self.close(&frame),
+                };
+                if let Err(e) = result {
+                    if e.severity == Severity::Fatal {
+                        return Err(Disconnect::Protocol(e));
+                    }
+                    self.fail(&e);
+                    self.skip_until_sync = true;
+                }
+                self.conn.flush_if_full().await?;
+            }
+            other => {
+                return Err(Disconnect::Protocol(PgError::protocol(format!(
+                    "invalid frontend message type {other}"
+                ))));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reports a statement error and marks an open transaction block as failed.
+    fn fail(&mut self, e: &PgError) {
+        tracing::debug!(code = e.code.0, message = %e.message, "statement failed");
+        self.conn.send_error(e);
+        if self.tx == Tx::Block {
+            self.tx = Tx::Failed;
+        }
+    }
+
+    async fn simple_query(&mut self, sql: &str) -> Result<(), Disconnect> {
+        let statements = match self.shared.engine.parse(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(&e);
+                return Ok(());
+            }
+        };
+        if statements.is_empty() {
+            self.conn.send(&EmptyQueryResponse::new());
+            return Ok(());
+        }
+        for stmt in statements {
+            if let Err(e) = self.simple_statement(stmt).await? {
+                self.fail(&e);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement of a simple query. The outer error ends the session; the
+    /// inner one is reported to the client.
+    async fn simple_statement(
+        &mut self,
+        stmt: Statement,
+    ) -> Result<Result<(), PgError>, Disconnect> {
+        let route = match route::classify(stmt) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = self.check_failed_tx(&route) {
+            return Ok(Err(e));
+        }
+        match route {
+            Route::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true)),
+            Route::Lake(stmt) => {
+                let qc = self.query_context();
+                let plan = match self.shared.engine.plan(&stmt, &qc).await {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let formats = vec![Format::Text; schema.fields().len()];
+                let stream = match self.shared.engine.execute(plan, &qc).await {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Err(e)),
+                };
+                encode::row_description(&mut self.conn.out, &schema, &formats);
+                let mut run = LakeRun {
+                    plan: None,
+                    stream: Some(stream),
+                    pending: None,
+                    rows: 0,
+                    explain,
+                };
+                match self.pump(&mut run, &formats, 0).await? {
+                    Ok(_) => {
+                        self.complete_query(&run);
+                        Ok(Ok(()))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn complete_query(&mut self, run: &LakeRun) {
+        let tag = if run.explain {
+            "EXPLAIN".to_string()
+        } else {
+            format!("SELECT {}", run.rows)
+        };
+        self.conn.send(&CommandComplete::new(tag));
+    }
+
+    fn check_failed_tx(&self, route: &Route) -> Result<(), PgError> {
+        if self.tx == Tx::Failed
+            && !matches!(route, Route::Session(Command::Commit | Command::Rollback))
+        {
+            return Err(PgError::new(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Streams rows from a running query to the client. Stops after `max_rows` rows
+    /// when that is non-zero; returns whether the query finished.
+    async fn pump(
+        &mut self,
+        run: &mut LakeRun,
+        formats: &[Format],
+        max_rows: u64,
+    ) -> Result<Result<bool, PgError>, Disconnect> {
+        let signal = self.cancel.signal.clone();
+        let canceled = signal.notified();
+        tokio::pin!(canceled);
+        let deadline = self.settings.statement_timeout.map(|d| Instant::now() + d);
+        let opts = EncodeOptions {
+            time_zone: self.settings.time_zone,
+        };
+        let mut sent_now: u64 = 0;
+        loop {
+            let (batch, offset) = match run.pending.take() {
+                Some(p) => p,
+                None => {
+                    let Some(stream) = run.stream.as_mut() else {
+                        return Ok(Ok(true));
+                    };
+                    let next = tokio::select! {
+                        biased;
+                        _ = &mut canceled => return Ok(Err(PgError::canceled())),
+                        _ = sleep_until(deadline) => return Ok(Err(PgError::new(
+                            SqlState::QUERY_CANCELED,
+                            "canceling statement due to statement timeout",
+                        ))),
+                        next = stream.next() => next,
+                    };
+                    match next {
+                        None => {
+                            run.stream = None;
+                            return Ok(Ok(true));
+                        }
+                        Some(Err(e)) => {
+                            run.stream = None;
+                            return Ok(Err(PgError::from(e)));
+                        }
+                        Some(Ok(b)) => (b, 0),
+                    }
+                }
+            };
+            let prepared = match encode::Prepared::new(&batch) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Ok(Err(PgError::new(
+                        SqlState::INTERNAL_ERROR,
+                        format!("cannot encode result: {e}"),
+                    )));
+                }
+            };
+            let n = batch.num_rows();
+            let mut row = offset;
+            while row < n {
+                {
+                    let encoder = match BatchEncoder::new(&prepared, n, formats) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            return Ok(Err(PgError::new(
+                                SqlState::INTERNAL_ERROR,
+                                format!("cannot encode result: {e}"),
+                            )));
+                        }
+                    };
+                    while row < n
+                        && self.conn.out.len() < crate::server::connection::FLUSH_THRESHOLD
+                    {
+                        if max_rows > 0 && sent_now == max_rows {
+                            break;
+                        }
+                        encoder.write_row(row, &mut self.conn.out, &opts);
+                        row += 1;
+                        sent_now += 1;
+                        run.rows += 1;
+                    }
+                }
+                if max_rows > 0 && sent_now == max_rows {
+                    if row < n {
+                        run.pending = Some((batch, row));
+                    }
+                    // Suspended unless the stream happens to be exhausted; we only know
+                    // after asking, and PostgreSQL also reports PortalSuspended here.
+                    return Ok(Ok(false));
+                }
+                self.conn.flush_if_full().await?;
+            }
+        }
+    }
+
+    fn run_command(
+        &mut self,
+        cmd: &Command,
+        format: Format,
+        describe: bool,
+    ) -> Result<(), PgError> {
+        match cmd {
+            Command::Set { name, value } => {
+                if let Some((n, v)) = self.settings.set(name, value.as_deref())? {
+                    self.conn.send(&ParameterStatus::new(n.to_string(), v));
+                }
+            }
+            Command::SetTransaction => {}
+            Command::Reset(name) => {
+                for (n, v) in self.settings.reset(name.as_deref())? {
+                    self.conn.send(&ParameterStatus::new(n.to_string(), v));
+                }
+            }
+            Command::Show(name) => {
+                self.show(name, format, describe)?;
+                return Ok(());
+            }
+            Command::Discard => {
+                if self.tx != Tx::Idle {
+                    return Err(PgError::new(
+                        SqlState::ACTIVE_SQL_TRANSACTION,
+                        "DISCARD ALL cannot run inside a transaction block",
+                    ));
+                }
+                self.statements.clear();
+                self.portals.clear();
+                for (n, v) in self.settings.reset(None)? {
+                    self.conn.send(&ParameterStatus::new(n.to_string(), v));
+                }
+            }
+            Command::Begin => {
+                if self.tx != Tx::Idle {
+                    self.notice(
+                        SqlState::ACTIVE_SQL_TRANSACTION,
+                        "there is already a transaction in progress",
+                    );
+                } else {
+                    self.tx = Tx::Block;
+                }
+            }
+            Command::Commit => {
+                let tag = match self.tx {
+                    Tx::Idle => {
+                        self.notice(
+                            SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                            "there is no transaction in progress",
+                        );
+                        "COMMIT"
+                    }
+                    Tx::Block => "COMMIT",
+                    Tx::Failed => "ROLLBACK",
+                };
+                self.tx = Tx::Idle;
+                self.conn.send(&CommandComplete::new(tag.to_string()));
+                return Ok(());
+            }
+            Command::Rollback => {
+                if self.tx == Tx::Idle {
+                    self.notice(
+                        SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                        "there is no transaction in progress",
+                    );
+                }
+                self.tx = Tx::Idle;
+            }
+            Command::Deallocate(name) => match name {
+                None => self.statements.clear(),
+                Some(n) => {
+                    if self.statements.remove(n).is_none() {
+                        return Err(PgError::new(
+                            SqlState::INVALID_SQL_STATEMENT_NAME,
+                            format!("prepared statement \"{n}\" does not exist"),
+                        ));
+                    }
+                }
+            },
+        }
+        self.conn.send(&CommandComplete::new(cmd.tag().to_string()));
+        Ok(())
+    }
+
+    fn notice(&mut self, code: SqlState, message: &str) {
+        frame::put_message(&mut self.conn.out, b'N', |b| {
+            for (tag, value) in [
+                (b'S', "WARNING"),
+                (b'V', "WARNING"),
+                (b'C', code.0),
+                (b'M', message),
+            ] {
+                b.extend_from_slice(&[tag]);
+                b.extend_from_slice(value.as_bytes());
+                b.extend_from_slice(&[0]);
+            }
+            b.extend_from_slice(&[0]);
+        });
+    }
+
+    fn show_schema(name: &str) -> SchemaRef {
+        if name == "all" {
+            Arc::new(Schema::new(vec![
+                Field::new("name", DataType::Utf8, false),
+                Field::new("setting", DataType::Utf8, false),
+                Field::new("description", DataType::Utf8, false),
+            ]))
+        } else {
+            Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]))
+        }
+    }
+
+    fn show(&mut self, name: &str, format: Format, describe: bool) -> Result<(), PgError> {
+        let rows: Vec<Vec<String>> = if name == "all" {
+            let mut names = vec![
+                "application_name",
+                "client_encoding",
+                "DateStyle",
+                "extra_float_digits",
+                "IntervalStyle",
+                "search_path",
+                "server_version",
+                "standard_conforming_strings",
+                "statement_timeout",
+                "TimeZone",
+            ];
+            names.sort_by_key(|n| n.to_lowercase());
+            names
+                .into_iter()
+                .map(|n| {
+                    vec![
+                        n.to_string(),
+                        self.settings.get(n).unwrap_or("").to_string(),
+                        String::new(),
+                    ]
+                })
+                .collect()
+        } else {
+            let value = self.settings.get(name).ok_or_else(|| {
+                PgError::new(
+                    SqlState::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?;
+            vec![vec![value.to_string()]]
+        };
+        let schema = Self::show_schema(name);
+        let formats = vec![format; schema.fields().len()];
+        // SHOW's values are text; text's binary form is the same bytes.
+        if describe {
+            encode::row_description(&mut self.conn.out, &schema, &formats);
+        }
+        for row in &rows {
+            frame::put_message(&mut self.conn.out, b'D', |b| {
+                b.extend_from_slice(&(row.len() as i16).to_be_bytes());
+                for v in row {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+            });
+        }
+        self.conn.send(&CommandComplete::new("SHOW".to_string()));
+        Ok(())
+    }
+
+    // ---- extended protocol ----
+
+    async fn parse(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let msg = frame::decode_parse(&frame.body)?;
+        if !msg.name.is_empty() && self.statements.contains_key(&msg.name) {
+            return Err(PgError::new(
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{}\" already exists", msg.name),
+            ));
+        }
+        let mut statements = self.shared.engine.parse(&msg.query)?;
+        let prepared = match statements.len() {
+            0 => Prepared::Empty,
+            1 => {
+                let route = route::classify(statements.remove(0))?;
+                self.check_failed_tx(&route)?;
+                match route {
+                    Route::Session(cmd) => Prepared::Command(cmd),
+                    Route::Lake(stmt) => {
+                        let plan = self
+                            .shared
+                            .engine
+                            .plan(&stmt, &self.query_context())
+                            .await?;
+                        let params = params::param_types(&plan, &msg.param_types)?;
+                        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                        let explain =
+                            matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+                        Prepared::Lake {
+                            plan,
+                            params,
+                            schema,
+                            explain,
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(PgError::new(
+                    SqlState::SYNTAX_ERROR,
+                    "cannot insert multiple commands into a prepared statement",
+                ));
+            }
+        };
+        self.statements
+            .insert(msg.name, Arc::new(PreparedStatement { prepared }));
+        self.conn.send(&ParseComplete::new());
+        Ok(())
+    }
+
+    fn bind(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let msg = frame::decode_bind(&frame.body)?;
+        let statement = self
+            .statements
+            .get(&msg.statement)
+            .cloned()
+            .ok_or_else(|| {
+                PgError::new(
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    format!("prepared statement \"{}\" does not exist", msg.statement),
+                )
+            })?;
+        if !msg.portal.is_empty() && self.portals.contains_key(&msg.portal) {
+            return Err(PgError::new(
+                SqlState::DUPLICATE_CURSOR,
+                format!("portal \"{}\" already exists", msg.portal),
+            ));
+        }
+        if self.tx == Tx::Failed
+            && !matches!(
+                statement.prepared,
+                Prepared::Command(Command::Commit | Command::Rollback)
+            )
+        {
+            return Err(PgError::new(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let (state, columns) = match &statement.prepared {
+            Prepared::Empty => {
+                if !msg.params.is_empty() {
+                    return Err(PgError::new(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement requires 0",
+                            msg.params.len()
+                        ),
+                    ));
+                }
+                (PortalState::Empty, 0)
+            }
+            Prepared::Command(cmd) => {
+                if !msg.params.is_empty() {
+                    return Err(PgError::new(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement requires 0",
+                            msg.params.len()
+                        ),
+                    ));
+                }
+                let columns = if matches!(cmd, Command::Show(_)) {
+                    1
+                } else {
+                    0
+                };
+                (PortalState::Command(cmd.clone()), columns)
+            }
+            Prepared::Lake {
+                plan,
+                params: types,
+                schema,
+                explain,
+            } => {
+                let values = params::decode_all(types, &msg.param_formats, &msg.params)?;
+                let plan = if values.is_empty() {
+                    plan.clone()
+                } else {
+                    plan.clone().with_param_values(values)?
+                };
+                (
+                    PortalState::Lake(Box::new(LakeRun {
+                        plan: Some(plan),
+                        stream: None,
+                        pending: None,
+                        rows: 0,
+                        explain: *explain,
+                    })),
+                    schema.fields().len(),
+                )
+            }
+        };
+        let formats = Format::for_columns(&msg.result_formats, columns)
+            .map_err(|m| PgError::new(SqlState::PROTOCOL_VIOLATION, m))?;
+        self.portals.insert(
+            msg.portal,
+            Portal {
+                statement,
+                state,
+                formats,
+            },
+        );
+        self.conn.send(&BindComplete::new());
+        Ok(())
+    }
+
+    fn describe(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let msg = frame::decode_describe(&frame.body)?;
+        match msg.target {
+            Target::Statement => {
+                let statement = self.statements.get(&msg.name).cloned().ok_or_else(|| {
+                    PgError::new(
+                        SqlState::INVALID_SQL_STATEMENT_NAME,
+                        format!("prepared statement \"{}\" does not exist", msg.name),
+                    )
+                })?;
+                match &statement.prepared {
+                    Prepared::Empty => {
+                        self.conn.send(&ParameterDescription::new(vec![]));
+                        self.conn.send(&NoData::new());
+                    }
+                    Prepared::Command(cmd) => {
+                        self.conn.send(&ParameterDescription::new(vec![]));
+                        self.describe_command(cmd, &[]);
+                    }
+                    Prepared::Lake { params, schema, .. } => {
+                        self.conn.send(&ParameterDescription::new(
+                            params.iter().map(|p| p.oid).collect(),
+                        ));
+                        self.describe_schema(schema, &[]);
+                    }
+                }
+            }
+            Target::Portal => {
+                let portal = self.portals.get(&msg.name).ok_or_else(|| {
+                    PgError::new(
+                        SqlState::INVALID_CURSOR_NAME,
+                        format!("portal \"{}\" does not exist", msg.name),
+                    )
+                })?;
+                let formats = portal.formats.clone();
+                let statement = portal.statement.clone();
+                match &statement.prepared {
+                    Prepared::Empty => self.conn.send(&NoData::new()),
+                    Prepared::Command(cmd) => self.describe_command(cmd, &formats),
+                    Prepared::Lake { schema, .. } => self.describe_schema(schema, &formats),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_command(&mut self, cmd: &Command, formats: &[Format]) {
+        match cmd {
+            Command::Show(name) => {
+                let schema = Self::show_schema(name);
+                encode::row_description(&mut self.conn.out, &schema, formats);
+            }
+            _ => self.conn.send(&NoData::new()),
+        }
+    }
+
+    fn describe_schema(&mut self, schema: &Schema, formats: &[Format]) {
+        if schema.fields().is_empty() {
+            self.conn.send(&NoData::new());
+        } else {
+            encode::row_description(&mut self.conn.out, schema, formats);
+        }
+    }
+
+    async fn execute(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let msg = frame::decode_execute(&frame.body)?;
+        let mut portal = self.portals.remove(&msg.portal).ok_or_else(|| {
+            PgError::new(
+                SqlState::INVALID_CURSOR_NAME,
+                format!("portal \"{}\" does not exist", msg.portal),
+            )
+        })?;
+        let result = self.execute_portal(&mut portal, msg.max_rows).await;
+        // Keep the portal (it may be suspended) unless the session is ending.
+        self.portals.insert(msg.portal, portal);
+        match result {
+            Ok(r) => r,
+            Err(Disconnect::Protocol(e)) => Err(PgError {
+                severity: Severity::Fatal,
+                ..e
+            }),
+            Err(Disconnect::Io(e)) => Err(PgError::fatal(
+                SqlState::CONNECTION_EXCEPTION,
+                e.to_string(),
+            )),
+        }
+    }
+
+    async fn execute_portal(
+        &mut self,
+        portal: &mut Portal,
+        max_rows: i32,
+    ) -> Result<Result<(), PgError>, Disconnect> {
+        let max_rows = if max_rows <= 0 { 0 } else { max_rows as u64 };
+        let formats = portal.formats.clone();
+        match &mut portal.state {
+            PortalState::Empty => {
+                self.conn.send(&EmptyQueryResponse::new());
+                Ok(Ok(()))
+            }
+            PortalState::Done => {
+                // Re-executing an exhausted portal returns no more rows.
+                self.conn
+                    .send(&CommandComplete::new("SELECT 0".to_string()));
+                Ok(Ok(()))
+            }
+            PortalState::Command(cmd) => {
+                let cmd = cmd.clone();
+                portal.state = PortalState::Done;
+                let format = formats.first().copied().unwrap_or(Format::Text);
+                // In the extended protocol, Describe sends any RowDescription.
+                Ok(self.run_command(&cmd, format, false))
+            }
+            PortalState::Lake(run) => {
+                if let Some(plan) = run.plan.take() {
+                    let qc = self.query_context();
+                    match self.shared.engine.execute(plan, &qc).await {
+                        Ok(s) => run.stream = Some(s),
+                        Err(e) => {
+                            portal.state = PortalState::Done;
+                            return Ok(Err(e));
+                        }
+                    }
+                }
+                let mut taken = std::mem::replace(
+                    run.as_mut(),
+                    LakeRun {
+                        plan: None,
+                        stream: None,
+                        pending: None,
+                        rows: 0,
+                        explain: false,
+                    },
+                );
+                let outcome = self.pump(&mut taken, &formats, max_rows).await?;
+                match outcome {
+                    Ok(true) => {
+                        self.complete_query(&taken);
+                        portal.state = PortalState::Done;
+                        Ok(Ok(()))
+                    }
+                    Ok(false) => {
+                        self.conn.send(&PortalSuspended::new());
+                        portal.state = PortalState::Lake(Box::new(taken));
+                        Ok(Ok(()))
+                    }
+                    Err(e) => {
+                        portal.state = PortalState::Done;
+                        Ok(Err(e))
+                    }
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let msg = frame::decode_close(&frame.body)?;
+        match msg.target {
+            Target::Statement => {
+                self.statements.remove(&msg.name);
+            }
+            Target::Portal => {
+                self.portals.remove(&msg.name);
+            }
+        }
+        self.conn.send(&CloseComplete::new());
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,364 @@
+//! Session parameters (GUCs) clients set, show and reset, with PostgreSQL's
+//! validation for the ones whose value changes what Sluice sends.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::engine::encode::Tz;
+use crate::server::error::{PgError, SqlState};
+
+pub const SERVER_VERSION: &str = "15.0";
+
+/// Parameters PostgreSQL reports with ParameterStatus at startup and on change.
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "in_hot_standby",
+    "integer_datetimes",
+    "IntervalStyle",
+    "is_superuser",
+    "server_encoding",
+    "server_version",
+    "session_authorization",
+    "standard_conforming_strings",
+    "TimeZone",
+];
+
+/// Known parameters and their defaults; the canonical spelling is what SHOW prints as
+/// column name and ParameterStatus carries.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+    ("client_min_messages", "notice"),
+    ("DateStyle", "ISO, MDY"),
+    ("default_transaction_isolation", "read committed"),
+    ("default_transaction_read_only", "on"),
+    ("extra_float_digits", "1"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("in_hot_standby", "off"),
+    ("integer_datetimes", "on"),
+    ("IntervalStyle", "postgres"),
+    ("is_superuser", "off"),
+    ("jit", "off"),
+    ("lc_messages", "C"),
+    ("lc_monetary", "C"),
+    ("lc_numeric", "C"),
+    ("lc_time", "C"),
+    ("lock_timeout", "0"),
+    ("max_identifier_length", "63"),
+    ("search_path", "\"$user\", public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", SERVER_VERSION),
+    ("server_version_num", "150000"),
+    ("session_authorization", ""),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("TimeZone", "UTC"),
+    ("transaction_isolation", "read committed"),
+    ("transaction_read_only", "on"),
+    ("work_mem", "4MB"),
+];
+
+/// Parameters a client may not change.
+const READ_ONLY: &[&str] = &[
+    "in_hot_standby",
+    "integer_datetimes",
+    "is_superuser",
+    "max_identifier_length",
+    "server_encoding",
+    "server_version",
+    "server_version_num",
+    "session_authorization",
+];
+
+fn canonical(name: &str) -> Option<&'static str> {
+    DEFAULTS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(n, _)| *n)
+}
+
+/// One session's parameter values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+    /// Custom `prefix.name` parameters, as PostgreSQL allows.
+    custom: BTreeMap<String, String>,
+    pub time_zone: Option<Tz>,
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Settings {
+    pub fn new(user: &str) -> Settings {
+        let mut values: BTreeMap<String, String> = DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        values.insert("session_authorization".into(), user.to_owned());
+        Settings {
+            values,
+            custom: BTreeMap::new(),
+            time_zone: None,
+            statement_timeout: None,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match canonical(name) {
+            Some(c) => self.values.get(c).map(String::as_str),
+            None => self.custom.get(&name.to_lowercase()).map(String::as_str),
+        }
+    }
+
+    /// Every reported parameter with its value, for the startup ParameterStatus burst.
+    pub fn reported(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        REPORTED
+            .iter()
+            .map(|&n| (n, self.values.get(n).map(String::as_str).unwrap_or("")))
+    }
+
+    /// Applies `SET name = value` (`None` = DEFAULT). Returns the canonical name and new
+    /// value when the parameter is reported, so the caller can send ParameterStatus.
+    pub fn set(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<Option<(&'static str, String)>, PgError> {
+        let Some(canon) = canonical(name) else {
+            if name.contains('.') {
+                let key = name.to_lowercase();
+                match value {
+                    Some(v) => self.custom.insert(key, v.to_owned()),
+                    None => self.custom.remove(&key),
+                };
+                return Ok(None);
+            }
+            return Err(PgError::new(
+                SqlState::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            ));
+        };
+        if READ_ONLY.contains(&canon) {
+            return Err(PgError::new(
+                SqlState("55P02"),
+                format!("parameter \"{canon}\" cannot be changed"),
+            ));
+        }
+        let default = DEFAULTS
+            .iter()
+            .find(|(n, _)| *n == canon)
+            .map(|(_, v)| *v)
+            .unwrap_or("");
+        let raw = value.unwrap_or(default);
+        let normalized = self.validate(canon, raw)?;
+        self.values.insert(canon.to_owned(), normalized.clone());
+        Ok(REPORTED.contains(&canon).then_some((canon, normalized)))
+    }
+
+    /// `RESET name` / `RESET ALL`: returns the reported parameters that changed.
+    pub fn reset(&mut self, name: Option<&str>) -> Result<Vec<(&'static str, String)>, PgError> {
+        match name {
+            Some(n) => Ok(self.set(n, None)?.into_iter().collect()),
+            None => {
+                let mut changed = Vec::new();
+                for (n, default) in DEFAULTS {
+                    if READ_ONLY.contains(n) {
+                        continue;
+                    }
+                    if self.values.get(*n).map(String::as_str) != Some(*default)
+                        && let Some(r) = self.set(n, None)?
+                    {
+                        changed.push(r);
+                    }
+                }
+                self.custom.clear();
+                Ok(changed)
+            }
+        }
+    }
+
+    fn validate(&mut self, name: &'static str, value: &str) -> Result<String, PgError> {
+        let invalid = |hint: &str| {
+            PgError::new(
+                SqlState::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"{name}\": \"{value}\""),
+            )
+            .with_hint(hint.to_owned())
+        };
+        Ok(match name {
+            "client_encoding" => {
+                let v = value.to_ascii_uppercase().replace(['-', '_'], "");
+                if matches!(v.as_str(), "UTF8" | "UNICODE" | "SQLASCII") {
+                    "UTF8".into()
+                } else {
+                    return Err(PgError::new(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!("client_encoding \"{value}\" is not supported; Sluice speaks UTF8"),
+                    ));
+                }
+            }
+            "DateStyle" => {
+                let upper = value.to_ascii_uppercase();
+                if upper
+                    .split(',')
+                    .any(|p| matches!(p.trim(), "SQL" | "POSTGRES" | "GERMAN"))
+                {
+                    return Err(invalid("Sluice prints dates in ISO style only"));
+                }
+                let order = if upper.contains("DMY") || upper.contains("EURO") {
+                    "DMY"
+                } else if upper.contains("YMD") {
+                    "YMD"
+                } else {
+                    "MDY"
+                };
+                format!("ISO, {order}")
+            }
+            "IntervalStyle" => {
+                if !value.eq_ignore_ascii_case("postgres") {
+                    return Err(invalid("Sluice supports IntervalStyle postgres only"));
+                }
+                "postgres".into()
+            }
+            "bytea_output" => {
+                if !value.eq_ignore_ascii_case("hex") {
+                    return Err(invalid("Sluice supports bytea_output hex only"));
+                }
+                "hex".into()
+            }
+            "standard_conforming_strings" => {
+                if !matches!(value.to_ascii_lowercase().as_str(), "on" | "true" | "1") {
+                    return Err(invalid("standard_conforming_strings is always on"));
+                }
+                "on".into()
+            }
+            "extra_float_digits" => {
+                let n: i32 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("an integer from -15 to 3"))?;
+                if !(-15..=3).contains(&n) {
+                    return Err(invalid("an integer from -15 to 3"));
+                }
+                n.to_string()
+            }
+            "TimeZone" => {
+                let tz = parse_time_zone(value).ok_or_else(|| {
+                    invalid("an IANA zone such as Europe/Paris, UTC, or an offset such as +02:00")
+                })?;
+                self.time_zone = tz;
+                value.to_owned()
+            }
+            "statement_timeout" => {
+                let d = parse_duration_ms(value).ok_or_else(|| {
+                    invalid("milliseconds, or a number with a unit such as 5s or 1min")
+                })?;
+                self.statement_timeout = (!d.is_zero()).then_some(d);
+                d.as_millis().to_string()
+            }
+            "default_transaction_read_only" | "transaction_read_only" => {
+                if !matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "on" | "true" | "1" | "yes"
+                ) {
+                    return Err(PgError::new(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "Sluice's lake engine only runs read-only transactions",
+                    ));
+                }
+                "on".into()
+            }
+            _ => value.to_owned(),
+        })
+    }
+}
+
+/// `None` inside `Some` means UTC (no conversion needed).
+fn parse_time_zone(value: &str) -> Option<Option<Tz>> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("utc")
+        || v.eq_ignore_ascii_case("gmt")
+        || v == "Z"
+        || v == "+00:00"
+        || v == "0"
+    {
+        return Some(None);
+    }
+    v.parse::<Tz>().ok().map(Some)
+}
+
+/// PostgreSQL time units for statement_timeout: plain numbers are milliseconds.
+fn parse_duration_ms(value: &str) -> Option<Duration> {
+    let v = value.trim().trim_matches('\'');
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if n < 0.0 {
+        return None;
+    }
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "d" => n * 86_400_000.0,
+        "us" => n / 1000.0,
+        _ => return None,
+    };
+    Some(Duration::from_micros((ms * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_show_reset() {
+        let mut s = Settings::new("demo");
+        assert_eq!(
+            s.set("application_name", Some("psql")).unwrap(),
+            Some(("application_name", "psql".into()))
+        );
+        assert_eq!(s.get("APPLICATION_NAME"), Some("psql"));
+        assert_eq!(s.set("extra_float_digits", Some("3")).unwrap(), None);
+        assert!(s.set("extra_float_digits", Some("9")).is_err());
+        assert_eq!(
+            s.set("nonsense", Some("1")).unwrap_err().code,
+            SqlState::UNDEFINED_OBJECT
+        );
+        s.set("myapp.tag", Some("x")).unwrap();
+        assert_eq!(s.get("myapp.tag"), Some("x"));
+        let changed = s.reset(None).unwrap();
+        assert!(
+            changed
+                .iter()
+                .any(|(n, v)| *n == "application_name" && v.is_empty())
+        );
+        assert_eq!(s.get("myapp.tag"), None);
+    }
+
+    #[test]
+    fn values_are_validated() {
+        let mut s = Settings::new("demo");
+        s.set("TimeZone", Some("Europe/Paris")).unwrap();
+        assert!(s.time_zone.is_some());
+        assert!(s.set("TimeZone", Some("Mars/Olympus")).is_err());
+        s.set("statement_timeout", Some("5s")).unwrap();
+        assert_eq!(s.statement_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(s.get("statement_timeout"), Some("5000"));
+        s.set("statement_timeout", Some("0")).unwrap();
+        assert_eq!(s.statement_timeout, None);
+        assert!(s.set("DateStyle", Some("German")).is_err());
+        assert_eq!(
+            s.set("DateStyle", Some("ISO")).unwrap().unwrap().1,
+            "ISO, MDY"
+        );
+        assert!(s.set("client_encoding", Some("LATIN1")).is_err());
+        assert!(s.set("server_version", Some("1")).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! TLS for the listener: the configured certificate, or a self-signed one generated
+//! at start. Any problem here stops start-up; Sluice never falls back to plaintext.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    /// SHA-256 of the leaf certificate, hex with colons, for logs and pinning.
+    pub fingerprint: String,
+    pub self_signed: bool,
+}
+
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn load(config: &Config) -> Result<Tls, String> {
+    let (certs, key, self_signed) = match (&config.server.tls.cert, &config.server.tls.key) {
+        (Some(cert), Some(key)) => {
+            let cert_path = config.resolve(cert);
+            let key_path = config.resolve(key);
+            (read_certs(&cert_path)?, read_key(&key_path)?, false)
+        }
+        _ => {
+            let (c, k) = generate_self_signed()?;
+            (vec![c], k, true)
+        }
+    };
+    let fingerprint = certs.first().map(fingerprint).unwrap_or_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("server.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls: certificate and key do not form a usable pair: {e}"))?;
+    // PostgreSQL 17 clients using direct TLS negotiation require this ALPN name.
+    server.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Tls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        fingerprint,
+        self_signed,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = std::fs::read(path)
+        .map_err(|e| format!("server.tls.cert: cannot read {}: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("server.tls.cert: {} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "server.tls.cert: {} holds no certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let data = std::fs::read(path)
+        .map_err(|e| format!("server.tls.key: cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| format!("server.tls.key: {} is not valid PEM: {e}", path.display()))?
+        .ok_or_else(|| format!("server.tls.key: {} holds no private key", path.display()))
+}
+
+fn generate_self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+    let key = PrivateKeyDer::try_from(certified.key_pair.serialize_der())
+        .map_err(|e| format!("cannot encode generated key: {e}"))?;
+    Ok((certified.cert.der().clone(), key))
+}

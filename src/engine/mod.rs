@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod params;
+pub mod pg_compat;
 pub mod types;
 
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
 use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -47,8 +50,23 @@ pub struct QueryContext {
     pub backend_pid: i32,
 }
 
+/// A dedicated runtime for query execution. DataFusion operators can run for a long
+/// time between yields; on their own threads they cannot starve the network I/O of
+/// other sessions, cancel requests or statement timeouts.
+struct CpuRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for CpuRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Dropping a runtime inside async code would panic; this never blocks.
+            rt.shutdown_background();
+        }
+    }
+}
+
 pub struct Engine {
     ctx: SessionContext,
+    cpu: CpuRuntime,
     database: String,
     parser: PostgresCompatibilityParser,
     catalog: Arc<MemoryCatalogProvider>,
@@ -96,9 +114,18 @@ impl Engine {
 
         setup_pg_catalog(&ctx, &database, EmptyContextProvider)
             .map_err(|e| format!("cannot set up pg_catalog: {e}"))?;
+        pg_compat::install(&ctx, &database)?;
 
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cpu = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sluice-query")
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start query runtime: {e}"))?;
         Ok(Engine {
             ctx,
+            cpu: CpuRuntime(Some(cpu)),
             database,
             parser: PostgresCompatibilityParser::new(),
             catalog,
@@ -117,9 +144,11 @@ impl Engine {
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
     /// with the rewrites that let common client catalog queries run on DataFusion.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, PgError> {
-        self.parser
+        let statements = self
+            .parser
             .parse(sql)
-            .map_err(|e| PgError::new(SqlState::SYNTAX_ERROR, parser_message(&e.to_string())))
+            .map_err(|e| PgError::new(SqlState::SYNTAX_ERROR, parser_message(&e.to_string())))?;
+        Ok(statements.into_iter().map(pg_compat::rewrite).collect())
     }
 
     fn state_for(&self, qc: &QueryContext) -> SessionState {
@@ -181,15 +210,64 @@ impl Engine {
         Ok(plan)
     }
 
-    /// Starts executing a plan; batches arrive as the client consumes them.
+    /// Starts executing a plan on the query runtime. Batches cross to the session
+    /// through a small bounded channel, so a client that stops reading stops the
+    /// query (backpressure); dropping the stream aborts the query.
     pub async fn execute(
         &self,
         plan: LogicalPlan,
         qc: &QueryContext,
     ) -> Result<SendableRecordBatchStream, PgError> {
         let state = self.state_for(qc);
+        let schema = Arc::new(plan.schema().as_arrow().clone());
         let physical = state.create_physical_plan(&plan).await?;
-        Ok(execute_stream(physical, state.task_ctx())?)
+        let task_ctx = state.task_ctx();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let Some(cpu) = self.cpu.0.as_ref() else {
+            return Err(PgError::new(SqlState::ADMIN_SHUTDOWN, "the server is shutting down"));
+        };
+        let driver = cpu.spawn(async move {
+            let mut stream = match execute_stream(physical, task_ctx) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(batch) = stream.next().await {
+                if tx.send(batch).await.is_err() {
+                    break; // the session went away or gave up
+                }
+            }
+        });
+        let batches = AbortOnDrop {
+            rx,
+            driver,
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// The session's end of a running query; dropping it cancels the query.
+struct AbortOnDrop {
+    rx: tokio::sync::mpsc::Receiver<datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl futures::Stream for AbortOnDrop {
+    type Item = datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
     }
 }
 

@@ -3,7 +3,11 @@
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::logical_expr::LogicalPlan;
+use std::collections::HashMap;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::expr::{Cast, Placeholder, TryCast};
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::scalar::ScalarValue;
 
 use crate::engine::types::{arrow_type_for_oid, oid, pg_type, type_name};
@@ -19,7 +23,14 @@ pub struct ParamType {
 /// Parameter types for a planned statement, combining what the client declared in
 /// Parse with what DataFusion inferred from the query.
 pub fn param_types(plan: &LogicalPlan, declared: &[u32]) -> Result<Vec<ParamType>, PgError> {
-    let inferred = plan.get_parameter_types()?;
+    let mut inferred = plan.get_parameter_types()?;
+    // `CAST($1 AS BIGINT)` types $1 as bigint in PostgreSQL; DataFusion leaves it open.
+    for (id, t) in cast_hints(plan) {
+        let slot = inferred.entry(id).or_insert(None);
+        if slot.is_none() {
+            *slot = Some(t);
+        }
+    }
     let max_placeholder = inferred
         .keys()
         .filter_map(|k| k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
@@ -42,6 +53,26 @@ pub fn param_types(plan: &LogicalPlan, declared: &[u32]) -> Result<Vec<ParamType
         types.push(ParamType { oid, arrow });
     }
     Ok(types)
+}
+
+/// Placeholders that appear directly inside a CAST, with the cast's target type.
+fn cast_hints(plan: &LogicalPlan) -> HashMap<String, DataType> {
+    let mut hints = HashMap::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                let (inner, field) = match e {
+                    Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) => (expr, field),
+                    _ => return Ok(TreeNodeRecursion::Continue),
+                };
+                if let Expr::Placeholder(Placeholder { id, field: None }) = inner.as_ref() {
+                    hints.entry(id.clone()).or_insert_with(|| field.data_type().clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    hints
 }
 
 /// Decodes all bound values. `formats` follows Bind's rules (none = text, one = all).

@@ -30,6 +30,11 @@ pub enum Command {
     Deallocate(Option<String>),
     /// Transaction characteristics: accepted (the gateway is read-only anyway).
     SetTransaction,
+    /// Savepoints carry no data in a read-only transaction, but clients (psycopg's
+    /// nested transactions, pgjdbc's autosave) use them to recover from errors.
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 impl Command {
@@ -45,6 +50,9 @@ impl Command {
             Command::Rollback => "ROLLBACK",
             Command::Deallocate(None) => "DEALLOCATE ALL",
             Command::Deallocate(Some(_)) => "DEALLOCATE",
+            Command::Savepoint(_) => "SAVEPOINT",
+            Command::Release(_) => "RELEASE",
+            Command::RollbackTo(_) => "ROLLBACK",
         }
     }
 }
@@ -90,14 +98,11 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
             savepoint: None, ..
         } => Route::Session(Command::Rollback),
         Statement::Rollback {
-            savepoint: Some(_), ..
-        }
-        | Statement::Savepoint { .. } => {
-            return Err(PgError::new(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "savepoints are not supported by the lake engine",
-            ));
-        }
+            savepoint: Some(name),
+            ..
+        } => Route::Session(Command::RollbackTo(name.value)),
+        Statement::Savepoint { name } => Route::Session(Command::Savepoint(name.value)),
+        Statement::ReleaseSavepoint { name } => Route::Session(Command::Release(name.value)),
         Statement::Deallocate { name, .. } => Route::Session(Command::Deallocate(
             if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
                 None

@@ -172,6 +172,12 @@ pub fn from_datafusion(e: &DataFusionError) -> PgError {
         return pg.clone();
     }
     let message = strip_prefixes(&root.to_string());
+    if let Some(name) = missing_table(&message) {
+        return PgError::new(
+            SqlState::UNDEFINED_TABLE,
+            format!("relation \"{name}\" does not exist"),
+        );
+    }
     let lower = message.to_ascii_lowercase();
     let code = match root {
         DataFusionError::SQL(..) => SqlState::SYNTAX_ERROR,
@@ -218,6 +224,23 @@ pub fn from_datafusion(e: &DataFusionError) -> PgError {
         _ => SqlState::INTERNAL_ERROR,
     };
     PgError::new(code, message)
+}
+
+/// `table 'catalog.schema.name' not found` → the name as a user would write it.
+fn missing_table(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("table '")?;
+    let name = rest.strip_suffix("' not found")?;
+    let parts: Vec<&str> = name.split('.').collect();
+    let parts = if parts.len() == 3 {
+        &parts[1..]
+    } else {
+        &parts[..]
+    };
+    let parts = match parts {
+        ["public", table] => &[*table][..],
+        other => other,
+    };
+    Some(parts.join("."))
 }
 
 /// DataFusion prefixes messages with its error kind ("Error during planning: …");

@@ -91,6 +91,8 @@ pub struct Session {
     statements: HashMap<String, Arc<PreparedStatement>>,
     portals: HashMap<String, Portal>,
     tx: Tx,
+    /// Open savepoints, innermost last.
+    savepoints: Vec<String>,
     /// After an error in the extended protocol, messages are skipped until Sync.
     skip_until_sync: bool,
     cancel: CancelHandle,
@@ -112,6 +114,7 @@ impl Session {
             statements: HashMap::new(),
             portals: HashMap::new(),
             tx: Tx::Idle,
+            savepoints: Vec::new(),
             skip_until_sync: false,
             cancel,
         }
@@ -544,6 +547,7 @@ impl Session {
                     Tx::Failed => "ROLLBACK",
                 };
                 self.tx = Tx::Idle;
+                self.savepoints.clear();
                 self.conn.send(&CommandComplete::new(tag.to_string()));
                 return Ok(());
             }
@@ -555,6 +559,37 @@ impl Session {
                     );
                 }
                 self.tx = Tx::Idle;
+                self.savepoints.clear();
+            }
+            Command::Savepoint(name) => {
+                if self.tx == Tx::Idle {
+                    return Err(PgError::new(
+                        SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                        "SAVEPOINT can only be used in transaction blocks",
+                    ));
+                }
+                self.savepoints.push(name.clone());
+            }
+            Command::Release(name) | Command::RollbackTo(name) => {
+                if self.tx == Tx::Idle {
+                    return Err(PgError::new(
+                        SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                        format!("{} can only be used in transaction blocks", cmd.tag()),
+                    ));
+                }
+                let Some(pos) = self.savepoints.iter().rposition(|s| s == name) else {
+                    return Err(PgError::new(
+                        SqlState("3B001"),
+                        format!("savepoint \"{name}\" does not exist"),
+                    ));
+                };
+                if matches!(cmd, Command::Release(_)) {
+                    self.savepoints.truncate(pos);
+                } else {
+                    // The savepoint survives ROLLBACK TO; the transaction is usable again.
+                    self.savepoints.truncate(pos + 1);
+                    self.tx = Tx::Block;
+                }
             }
             Command::Deallocate(name) => match name {
                 None => self.statements.clear(),

@@ -1,1 +1,10 @@
+//! Integration tests: real Sluice gateways on loopback, real clients over real sockets.
+//! One test binary (modules below) keeps link time down.
 
+mod harness;
+mod jdbc;
+mod protocol;
+mod psql;
+mod python;
+mod robustness;
+mod security;

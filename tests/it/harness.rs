@@ -1,0 +1,112 @@
+//! Starts real Sluice gateways on loopback for the tests, and finds the real clients
+//! (psql, python3 + psycopg, java + pgjdbc) that talk to them.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use sluice::config::Config;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+pub const USER: &str = "demo";
+pub const PASSWORD: &str = "demo";
+
+/// The demo lake, generated once per test run and shared (read-only) by every test.
+pub fn demo_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("demo-data");
+        sluice::lake::demo::ensure(&dir).expect("generate demo data");
+        dir
+    })
+    .clone()
+}
+
+pub struct Gateway {
+    pub port: u16,
+    /// Holds the config file for the gateway's lifetime.
+    _dir: tempfile::TempDir,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `[server.tls]` section most tests use: generated certificate, plaintext on loopback.
+pub const LOOPBACK_PLAINTEXT: &str = "[server.tls]\nallow_plaintext = \"loopback\"\n";
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Gateway::start_with(LOOPBACK_PLAINTEXT, "").await
+    }
+
+    /// Starts a gateway with the given `[server.tls]` section and extra TOML.
+    pub async fn start_with(tls: &str, extra: &str) -> Gateway {
+        Gateway::start_full("", tls, extra).await
+    }
+
+    /// Like `start_with`, plus extra lines for the `[server]` table.
+    pub async fn start_full(server_lines: &str, tls: &str, extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n{tls}\n\
+             [[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nroles = [\"analyst\"]\n\n\
+             [[auth.users]]\nname = \"svc\"\nscram = \"{svc}\"\n\n\
+             [lake.local]\nroot = \"{root}\"\ndemo_data = true\n{extra}",
+            extra_server = server_lines,
+            root = demo_dir().display(),
+            svc = sluice::auth::scram::Verifier::from_password("svc-secret").to_stored(),
+        );
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, &toml).expect("write config");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
+        let server = sluice::server::Server::bind(config).await.expect("gateway starts");
+        let port = server.local_addr().expect("local addr").port();
+        let task = tokio::spawn(server.run());
+        Gateway { port, _dir: dir, task }
+    }
+
+    pub fn url(&self, sslmode: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname=sluice user={USER} password={PASSWORD} sslmode={sslmode}", self.port)
+    }
+
+    /// A tokio-postgres client over plaintext loopback.
+    pub async fn connect(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.url("disable"), NoTls).await.expect("connect");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Runs psql with `args`, connected over TLS.
+    pub async fn psql(&self, args: &[&str]) -> Output {
+        let url = self.url("require");
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.arg(url).args(["-X", "-v", "ON_ERROR_STOP=1"]).args(args);
+        cmd.env("PGCONNECT_TIMEOUT", "10");
+        cmd.output().await.expect("psql runs")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The clients directory holding the Python and Java test programs.
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients")
+}
+
+/// Error code of a tokio-postgres error, for assertions.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+}

@@ -1,0 +1,222 @@
+//! The wire protocol with tokio-postgres: extended protocol with parameters, binary
+//! results, portals with max_rows, pipelining, session commands and transactions.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use futures::{StreamExt, TryStreamExt};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::{Gateway, sqlstate};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_with_parameters() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let stmt = client
+        .prepare("SELECT count(*) FROM nyc.trips WHERE passenger_count > $1 AND month = $2")
+        .await
+        .unwrap();
+    assert_eq!(stmt.params().len(), 2);
+    assert_eq!(stmt.params()[0], tokio_postgres::types::Type::INT4);
+    let a: i64 = client.query_one(&stmt, &[&2i32, &"2024-03"]).await.unwrap().get(0);
+    let b: i64 = client.query_one(&stmt, &[&0i32, &"2024-03"]).await.unwrap().get(0);
+    assert!(a > 0 && b > a, "{a} {b}");
+    assert_eq!(b, 100_000, "every trip of a month has at least one passenger");
+    // Text-format parameters through the simple "unnamed statement" path.
+    let rows = client
+        .query("SELECT location_id, zone FROM nyc.zones WHERE location_id = $1", &[&7i64])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let zone: String = rows[0].get(1);
+    assert!(zone.ends_with("Zone 7"), "{zone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_results_decode_to_the_right_values() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let row = client
+        .query_one(
+            "SELECT CAST(1 AS SMALLINT), CAST(2 AS INT), CAST(3 AS BIGINT), CAST(1.5 AS REAL), CAST(2.25 AS DOUBLE PRECISION), \
+             'héllo', true, DATE '2024-01-02', TIMESTAMP '2024-01-02 03:04:05.5', CAST(NULL AS INT)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i16>(0), 1);
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(row.get::<_, i64>(2), 3);
+    assert_eq!(row.get::<_, f32>(3), 1.5);
+    assert_eq!(row.get::<_, f64>(4), 2.25);
+    assert_eq!(row.get::<_, String>(5), "héllo");
+    assert!(row.get::<_, bool>(6));
+    assert_eq!(row.get::<_, NaiveDate>(7), NaiveDate::from_ymd_opt(2024, 1, 2).unwrap());
+    let ts = NaiveDateTime::parse_from_str("2024-01-02 03:04:05.5", "%Y-%m-%d %H:%M:%S%.f").unwrap();
+    assert_eq!(row.get::<_, NaiveDateTime>(8), ts);
+    assert_eq!(row.get::<_, Option<i32>>(9), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_return_rows_in_max_rows_chunks() {
+    let gw = Gateway::start().await;
+    let mut client = gw.connect().await;
+    let tx = client.transaction().await.unwrap();
+    let portal = tx
+        .bind("SELECT trip_id FROM nyc.trips WHERE month = '2024-01' ORDER BY trip_id LIMIT 25", &[])
+        .await
+        .unwrap();
+    let mut all = vec![];
+    for want in [10, 10, 5, 0] {
+        let rows = tx.query_portal(&portal, 10).await.unwrap();
+        assert_eq!(rows.len(), want);
+        all.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    assert_eq!(all, (1..=25).collect::<Vec<i64>>());
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_queries_each_get_their_answer() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let queries: Vec<_> = (0..20i64)
+        .map(|i| {
+            let c = &client;
+            async move { c.query_one("SELECT CAST($1 AS BIGINT) * 2", &[&i]).await.map(|r| r.get::<_, i64>(0)) }
+        })
+        .collect();
+    let results = futures::future::join_all(queries).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i as i64 * 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_stream() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let stream = client
+        .query_raw("SELECT trip_id, fare_amount FROM nyc.trips", std::iter::empty::<i32>())
+        .await
+        .unwrap();
+    let mut stream = Box::pin(stream);
+    let mut count = 0u64;
+    let mut sum = 0i64;
+    while let Some(row) = stream.next().await {
+        let row = row.unwrap();
+        sum += row.get::<_, i64>(0);
+        count += 1;
+    }
+    assert_eq!(count, 1_200_000);
+    assert_eq!(sum, 1_200_000 * 1_200_001 / 2);
+}
+
+fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_show_reset_and_discard() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let msgs = client
+        .simple_query("SET application_name = 'it-test'; SHOW application_name; SET search_path TO nyc, public; SELECT count(*) FROM zones")
+        .await
+        .unwrap();
+    assert_eq!(simple_values(&msgs), vec![vec![Some("it-test".into())], vec![Some("265".into())]]);
+    let msgs = client.simple_query("RESET application_name; SHOW application_name").await.unwrap();
+    assert_eq!(simple_values(&msgs), vec![vec![Some(String::new())]]);
+    client.simple_query("SET TimeZone = 'Europe/Paris'").await.unwrap();
+    let msgs = client.simple_query("SELECT CAST(TIMESTAMP '2024-07-01 00:00:00' AS TIMESTAMPTZ)").await.unwrap();
+    let v = simple_values(&msgs)[0][0].clone().unwrap();
+    assert!(v.ends_with("+02"), "timestamptz in the session zone: {v}");
+    client.simple_query("DISCARD ALL").await.unwrap();
+    let msgs = client.simple_query("SHOW TimeZone; SHOW search_path").await.unwrap();
+    assert_eq!(
+        simple_values(&msgs),
+        vec![vec![Some("UTC".into())], vec![Some("\"$user\", public".into())]]
+    );
+    let err = client.simple_query("SET TimeZone = 'Mars/Base'").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22023");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_fail_and_recover_like_postgres() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    client.simple_query("BEGIN").await.unwrap();
+    assert!(client.simple_query("SELECT * FROM nope").await.is_err());
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    client.simple_query("ROLLBACK").await.unwrap();
+    let msgs = client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(simple_values(&msgs), vec![vec![Some("1".into())]]);
+    // Read-only transactions work end to end.
+    client.simple_query("BEGIN READ ONLY; SELECT 1; COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_and_cancel_stop_long_queries() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let long = "SELECT count(*) FROM nyc.trips a JOIN nyc.trips b ON a.passenger_count = b.passenger_count";
+
+    client.simple_query("SET statement_timeout = '300ms'").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.simple_query(long).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(err.to_string().contains("statement timeout") || format!("{err:?}").contains("statement timeout"));
+    client.simple_query("SET statement_timeout = 0").await.unwrap();
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let err = client.simple_query(long).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    canceller.await.unwrap();
+    // The session is still usable.
+    let rows = client.query("SELECT 1", &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(started.elapsed().as_secs() < 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_functions_answer_like_postgres() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let row = client
+        .query_one("SELECT version(), current_database(), current_schema(), current_user, pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, String>(0).starts_with("PostgreSQL 15"));
+    assert_eq!(row.get::<_, String>(1), "sluice");
+    assert_eq!(row.get::<_, String>(2), "public");
+    assert_eq!(row.get::<_, String>(3), "demo");
+    assert!(row.get::<_, i32>(4) > 0);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'nyc' ORDER BY table_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, vec!["trips", "vendors", "zones"]);
+    let rows: Vec<_> = client
+        .query_raw("SELECT * FROM nyc.trips LIMIT 3", std::iter::empty::<i32>())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+}

@@ -1,0 +1,207 @@
+//! Hostile and broken clients: garbage bytes, malformed messages, oversized messages,
+//! connection limits. None of them may affect another client.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Gateway, PASSWORD, USER, sqlstate};
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Reads one backend message (tag, body) or None at end of stream.
+async fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.ok()?;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.ok()?;
+    Some((head[0], body))
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// A hand-rolled client that logs in with SCRAM over plaintext loopback and stops at
+/// ReadyForQuery, so the test can then send whatever bytes it likes.
+async fn raw_login(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", USER), ("database", "sluice")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    s.write_all(&startup).await.unwrap();
+    let (tag, _) = read_message(&mut s).await.unwrap();
+    assert_eq!(tag, b'R');
+    let client_first_bare = "n=,r=rawclientnonce";
+    let mut init = b"SCRAM-SHA-256\0".to_vec();
+    let first = format!("n,,{client_first_bare}");
+    init.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    init.extend_from_slice(first.as_bytes());
+    s.write_all(&message(b'p', &init)).await.unwrap();
+    let (_, cont) = read_message(&mut s).await.unwrap();
+    let server_first = String::from_utf8(cont[4..].to_vec()).unwrap();
+    let attrs: Vec<&str> = server_first.split(',').collect();
+    let nonce = &attrs[0][2..];
+    let salt = B64.decode(&attrs[1][2..]).unwrap();
+    let iters: u32 = attrs[2][2..].parse().unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(PASSWORD.as_bytes(), &salt, iters, &mut salted);
+    let client_key = hmac(&salted, b"Client Key");
+    let stored = Sha256::digest(&client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth = format!("{client_first_bare},{server_first},{without_proof}");
+    let sig = hmac(&stored, auth.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+    let final_msg = format!("{without_proof},p={}", B64.encode(proof));
+    s.write_all(&message(b'p', final_msg.as_bytes())).await.unwrap();
+    loop {
+        let (tag, _) = read_message(&mut s).await.expect("login completes");
+        assert_ne!(tag, b'E', "raw login refused");
+        if tag == b'Z' {
+            return s;
+        }
+    }
+}
+
+/// Sends `bytes` and returns the SQLSTATE of the ErrorResponse the server answers
+/// with before closing, if any.
+async fn error_then_close(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
+    s.write_all(bytes).await.ok()?;
+    let mut code = None;
+    while let Ok(Some((tag, body))) = tokio::time::timeout(Duration::from_secs(10), read_message(s)).await {
+        if tag == b'E' {
+            for field in body.split(|&b| b == 0) {
+                if let Some(c) = field.strip_prefix(b"C") {
+                    code = Some(String::from_utf8_lossy(c).into_owned());
+                }
+            }
+        }
+    }
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_clients_do_not_affect_others() {
+    let gw = Gateway::start().await;
+    let healthy = gw.connect().await;
+    let port = gw.port;
+    let garbage: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+        vec![0, 0, 0, 3],                   // length below the minimum
+        vec![0x7f, 0xff, 0xff, 0xff, 0, 3], // absurd startup length
+        {
+            let mut v = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]; // SSLRequest, then not-TLS bytes
+            v.extend_from_slice(b"definitely not a TLS handshake");
+            v
+        },
+        vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', b's', b'e', b'r'], // unterminated parameters
+    ];
+    let mut tasks = vec![];
+    for g in garbage {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let _ = s.write_all(&g).await;
+            let mut buf = vec![0u8; 1024];
+            // The server answers or hangs up; it must not hang on to us forever.
+            let _ = tokio::time::timeout(Duration::from_secs(40), s.read(&mut buf)).await;
+        }));
+    }
+    for _ in 0..5 {
+        let n: i64 = healthy.query_one("SELECT count(*) FROM nyc.zones", &[]).await.unwrap().get(0);
+        assert_eq!(n, 265);
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let again = gw.connect().await;
+    let n: i64 = again.query_one("SELECT count(*) FROM nyc.vendors", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_after_login_are_protocol_violations() {
+    let gw = Gateway::start().await;
+    let healthy = gw.connect().await;
+
+    let mut s = raw_login(gw.port).await;
+    assert_eq!(error_then_close(&mut s, &message(b'!', b"")).await.as_deref(), Some("08P01"));
+
+    // Bind claiming a 16-byte parameter but carrying 2.
+    let mut s = raw_login(gw.port).await;
+    let truncated_bind = message(b'B', b"\0\0\0\0\0\x01\0\0\0\x10ab");
+    s.write_all(&message(b'P', b"\0SELECT 1\0\0\0")).await.unwrap();
+    assert_eq!(error_then_close(&mut s, &truncated_bind).await.as_deref(), Some("08P01"));
+
+    // A message claiming to be 1.9 GB.
+    let mut s = raw_login(gw.port).await;
+    assert_eq!(error_then_close(&mut s, &[b'Q', 0x7f, 0xff, 0xff, 0x00]).await.as_deref(), Some("08P01"));
+
+    let n: i64 = healthy.query_one("SELECT count(*) FROM nyc.zones", &[]).await.unwrap().get(0);
+    assert_eq!(n, 265);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_errors_skip_to_sync() {
+    let gw = Gateway::start().await;
+    let mut s = raw_login(gw.port).await;
+    // Parse fails (unknown table); the following Bind/Execute are skipped until Sync,
+    // which answers ReadyForQuery; then the session works normally.
+    let mut batch = message(b'P', b"\0SELECT * FROM nope\0\0\0");
+    batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch.extend(message(b'S', b""));
+    batch.extend(message(b'Q', b"SELECT 7\0"));
+    s.write_all(&batch).await.unwrap();
+    let mut tags = vec![];
+    while let Some((tag, body)) = read_message(&mut s).await {
+        tags.push(tag);
+        if tag == b'D' {
+            assert_eq!(&body[6..], b"7");
+        }
+        if tag == b'Z' && tags.iter().filter(|&&t| t == b'Z').count() == 2 {
+            break;
+        }
+    }
+    assert_eq!(tags, vec![b'E', b'Z', b'T', b'D', b'C', b'Z']);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_get_53300() {
+    let gw = Gateway::start_full("max_connections = 2\n", crate::harness::LOOPBACK_PLAINTEXT, "").await;
+    let a = gw.connect().await;
+    let _b = gw.connect().await;
+    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls).await.err().expect("connection must be refused");
+    assert_eq!(sqlstate(&err), "53300");
+    drop(a);
+    // A slot frees up once a client leaves.
+    let mut ok = false;
+    for _ in 0..50 {
+        if tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "slot was not released");
+}

@@ -17,7 +17,6 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
 use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -25,6 +24,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
 
 use crate::config::Config;
 use crate::lake;
@@ -116,7 +116,9 @@ impl Engine {
             .map_err(|e| format!("cannot set up pg_catalog: {e}"))?;
         pg_compat::install(&ctx, &database)?;
 
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let cpu = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("sluice-query")
@@ -224,7 +226,10 @@ impl Engine {
         let task_ctx = state.task_ctx();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let Some(cpu) = self.cpu.0.as_ref() else {
-            return Err(PgError::new(SqlState::ADMIN_SHUTDOWN, "the server is shutting down"));
+            return Err(PgError::new(
+                SqlState::ADMIN_SHUTDOWN,
+                "the server is shutting down",
+            ));
         };
         let driver = cpu.spawn(async move {
             let mut stream = match execute_stream(physical, task_ctx) {
@@ -240,17 +245,16 @@ impl Engine {
                 }
             }
         });
-        let batches = AbortOnDrop {
-            rx,
-            driver,
-        };
+        let batches = AbortOnDrop { rx, driver };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }
 
 /// The session's end of a running query; dropping it cancels the query.
 struct AbortOnDrop {
-    rx: tokio::sync::mpsc::Receiver<datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>>,
+    rx: tokio::sync::mpsc::Receiver<
+        datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>,
+    >,
     driver: tokio::task::JoinHandle<()>,
 }
 

@@ -62,11 +62,15 @@ fn cast_hints(plan: &LogicalPlan) -> HashMap<String, DataType> {
         p.apply_expressions(|e| {
             e.apply(|e| {
                 let (inner, field) = match e {
-                    Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) => (expr, field),
+                    Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) => {
+                        (expr, field)
+                    }
                     _ => return Ok(TreeNodeRecursion::Continue),
                 };
                 if let Expr::Placeholder(Placeholder { id, field: None }) = inner.as_ref() {
-                    hints.entry(id.clone()).or_insert_with(|| field.data_type().clone());
+                    hints
+                        .entry(id.clone())
+                        .or_insert_with(|| field.data_type().clone());
                 }
                 Ok(TreeNodeRecursion::Continue)
             })

@@ -35,6 +35,13 @@ pub enum Command {
     Savepoint(String),
     Release(String),
     RollbackTo(String),
+    /// `FETCH [FORWARD] n | ALL FROM cursor`; `None` means ALL.
+    Fetch {
+        cursor: String,
+        count: Option<u64>,
+    },
+    /// `CLOSE cursor | ALL`; `None` means ALL.
+    CloseCursor(Option<String>),
 }
 
 impl Command {
@@ -53,6 +60,9 @@ impl Command {
             Command::Savepoint(_) => "SAVEPOINT",
             Command::Release(_) => "RELEASE",
             Command::RollbackTo(_) => "ROLLBACK",
+            Command::Fetch { .. } => "FETCH",
+            Command::CloseCursor(None) => "CLOSE CURSOR ALL",
+            Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
         }
     }
 }
@@ -62,6 +72,13 @@ pub enum Route {
     Session(Command),
     /// A read-only query for the lake engine (DataFusion).
     Lake(Box<Statement>),
+    /// `DECLARE name [BINARY] CURSOR [WITH HOLD] FOR query`: a named portal over a lake query.
+    DeclareCursor {
+        name: String,
+        binary: bool,
+        hold: bool,
+        query: Box<Statement>,
+    },
 }
 
 /// Classifies one parsed statement.
@@ -103,6 +120,63 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
         } => Route::Session(Command::RollbackTo(name.value)),
         Statement::Savepoint { name } => Route::Session(Command::Savepoint(name.value)),
         Statement::ReleaseSavepoint { name } => Route::Session(Command::Release(name.value)),
+        Statement::Declare { mut stmts } if stmts.len() == 1 => {
+            let d = stmts.remove(0);
+            let (Some(name), Some(query)) = (d.names.first(), d.for_query) else {
+                return Err(PgError::new(
+                    SqlState::SYNTAX_ERROR,
+                    "DECLARE needs a cursor name and FOR <query>",
+                ));
+            };
+            if d.scroll == Some(true) {
+                return Err(PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "SCROLL cursors are not supported: declare the cursor NO SCROLL and fetch forward",
+                ));
+            }
+            Route::DeclareCursor {
+                name: name.value.clone(),
+                binary: d.binary == Some(true),
+                hold: d.hold == Some(true),
+                query: Box::new(Statement::Query(query)),
+            }
+        }
+        Statement::Fetch {
+            name, direction, ..
+        } => {
+            use datafusion::sql::sqlparser::ast::FetchDirection as D;
+            let count = |v: &ValueWithSpan| -> Result<u64, PgError> {
+                v.value.to_string().parse::<u64>().map_err(|_| {
+                    PgError::new(
+                        SqlState::SYNTAX_ERROR,
+                        format!("invalid FETCH count {}", v.value),
+                    )
+                })
+            };
+            let count = match &direction {
+                D::Next => Some(1),
+                D::Count { limit } => Some(count(limit)?),
+                D::Forward { limit: Some(l) } => Some(count(l)?),
+                D::Forward { limit: None } => Some(1),
+                D::All | D::ForwardAll => None,
+                _ => {
+                    return Err(PgError::new(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "FETCH {direction} is not supported: cursors are NO SCROLL (fetch forward only)"
+                        ),
+                    ));
+                }
+            };
+            Route::Session(Command::Fetch {
+                cursor: name.value,
+                count: count.filter(|&c| c > 0),
+            })
+        }
+        Statement::Close { cursor } => Route::Session(Command::CloseCursor(match cursor {
+            datafusion::sql::sqlparser::ast::CloseCursor::All => None,
+            datafusion::sql::sqlparser::ast::CloseCursor::Specific { name } => Some(name.value),
+        })),
         Statement::Deallocate { name, .. } => Route::Session(Command::Deallocate(
             if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
                 None

@@ -53,6 +53,19 @@ enum Prepared {
         schema: SchemaRef,
         explain: bool,
     },
+    /// `DECLARE … CURSOR FOR <lake query>` sent through the extended protocol.
+    Declare {
+        cursor: CursorSpec,
+        plan: LogicalPlan,
+        params: Vec<ParamType>,
+    },
+}
+
+#[derive(Clone)]
+struct CursorSpec {
+    name: String,
+    binary: bool,
+    hold: bool,
 }
 
 struct PreparedStatement {
@@ -64,12 +77,23 @@ struct Portal {
     statement: Arc<PreparedStatement>,
     state: PortalState,
     formats: Vec<Format>,
+    /// Survives the end of its transaction (`DECLARE … WITH HOLD`).
+    hold: bool,
+}
+
+/// How an executed portal reports progress: the extended protocol's Execute, or SQL FETCH.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExecMode {
+    Execute,
+    Fetch { describe: bool },
 }
 
 enum PortalState {
     Empty,
     Command(Command),
     Lake(Box<LakeRun>),
+    /// Executing this portal creates the cursor.
+    Declare(CursorSpec, Box<LogicalPlan>),
     Done,
 }
 
@@ -260,7 +284,7 @@ impl Session {
                 self.skip_until_sync = false;
                 if self.tx == Tx::Idle {
                     // The implicit transaction ends: its portals go with it.
-                    self.portals.clear();
+                    self.portals.retain(|_, p| p.hold);
                 }
                 self.ready();
                 self.conn.flush().await?;
@@ -343,7 +367,16 @@ impl Session {
             return Ok(Err(e));
         }
         match route {
+            Route::Session(Command::Fetch { cursor, count }) => {
+                self.fetch(&cursor, count, None, true).await
+            }
             Route::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true)),
+            Route::DeclareCursor {
+                name,
+                binary,
+                hold,
+                query,
+            } => Ok(self.declare_cursor(name, binary, hold, &query).await),
             Route::Lake(stmt) => {
                 let qc = self.query_context();
                 let plan = match self.shared.engine.plan(&stmt, &qc).await {
@@ -374,6 +407,107 @@ impl Session {
                 }
             }
         }
+    }
+
+    async fn declare_cursor(
+        &mut self,
+        name: String,
+        binary: bool,
+        hold: bool,
+        query: &Statement,
+    ) -> Result<(), PgError> {
+        let plan = self
+            .shared
+            .engine
+            .plan(query, &self.query_context())
+            .await?;
+        self.open_cursor(CursorSpec { name, binary, hold }, plan)
+    }
+
+    /// Creates a named cursor (a portal) over a planned lake query.
+    fn open_cursor(&mut self, spec: CursorSpec, plan: LogicalPlan) -> Result<(), PgError> {
+        if self.tx == Tx::Idle && !spec.hold {
+            return Err(PgError::new(
+                SqlState::NO_ACTIVE_SQL_TRANSACTION,
+                "DECLARE CURSOR can only be used in transaction blocks",
+            ));
+        }
+        if self.portals.contains_key(&spec.name) {
+            return Err(PgError::new(
+                SqlState::DUPLICATE_CURSOR,
+                format!("cursor \"{}\" already exists", spec.name),
+            ));
+        }
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let format = if spec.binary {
+            Format::Binary
+        } else {
+            Format::Text
+        };
+        let formats = vec![format; schema.fields().len()];
+        let run = LakeRun {
+            plan: Some(plan.clone()),
+            stream: None,
+            pending: None,
+            rows: 0,
+            explain: false,
+        };
+        let statement = Arc::new(PreparedStatement {
+            prepared: Prepared::Lake {
+                plan,
+                params: vec![],
+                schema,
+                explain: false,
+            },
+        });
+        self.portals.insert(
+            spec.name,
+            Portal {
+                statement,
+                state: PortalState::Lake(Box::new(run)),
+                formats,
+                hold: spec.hold,
+            },
+        );
+        self.conn
+            .send(&CommandComplete::new("DECLARE CURSOR".to_string()));
+        Ok(())
+    }
+
+    /// The result schema of an open cursor, for FETCH's RowDescription.
+    fn cursor_schema(&self, cursor: &str) -> Option<SchemaRef> {
+        match &self.portals.get(cursor)?.statement.prepared {
+            Prepared::Lake { schema, .. } => Some(schema.clone()),
+            _ => None,
+        }
+    }
+
+    /// FETCH from a cursor. `formats` (from the FETCH's own Bind in the extended
+    /// protocol) override the cursor's; `describe` sends the RowDescription first
+    /// (simple protocol only: in the extended protocol Describe does that).
+    async fn fetch(
+        &mut self,
+        cursor: &str,
+        count: Option<u64>,
+        formats: Option<Vec<Format>>,
+        describe: bool,
+    ) -> Result<Result<(), PgError>, Disconnect> {
+        let Some(mut portal) = self.portals.remove(cursor) else {
+            return Ok(Err(PgError::new(
+                SqlState::INVALID_CURSOR_NAME,
+                format!("cursor \"{cursor}\" does not exist"),
+            )));
+        };
+        let saved = formats.map(|f| std::mem::replace(&mut portal.formats, f));
+        let max_rows = count.map(|c| c.min(i32::MAX as u64) as i32).unwrap_or(0);
+        let result = self
+            .execute_portal(&mut portal, max_rows, ExecMode::Fetch { describe })
+            .await;
+        if let Some(f) = saved {
+            portal.formats = f;
+        }
+        self.portals.insert(cursor.to_owned(), portal);
+        result
     }
 
     fn complete_query(&mut self, run: &LakeRun) {
@@ -548,6 +682,7 @@ impl Session {
                 };
                 self.tx = Tx::Idle;
                 self.savepoints.clear();
+                self.portals.retain(|_, p| p.hold);
                 self.conn.send(&CommandComplete::new(tag.to_string()));
                 return Ok(());
             }
@@ -560,6 +695,26 @@ impl Session {
                 }
                 self.tx = Tx::Idle;
                 self.savepoints.clear();
+                self.portals.retain(|_, p| p.hold);
+            }
+            Command::CloseCursor(name) => match name {
+                None => self.portals.clear(),
+                Some(n) => {
+                    if self.portals.remove(n).is_none() {
+                        return Err(PgError::new(
+                            SqlState::INVALID_CURSOR_NAME,
+                            format!("cursor \"{n}\" does not exist"),
+                        ));
+                    }
+                }
+            },
+            Command::Fetch { .. } => {
+                // FETCH runs through the portal machinery (see simple_statement); as a
+                // prepared statement it is not supported.
+                return Err(PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "FETCH cannot be prepared; send it as a simple query",
+                ));
             }
             Command::Savepoint(name) => {
                 if self.tx == Tx::Idle {
@@ -706,6 +861,24 @@ impl Session {
                 self.check_failed_tx(&route)?;
                 match route {
                     Route::Session(cmd) => Prepared::Command(cmd),
+                    Route::DeclareCursor {
+                        name,
+                        binary,
+                        hold,
+                        query,
+                    } => {
+                        let plan = self
+                            .shared
+                            .engine
+                            .plan(&query, &self.query_context())
+                            .await?;
+                        let params = params::param_types(&plan, &msg.param_types)?;
+                        Prepared::Declare {
+                            cursor: CursorSpec { name, binary, hold },
+                            plan,
+                            params,
+                        }
+                    }
                     Route::Lake(stmt) => {
                         let plan = self
                             .shared
@@ -790,12 +963,28 @@ impl Session {
                         ),
                     ));
                 }
-                let columns = if matches!(cmd, Command::Show(_)) {
-                    1
-                } else {
-                    0
+                let columns = match cmd {
+                    Command::Show(_) => 1,
+                    Command::Fetch { cursor, .. } => self
+                        .cursor_schema(cursor)
+                        .map(|s| s.fields().len())
+                        .unwrap_or(0),
+                    _ => 0,
                 };
                 (PortalState::Command(cmd.clone()), columns)
+            }
+            Prepared::Declare {
+                cursor,
+                plan,
+                params: types,
+            } => {
+                let values = params::decode_all(types, &msg.param_formats, &msg.params)?;
+                let plan = if values.is_empty() {
+                    plan.clone()
+                } else {
+                    plan.clone().with_param_values(values)?
+                };
+                (PortalState::Declare(cursor.clone(), Box::new(plan)), 0)
             }
             Prepared::Lake {
                 plan,
@@ -829,6 +1018,7 @@ impl Session {
                 statement,
                 state,
                 formats,
+                hold: false,
             },
         );
         self.conn.send(&BindComplete::new());
@@ -854,6 +1044,12 @@ impl Session {
                         self.conn.send(&ParameterDescription::new(vec![]));
                         self.describe_command(cmd, &[]);
                     }
+                    Prepared::Declare { params, .. } => {
+                        self.conn.send(&ParameterDescription::new(
+                            params.iter().map(|p| p.oid).collect(),
+                        ));
+                        self.conn.send(&NoData::new());
+                    }
                     Prepared::Lake { params, schema, .. } => {
                         self.conn.send(&ParameterDescription::new(
                             params.iter().map(|p| p.oid).collect(),
@@ -872,7 +1068,7 @@ impl Session {
                 let formats = portal.formats.clone();
                 let statement = portal.statement.clone();
                 match &statement.prepared {
-                    Prepared::Empty => self.conn.send(&NoData::new()),
+                    Prepared::Empty | Prepared::Declare { .. } => self.conn.send(&NoData::new()),
                     Prepared::Command(cmd) => self.describe_command(cmd, &formats),
                     Prepared::Lake { schema, .. } => self.describe_schema(schema, &formats),
                 }
@@ -887,6 +1083,10 @@ impl Session {
                 let schema = Self::show_schema(name);
                 encode::row_description(&mut self.conn.out, &schema, formats);
             }
+            Command::Fetch { cursor, .. } => match self.cursor_schema(cursor) {
+                Some(schema) => self.describe_schema(&schema, formats),
+                None => self.conn.send(&NoData::new()),
+            },
             _ => self.conn.send(&NoData::new()),
         }
     }
@@ -907,7 +1107,18 @@ impl Session {
                 format!("portal \"{}\" does not exist", msg.portal),
             )
         })?;
-        let result = self.execute_portal(&mut portal, msg.max_rows).await;
+        let result = match &portal.state {
+            PortalState::Command(Command::Fetch { cursor, count }) => {
+                let (cursor, count) = (cursor.clone(), *count);
+                portal.state = PortalState::Done;
+                let formats = portal.formats.clone();
+                self.fetch(&cursor, count, Some(formats), false).await
+            }
+            _ => {
+                self.execute_portal(&mut portal, msg.max_rows, ExecMode::Execute)
+                    .await
+            }
+        };
         // Keep the portal (it may be suspended) unless the session is ending.
         self.portals.insert(msg.portal, portal);
         match result {
@@ -927,18 +1138,34 @@ impl Session {
         &mut self,
         portal: &mut Portal,
         max_rows: i32,
+        mode: ExecMode,
     ) -> Result<Result<(), PgError>, Disconnect> {
         let max_rows = if max_rows <= 0 { 0 } else { max_rows as u64 };
         let formats = portal.formats.clone();
+        if mode == (ExecMode::Fetch { describe: true })
+            && let Prepared::Lake { schema, .. } = &portal.statement.prepared
+        {
+            encode::row_description(&mut self.conn.out, schema, &formats);
+        }
+        let fetch_tag = |rows: u64| CommandComplete::new(format!("FETCH {rows}"));
         match &mut portal.state {
             PortalState::Empty => {
                 self.conn.send(&EmptyQueryResponse::new());
                 Ok(Ok(()))
             }
+            PortalState::Declare(spec, plan) => {
+                let (spec, plan) = (spec.clone(), plan.as_ref().clone());
+                portal.state = PortalState::Done;
+                Ok(self.open_cursor(spec, plan))
+            }
             PortalState::Done => {
                 // Re-executing an exhausted portal returns no more rows.
-                self.conn
-                    .send(&CommandComplete::new("SELECT 0".to_string()));
+                match mode {
+                    ExecMode::Execute => self
+                        .conn
+                        .send(&CommandComplete::new("SELECT 0".to_string())),
+                    ExecMode::Fetch { .. } => self.conn.send(&fetch_tag(0)),
+                }
                 Ok(Ok(()))
             }
             PortalState::Command(cmd) => {
@@ -969,15 +1196,23 @@ impl Session {
                         explain: false,
                     },
                 );
+                let before = taken.rows;
                 let outcome = self.pump(&mut taken, &formats, max_rows).await?;
+                let sent = taken.rows - before;
                 match outcome {
                     Ok(true) => {
-                        self.complete_query(&taken);
+                        match mode {
+                            ExecMode::Execute => self.complete_query(&taken),
+                            ExecMode::Fetch { .. } => self.conn.send(&fetch_tag(sent)),
+                        }
                         portal.state = PortalState::Done;
                         Ok(Ok(()))
                     }
                     Ok(false) => {
-                        self.conn.send(&PortalSuspended::new());
+                        match mode {
+                            ExecMode::Execute => self.conn.send(&PortalSuspended::new()),
+                            ExecMode::Fetch { .. } => self.conn.send(&fetch_tag(sent)),
+                        }
                         portal.state = PortalState::Lake(Box::new(taken));
                         Ok(Ok(()))
                     }

@@ -63,20 +63,32 @@ impl Gateway {
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, &toml).expect("write config");
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
-        let server = sluice::server::Server::bind(config).await.expect("gateway starts");
+        let config =
+            Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
+        let server = sluice::server::Server::bind(config)
+            .await
+            .expect("gateway starts");
         let port = server.local_addr().expect("local addr").port();
         let task = tokio::spawn(server.run());
-        Gateway { port, _dir: dir, task }
+        Gateway {
+            port,
+            _dir: dir,
+            task,
+        }
     }
 
     pub fn url(&self, sslmode: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=sluice user={USER} password={PASSWORD} sslmode={sslmode}", self.port)
+        format!(
+            "host=127.0.0.1 port={} dbname=sluice user={USER} password={PASSWORD} sslmode={sslmode}",
+            self.port
+        )
     }
 
     /// A tokio-postgres client over plaintext loopback.
     pub async fn connect(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.url("disable"), NoTls).await.expect("connect");
+        let (client, conn) = tokio_postgres::connect(&self.url("disable"), NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -87,7 +99,9 @@ impl Gateway {
     pub async fn psql(&self, args: &[&str]) -> Output {
         let url = self.url("require");
         let mut cmd = tokio::process::Command::new("psql");
-        cmd.arg(url).args(["-X", "-v", "ON_ERROR_STOP=1"]).args(args);
+        cmd.arg(url)
+            .args(["-X", "-v", "ON_ERROR_STOP=1"])
+            .args(args);
         cmd.env("PGCONNECT_TIMEOUT", "10");
         cmd.output().await.expect("psql runs")
     }
@@ -103,10 +117,14 @@ pub fn stderr(o: &Output) -> String {
 
 /// The clients directory holding the Python and Java test programs.
 pub fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients")
 }
 
 /// Error code of a tokio-postgres error, for assertions.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }

@@ -17,13 +17,27 @@ async fn prepared_statements_with_parameters() {
         .unwrap();
     assert_eq!(stmt.params().len(), 2);
     assert_eq!(stmt.params()[0], tokio_postgres::types::Type::INT4);
-    let a: i64 = client.query_one(&stmt, &[&2i32, &"2024-03"]).await.unwrap().get(0);
-    let b: i64 = client.query_one(&stmt, &[&0i32, &"2024-03"]).await.unwrap().get(0);
+    let a: i64 = client
+        .query_one(&stmt, &[&2i32, &"2024-03"])
+        .await
+        .unwrap()
+        .get(0);
+    let b: i64 = client
+        .query_one(&stmt, &[&0i32, &"2024-03"])
+        .await
+        .unwrap()
+        .get(0);
     assert!(a > 0 && b > a, "{a} {b}");
-    assert_eq!(b, 100_000, "every trip of a month has at least one passenger");
+    assert_eq!(
+        b, 100_000,
+        "every trip of a month has at least one passenger"
+    );
     // Text-format parameters through the simple "unnamed statement" path.
     let rows = client
-        .query("SELECT location_id, zone FROM nyc.zones WHERE location_id = $1", &[&7i64])
+        .query(
+            "SELECT location_id, zone FROM nyc.zones WHERE location_id = $1",
+            &[&7i64],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -50,8 +64,12 @@ async fn binary_results_decode_to_the_right_values() {
     assert_eq!(row.get::<_, f64>(4), 2.25);
     assert_eq!(row.get::<_, String>(5), "héllo");
     assert!(row.get::<_, bool>(6));
-    assert_eq!(row.get::<_, NaiveDate>(7), NaiveDate::from_ymd_opt(2024, 1, 2).unwrap());
-    let ts = NaiveDateTime::parse_from_str("2024-01-02 03:04:05.5", "%Y-%m-%d %H:%M:%S%.f").unwrap();
+    assert_eq!(
+        row.get::<_, NaiveDate>(7),
+        NaiveDate::from_ymd_opt(2024, 1, 2).unwrap()
+    );
+    let ts =
+        NaiveDateTime::parse_from_str("2024-01-02 03:04:05.5", "%Y-%m-%d %H:%M:%S%.f").unwrap();
     assert_eq!(row.get::<_, NaiveDateTime>(8), ts);
     assert_eq!(row.get::<_, Option<i32>>(9), None);
 }
@@ -62,7 +80,10 @@ async fn portals_return_rows_in_max_rows_chunks() {
     let mut client = gw.connect().await;
     let tx = client.transaction().await.unwrap();
     let portal = tx
-        .bind("SELECT trip_id FROM nyc.trips WHERE month = '2024-01' ORDER BY trip_id LIMIT 25", &[])
+        .bind(
+            "SELECT trip_id FROM nyc.trips WHERE month = '2024-01' ORDER BY trip_id LIMIT 25",
+            &[],
+        )
         .await
         .unwrap();
     let mut all = vec![];
@@ -82,7 +103,11 @@ async fn pipelined_queries_each_get_their_answer() {
     let queries: Vec<_> = (0..20i64)
         .map(|i| {
             let c = &client;
-            async move { c.query_one("SELECT CAST($1 AS BIGINT) * 2", &[&i]).await.map(|r| r.get::<_, i64>(0)) }
+            async move {
+                c.query_one("SELECT CAST($1 AS BIGINT) * 2", &[&i])
+                    .await
+                    .map(|r| r.get::<_, i64>(0))
+            }
         })
         .collect();
     let results = futures::future::join_all(queries).await;
@@ -96,7 +121,10 @@ async fn large_results_stream() {
     let gw = Gateway::start().await;
     let client = gw.connect().await;
     let stream = client
-        .query_raw("SELECT trip_id, fare_amount FROM nyc.trips", std::iter::empty::<i32>())
+        .query_raw(
+            "SELECT trip_id, fare_amount FROM nyc.trips",
+            std::iter::empty::<i32>(),
+        )
         .await
         .unwrap();
     let mut stream = Box::pin(stream);
@@ -114,7 +142,9 @@ async fn large_results_stream() {
 fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     msgs.iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -128,20 +158,41 @@ async fn set_show_reset_and_discard() {
         .simple_query("SET application_name = 'it-test'; SHOW application_name; SET search_path TO nyc, public; SELECT count(*) FROM zones")
         .await
         .unwrap();
-    assert_eq!(simple_values(&msgs), vec![vec![Some("it-test".into())], vec![Some("265".into())]]);
-    let msgs = client.simple_query("RESET application_name; SHOW application_name").await.unwrap();
+    assert_eq!(
+        simple_values(&msgs),
+        vec![vec![Some("it-test".into())], vec![Some("265".into())]]
+    );
+    let msgs = client
+        .simple_query("RESET application_name; SHOW application_name")
+        .await
+        .unwrap();
     assert_eq!(simple_values(&msgs), vec![vec![Some(String::new())]]);
-    client.simple_query("SET TimeZone = 'Europe/Paris'").await.unwrap();
-    let msgs = client.simple_query("SELECT CAST(TIMESTAMP '2024-07-01 00:00:00' AS TIMESTAMPTZ)").await.unwrap();
+    client
+        .simple_query("SET TimeZone = 'Europe/Paris'")
+        .await
+        .unwrap();
+    let msgs = client
+        .simple_query("SELECT CAST(TIMESTAMP '2024-07-01 00:00:00' AS TIMESTAMPTZ)")
+        .await
+        .unwrap();
     let v = simple_values(&msgs)[0][0].clone().unwrap();
     assert!(v.ends_with("+02"), "timestamptz in the session zone: {v}");
     client.simple_query("DISCARD ALL").await.unwrap();
-    let msgs = client.simple_query("SHOW TimeZone; SHOW search_path").await.unwrap();
+    let msgs = client
+        .simple_query("SHOW TimeZone; SHOW search_path")
+        .await
+        .unwrap();
     assert_eq!(
         simple_values(&msgs),
-        vec![vec![Some("UTC".into())], vec![Some("\"$user\", public".into())]]
+        vec![
+            vec![Some("UTC".into())],
+            vec![Some("\"$user\", public".into())]
+        ]
     );
-    let err = client.simple_query("SET TimeZone = 'Mars/Base'").await.unwrap_err();
+    let err = client
+        .simple_query("SET TimeZone = 'Mars/Base'")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "22023");
 }
 
@@ -157,7 +208,10 @@ async fn transactions_fail_and_recover_like_postgres() {
     let msgs = client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(simple_values(&msgs), vec![vec![Some("1".into())]]);
     // Read-only transactions work end to end.
-    client.simple_query("BEGIN READ ONLY; SELECT 1; COMMIT").await.unwrap();
+    client
+        .simple_query("BEGIN READ ONLY; SELECT 1; COMMIT")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,12 +220,21 @@ async fn statement_timeout_and_cancel_stop_long_queries() {
     let client = gw.connect().await;
     let long = "SELECT count(*) FROM nyc.trips a JOIN nyc.trips b ON a.passenger_count = b.passenger_count";
 
-    client.simple_query("SET statement_timeout = '300ms'").await.unwrap();
+    client
+        .simple_query("SET statement_timeout = '300ms'")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let err = client.simple_query(long).await.unwrap_err();
     assert_eq!(sqlstate(&err), "57014", "{err}");
-    assert!(err.to_string().contains("statement timeout") || format!("{err:?}").contains("statement timeout"));
-    client.simple_query("SET statement_timeout = 0").await.unwrap();
+    assert!(
+        err.to_string().contains("statement timeout")
+            || format!("{err:?}").contains("statement timeout")
+    );
+    client
+        .simple_query("SET statement_timeout = 0")
+        .await
+        .unwrap();
 
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -219,4 +282,42 @@ async fn catalog_functions_answer_like_postgres() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_cursors_fetch_forward_in_chunks() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let err = client
+        .simple_query("DECLARE c CURSOR FOR SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25P01", "cursors need a transaction block");
+    let msgs = client
+        .simple_query(
+            "BEGIN; DECLARE c CURSOR FOR SELECT trip_id FROM nyc.trips WHERE month = '2024-01' ORDER BY trip_id LIMIT 7; \
+             FETCH 3 FROM c; FETCH FORWARD 3 FROM c; FETCH ALL FROM c; FETCH 1 FROM c",
+        )
+        .await
+        .unwrap();
+    let tags: Vec<u64> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    // BEGIN, DECLARE, then FETCH 3, 3, 1, 0
+    assert_eq!(&tags[2..], &[3, 3, 1, 0]);
+    let ids: Vec<i64> = simple_values(&msgs)
+        .iter()
+        .map(|r| r[0].as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=7).collect::<Vec<i64>>());
+    client.simple_query("CLOSE c; COMMIT").await.unwrap();
+    let err = client
+        .simple_query("BEGIN; FETCH 1 FROM c")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "34000");
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 
 use crate::harness::{Gateway, demo_dir, stderr, stdout};
@@ -46,7 +48,12 @@ async fn expected_hourly_fares() -> Vec<(i64, f64)> {
         .with_table_partition_cols(vec![("month".into(), DataType::Utf8)]);
     let url = ListingTableUrl::parse(&path).unwrap();
     let schema = options.infer_schema(&ctx.state(), &url).await.unwrap();
-    let table = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(schema)).unwrap();
+    let table = ListingTable::try_new(
+        ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema),
+    )
+    .unwrap();
     ctx.register_table("trips", Arc::new(table)).unwrap();
     let batches = ctx
         .sql("SELECT CAST(EXTRACT(HOUR FROM pickup_datetime) AS BIGINT) AS h, avg(fare_amount) AS a FROM trips GROUP BY 1 ORDER BY 1")
@@ -57,7 +64,9 @@ async fn expected_hourly_fares() -> Vec<(i64, f64)> {
         .unwrap();
     let mut out = vec![];
     for b in batches {
-        let h = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let h = b
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         let a = b.column(1).as_primitive::<Float64Type>();
         for i in 0..b.num_rows() {
             assert!(!a.is_null(i));
@@ -86,7 +95,10 @@ async fn nyc_taxi_aggregate_matches_datafusion_in_process() {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let (h, a) = l.split_once(',').expect("two columns");
-            (h.trim().parse::<f64>().unwrap() as i64, a.trim().parse::<f64>().unwrap())
+            (
+                h.trim().parse::<f64>().unwrap() as i64,
+                a.trim().parse::<f64>().unwrap(),
+            )
         })
         .collect();
     let want = expected_hourly_fares().await;
@@ -95,7 +107,10 @@ async fn nyc_taxi_aggregate_matches_datafusion_in_process() {
     for ((gh, ga), (wh, wa)) in got.iter().zip(&want) {
         assert_eq!(gh, wh);
         // Parallel aggregation may add in a different order: allow a few ULPs.
-        assert!((ga - wa).abs() <= wa.abs() * 1e-12, "hour {gh}: {ga} vs {wa}");
+        assert!(
+            (ga - wa).abs() <= wa.abs() * 1e-12,
+            "hour {gh}: {ga} vs {wa}"
+        );
     }
 }
 
@@ -108,7 +123,11 @@ async fn csv_and_json_tables_and_multi_statement_strings() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines, vec!["265|6", "Creative Mobile Technologies", "VeriFone Inc."], "{text}");
+    assert_eq!(
+        lines,
+        vec!["265|6", "Creative Mobile Technologies", "VeriFone Inc."],
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,8 +143,15 @@ async fn errors_carry_postgres_sqlstates() {
         let out = gw.psql(&["-v", "VERBOSITY=verbose", "-c", sql]).await;
         assert!(!out.status.success(), "{sql} should fail");
         let err = stderr(&out);
-        assert!(err.contains(&format!("ERROR:  {code}")), "{sql}: expected {code}, got {err}");
+        assert!(
+            err.contains(&format!("ERROR:  {code}")),
+            "{sql}: expected {code}, got {err}"
+        );
     }
     let out = gw.psql(&["-c", "SELECT * FROM nope"]).await;
-    assert!(stderr(&out).contains("relation \"nope\" does not exist"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("relation \"nope\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -13,6 +13,10 @@ async fn psycopg_params_binary_pipeline_and_prepared() {
         .await
         .expect("python3 runs (tests/setup.sh installs psycopg)");
     let text = stdout(&out);
-    assert!(out.status.success(), "psycopg check failed:\n{text}\n{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "psycopg check failed:\n{text}\n{}",
+        stderr(&out)
+    );
     assert!(text.contains("ALL OK"), "{text}");
 }

@@ -73,7 +73,9 @@ async fn raw_login(port: u16) -> TcpStream {
     let sig = hmac(&stored, auth.as_bytes());
     let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
     let final_msg = format!("{without_proof},p={}", B64.encode(proof));
-    s.write_all(&message(b'p', final_msg.as_bytes())).await.unwrap();
+    s.write_all(&message(b'p', final_msg.as_bytes()))
+        .await
+        .unwrap();
     loop {
         let (tag, _) = read_message(&mut s).await.expect("login completes");
         assert_ne!(tag, b'E', "raw login refused");
@@ -88,7 +90,9 @@ async fn raw_login(port: u16) -> TcpStream {
 async fn error_then_close(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
     s.write_all(bytes).await.ok()?;
     let mut code = None;
-    while let Ok(Some((tag, body))) = tokio::time::timeout(Duration::from_secs(10), read_message(s)).await {
+    while let Ok(Some((tag, body))) =
+        tokio::time::timeout(Duration::from_secs(10), read_message(s)).await
+    {
         if tag == b'E' {
             for field in body.split(|&b| b == 0) {
                 if let Some(c) = field.strip_prefix(b"C") {
@@ -128,14 +132,22 @@ async fn garbage_clients_do_not_affect_others() {
         }));
     }
     for _ in 0..5 {
-        let n: i64 = healthy.query_one("SELECT count(*) FROM nyc.zones", &[]).await.unwrap().get(0);
+        let n: i64 = healthy
+            .query_one("SELECT count(*) FROM nyc.zones", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 265);
     }
     for t in tasks {
         t.await.unwrap();
     }
     let again = gw.connect().await;
-    let n: i64 = again.query_one("SELECT count(*) FROM nyc.vendors", &[]).await.unwrap().get(0);
+    let n: i64 = again
+        .query_one("SELECT count(*) FROM nyc.vendors", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -145,19 +157,38 @@ async fn malformed_messages_after_login_are_protocol_violations() {
     let healthy = gw.connect().await;
 
     let mut s = raw_login(gw.port).await;
-    assert_eq!(error_then_close(&mut s, &message(b'!', b"")).await.as_deref(), Some("08P01"));
+    assert_eq!(
+        error_then_close(&mut s, &message(b'!', b""))
+            .await
+            .as_deref(),
+        Some("08P01")
+    );
 
     // Bind claiming a 16-byte parameter but carrying 2.
     let mut s = raw_login(gw.port).await;
     let truncated_bind = message(b'B', b"\0\0\0\0\0\x01\0\0\0\x10ab");
-    s.write_all(&message(b'P', b"\0SELECT 1\0\0\0")).await.unwrap();
-    assert_eq!(error_then_close(&mut s, &truncated_bind).await.as_deref(), Some("08P01"));
+    s.write_all(&message(b'P', b"\0SELECT 1\0\0\0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_then_close(&mut s, &truncated_bind).await.as_deref(),
+        Some("08P01")
+    );
 
     // A message claiming to be 1.9 GB.
     let mut s = raw_login(gw.port).await;
-    assert_eq!(error_then_close(&mut s, &[b'Q', 0x7f, 0xff, 0xff, 0x00]).await.as_deref(), Some("08P01"));
+    assert_eq!(
+        error_then_close(&mut s, &[b'Q', 0x7f, 0xff, 0xff, 0x00])
+            .await
+            .as_deref(),
+        Some("08P01")
+    );
 
-    let n: i64 = healthy.query_one("SELECT count(*) FROM nyc.zones", &[]).await.unwrap().get(0);
+    let n: i64 = healthy
+        .query_one("SELECT count(*) FROM nyc.zones", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 265);
 }
 
@@ -188,16 +219,27 @@ async fn extended_protocol_errors_skip_to_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_get_53300() {
-    let gw = Gateway::start_full("max_connections = 2\n", crate::harness::LOOPBACK_PLAINTEXT, "").await;
+    let gw = Gateway::start_full(
+        "max_connections = 2\n",
+        crate::harness::LOOPBACK_PLAINTEXT,
+        "",
+    )
+    .await;
     let a = gw.connect().await;
     let _b = gw.connect().await;
-    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls).await.err().expect("connection must be refused");
+    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("connection must be refused");
     assert_eq!(sqlstate(&err), "53300");
     drop(a);
     // A slot frees up once a client leaves.
     let mut ok = false;
     for _ in 0..50 {
-        if tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls).await.is_ok() {
+        if tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls)
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }

@@ -6,7 +6,10 @@ use crate::harness::{Gateway, sqlstate, stderr, stdout};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_is_refused_when_tls_is_required() {
     let gw = Gateway::start_with("[server.tls]\nallow_plaintext = \"never\"\n", "").await;
-    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls).await.err().expect("connection must be refused");
+    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("connection must be refused");
     assert_eq!(sqlstate(&err), "28000", "{err}");
 
     let out = gw.psql(&["-A", "-t", "-c", "SELECT 1"]).await;
@@ -15,20 +18,79 @@ async fn plaintext_is_refused_when_tls_is_required() {
 }
 
 /// A CA and a server certificate for `localhost` signed by it, made with the openssl CLI.
-fn write_ca_and_server_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn write_ca_and_server_cert(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Sluice test CA"]].concat());
-    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Sluice test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
-        "-days", "2", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
     ]);
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +108,11 @@ async fn verify_full_accepts_the_configured_certificate() {
         gw.port,
         ca.display()
     );
-    let out = tokio::process::Command::new("psql").args([url.as_str(), "-X", "-A", "-t", "-c", "SELECT 42"]).output().await.unwrap();
+    let out = tokio::process::Command::new("psql")
+        .args([url.as_str(), "-X", "-A", "-t", "-c", "SELECT 42"])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "verify-full fails: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "42");
 
@@ -58,9 +124,17 @@ async fn verify_full_accepts_the_configured_certificate() {
         gw.port,
         other_ca.display()
     );
-    let out = tokio::process::Command::new("psql").args([url.as_str(), "-X", "-c", "SELECT 1"]).output().await.unwrap();
+    let out = tokio::process::Command::new("psql")
+        .args([url.as_str(), "-X", "-c", "SELECT 1"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("certificate verify failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("certificate verify failed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,13 +142,21 @@ async fn bad_credentials_get_28p01_and_good_ones_work() {
     let gw = Gateway::start().await;
     let port = gw.port;
     let try_login = |user: &'static str, password: &'static str, db: &'static str| async move {
-        let url = format!("host=127.0.0.1 port={port} dbname={db} user={user} password={password} sslmode=disable");
-        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map(|_| ())
+        let url = format!(
+            "host=127.0.0.1 port={port} dbname={db} user={user} password={password} sslmode=disable"
+        );
+        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map(|_| ())
     };
     let e = try_login("demo", "wrong", "sluice").await.unwrap_err();
     assert_eq!(sqlstate(&e), "28P01");
     let e = try_login("nobody", "x", "sluice").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "28P01", "unknown users look exactly like wrong passwords");
+    assert_eq!(
+        sqlstate(&e),
+        "28P01",
+        "unknown users look exactly like wrong passwords"
+    );
     let e = try_login("demo", "demo", "otherdb").await.unwrap_err();
     assert_eq!(sqlstate(&e), "3D000");
     // A stored SCRAM verifier (no plaintext in config) works.
@@ -93,7 +175,10 @@ async fn broken_tls_config_stops_start_up() {
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, toml).unwrap();
     let config = sluice::config::Config::load(&path).unwrap();
-    let err = sluice::server::Server::bind(config).await.err().expect("must not start without its certificate");
+    let err = sluice::server::Server::bind(config)
+        .await
+        .err()
+        .expect("must not start without its certificate");
     assert!(err.contains("server.tls.cert"), "{err}");
 }
 
@@ -101,7 +186,11 @@ async fn broken_tls_config_stops_start_up() {
 fn check_config_names_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:5439\"\nmax_conections = 5\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:5439\"\nmax_conections = 5\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["check-config", "--config"])
         .arg(&bad)
@@ -111,11 +200,17 @@ fn check_config_names_the_offending_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_conections"), "{err}");
 
-    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf").join("sluice.toml");
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf")
+        .join("sluice.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["check-config", "--config"])
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

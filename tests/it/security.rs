@@ -200,17 +200,19 @@ fn check_config_names_the_offending_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_conections"), "{err}");
 
-    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("conf")
-        .join("sluice.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for shipped in ["sluice.toml", "docker.toml"] {
+        let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("conf")
+            .join(shipped);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check-config", "--config"])
+            .arg(&good)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -1,0 +1,25 @@
+# Multi-stage build: compile with the Rust toolchain, ship a slim Debian runtime.
+# (Not built in this repository's CI: its machines run no Docker engine.)
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin sluice
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/sluice --shell /usr/sbin/nologin sluice \
+    && mkdir -p /etc/sluice /var/lib/sluice \
+    && chown sluice:sluice /var/lib/sluice
+COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
+COPY conf/docker.toml /etc/sluice/sluice.toml
+USER sluice
+WORKDIR /var/lib/sluice
+EXPOSE 5439
+VOLUME ["/var/lib/sluice"]
+ENTRYPOINT ["/usr/local/bin/sluice"]
+CMD ["serve", "--config", "/etc/sluice/sluice.toml"]

@@ -159,6 +159,12 @@ impl ScramExchange {
             .find_map(|attr| attr.strip_prefix("r="))
             .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
             .ok_or_else(|| ScramError::Protocol("SCRAM client nonce missing".into()))?;
+        // The nonce is echoed back; keep replies small whatever the client sends.
+        if client_nonce.len() > 1024 {
+            return Err(ScramError::Protocol(
+                "SCRAM client nonce is too long".into(),
+            ));
+        }
         let mut server_nonce = [0u8; 18];
         rand::thread_rng().fill_bytes(&mut server_nonce);
         self.nonce = format!("{client_nonce}{}", B64.encode(server_nonce));

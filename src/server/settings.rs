@@ -271,7 +271,21 @@ impl Settings {
                 }
                 "on".into()
             }
-            _ => value.to_owned(),
+            "application_name" => {
+                // PostgreSQL keeps NAMEDATALEN - 1 bytes and drops non-ASCII.
+                let mut v: String = value
+                    .chars()
+                    .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                    .collect();
+                v.truncate(63);
+                v
+            }
+            _ => {
+                if value.len() > 4096 {
+                    return Err(invalid("values are limited to 4096 bytes"));
+                }
+                value.to_owned()
+            }
         })
     }
 }

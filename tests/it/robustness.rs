@@ -247,3 +247,65 @@ async fn connections_past_the_limit_get_53300() {
     }
     assert!(ok, "slot was not released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_is_refused_then_tls_negotiates() {
+    let gw = Gateway::start().await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N", "GSSENCRequest must be declined");
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(
+        &answer, b"S",
+        "SSLRequest must be accepted after GSSENC is declined"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_passwords_and_large_auth_messages_are_handled() {
+    // A 16 KB password through SCRAM: a wrong password, nothing worse.
+    let gw = Gateway::start().await;
+    let big = "x".repeat(16 * 1024);
+    let url = format!(
+        "host=127.0.0.1 port={} dbname=sluice user={USER} password={big} sslmode=disable",
+        gw.port
+    );
+    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("wrong password");
+    assert_eq!(sqlstate(&err), "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_messages_up_to_64k_are_read() {
+    // Azure AD tokens reach 16 KB; authentication messages up to PostgreSQL's 65,535-byte
+    // limit must be read (pgwire's stock decoder stops at 10,000 bytes).
+    let gw = Gateway::start().await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let mut body = vec![0, 3, 0, 0];
+    body.extend_from_slice(b"user\0demo\0database\0sluice\0\0");
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    s.write_all(&startup).await.unwrap();
+    assert_eq!(read_message(&mut s).await.unwrap().0, b'R');
+    let first = format!("n,,n=,r={}", "a".repeat(40_000));
+    let mut init = b"SCRAM-SHA-256\0".to_vec();
+    init.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    init.extend_from_slice(first.as_bytes());
+    let code = error_then_close(&mut s, &message(b'p', &init)).await;
+    assert_eq!(code.as_deref(), Some("08P01"));
+    // 70 KB is past the limit: refused before it is buffered.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(&startup).await.unwrap();
+    assert_eq!(read_message(&mut s).await.unwrap().0, b'R');
+    let code = error_then_close(&mut s, &[b'p', 0, 1, 0x11, 0x70]).await;
+    assert_eq!(code.as_deref(), Some("08P01"));
+}

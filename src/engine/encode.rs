@@ -104,8 +104,8 @@ enum Col<'a> {
     Time(&'a Time64MicrosecondArray),
     IntervalMdn(&'a IntervalMonthDayNanoArray),
     List(ListCol<'a>),
-    /// Struct and map values as JSON text, pre-rendered for the whole batch.
-    Json(JsonCol),
+    /// Struct and map values as JSON text, pre-rendered once per batch.
+    Json(std::borrow::Cow<'a, JsonCol>),
     /// Anything else: Arrow's own display format, sent as text.
     Display(ArrayFormatter<'a>),
 }
@@ -116,7 +116,8 @@ struct ListCol<'a> {
     values: Box<ColumnEncoder<'a>>,
 }
 
-struct JsonCol {
+#[derive(Clone)]
+pub struct JsonCol {
     text: Vec<u8>,
     offsets: Vec<usize>,
 }
@@ -150,9 +151,11 @@ fn normalize(array: &ArrayRef) -> Result<Option<ArrayRef>, ArrowError> {
     cast(array, &target).map(Some)
 }
 
-/// Keeps normalized arrays alive while encoders borrow them.
+/// One batch made ready for encoding: normalized arrays, and struct/map columns
+/// rendered to JSON once. Encoders borrow from it (it is `Send`; they are not).
 pub struct Prepared {
     pub arrays: Vec<ArrayRef>,
+    json: Vec<Option<JsonCol>>,
 }
 
 impl Prepared {
@@ -162,12 +165,27 @@ impl Prepared {
             .iter()
             .map(|a| Ok(normalize(a)?.unwrap_or_else(|| Arc::clone(a))))
             .collect::<Result<Vec<_>, ArrowError>>()?;
-        Ok(Prepared { arrays })
+        let json = arrays
+            .iter()
+            .map(|a| match a.data_type() {
+                DataType::Struct(_) | DataType::Map(_, _) => json_col(a).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, ArrowError>>()?;
+        Ok(Prepared { arrays, json })
     }
 }
 
 impl<'a> ColumnEncoder<'a> {
     pub fn new(array: &'a ArrayRef, format: Format) -> Result<ColumnEncoder<'a>, ArrowError> {
+        ColumnEncoder::with_json(array, format, None)
+    }
+
+    fn with_json(
+        array: &'a ArrayRef,
+        format: Format,
+        json: Option<&'a JsonCol>,
+    ) -> Result<ColumnEncoder<'a>, ArrowError> {
         let a: &'a dyn Array = array.as_ref();
         let col = match a.data_type() {
             DataType::Null => Col::Null,
@@ -212,7 +230,10 @@ impl<'a> ColumnEncoder<'a> {
                 let n = *n as usize;
                 list_col(l.values(), (0..=l.len()).map(|i| i * n), f, format)?
             }
-            DataType::Struct(_) | DataType::Map(_, _) => Col::Json(json_col(array)?),
+            DataType::Struct(_) | DataType::Map(_, _) => Col::Json(match json {
+                Some(j) => std::borrow::Cow::Borrowed(j),
+                None => std::borrow::Cow::Owned(json_col(array)?),
+            }),
             _ => Col::Display(ArrayFormatter::try_new(a, &FormatOptions::default())?),
         };
         Ok(ColumnEncoder {
@@ -846,7 +867,10 @@ impl<'a> BatchEncoder<'a> {
             .arrays
             .iter()
             .enumerate()
-            .map(|(i, a)| ColumnEncoder::new(a, formats.get(i).copied().unwrap_or(Format::Text)))
+            .map(|(i, a)| {
+                let format = formats.get(i).copied().unwrap_or(Format::Text);
+                ColumnEncoder::with_json(a, format, prepared.json[i].as_ref())
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BatchEncoder { columns, rows })
     }

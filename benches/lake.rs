@@ -193,7 +193,7 @@ demo_data = true
     let handle = tokio::spawn(server.run());
 
     let (client, connection) = tokio_postgres::Config::new()
-        .host(&addr.ip().to_string())
+        .host(addr.ip().to_string())
         .port(addr.port())
         .user("bench")
         .password("bench")
@@ -374,7 +374,7 @@ async fn time<T>(fut: impl Future<Output = Result<T>>) -> Result<(T, Duration)> 
 fn median(times: &mut [Duration]) -> Duration {
     times.sort_unstable();
     let mid = times.len() / 2;
-    if times.len() % 2 == 0 {
+    if times.len().is_multiple_of(2) {
         (times[mid - 1] + times[mid]) / 2
     } else {
         times[mid]

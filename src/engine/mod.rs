@@ -114,7 +114,7 @@ impl Engine {
 
         setup_pg_catalog(&ctx, &database, EmptyContextProvider)
             .map_err(|e| format!("cannot set up pg_catalog: {e}"))?;
-        pg_compat::install(&ctx, &database)?;
+        pg_compat::install(&ctx, &database).await?;
 
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())

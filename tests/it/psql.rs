@@ -155,3 +155,44 @@ async fn errors_carry_postgres_sqlstates() {
         stderr(&out)
     );
 }
+
+/// Catalog queries captured from real clients (Npgsql's type loading as Power BI sends
+/// it at connect, Power BI's information_schema navigator, pgjdbc's metadata queries),
+/// replayed through psql: every statement must run without error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_client_catalog_queries_run() {
+    let gw = Gateway::start().await;
+    let dir = crate::harness::clients_dir().join("sql");
+    for file in [
+        "npgsql40_types.sql",
+        "npgsql5_types.sql",
+        "npgsql8_types.sql",
+        "powerbi_information_schema.sql",
+        "pgjdbc_metadata.sql",
+        "psql_describe.sql",
+    ] {
+        let path = dir.join(file);
+        let out = gw.psql(&["-q", "-f", path.to_str().unwrap()]).await;
+        assert!(out.status.success(), "{file} failed: {}", stderr(&out));
+    }
+    // Power BI reads column types from information_schema.columns: PostgreSQL names.
+    let out = gw
+        .psql(&[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT column_name, ordinal_position, data_type FROM information_schema.columns \
+             WHERE table_schema = 'nyc' AND table_name = 'trips' AND column_name IN ('vendor_id', 'pickup_datetime', 'fare_amount') \
+             ORDER BY ordinal_position",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        vec![
+            "vendor_id|1|integer",
+            "pickup_datetime|2|timestamp without time zone",
+            "fare_amount|8|double precision"
+        ]
+    );
+}

@@ -35,10 +35,8 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// A hand-rolled client that logs in with SCRAM over plaintext loopback and stops at
-/// ReadyForQuery, so the test can then send whatever bytes it likes.
-async fn raw_login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+/// A protocol 3.0 startup packet for the demo user.
+fn startup_packet() -> Vec<u8> {
     let mut body = vec![0, 3, 0, 0];
     for (k, v) in [("user", USER), ("database", "sluice")] {
         body.extend_from_slice(k.as_bytes());
@@ -47,8 +45,16 @@ async fn raw_login(port: u16) -> TcpStream {
         body.push(0);
     }
     body.push(0);
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&body);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// A hand-rolled client that logs in with SCRAM over plaintext loopback and stops at
+/// ReadyForQuery, so the test can then send whatever bytes it likes.
+async fn raw_login(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let startup = startup_packet();
     s.write_all(&startup).await.unwrap();
     let (tag, _) = read_message(&mut s).await.unwrap();
     assert_eq!(tag, b'R');
@@ -290,10 +296,7 @@ async fn auth_messages_up_to_64k_are_read() {
     // limit must be read (pgwire's stock decoder stops at 10,000 bytes).
     let gw = Gateway::start().await;
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    let mut body = vec![0, 3, 0, 0];
-    body.extend_from_slice(b"user\0demo\0database\0sluice\0\0");
-    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&body);
+    let startup = startup_packet();
     s.write_all(&startup).await.unwrap();
     assert_eq!(read_message(&mut s).await.unwrap().0, b'R');
     let first = format!("n,,n=,r={}", "a".repeat(40_000));

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -51,6 +51,39 @@ pub struct TableMeta {
     pub delimiter: Option<String>,
     /// Whether CSV files start with a header line (default true).
     pub header: Option<bool>,
+    /// The table's columns, instead of inferring them from the files:
+    /// `columns = [{ name = "id", type = "bigint" }, { name = "at", type = "timestamp" }]`.
+    /// Types are SQL type names (`int`, `bigint`, `double`, `decimal(10,2)`, `text`,
+    /// `date`, `timestamp`, `boolean`, …).
+    pub columns: Option<Vec<ColumnMeta>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMeta {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Resolves a SQL type name to an Arrow type by asking DataFusion's own planner.
+async fn sql_type(ctx: &SessionContext, name: &str) -> Result<DataType, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " _(),<>".contains(c);
+    if name.trim().is_empty() || !name.chars().all(allowed) {
+        return Err(format!("invalid column type `{name}`"));
+    }
+    let plan = ctx
+        .state()
+        .create_logical_plan(&format!("SELECT CAST(NULL AS {name})"))
+        .await
+        .map_err(|e| format!("unknown column type `{name}`: {e}"))?;
+    Ok(plan.schema().field(0).data_type().clone())
 }
 
 /// A problem with one table: logged and that table skipped, so one bad directory
@@ -177,10 +210,22 @@ pub async fn open_table(ctx: &SessionContext, dir: &Path) -> Result<Arc<ListingT
                 .collect(),
         );
     let state = ctx.state();
-    let schema = options
-        .infer_schema(&state, &table_path)
-        .await
-        .map_err(|e| err(format!("cannot infer schema: {e}")))?;
+    let schema = match &meta.columns {
+        Some(columns) => {
+            let mut fields = Vec::with_capacity(columns.len());
+            for c in columns {
+                let t = sql_type(ctx, &c.data_type)
+                    .await
+                    .map_err(|m| err(format!("columns: {m}")))?;
+                fields.push(Field::new(c.name.to_lowercase(), t, c.nullable));
+            }
+            Arc::new(Schema::new(fields))
+        }
+        None => options
+            .infer_schema(&state, &table_path)
+            .await
+            .map_err(|e| err(format!("cannot infer schema: {e}")))?,
+    };
     let config = ListingTableConfig::new(table_path)
         .with_listing_options(options)
         .with_schema(schema);
@@ -236,5 +281,65 @@ fn scan_layout(dir: &Path) -> Result<(Vec<String>, Option<PathBuf>), String> {
         }
         let file = entries.into_iter().find(|p| p.is_file());
         return Ok((cols, file));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn declared_columns_override_inference() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("t");
+        std::fs::create_dir_all(&table).unwrap();
+        std::fs::write(table.join("a.csv"), "id,amount\n1,2.50\n2,3.75\n").unwrap();
+        std::fs::write(
+            table.join("_table.toml"),
+            "columns = [{ name = \"id\", type = \"bigint\" }, { name = \"amount\", type = \"decimal(10,2)\" }]\n",
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        let t = open_table(&ctx, &table).await.unwrap();
+        use datafusion::catalog::TableProvider;
+        let schema = t.schema();
+        assert_eq!(schema.field(0).data_type(), &DataType::Int64);
+        assert_eq!(schema.field(1).data_type(), &DataType::Decimal128(10, 2));
+        ctx.register_table("t", t).unwrap();
+        let batches = ctx
+            .sql("SELECT sum(amount) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("6.25"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_is_reported_with_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("t");
+        std::fs::create_dir_all(&table).unwrap();
+        std::fs::write(table.join("a.csv"), "id\n1\n").unwrap();
+        std::fs::write(
+            table.join("_table.toml"),
+            "columns = [{ name = \"id\", type = \"nonsense\" }]\n",
+        )
+        .unwrap();
+        let e = open_table(&SessionContext::new(), &table)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nonsense"), "{e}");
+        std::fs::write(table.join("_table.toml"), "delimeter = \";\"\n").unwrap();
+        let e = open_table(&SessionContext::new(), &table)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delimeter"), "{e}");
     }
 }

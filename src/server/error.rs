@@ -223,6 +223,10 @@ pub fn from_datafusion(e: &DataFusionError) -> PgError {
         }
         _ => SqlState::INTERNAL_ERROR,
     };
+    if code == SqlState::DIVISION_BY_ZERO {
+        // PostgreSQL's wording; some tools match on it.
+        return PgError::new(code, "division by zero");
+    }
     PgError::new(code, message)
 }
 

@@ -1,11 +1,12 @@
 //! Who a client is: local service accounts (SCRAM-SHA-256) today; OIDC tokens and
 //! group → role mapping build on the same [`Identity`].
 
+pub mod oidc;
 pub mod scram;
 
 use std::collections::HashMap;
 
-use crate::config::Config;
+use crate::config::{Config, RoleMappingRule};
 use scram::Verifier;
 
 /// An authenticated user, as every later stage (routing, policy, audit) sees it.
@@ -15,6 +16,70 @@ pub struct Identity {
     pub user: String,
     /// Sluice roles granted to this user.
     pub roles: Vec<String>,
+    /// How the user proved who they are.
+    pub method: AuthMethod,
+    /// IdP group ids from the token (empty for local accounts).
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A `[[auth.users]]` account, SCRAM-SHA-256.
+    Local,
+    /// An OIDC access token: the issuer and the stable subject (`tid/oid`).
+    Token { issuer: String, subject: String },
+}
+
+impl Identity {
+    /// Builds the identity of a validated token, mapping its claims to roles.
+    pub fn from_token(token: &oidc::TokenIdentity, config: &Config) -> Identity {
+        let roles = map_roles(&config.role_mapping, &config.auth.base_role, token);
+        Identity {
+            user: token.username.clone(),
+            roles,
+            method: AuthMethod::Token {
+                issuer: token.issuer.clone(),
+                subject: token.subject.clone(),
+            },
+            groups: token
+                .claim_values("groups")
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+/// The first `[[role_mapping]]` rule whose conditions all hold decides the roles; a
+/// user matching none gets the base role.
+pub fn map_roles(
+    rules: &[RoleMappingRule],
+    base_role: &str,
+    token: &oidc::TokenIdentity,
+) -> Vec<String> {
+    let has = |claim: &str, value: &str| {
+        token
+            .claim_values(claim)
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(value))
+    };
+    for rule in rules {
+        let ok = rule.group.as_deref().is_none_or(|g| has("groups", g))
+            && rule.app_role.as_deref().is_none_or(|r| has("roles", r))
+            && rule
+                .username
+                .as_deref()
+                .is_none_or(|u| u.eq_ignore_ascii_case(&token.username))
+            && rule.tenant.as_deref().is_none_or(|t| has("tid", t))
+            && match (&rule.claim, &rule.value) {
+                (Some(c), Some(v)) => has(c, v),
+                _ => true,
+            };
+        if ok {
+            return rule.roles.clone();
+        }
+    }
+    vec![base_role.to_owned()]
 }
 
 struct LocalAccount {
@@ -57,6 +122,62 @@ impl LocalAccounts {
         self.accounts.get(user).map(|a| Identity {
             user: user.to_owned(),
             roles: a.roles.clone(),
+            method: AuthMethod::Local,
+            groups: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token(claims: serde_json::Value) -> oidc::TokenIdentity {
+        oidc::TokenIdentity {
+            username: "ann@example.com".into(),
+            subject: "t/o".into(),
+            issuer: "https://idp/".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn rule(group: Option<&str>, app_role: Option<&str>, roles: &[&str]) -> RoleMappingRule {
+        RoleMappingRule {
+            group: group.map(String::from),
+            app_role: app_role.map(String::from),
+            username: None,
+            tenant: None,
+            claim: None,
+            value: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_base_role_otherwise() {
+        let rules = vec![
+            rule(Some("g-admin"), None, &["admin"]),
+            rule(Some("g-sales"), None, &["sales"]),
+            rule(None, Some("Lake.Read"), &["reader"]),
+        ];
+        let t = token(json!({"groups": ["g-sales", "g-admin"]}));
+        assert_eq!(map_roles(&rules, "base", &t), vec!["admin"]);
+        let t = token(json!({"groups": ["g-sales"]}));
+        assert_eq!(map_roles(&rules, "base", &t), vec!["sales"]);
+        let t = token(json!({"roles": ["Lake.Read"]}));
+        assert_eq!(map_roles(&rules, "base", &t), vec!["reader"]);
+        let t = token(json!({"groups": ["other"]}));
+        assert_eq!(map_roles(&rules, "base", &t), vec!["base"]);
+    }
+
+    #[test]
+    fn all_conditions_of_a_rule_must_hold() {
+        let mut r = rule(Some("g1"), None, &["x"]);
+        r.tenant = Some("tenant-a".into());
+        let t = token(json!({"groups": ["g1"], "tid": "tenant-b"}));
+        assert_eq!(map_roles(&[r.clone()], "base", &t), vec!["base"]);
+        let t = token(json!({"groups": ["g1"], "tid": "tenant-a"}));
+        assert_eq!(map_roles(&[r], "base", &t), vec!["x"]);
     }
 }

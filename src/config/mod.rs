@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub lake: LakeConfig,
     #[serde(default)]
+    pub role_mapping: Vec<RoleMappingRule>,
+    #[serde(default)]
     pub log: LogConfig,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
@@ -108,11 +110,111 @@ pub struct TlsConfig {
     pub allow_plaintext: Plaintext,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default)]
     pub users: Vec<LocalUser>,
+    /// Token (OIDC / Azure AD) logins; absent = local accounts only.
+    pub oidc: Option<OidcConfig>,
+    /// The role of a token user whom no `[[role_mapping]]` rule matches.
+    #[serde(default = "default_base_role")]
+    pub base_role: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: Vec::new(),
+            oidc: None,
+            base_role: default_base_role(),
+        }
+    }
+}
+
+fn default_base_role() -> String {
+    "base".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock skew tolerated on `exp` / `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Least time between two JWKS fetches triggered by an unknown key id.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// Tokens are passwords: accepted over TLS only, unless this allows loopback
+    /// plaintext for development.
+    #[serde(default)]
+    pub allow_plaintext_loopback: bool,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+fn default_jwks_refresh() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value, e.g. `https://login.microsoftonline.com/{tid}/v2.0`
+    /// (Azure v2) or `https://sts.windows.net/{tid}/` (Azure v1).
+    pub issuer: String,
+    /// Discovery document; default `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// JWKS location, skipping discovery.
+    pub jwks_uri: Option<String>,
+    /// Accepted `aud` values (Application ID URI for v1, client id for v2).
+    pub audiences: Vec<String>,
+    /// Allowed tenants (`tid`); empty means the claim is not checked.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Accepted signature algorithms; asymmetric only.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Claims that may carry the login name, first present wins; the startup `user`
+    /// must equal it (case-insensitive).
+    #[serde(default = "default_username_claims")]
+    pub username_claims: Vec<String>,
+    /// Claims that together identify the user stably (Azure: tenant + object id).
+    #[serde(default = "default_identity_claims")]
+    pub identity_claims: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_username_claims() -> Vec<String> {
+    ["upn", "preferred_username", "email", "unique_name"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_identity_claims() -> Vec<String> {
+    vec!["tid".into(), "oid".into()]
+}
+
+/// One ordered `[[role_mapping]]` rule: every condition given must hold; the first
+/// matching rule decides the user's roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMappingRule {
+    /// A group object id in the `groups` claim.
+    pub group: Option<String>,
+    /// An app-role value in the `roles` claim.
+    pub app_role: Option<String>,
+    /// The login name (case-insensitive).
+    pub username: Option<String>,
+    /// The tenant (`tid`).
+    pub tenant: Option<String>,
+    /// Any claim, with `value`: equal to it, or containing it when the claim is a list.
+    pub claim: Option<String>,
+    pub value: Option<String>,
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +377,67 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(oidc) = &self.auth.oidc {
+            if oidc.issuers.is_empty() {
+                return Err(invalid(
+                    "auth.oidc.issuers".into(),
+                    "list at least one issuer".into(),
+                ));
+            }
+            for (i, iss) in oidc.issuers.iter().enumerate() {
+                let key = |f: &str| format!("auth.oidc.issuers[{i}].{f}");
+                if !iss.issuer.starts_with("https://") && !iss.issuer.starts_with("http://") {
+                    return Err(invalid(key("issuer"), "must be an http(s) URL".into()));
+                }
+                if iss.audiences.is_empty() {
+                    return Err(invalid(
+                        key("audiences"),
+                        "list at least one accepted audience".into(),
+                    ));
+                }
+                for alg in &iss.algorithms {
+                    crate::auth::oidc::parse_algorithm(alg)
+                        .map_err(|m| invalid(key("algorithms"), m))?;
+                }
+                if iss.username_claims.is_empty() {
+                    return Err(invalid(
+                        key("username_claims"),
+                        "list at least one claim".into(),
+                    ));
+                }
+            }
+        }
+        for (i, rule) in self.role_mapping.iter().enumerate() {
+            let key = |f: &str| format!("role_mapping[{i}].{f}");
+            let conditions = [
+                &rule.group,
+                &rule.app_role,
+                &rule.username,
+                &rule.tenant,
+                &rule.claim,
+            ]
+            .iter()
+            .filter(|c| c.is_some())
+            .count();
+            if conditions == 0 {
+                return Err(invalid(
+                    key("group"),
+                    "a rule needs at least one of group, app_role, username, tenant, claim".into(),
+                ));
+            }
+            if rule.claim.is_some() != rule.value.is_some() {
+                return Err(invalid(
+                    key("value"),
+                    "`claim` and `value` go together".into(),
+                ));
+            }
+            if rule.roles.is_empty() {
+                return Err(invalid(
+                    key("roles"),
+                    "list the roles this rule grants".into(),
+                ));
+            }
+        }
         if let Some(local) = &self.lake.local
             && local.root.as_os_str().is_empty()
         {
@@ -342,6 +505,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.tls.key"), "{e}");
+    }
+
+    #[test]
+    fn oidc_settings_are_checked() {
+        let base = "[auth.oidc]\n[[auth.oidc.issuers]]\nissuer = \"https://idp.example/\"\n";
+        let e = parse(&format!("{base}audiences = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.oidc.issuers[0].audiences"), "{e}");
+        let e = parse(&format!(
+            "{base}audiences = [\"a\"]\nalgorithms = [\"HS256\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("algorithms"), "{e}");
+        parse(&format!("{base}audiences = [\"a\"]\n")).unwrap();
+        let e = parse("[[role_mapping]]\nroles = [\"x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("role_mapping[0]"), "{e}");
     }
 
     #[test]

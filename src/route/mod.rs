@@ -91,15 +91,14 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
             Reset::ConfigurationParameter(name) => Some(object_name(&name)),
         })),
         Statement::ShowVariable { variable } => {
-            let name = variable
-                .iter()
-                .map(|i| i.value.to_lowercase())
-                .collect::<Vec<_>>()
-                .join(" ");
-            let name = match name.as_str() {
+            // The parser splits both `a b` and `a.b` into parts: the multi-word forms
+            // are a known few, everything else is a dotted custom name.
+            let parts: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+            let name = match parts.join(" ").as_str() {
                 "transaction isolation level" => "transaction_isolation".to_owned(),
                 "time zone" => "timezone".to_owned(),
-                _ => name,
+                "session authorization" => "session_authorization".to_owned(),
+                _ => parts.join("."),
             };
             Route::Session(Command::Show(name))
         }
@@ -351,6 +350,10 @@ mod tests {
             Command::Show("transaction_isolation".into())
         );
         assert_eq!(command("RESET ALL"), Command::Reset(None));
+        assert_eq!(
+            command("SHOW sluice.identity"),
+            Command::Show("sluice.identity".into())
+        );
         assert_eq!(command("DISCARD ALL"), Command::Discard);
         assert_eq!(command("BEGIN"), Command::Begin);
         assert_eq!(command("START TRANSACTION READ ONLY"), Command::Begin);

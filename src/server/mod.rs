@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::auth::LocalAccounts;
+use crate::auth::oidc::OidcValidator;
 use crate::config::Config;
 use crate::engine::Engine;
 use cancel::CancelRegistry;
@@ -31,6 +32,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub engine: Arc<Engine>,
     pub accounts: LocalAccounts,
+    /// Token validation, when `[auth.oidc]` is configured.
+    pub oidc: Option<OidcValidator>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: tls::Tls,
 }
@@ -52,6 +55,12 @@ impl Server {
             tracing::info!(sha256 = %tls.fingerprint, "TLS: loaded certificate");
         }
         let accounts = LocalAccounts::from_config(&config)?;
+        let oidc = config
+            .auth
+            .oidc
+            .as_ref()
+            .map(OidcValidator::new)
+            .transpose()?;
         let engine = Arc::new(Engine::new(&config).await?);
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
@@ -63,6 +72,7 @@ impl Server {
                 config,
                 engine,
                 accounts,
+                oidc,
                 cancels: CancelRegistry::new(),
                 tls,
             }),
@@ -124,7 +134,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     let cancel = shared.cancels.register();
     let user = identity.user.clone();
-    let session = session::Session::new(conn, shared.clone(), identity, cancel);
+    let session = session::Session::new(*conn, shared.clone(), identity, cancel);
     match session.run(&params).await {
         Ok(()) => tracing::debug!(%peer, %user, "session ended"),
         Err(Disconnect::Protocol(e)) => {

@@ -24,7 +24,10 @@ use pgwire::messages::response::{
 use pgwire::messages::startup::{BackendKeyData, ParameterStatus, SecretKey};
 use tokio::time::Instant;
 
-use crate::auth::Identity;
+use crate::auth::{AuthMethod, Identity};
+
+/// `SHOW sluice.identity`: who the session is, as Sluice resolved it.
+const IDENTITY: &str = "sluice.identity";
 use crate::engine::QueryContext;
 use crate::engine::encode::{self, BatchEncoder, EncodeOptions, Format};
 use crate::engine::params::{self, ParamType};
@@ -779,7 +782,18 @@ impl Session {
     }
 
     fn show_schema(name: &str) -> SchemaRef {
-        if name == "all" {
+        if name == IDENTITY {
+            let text = |n: &str| Field::new(n, DataType::Utf8, false);
+            Arc::new(Schema::new(vec![
+                text("user"),
+                text("method"),
+                text("issuer"),
+                text("subject"),
+                text("group_count"),
+                text("groups"),
+                text("roles"),
+            ]))
+        } else if name == "all" {
             Arc::new(Schema::new(vec![
                 Field::new("name", DataType::Utf8, false),
                 Field::new("setting", DataType::Utf8, false),
@@ -791,7 +805,22 @@ impl Session {
     }
 
     fn show(&mut self, name: &str, format: Format, describe: bool) -> Result<(), PgError> {
-        let rows: Vec<Vec<String>> = if name == "all" {
+        let rows: Vec<Vec<String>> = if name == IDENTITY {
+            let id = &self.identity;
+            let (method, issuer, subject) = match &id.method {
+                AuthMethod::Local => ("local", String::new(), String::new()),
+                AuthMethod::Token { issuer, subject } => ("token", issuer.clone(), subject.clone()),
+            };
+            vec![vec![
+                id.user.clone(),
+                method.to_string(),
+                issuer,
+                subject,
+                id.groups.len().to_string(),
+                id.groups.join(", "),
+                id.roles.join(", "),
+            ]]
+        } else if name == "all" {
             let mut names = vec![
                 "application_name",
                 "client_encoding",

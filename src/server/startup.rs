@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
+use crate::auth::oidc::OidcValidator;
 use crate::auth::scram::{MECHANISM, ScramError, ScramExchange};
 use crate::config::Plaintext;
 use crate::server::Shared;
@@ -26,7 +27,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub enum Handshake {
     /// An authenticated client, ready for queries.
     Ready {
-        conn: Connection,
+        conn: Box<Connection>,
         identity: Identity,
         params: BTreeMap<String, String>,
     },
@@ -156,7 +157,7 @@ pub async fn handshake(
 
     match authenticate(&mut conn, peer, &params, shared).await {
         Ok(identity) => Ok(Handshake::Ready {
-            conn,
+            conn: Box::new(conn),
             identity,
             params,
         }),
@@ -229,6 +230,11 @@ async fn authenticate(
     }
 
     let verifier = shared.accounts.verifier(&user);
+    if verifier.is_none()
+        && let Some(oidc) = &shared.oidc
+    {
+        return token_login(conn, peer, &user, oidc, shared).await;
+    }
     let mut exchange = ScramExchange::new(verifier);
     conn.send(&Authentication::SASL(vec![MECHANISM.to_string()]));
     conn.flush().await?;
@@ -286,6 +292,80 @@ async fn authenticate(
             };
             tracing::warn!(user = %user, %peer, %reason, "login failed");
             Err(scram_err(e, &user))
+        }
+    }
+}
+
+/// A user without a local account logs in with an OIDC access token as password.
+async fn token_login(
+    conn: &mut Connection,
+    peer: SocketAddr,
+    user: &str,
+    oidc: &OidcValidator,
+    shared: &Shared,
+) -> Result<Identity, Disconnect> {
+    let plaintext_ok = shared
+        .config
+        .auth
+        .oidc
+        .as_ref()
+        .is_some_and(|o| o.allow_plaintext_loopback)
+        && peer.ip().is_loopback();
+    if !conn.is_tls() && !plaintext_ok {
+        tracing::warn!(%user, %peer, "token login refused: no TLS");
+        return Err(Disconnect::Protocol(
+            PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("token login for user \"{user}\" requires TLS: access tokens are never sent in plaintext"),
+            )
+            .with_hint("connect with sslmode=require (or verify-full)"),
+        ));
+    }
+    conn.send(&Authentication::CleartextPassword);
+    conn.flush().await?;
+    let frame = conn
+        .read_frame(|_| frame::MAX_AUTH_MESSAGE)
+        .await?
+        .ok_or_else(|| {
+            Disconnect::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "client left during authentication",
+            ))
+        })?;
+    if frame.tag != b'p' {
+        return Err(Disconnect::Protocol(PgError::protocol(format!(
+            "expected password response, got message type {:?}",
+            frame.tag as char
+        ))));
+    }
+    let token = frame::decode_password(&frame.body).map_err(Disconnect::Protocol)?;
+    match oidc.validate(token, user).await {
+        Ok(validated) => {
+            let identity = Identity::from_token(&validated, &shared.config);
+            tracing::info!(
+                user = %identity.user,
+                subject = %validated.subject,
+                issuer = %validated.issuer,
+                groups = identity.groups.len(),
+                roles = ?identity.roles,
+                %peer,
+                tls = conn.is_tls(),
+                "login succeeded (token)"
+            );
+            conn.send(&Authentication::Ok);
+            Ok(identity)
+        }
+        Err(reason) => {
+            tracing::warn!(%user, %peer, %reason, "login failed (token)");
+            let looks_like_token = OidcValidator::looks_like_jwt(token);
+            let mut e = PgError::fatal(
+                SqlState::INVALID_PASSWORD,
+                format!("token authentication failed for user \"{user}\": {reason}"),
+            );
+            if !looks_like_token {
+                e = e.with_hint("this user has no local account: send an access token as the password (see `sluice login`)");
+            }
+            Err(Disconnect::Protocol(e))
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 mod jdbc;
+mod oidc;
 mod protocol;
 mod psql;
 mod python;

@@ -1,0 +1,364 @@
+//! OIDC access-token validation (Azure AD / Entra ID v1 and v2, and other issuers).
+//!
+//! The token arrives as a cleartext password. It is accepted when its signature
+//! verifies with a key from the issuer's JWKS (asymmetric algorithms only: never
+//! `none`, never HMAC), and `iss`, `aud`, `exp`/`nbf` (with leeway), the tenant
+//! allow-list and the login name all check out. Keys are cached; an unknown `kid`
+//! triggers a rate-limited refetch (key rotation), and when the issuer is unreachable
+//! the cached keys keep working.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::{IssuerConfig, OidcConfig};
+
+/// Longest token accepted; PostgreSQL's auth message limit is 65,535 bytes.
+pub const MAX_TOKEN_LEN: usize = 65_000;
+
+/// Only asymmetric algorithms: a symmetric one would let anyone holding the public key
+/// forge tokens.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg = match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        other => {
+            return Err(format!(
+                "`{other}` is not an accepted algorithm (asymmetric only: RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+            ));
+        }
+    };
+    Ok(alg)
+}
+
+/// A validated token's identity.
+#[derive(Debug, Clone)]
+pub struct TokenIdentity {
+    /// The login name the token carries (matched the startup `user`).
+    pub username: String,
+    /// Stable key: the identity claims joined (`tid/oid` for Azure).
+    pub subject: String,
+    pub issuer: String,
+    pub claims: Map<String, Value>,
+}
+
+impl TokenIdentity {
+    /// String values of a claim that may be a string or a list of strings.
+    pub fn claim_values(&self, name: &str) -> Vec<&str> {
+        match self.claims.get(name) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Why a token was refused; the text is safe to show the client and to log (it
+/// never contains the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRejected(pub String);
+
+impl std::fmt::Display for TokenRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type KeySet = HashMap<String, (DecodingKey, Option<Algorithm>)>;
+
+struct Issuer {
+    config: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    /// Known keys; logins with a known `kid` only ever take the read lock.
+    keys: RwLock<KeySet>,
+    /// Serialises fetches (single flight) and remembers when the last one started.
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+pub struct OidcValidator {
+    issuers: Vec<Issuer>,
+    http: reqwest::Client,
+    leeway: u64,
+    min_refresh: Duration,
+}
+
+fn reject(msg: impl Into<String>) -> TokenRejected {
+    TokenRejected(msg.into())
+}
+
+impl OidcValidator {
+    pub fn new(config: &OidcConfig) -> Result<OidcValidator, String> {
+        // reqwest uses rustls without a built-in provider; make ring the process default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("auth.oidc: cannot create HTTP client: {e}"))?;
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|c| {
+                Ok(Issuer {
+                    algorithms: c
+                        .algorithms
+                        .iter()
+                        .map(|a| parse_algorithm(a))
+                        .collect::<Result<_, String>>()?,
+                    config: c.clone(),
+                    keys: RwLock::new(HashMap::new()),
+                    last_fetch: Mutex::new(None),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(OidcValidator {
+            issuers,
+            http,
+            leeway: config.leeway_secs,
+            min_refresh: Duration::from_secs(config.jwks_min_refresh_secs),
+        })
+    }
+
+    /// Does this password look like a JWT (three base64url parts)? Used to tell token
+    /// logins from mistyped local-account passwords in messages.
+    pub fn looks_like_jwt(password: &str) -> bool {
+        password.len() > 20 && password.split('.').count() == 3
+    }
+
+    /// Validates `token` for a client that logged in as `user`.
+    pub async fn validate(&self, token: &str, user: &str) -> Result<TokenIdentity, TokenRejected> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(reject("token is too large"));
+        }
+        // Read the header's `alg` ourselves first: the JWT library cannot even parse
+        // `none`, and the user deserves "algorithm not accepted", not "not a JWT".
+        if let Some(alg) = token
+            .split('.')
+            .next()
+            .and_then(|h| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).ok()
+            })
+            .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+            .and_then(|h| h.get("alg").and_then(Value::as_str).map(str::to_owned))
+            && parse_algorithm(&alg).is_err()
+        {
+            return Err(reject(format!("algorithm {alg} is not accepted")));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| reject("the password is not a JWT access token"))?;
+        // Read `iss` unverified only to pick the issuer; everything is verified below.
+        let unverified: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| reject("the token's payload is not valid JSON claims"))?;
+        let iss = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| reject("the token has no `iss` claim"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .ok_or_else(|| reject(format!("issuer `{iss}` is not trusted")))?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(reject(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header.kid.clone().unwrap_or_default();
+        let key = self.key_for(issuer, &kid).await?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = issuer.algorithms.clone();
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer.config.issuer.as_str()]);
+        validation.set_audience(&issuer.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                reject(match e.kind() {
+                    K::ExpiredSignature => "the token has expired".to_string(),
+                    K::ImmatureSignature => "the token is not valid yet (nbf)".to_string(),
+                    K::InvalidAudience => format!(
+                        "the token's audience is not accepted (expected one of: {})",
+                        issuer.config.audiences.join(", ")
+                    ),
+                    K::InvalidIssuer => "the token's issuer does not match".to_string(),
+                    K::InvalidSignature => "the token's signature does not verify".to_string(),
+                    K::InvalidAlgorithm => {
+                        "the token's algorithm does not match its key".to_string()
+                    }
+                    K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
+                    _ => "the token is malformed".to_string(),
+                })
+            })?;
+        let claims = data.claims;
+
+        if !issuer.config.tenants.is_empty() {
+            let tid = claims.get("tid").and_then(Value::as_str).unwrap_or("");
+            if !issuer
+                .config
+                .tenants
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(tid))
+            {
+                return Err(reject(format!("tenant `{tid}` is not allowed")));
+            }
+        }
+        let (claim, username) = issuer
+            .config
+            .username_claims
+            .iter()
+            .find_map(|c| {
+                claims
+                    .get(c)
+                    .and_then(Value::as_str)
+                    .map(|v| (c.as_str(), v.to_owned()))
+            })
+            .ok_or_else(|| {
+                reject(format!(
+                    "the token carries none of the login-name claims {}",
+                    issuer.config.username_claims.join(", ")
+                ))
+            })?;
+        if !username.eq_ignore_ascii_case(user) {
+            return Err(reject(format!(
+                "the token belongs to `{username}` (claim `{claim}`), not to the login user `{user}`"
+            )));
+        }
+        let subject = issuer
+            .config
+            .identity_claims
+            .iter()
+            .map(|c| claims.get(c).and_then(Value::as_str).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(TokenIdentity {
+            username,
+            subject,
+            issuer: issuer.config.issuer.clone(),
+            claims,
+        })
+    }
+
+    /// The key for `kid`, fetching the JWKS when it is unknown (at most once per
+    /// `min_refresh`); cached keys keep working when the issuer is unreachable.
+    async fn key_for(&self, issuer: &Issuer, kid: &str) -> Result<DecodingKey, TokenRejected> {
+        if let Some((key, _)) = issuer.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        let mut last_fetch = issuer.last_fetch.lock().await;
+        // Another login may have fetched while this one waited.
+        if let Some((key, _)) = issuer.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        if last_fetch.is_none_or(|t| t.elapsed() >= self.min_refresh) {
+            *last_fetch = Some(Instant::now());
+            match self.fetch_keys(&issuer.config).await {
+                Ok(keys) => *issuer.keys.write().await = keys,
+                Err(e) => {
+                    tracing::warn!(issuer = %issuer.config.issuer, error = %e, "cannot refresh signing keys; using cached keys")
+                }
+            }
+        }
+        drop(last_fetch);
+        issuer
+            .keys
+            .read()
+            .await
+            .get(kid)
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| {
+                reject(format!(
+                    "signing key `{kid}` is unknown to issuer {}",
+                    issuer.config.issuer
+                ))
+            })
+    }
+
+    async fn fetch_keys(&self, c: &IssuerConfig) -> Result<KeySet, String> {
+        let jwks_uri = match &c.jwks_uri {
+            Some(u) => u.clone(),
+            None => {
+                let discovery = c.discovery_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        c.issuer.trim_end_matches('/')
+                    )
+                });
+                let doc: Value = self.get_json(&discovery).await?;
+                doc.get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{discovery} has no jwks_uri"))?
+                    .to_owned()
+            }
+        };
+        let set: JwkSet = serde_json::from_value(self.get_json(&jwks_uri).await?)
+            .map_err(|e| format!("{jwks_uri} is not a JWKS: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    let alg = jwk
+                        .common
+                        .key_algorithm
+                        .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+                    keys.insert(kid, (key, alg));
+                }
+                Err(e) => tracing::debug!(%kid, error = %e, "skipping unusable JWK"),
+            }
+        }
+        tracing::info!(issuer = %c.issuer, keys = keys.len(), "fetched signing keys");
+        Ok(keys)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_asymmetric_algorithms_are_accepted() {
+        assert!(parse_algorithm("RS256").is_ok());
+        assert!(parse_algorithm("ES256").is_ok());
+        for bad in ["HS256", "none", "HS512", ""] {
+            assert!(parse_algorithm(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jwt_shape_detection() {
+        assert!(OidcValidator::looks_like_jwt(
+            "eyJhbGciOi.eyJpc3MiOi.c2lnbmF0dXJl"
+        ));
+        assert!(!OidcValidator::looks_like_jwt("demo"));
+    }
+}

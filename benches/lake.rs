@@ -179,6 +179,11 @@ allow_plaintext = "loopback"
 [[auth.users]]
 name = "bench"
 password = "bench"
+roles = ["reader"]
+
+[[roles]]
+name = "reader"
+read = ["*"]
 
 [lake.local]
 root = {root}

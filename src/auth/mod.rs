@@ -2,6 +2,7 @@
 //! group → role mapping build on the same [`Identity`].
 
 pub mod oidc;
+pub mod policy;
 pub mod scram;
 
 use std::collections::HashMap;

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub role_mapping: Vec<RoleMappingRule>,
     #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+    #[serde(default)]
     pub log: LogConfig,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
@@ -198,6 +200,25 @@ fn default_identity_claims() -> Vec<String> {
     vec!["tid".into(), "oid".into()]
 }
 
+/// A `[[roles]]` entry: what holders of the role may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    pub name: String,
+    /// Lake tables the role may read and see: `database.table` patterns with `*`
+    /// wildcards (`nyc.*`, `*.trips`, `*`). Names compare case-insensitively.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Roles whose grants this role includes (no cycles).
+    #[serde(default)]
+    pub includes: Vec<String>,
+    /// Whether the role may run statements that write (forwarded upstreams).
+    #[serde(default)]
+    pub write: bool,
+    /// Most rows one statement may return to a holder of this role.
+    pub row_limit: Option<u64>,
+}
+
 /// One ordered `[[role_mapping]]` rule: every condition given must hold; the first
 /// matching rule decides the user's roles.
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +328,98 @@ impl Config {
         })
     }
 
+    /// Role names must be unique, every referenced role defined (the base role may be
+    /// left implicit: it then grants nothing), and `includes` free of cycles.
+    fn validate_roles(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let mut names = BTreeSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    format!("roles[{i}].name"),
+                    format!("role `{}` is empty or defined twice", r.name),
+                ));
+            }
+            if r.row_limit == Some(0) {
+                return Err(invalid(
+                    format!("roles[{i}].row_limit"),
+                    "must be at least 1 (omit it for no limit)".into(),
+                ));
+            }
+            for p in &r.read {
+                if p.is_empty() || p.split('.').count() > 2 {
+                    return Err(invalid(
+                        format!("roles[{i}].read"),
+                        format!("`{p}` is not a `database.table` pattern"),
+                    ));
+                }
+            }
+        }
+        let defined = |n: &str| names.contains(n) || n == self.auth.base_role;
+        for (i, r) in self.roles.iter().enumerate() {
+            for inc in &r.includes {
+                if !defined(inc) {
+                    return Err(invalid(
+                        format!("roles[{i}].includes"),
+                        format!("role `{inc}` is not defined in [[roles]]"),
+                    ));
+                }
+            }
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            for r in &u.roles {
+                if !defined(r) {
+                    return Err(invalid(
+                        format!("auth.users[{i}].roles"),
+                        format!("role `{r}` is not defined in [[roles]]"),
+                    ));
+                }
+            }
+        }
+        for (i, m) in self.role_mapping.iter().enumerate() {
+            for r in &m.roles {
+                if !defined(r) {
+                    return Err(invalid(
+                        format!("role_mapping[{i}].roles"),
+                        format!("role `{r}` is not defined in [[roles]]"),
+                    ));
+                }
+            }
+        }
+        // Cycle check: depth-first over `includes`.
+        fn visit<'a>(
+            name: &'a str,
+            roles: &'a [RoleConfig],
+            stack: &mut Vec<&'a str>,
+        ) -> Result<(), String> {
+            if stack.contains(&name) {
+                stack.push(name);
+                return Err(stack.join(" → "));
+            }
+            stack.push(name);
+            if let Some(r) = roles.iter().find(|r| r.name == name) {
+                for inc in &r.includes {
+                    visit(inc, roles, stack)?;
+                }
+            }
+            stack.pop();
+            Ok(())
+        }
+        for (i, r) in self.roles.iter().enumerate() {
+            visit(&r.name, &self.roles, &mut Vec::new()).map_err(|cycle| {
+                invalid(
+                    format!("roles[{i}].includes"),
+                    format!("roles include each other in a cycle: {cycle}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -407,6 +520,7 @@ impl Config {
                 }
             }
         }
+        self.validate_roles(path)?;
         for (i, rule) in self.role_mapping.iter().enumerate() {
             let key = |f: &str| format!("role_mapping[{i}].{f}");
             let conditions = [
@@ -525,6 +639,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("role_mapping[0]"), "{e}");
+    }
+
+    #[test]
+    fn roles_are_checked() {
+        let e = parse("[[auth.users]]\nname = \"a\"\npassword = \"p\"\nroles = [\"ghost\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.users[0].roles") && e.contains("ghost"),
+            "{e}"
+        );
+        let e = parse("[[roles]]\nname = \"a\"\nincludes = [\"b\"]\n[[roles]]\nname = \"b\"\nincludes = [\"a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cycle"), "{e}");
+        parse("[[roles]]\nname = \"a\"\nread = [\"nyc.*\"]\nincludes = [\"base\"]\n").unwrap();
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod encode;
 pub mod params;
 pub mod pg_compat;
 pub mod types;
+pub mod visibility;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -26,6 +28,7 @@ use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
 
+use crate::auth::policy::Policy;
 use crate::config::Config;
 use crate::lake;
 use crate::server::error::{PgError, SqlState};
@@ -48,6 +51,8 @@ pub struct QueryContext {
     pub search_path: String,
     pub time_zone: String,
     pub backend_pid: i32,
+    /// What the session's roles may read.
+    pub policy: Arc<Policy>,
 }
 
 /// A dedicated runtime for query execution. DataFusion operators can run for a long
@@ -65,11 +70,16 @@ impl Drop for CpuRuntime {
 }
 
 pub struct Engine {
-    ctx: SessionContext,
+    /// The lake as loaded (every schema and table); sessions see it through a
+    /// per-policy view.
+    lake: Arc<MemoryCatalogProvider>,
+    session_config: SessionConfig,
+    /// One DataFusion context per distinct policy: its catalog view, `pg_catalog` and
+    /// `information_schema` show only what the policy may read.
+    contexts: std::sync::Mutex<HashMap<Policy, SessionContext>>,
     cpu: CpuRuntime,
     database: String,
     parser: PostgresCompatibilityParser,
-    catalog: Arc<MemoryCatalogProvider>,
 }
 
 impl Engine {
@@ -79,12 +89,10 @@ impl Engine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&database, "public");
-        let ctx = SessionContext::new_with_config(session_config);
-        let catalog = Arc::new(MemoryCatalogProvider::new());
-        catalog
-            .register_schema("public", Arc::new(MemorySchemaProvider::new()))
+        let loader = SessionContext::new_with_config(session_config.clone());
+        let lake = Arc::new(MemoryCatalogProvider::new());
+        lake.register_schema("public", Arc::new(MemorySchemaProvider::new()))
             .map_err(|e| e.to_string())?;
-        ctx.register_catalog(&database, catalog.clone());
 
         if let Some(local) = &config.lake.local {
             let root = config.resolve(&local.root);
@@ -98,7 +106,7 @@ impl Engine {
                     root.display()
                 ));
             }
-            for (name, schema) in lake::local::discover(&ctx, &root).await? {
+            for (name, schema) in lake::local::discover(&loader, &root).await? {
                 if matches!(
                     name.as_str(),
                     "public" | "pg_catalog" | "information_schema"
@@ -106,15 +114,10 @@ impl Engine {
                     tracing::warn!(database = %name, "lake database name is reserved; skipped");
                     continue;
                 }
-                catalog
-                    .register_schema(&name, schema)
+                lake.register_schema(&name, schema)
                     .map_err(|e| e.to_string())?;
             }
         }
-
-        setup_pg_catalog(&ctx, &database, EmptyContextProvider)
-            .map_err(|e| format!("cannot set up pg_catalog: {e}"))?;
-        pg_compat::install(&ctx, &database).await?;
 
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -125,22 +128,55 @@ impl Engine {
             .enable_time()
             .build()
             .map_err(|e| format!("cannot start query runtime: {e}"))?;
-        Ok(Engine {
-            ctx,
+        let engine = Engine {
+            lake,
+            session_config,
+            contexts: std::sync::Mutex::new(HashMap::new()),
             cpu: CpuRuntime(Some(cpu)),
             database,
             parser: PostgresCompatibilityParser::new(),
-            catalog,
-        })
+        };
+        // Build one view now, so catalog set-up problems stop start-up.
+        engine
+            .context_for(&Policy::all())
+            .await
+            .map_err(|e| format!("cannot set up the catalog: {}", e.message))?;
+        Ok(engine)
+    }
+
+    /// The DataFusion context for a policy, created on first use.
+    async fn context_for(&self, policy: &Policy) -> Result<SessionContext, PgError> {
+        if let Some(ctx) = self
+            .contexts
+            .lock()
+            .ok()
+            .and_then(|m| m.get(policy).cloned())
+        {
+            return Ok(ctx);
+        }
+        let internal = |e: String| PgError::new(SqlState::INTERNAL_ERROR, e);
+        let ctx = SessionContext::new_with_config(self.session_config.clone());
+        let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));
+        ctx.register_catalog(&self.database, Arc::new(view));
+        setup_pg_catalog(&ctx, &self.database, EmptyContextProvider)
+            .map_err(|e| internal(format!("cannot set up pg_catalog: {e}")))?;
+        pg_compat::install(&ctx, &self.database)
+            .await
+            .map_err(internal)?;
+        if let Ok(mut m) = self.contexts.lock() {
+            // Two sessions may race to build the same view; keep the first.
+            return Ok(m.entry(policy.clone()).or_insert(ctx).clone());
+        }
+        Ok(ctx)
     }
 
     pub fn database(&self) -> &str {
         &self.database
     }
 
-    /// Lake schemas (databases) visible in this catalog.
+    /// Lake schemas (databases), whoever may see them.
     pub fn schema_names(&self) -> Vec<String> {
-        self.catalog.schema_names()
+        self.lake.schema_names()
     }
 
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
@@ -153,8 +189,8 @@ impl Engine {
         Ok(statements.into_iter().map(pg_compat::rewrite).collect())
     }
 
-    fn state_for(&self, qc: &QueryContext) -> SessionState {
-        let mut state = self.ctx.state();
+    async fn state_for(&self, qc: &QueryContext) -> Result<SessionState, PgError> {
+        let mut state = self.context_for(&qc.policy).await?.state();
         let schema = self.default_schema(&qc.search_path);
         let options = state.config_mut().options_mut();
         options.catalog.default_schema = schema.clone();
@@ -184,12 +220,12 @@ impl Engine {
             Volatility::Stable,
             Arc::new(move |_| Ok(ColumnarValue::Scalar(pid.clone()))),
         )));
-        state
+        Ok(state)
     }
 
     /// The first schema on the search path that exists, like PostgreSQL.
     fn default_schema(&self, search_path: &str) -> String {
-        let names = self.catalog.schema_names();
+        let names = self.lake.schema_names();
         search_path
             .split(',')
             .map(|s| s.trim().trim_matches('"').to_lowercase())
@@ -199,7 +235,7 @@ impl Engine {
 
     /// Plans one statement. Only read-only queries are allowed through.
     pub async fn plan(&self, stmt: &Statement, qc: &QueryContext) -> Result<LogicalPlan, PgError> {
-        let state = self.state_for(qc);
+        let state = self.state_for(qc).await?;
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt.clone())))
             .await?;
@@ -220,7 +256,7 @@ impl Engine {
         plan: LogicalPlan,
         qc: &QueryContext,
     ) -> Result<SendableRecordBatchStream, PgError> {
-        let state = self.state_for(qc);
+        let state = self.state_for(qc).await?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let physical = state.create_physical_plan(&plan).await?;
         let task_ctx = state.task_ctx();

@@ -24,6 +24,7 @@ use pgwire::messages::response::{
 use pgwire::messages::startup::{BackendKeyData, ParameterStatus, SecretKey};
 use tokio::time::Instant;
 
+use crate::auth::policy::Policy;
 use crate::auth::{AuthMethod, Identity};
 
 /// `SHOW sluice.identity`: who the session is, as Sluice resolved it.
@@ -123,6 +124,8 @@ pub struct Session {
     /// After an error in the extended protocol, messages are skipped until Sync.
     skip_until_sync: bool,
     cancel: CancelHandle,
+    /// What this session's roles may read; fixed at login.
+    policy: Arc<Policy>,
 }
 
 impl Session {
@@ -133,7 +136,9 @@ impl Session {
         cancel: CancelHandle,
     ) -> Session {
         let settings = Settings::new(&identity.user);
+        let policy = Arc::new(Policy::resolve(&identity.roles, &shared.config.roles));
         Session {
+            policy,
             conn,
             shared,
             identity,
@@ -266,6 +271,7 @@ impl Session {
                 .to_owned(),
             time_zone: self.settings.get("TimeZone").unwrap_or("UTC").to_owned(),
             backend_pid: self.cancel.pid,
+            policy: self.policy.clone(),
         }
     }
 
@@ -606,6 +612,15 @@ impl Session {
                     {
                         if max_rows > 0 && sent_now == max_rows {
                             break;
+                        }
+                        if let Some(limit) = self.policy.row_limit
+                            && run.rows >= limit
+                        {
+                            return Ok(Err(PgError::new(
+                                SqlState("54000"),
+                                format!("the result has more than {limit} rows, the row limit of your Sluice roles"),
+                            )
+                            .with_hint("add a filter or LIMIT, or ask for a role with a higher row_limit")));
                         }
                         encoder.write_row(row, &mut self.conn.out, &opts);
                         row += 1;

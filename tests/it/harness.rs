@@ -56,6 +56,7 @@ impl Gateway {
             "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n{tls}\n\
              [[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nroles = [\"analyst\"]\n\n\
              [[auth.users]]\nname = \"svc\"\nscram = \"{svc}\"\n\n\
+             [[roles]]\nname = \"analyst\"\nread = [\"*\"]\n\n\
              [lake.local]\nroot = \"{root}\"\ndemo_data = true\n{extra}",
             extra_server = server_lines,
             root = demo_dir().display(),

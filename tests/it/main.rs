@@ -4,6 +4,7 @@
 mod harness;
 mod jdbc;
 mod oidc;
+mod policy;
 mod protocol;
 mod psql;
 mod python;

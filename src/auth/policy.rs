@@ -1,0 +1,146 @@
+//! Role policy: what a session's roles let it read and see.
+//!
+//! A session's roles (local account roles, or the roles its token mapped to) are
+//! expanded through `includes` and merged into one [`Policy`]. The engine gives each
+//! distinct policy its own view of the catalog, so a table a role may not read is
+//! absent from every listing (`\dt`, pgjdbc `getTables`, `information_schema`) and a
+//! query naming it fails with 42501.
+
+use std::collections::BTreeSet;
+
+use crate::config::RoleConfig;
+
+/// The merged grants of a set of roles. Equal policies share one catalog view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Policy {
+    /// `(database pattern, table pattern)`, lower case, `*` wildcards.
+    read: BTreeSet<(String, String)>,
+    pub write: bool,
+    /// Most rows a statement may return; `None` = no limit.
+    pub row_limit: Option<u64>,
+}
+
+impl Policy {
+    /// Merges `roles` (and everything they include) from the configured `[[roles]]`.
+    /// Unknown names grant nothing (config validation rejects them up front).
+    pub fn resolve(roles: &[String], defined: &[RoleConfig]) -> Policy {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let mut policy = Policy::default();
+        let mut limits = Vec::new();
+        let mut unlimited_reader = false;
+        while let Some(name) = stack.pop() {
+            if !seen.insert(name.to_owned()) {
+                continue;
+            }
+            let Some(role) = defined.iter().find(|r| r.name == name) else {
+                continue;
+            };
+            for pattern in &role.read {
+                let p = pattern.to_lowercase();
+                let (db, table) = p.split_once('.').unwrap_or((p.as_str(), "*"));
+                policy.read.insert((db.to_owned(), table.to_owned()));
+            }
+            policy.write |= role.write;
+            match role.row_limit {
+                Some(l) => limits.push(l),
+                None if !role.read.is_empty() => unlimited_reader = true,
+                None => {}
+            }
+            stack.extend(role.includes.iter().map(String::as_str));
+        }
+        // Grants add up: the most generous limit among the roles applies.
+        policy.row_limit = if unlimited_reader {
+            None
+        } else {
+            limits.into_iter().max()
+        };
+        policy
+    }
+
+    /// A policy granting everything (used by internal tools and benchmarks).
+    pub fn all() -> Policy {
+        let mut p = Policy::default();
+        p.read.insert(("*".into(), "*".into()));
+        p.write = true;
+        p
+    }
+
+    pub fn can_read(&self, database: &str, table: &str) -> bool {
+        let (db, t) = (database.to_lowercase(), table.to_lowercase());
+        self.read
+            .iter()
+            .any(|(dp, tp)| glob(dp, &db) && glob(tp, &t))
+    }
+
+    /// Whether any table of `database` could be readable (before looking at its tables).
+    pub fn may_read_in(&self, database: &str) -> bool {
+        let db = database.to_lowercase();
+        self.read.iter().any(|(dp, _)| glob(dp, &db))
+    }
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, s: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = s.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    if parts.is_empty() {
+        return rest.is_empty();
+    }
+    let (last, middle) = parts.split_last().unwrap_or((&"", &[]));
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str, read: &[&str], includes: &[&str], row_limit: Option<u64>) -> RoleConfig {
+        RoleConfig {
+            name: name.into(),
+            read: read.iter().map(|s| s.to_string()).collect(),
+            includes: includes.iter().map(|s| s.to_string()).collect(),
+            write: false,
+            row_limit,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("nyc", "nyc"));
+        assert!(!glob("nyc", "nycx"));
+        assert!(glob("trip*", "trips"));
+        assert!(glob("*_raw", "taxi_raw"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn roles_merge_through_includes() {
+        let defined = vec![
+            role("zones", &["nyc.zones"], &[], Some(10)),
+            role("sales", &["sales"], &["zones"], Some(1000)),
+            role("base", &[], &[], None),
+        ];
+        let p = Policy::resolve(&["sales".into()], &defined);
+        assert!(p.can_read("NYC", "Zones"));
+        assert!(p.can_read("sales", "anything"));
+        assert!(!p.can_read("nyc", "trips"));
+        assert_eq!(p.row_limit, Some(1000));
+        let base = Policy::resolve(&["base".into()], &defined);
+        assert!(!base.can_read("nyc", "zones"));
+        assert!(!base.may_read_in("nyc"));
+        assert!(Policy::all().can_read("x", "y"));
+    }
+}

@@ -33,10 +33,30 @@ enum Commands {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Work with access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the SCRAM-SHA-256 verifier for a password (for `auth.users[].scram`).
     HashPassword {
         /// The password; read from standard input when omitted.
         password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Decode a token (no signature check) and explain which configured checks and
+    /// role-mapping rules it passes or fails.
+    Inspect {
+        /// The token; read from standard input when omitted (keeps it out of shell history).
+        token: Option<String>,
+        /// The login user to check the token's name claim against.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -67,6 +87,36 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             }
+        }
+        Commands::Token {
+            command:
+                TokenCommand::Inspect {
+                    token,
+                    user,
+                    config,
+                },
+        } => {
+            let path = config_path(config);
+            let c = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() {
+                        eprintln!("sluice: cannot read the token from standard input");
+                        return ExitCode::FAILURE;
+                    }
+                    line.trim().to_string()
+                }
+            };
+            print!(
+                "{}",
+                sluice::auth::oidc::inspect(token.trim(), &c, user.as_deref())
+            );
+            ExitCode::SUCCESS
         }
         Commands::HashPassword { password } => {
             let password = match password {

@@ -341,6 +341,139 @@ impl OidcValidator {
     }
 }
 
+/// `sluice token inspect`: decodes a token without checking its signature and says,
+/// for every configured issuer, which checks it would pass or fail, then which
+/// `[[role_mapping]]` rule it would match. Never needs the network.
+pub fn inspect(token: &str, config: &crate::config::Config, user: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let header: Option<Value> = token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).ok()
+        })
+        .and_then(|h| serde_json::from_slice(&h).ok());
+    let claims: Option<Map<String, Value>> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
+    let (Some(header), Some(claims)) = (header, claims) else {
+        return "not a JWT: expected three base64url parts, header and payload JSON\n".into();
+    };
+    let _ = writeln!(out, "header: {header}");
+    let _ = writeln!(out, "claims:");
+    for (k, v) in &claims {
+        let _ = writeln!(out, "  {k}: {v}");
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let str_claim = |n: &str| claims.get(n).and_then(Value::as_str).unwrap_or("");
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    let Some(oidc) = &config.auth.oidc else {
+        let _ = writeln!(out, "\nno [auth.oidc] in this config: token logins are off");
+        return out;
+    };
+    let mark = |ok: bool| if ok { "pass" } else { "FAIL" };
+    let mut matched = None;
+    for (i, iss) in oidc.issuers.iter().enumerate() {
+        let _ = writeln!(out, "\nissuer [{i}] {}:", iss.issuer);
+        let iss_ok = str_claim("iss") == iss.issuer;
+        let _ = writeln!(
+            out,
+            "  {} iss = {:?} (expected {:?})",
+            mark(iss_ok),
+            str_claim("iss"),
+            iss.issuer
+        );
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let aud_ok = auds.iter().any(|a| iss.audiences.iter().any(|x| x == a));
+        let _ = writeln!(
+            out,
+            "  {} aud = {:?} (accepted: {:?})",
+            mark(aud_ok),
+            auds,
+            iss.audiences
+        );
+        let alg_ok = iss.algorithms.iter().any(|a| a == alg);
+        let _ = writeln!(
+            out,
+            "  {} alg = {alg:?} (accepted: {:?})",
+            mark(alg_ok),
+            iss.algorithms
+        );
+        let exp = claims.get("exp").and_then(Value::as_u64);
+        let exp_ok = exp.is_some_and(|e| e + oidc.leeway_secs >= now);
+        let _ = writeln!(
+            out,
+            "  {} exp = {exp:?} (now {now}, leeway {}s)",
+            mark(exp_ok),
+            oidc.leeway_secs
+        );
+        let nbf_ok = claims
+            .get("nbf")
+            .and_then(Value::as_u64)
+            .is_none_or(|n| n <= now + oidc.leeway_secs);
+        let _ = writeln!(out, "  {} nbf", mark(nbf_ok));
+        let tid_ok = iss.tenants.is_empty()
+            || iss
+                .tenants
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(str_claim("tid")));
+        let _ = writeln!(
+            out,
+            "  {} tid = {:?} (allowed: {:?})",
+            mark(tid_ok),
+            str_claim("tid"),
+            iss.tenants
+        );
+        let name = iss
+            .username_claims
+            .iter()
+            .find_map(|c| claims.get(c).and_then(Value::as_str).map(|v| (c, v)));
+        let name_ok = match (name, user) {
+            (Some((_, v)), Some(u)) => v.eq_ignore_ascii_case(u),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let _ = writeln!(
+            out,
+            "  {} login name = {:?} from {:?}{}",
+            mark(name_ok),
+            name.map(|n| n.1),
+            name.map(|n| n.0),
+            user.map(|u| format!(" (login user {u:?})"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(out, "  (the signature is not checked here)");
+        if iss_ok && aud_ok && alg_ok && exp_ok && nbf_ok && tid_ok && name_ok {
+            matched = name.map(|n| n.1.to_owned());
+        }
+    }
+    if let Some(username) = matched {
+        let identity = TokenIdentity {
+            username,
+            subject: String::new(),
+            issuer: String::new(),
+            claims: claims.clone(),
+        };
+        let roles = crate::auth::map_roles(&config.role_mapping, &config.auth.base_role, &identity);
+        let rule = config.role_mapping.iter().position(|r| r.roles == roles);
+        let _ = writeln!(
+            out,
+            "\nroles: {roles:?} ({})",
+            match rule {
+                Some(i) => format!("role_mapping[{i}]"),
+                None => format!("no rule matched: base role {:?}", config.auth.base_role),
+            }
+        );
+    } else {
+        let _ = writeln!(out, "\nthis token would be refused");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +493,42 @@ mod tests {
             "eyJhbGciOi.eyJpc3MiOi.c2lnbmF0dXJl"
         ));
         assert!(!OidcValidator::looks_like_jwt("demo"));
+    }
+}
+
+#[cfg(test)]
+mod inspect_tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    #[test]
+    fn inspect_explains_each_check() {
+        let text = "[auth.oidc]\n[[auth.oidc.issuers]]\nissuer = \"https://idp/\"\naudiences = [\"api://sluice\"]\n\
+                    [[role_mapping]]\ngroup = \"g1\"\nroles = [\"r1\"]\n[[roles]]\nname = \"r1\"\n";
+        let config =
+            crate::config::Config::parse(text, std::path::Path::new("t.toml"), ".".into()).unwrap();
+        let claims = serde_json::json!({"iss": "https://idp/", "aud": "api://other", "exp": 4_000_000_000u64, "upn": "a@b", "groups": ["g1"]});
+        let token = format!(
+            "{}.{}.sig",
+            B64.encode(r#"{"alg":"RS256"}"#),
+            B64.encode(claims.to_string())
+        );
+        let report = inspect(&token, &config, Some("a@b"));
+        assert!(report.contains("FAIL aud"), "{report}");
+        assert!(report.contains("pass iss"), "{report}");
+        assert!(report.contains("would be refused"), "{report}");
+        let claims = serde_json::json!({"iss": "https://idp/", "aud": "api://sluice", "exp": 4_000_000_000u64, "upn": "a@b", "groups": ["g1"]});
+        let token = format!(
+            "{}.{}.sig",
+            B64.encode(r#"{"alg":"RS256"}"#),
+            B64.encode(claims.to_string())
+        );
+        let report = inspect(&token, &config, Some("a@b"));
+        assert!(
+            report.contains("roles: [\"r1\"] (role_mapping[0])"),
+            "{report}"
+        );
+        assert!(inspect("garbage", &config, None).contains("not a JWT"));
     }
 }

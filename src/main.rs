@@ -193,6 +193,18 @@ fn main() -> ExitCode {
                     Ok(addr) => tracing::info!(%addr, "Sluice is listening"),
                     Err(e) => tracing::warn!(error = %e, "listening (address unknown)"),
                 }
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let shared = server.shared();
+                    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                        tokio::spawn(async move {
+                            while hup.recv().await.is_some() {
+                                sluice::server::reload_and_log(&shared, "SIGHUP");
+                            }
+                        });
+                    }
+                }
                 tokio::select! {
                     _ = server.run() => {}
                     _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -7,7 +7,7 @@ pub mod scram;
 
 use std::collections::HashMap;
 
-use crate::config::{Config, RoleMappingRule};
+use crate::config::{AccessRules, Config, RoleMappingRule};
 use scram::Verifier;
 
 /// An authenticated user, as every later stage (routing, policy, audit) sees it.
@@ -33,8 +33,8 @@ pub enum AuthMethod {
 
 impl Identity {
     /// Builds the identity of a validated token, mapping its claims to roles.
-    pub fn from_token(token: &oidc::TokenIdentity, config: &Config) -> Identity {
-        let roles = map_roles(&config.role_mapping, &config.auth.base_role, token);
+    pub fn from_token(token: &oidc::TokenIdentity, rules: &AccessRules) -> Identity {
+        let roles = map_roles(&rules.role_mapping, &rules.base_role, token);
         Identity {
             user: token.username.clone(),
             roles,

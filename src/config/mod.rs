@@ -43,6 +43,9 @@ pub struct Config {
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this config was loaded from, for reloads.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +203,15 @@ fn default_identity_claims() -> Vec<String> {
     vec!["tid".into(), "oid".into()]
 }
 
+/// Role mapping and role policy: reloaded on SIGHUP or when the config file changes;
+/// sessions keep the rules they logged in with.
+#[derive(Debug, Clone)]
+pub struct AccessRules {
+    pub role_mapping: Vec<RoleMappingRule>,
+    pub roles: Vec<RoleConfig>,
+    pub base_role: String,
+}
+
 /// A `[[roles]]` entry: what holders of the role may do.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,7 +309,18 @@ impl Config {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, path, base_dir)
+        let mut config = Config::parse(&text, path, base_dir)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The parts of the config that reload without a restart.
+    pub fn access_rules(&self) -> AccessRules {
+        AccessRules {
+            role_mapping: self.role_mapping.clone(),
+            roles: self.roles.clone(),
+            base_role: self.auth.base_role.clone(),
+        }
     }
 
     pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::LocalAccounts;
 use crate::auth::oidc::OidcValidator;
-use crate::config::Config;
+use crate::config::{AccessRules, Config};
 use crate::engine::Engine;
 use cancel::CancelRegistry;
 use connection::Disconnect;
@@ -29,13 +29,40 @@ use error::{PgError, SqlState};
 
 /// What every session shares: read-only after start-up.
 pub struct Shared {
+    /// The config as loaded at start; see `access` for the parts that reload.
     pub config: Arc<Config>,
+    access: std::sync::RwLock<Arc<AccessRules>>,
     pub engine: Arc<Engine>,
     pub accounts: LocalAccounts,
     /// Token validation, when `[auth.oidc]` is configured.
     pub oidc: Option<OidcValidator>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: tls::Tls,
+}
+
+impl Shared {
+    /// The current role mapping and role policy.
+    pub fn access_rules(&self) -> Arc<AccessRules> {
+        match self.access.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the config file and applies its role mapping and roles. An invalid
+    /// file is rejected whole and the running rules stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.config.source else {
+            return Err("the config was not loaded from a file".into());
+        };
+        let fresh = Config::load(path).map_err(|e| e.to_string())?;
+        let rules = Arc::new(fresh.access_rules());
+        match self.access.write() {
+            Ok(mut a) => *a = rules,
+            Err(p) => *p.into_inner() = rules,
+        }
+        Ok(())
+    }
 }
 
 /// A bound, ready-to-serve gateway.
@@ -69,6 +96,7 @@ impl Server {
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
+                access: std::sync::RwLock::new(Arc::new(config.access_rules())),
                 config,
                 engine,
                 accounts,
@@ -83,10 +111,16 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// What a SIGHUP handler calls; shared with the server's own file watcher.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Accepts clients until the task is dropped. Each connection runs in its own task,
     /// so a failing or misbehaving client never affects another.
     pub async fn run(self) {
         let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        tokio::spawn(watch_config(Arc::downgrade(&self.shared)));
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -105,6 +139,39 @@ impl Server {
                     Err(_) => refuse_busy(tcp).await,
                 }
             });
+        }
+    }
+}
+
+/// Reloads role mapping and roles when the config file changes (checked every 2 s).
+async fn watch_config(shared: std::sync::Weak<Shared>) {
+    let modified = |s: &Shared| {
+        s.config
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| m.modified().ok())
+    };
+    let Some(mut last) = shared.upgrade().and_then(|s| modified(&s)) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(s) = shared.upgrade() else { return };
+        let Some(now) = modified(&s) else { continue };
+        if now != last {
+            last = now;
+            reload_and_log(&s, "config file changed");
+        }
+    }
+}
+
+/// Applies a reload and reports the outcome in the log.
+pub fn reload_and_log(shared: &Shared, why: &str) {
+    match shared.reload() {
+        Ok(()) => tracing::info!(reason = why, "reloaded role mapping and roles"),
+        Err(e) => {
+            tracing::error!(reason = why, error = %e, "config reload rejected; keeping the running rules")
         }
     }
 }

@@ -136,7 +136,10 @@ impl Session {
         cancel: CancelHandle,
     ) -> Session {
         let settings = Settings::new(&identity.user);
-        let policy = Arc::new(Policy::resolve(&identity.roles, &shared.config.roles));
+        let policy = Arc::new(Policy::resolve(
+            &identity.roles,
+            &shared.access_rules().roles,
+        ));
         Session {
             policy,
             conn,

@@ -341,7 +341,7 @@ async fn token_login(
     let token = frame::decode_password(&frame.body).map_err(Disconnect::Protocol)?;
     match oidc.validate(token, user).await {
         Ok(validated) => {
-            let identity = Identity::from_token(&validated, &shared.config);
+            let identity = Identity::from_token(&validated, &shared.access_rules());
             tracing::info!(
                 user = %identity.user,
                 subject = %validated.subject,

@@ -78,6 +78,11 @@ impl Gateway {
         }
     }
 
+    /// The gateway's config file (tests rewrite it to exercise reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("sluice.toml")
+    }
+
     pub fn url(&self, sslmode: &str) -> String {
         format!(
             "host=127.0.0.1 port={} dbname=sluice user={USER} password={PASSWORD} sslmode={sslmode}",

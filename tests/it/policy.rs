@@ -184,3 +184,48 @@ async fn pgjdbc_get_tables_follows_the_role() {
         "{tables:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_reload_without_dropping_sessions() {
+    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let before = connect(&gw, "zonesonly", "z").await;
+    assert_eq!(nyc_tables(&before).await.0, vec!["zones"]);
+
+    // An invalid file is rejected whole: the running rules stay.
+    let path = gw.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace(
+            "read = [\"nyc.zones\"]",
+            "read = [\"nyc.zones\"]\nbogus_key = 1",
+        ),
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        nyc_tables(&connect(&gw, "zonesonly", "z").await).await.0,
+        vec!["zones"]
+    );
+
+    // A valid change applies to new sessions.
+    std::fs::write(
+        &path,
+        original.replace(
+            "read = [\"nyc.zones\"]",
+            "read = [\"nyc.zones\", \"nyc.vendors\"]",
+        ),
+    )
+    .unwrap();
+    let mut seen = vec![];
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        seen = nyc_tables(&connect(&gw, "zonesonly", "z").await).await.0;
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, vec!["vendors", "zones"]);
+    // The session opened before the reload is still there, with its rules.
+    assert_eq!(nyc_tables(&before).await.0, vec!["zones"]);
+}

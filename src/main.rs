@@ -33,6 +33,21 @@ enum Commands {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Sign in with your identity provider (device code) and print the access token
+    /// to use as password, or store it in ~/.pgpass.
+    Login {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Write the token to ~/.pgpass (or $PGPASSFILE) for this host, port and user.
+        #[arg(long, requires_all = ["host", "user"])]
+        pgpass: bool,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 5439)]
+        port: u16,
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Work with access tokens.
     Token {
         #[command(subcommand)]
@@ -87,6 +102,67 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             }
+        }
+        Commands::Login {
+            config,
+            pgpass,
+            host,
+            port,
+            user,
+        } => {
+            let path = config_path(config);
+            let c = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(login) = c.auth.oidc.as_ref().and_then(|o| o.login.as_ref()) else {
+                eprintln!(
+                    "sluice: {} has no [auth.oidc.login] section",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sluice: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let token = match runtime.block_on(sluice::auth::login::device_code_login(
+                login,
+                &mut std::io::stderr(),
+            )) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if pgpass {
+                let (Some(host), Some(user)) = (host, user) else {
+                    return ExitCode::from(2);
+                };
+                let Some(file) = sluice::auth::login::pgpass_path() else {
+                    eprintln!("sluice: cannot find ~/.pgpass (HOME is not set)");
+                    return ExitCode::FAILURE;
+                };
+                if let Err(e) = sluice::auth::login::write_pgpass(&file, &host, port, &user, &token)
+                {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::FAILURE;
+                }
+                eprintln!(
+                    "token stored in {} for {user}@{host}:{port}",
+                    file.display()
+                );
+            } else {
+                println!("{token}");
+            }
+            ExitCode::SUCCESS
         }
         Commands::Token {
             command:

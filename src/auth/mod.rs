@@ -1,6 +1,8 @@
 //! Who a client is: local service accounts (SCRAM-SHA-256) today; OIDC tokens and
 //! group → role mapping build on the same [`Identity`].
 
+pub mod graph;
+pub mod login;
 pub mod oidc;
 pub mod policy;
 pub mod scram;

@@ -88,6 +88,7 @@ struct Issuer {
 
 pub struct OidcValidator {
     issuers: Vec<Issuer>,
+    graph: Option<crate::auth::graph::GraphClient>,
     http: reqwest::Client,
     leeway: u64,
     min_refresh: Duration,
@@ -98,7 +99,7 @@ fn reject(msg: impl Into<String>) -> TokenRejected {
 }
 
 impl OidcValidator {
-    pub fn new(config: &OidcConfig) -> Result<OidcValidator, String> {
+    pub fn new(config: &OidcConfig, base_dir: &std::path::Path) -> Result<OidcValidator, String> {
         // reqwest uses rustls without a built-in provider; make ring the process default.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -121,8 +122,14 @@ impl OidcValidator {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let graph = config
+            .graph
+            .as_ref()
+            .map(|g| crate::auth::graph::GraphClient::new(g, base_dir, http.clone()))
+            .transpose()?;
         Ok(OidcValidator {
             issuers,
+            graph,
             http,
             leeway: config.leeway_secs,
             min_refresh: Duration::from_secs(config.jwks_min_refresh_secs),
@@ -236,6 +243,29 @@ impl OidcValidator {
             return Err(reject(format!(
                 "the token belongs to `{username}` (claim `{claim}`), not to the login user `{user}`"
             )));
+        }
+        let mut claims = claims;
+        if crate::auth::graph::GraphClient::has_overage(&claims) {
+            let graph = self.graph.as_ref().ok_or_else(|| {
+                reject("the token lists too many groups to carry them (overage) and [auth.oidc.graph] is not configured")
+            })?;
+            let tid = claims
+                .get("tid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let oid = claims
+                .get("oid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let groups = graph.member_groups(&tid, &oid).await.map_err(|e| {
+                tracing::warn!(%oid, error = %e, "groups overage: Microsoft Graph lookup failed");
+                reject(format!(
+                    "cannot resolve group membership (groups overage): {e}"
+                ))
+            })?;
+            claims.insert("groups".into(), Value::from(groups));
         }
         let subject = issuer
             .config

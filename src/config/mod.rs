@@ -155,6 +155,55 @@ pub struct OidcConfig {
     /// plaintext for development.
     #[serde(default)]
     pub allow_plaintext_loopback: bool,
+    /// Microsoft Graph, for tokens whose groups did not fit ("groups overage").
+    pub graph: Option<GraphConfig>,
+    /// What `sluice login` (device-code flow) asks the issuer for.
+    pub login: Option<LoginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The issuer to sign in with (its discovery document must list a
+    /// `device_authorization_endpoint`).
+    pub issuer: String,
+    /// Discovery document; default `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// The public client app users sign in through.
+    pub client_id: String,
+    /// e.g. `api://sluice/.default` (Azure v2) so the token's audience is Sluice.
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Graph's base URL.
+    #[serde(default = "default_graph_endpoint")]
+    pub endpoint: String,
+    /// OAuth token endpoint for Sluice's own app (client credentials), e.g.
+    /// `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`.
+    pub token_url: String,
+    pub client_id: String,
+    /// Where the client secret is (never in this file): an environment variable…
+    pub client_secret_env: Option<String>,
+    /// …or a file (e.g. a mounted Kubernetes secret), relative to this config's directory.
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_graph_scope")]
+    pub scope: String,
+    /// How long a user's resolved groups are cached, in seconds.
+    #[serde(default = "default_graph_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_graph_endpoint() -> String {
+    "https://graph.microsoft.com".into()
+}
+fn default_graph_scope() -> String {
+    "https://graph.microsoft.com/.default".into()
+}
+fn default_graph_ttl() -> u64 {
+    600
 }
 
 fn default_leeway() -> u64 {
@@ -544,6 +593,14 @@ impl Config {
             }
         }
         self.validate_roles(path)?;
+        if let Some(graph) = self.auth.oidc.as_ref().and_then(|o| o.graph.as_ref())
+            && graph.client_secret_env.is_some() == graph.client_secret_file.is_some()
+        {
+            return Err(invalid(
+                "auth.oidc.graph.client_secret_env".into(),
+                "set exactly one of client_secret_env and client_secret_file".into(),
+            ));
+        }
         for (i, rule) in self.role_mapping.iter().enumerate() {
             let key = |f: &str| format!("role_mapping[{i}].{f}");
             let conditions = [

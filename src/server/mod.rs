@@ -86,7 +86,7 @@ impl Server {
             .auth
             .oidc
             .as_ref()
-            .map(OidcValidator::new)
+            .map(|o| OidcValidator::new(o, &config.base_dir))
             .transpose()?;
         let engine = Arc::new(Engine::new(&config).await?);
         let addr = config.listen_addr()?;

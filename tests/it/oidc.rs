@@ -85,6 +85,10 @@ struct Idp {
     keys: Arc<Mutex<Vec<Value>>>,
     jwks_fetches: Arc<AtomicUsize>,
     up: Arc<std::sync::atomic::AtomicBool>,
+    /// Calls to the stand-in for Microsoft Graph's getMemberObjects.
+    graph_calls: Arc<AtomicUsize>,
+    /// The token the device-code flow hands out, once the "user" has signed in.
+    device_token: Arc<Mutex<String>>,
 }
 
 impl Idp {
@@ -94,10 +98,26 @@ impl Idp {
         let keys = Arc::new(Mutex::new(keys));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (k, f, u) = (keys.clone(), jwks_fetches.clone(), up.clone());
+        let graph_calls = Arc::new(AtomicUsize::new(0));
+        let device_token = Arc::new(Mutex::new(String::new()));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (k, f, u, g, d) = (
+            keys.clone(),
+            jwks_fetches.clone(),
+            up.clone(),
+            graph_calls.clone(),
+            device_token.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (k, f, u) = (k.clone(), f.clone(), u.clone());
+                let (k, f, u, g, d, p) = (
+                    k.clone(),
+                    f.clone(),
+                    u.clone(),
+                    g.clone(),
+                    d.clone(),
+                    polls.clone(),
+                );
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 8192];
                     let mut n = 0;
@@ -114,12 +134,68 @@ impl Idp {
                     } else if path == "/.well-known/openid-configuration" {
                         (
                             "200 OK",
-                            json!({"jwks_uri": format!("http://127.0.0.1:{port}/keys")})
-                                .to_string(),
+                            json!({
+                                "jwks_uri": format!("http://127.0.0.1:{port}/keys"),
+                                "device_authorization_endpoint": format!("http://127.0.0.1:{port}/device"),
+                                "token_endpoint": format!("http://127.0.0.1:{port}/oauth-token"),
+                            })
+                            .to_string(),
                         )
+                    } else if path == "/device" {
+                        (
+                            "200 OK",
+                            json!({"device_code": "dc-1", "user_code": "ABCD-EFGH", "verification_uri": "https://example.test/device",
+                                   "expires_in": 60, "interval": 1})
+                            .to_string(),
+                        )
+                    } else if path == "/oauth-token" {
+                        // The first poll finds the user still signing in.
+                        if !request.contains("device_code=dc-1") {
+                            (
+                                "400 Bad Request",
+                                json!({"error": "invalid_grant"}).to_string(),
+                            )
+                        } else if p.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                            (
+                                "400 Bad Request",
+                                json!({"error": "authorization_pending"}).to_string(),
+                            )
+                        } else {
+                            (
+                                "200 OK",
+                                json!({"access_token": *d.lock().unwrap(), "token_type": "Bearer"})
+                                    .to_string(),
+                            )
+                        }
                     } else if path == "/keys" {
                         f.fetch_add(1, Ordering::SeqCst);
                         ("200 OK", json!({"keys": *k.lock().unwrap()}).to_string())
+                    } else if path == "/graph-token" {
+                        // Client credentials: the app's secret must arrive in the form.
+                        if request.contains("client_secret=graph-secret")
+                            && request.contains("grant_type=client_credentials")
+                        {
+                            (
+                                "200 OK",
+                                json!({"access_token": "graph-app-token", "expires_in": 3600})
+                                    .to_string(),
+                            )
+                        } else {
+                            ("401 Unauthorized", "{}".to_string())
+                        }
+                    } else if path == "/graph/v1.0/users/oid-many/getMemberObjects" {
+                        g.fetch_add(1, Ordering::SeqCst);
+                        if request
+                            .to_ascii_lowercase()
+                            .contains("authorization: bearer graph-app-token")
+                        {
+                            (
+                                "200 OK",
+                                json!({"value": ["g-x", "g-sales", "g-y"]}).to_string(),
+                            )
+                        } else {
+                            ("401 Unauthorized", "{}".to_string())
+                        }
                     } else {
                         ("404 Not Found", "{}".to_string())
                     };
@@ -136,6 +212,8 @@ impl Idp {
             keys,
             jwks_fetches,
             up,
+            graph_calls,
+            device_token,
         }
     }
 
@@ -176,14 +254,21 @@ async fn gateway(idp: &Idp, tls: &str, plaintext_loopback: bool) -> Gateway {
             idp.discovery()
         )
     };
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "graph-secret\n").unwrap();
+    let (_, secret_file) = secret.keep().unwrap();
     let extra = format!(
-        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_plaintext_loopback = {plaintext_loopback}\n{}{}\n\
+        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_plaintext_loopback = {plaintext_loopback}\n\
+         [auth.oidc.graph]\nendpoint = \"http://127.0.0.1:{port}/graph\"\ntoken_url = \"http://127.0.0.1:{port}/graph-token\"\n\
+         client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{secret}\"\n{}{}\n\
          [[role_mapping]]\napp_role = \"Lake.Admin\"\nroles = [\"admin\"]\n\n\
          [[role_mapping]]\ngroup = \"g-sales\"\nroles = [\"sales\", \"analyst\"]\n\n\
          [[roles]]\nname = \"admin\"\nread = [\"*\"]\n\n\
          [[roles]]\nname = \"sales\"\nread = [\"nyc.zones\"]\nrow_limit = 100\n",
         issuer(v1_issuer(), "api://sluice"),
-        issuer(v2_issuer(), CLIENT_ID)
+        issuer(v2_issuer(), CLIENT_ID),
+        port = idp.port,
+        secret = secret_file.display(),
     );
     Gateway::start_with(tls, &extra).await
 }
@@ -440,4 +525,126 @@ async fn tokens_need_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("sales, analyst"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_overage_is_resolved_through_graph_and_cached() {
+    let key = Key::generate("k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, true).await;
+    // Over 200 groups: Azure replaces `groups` with a pointer to Graph.
+    let mut claims = v1_claims();
+    let obj = claims.as_object_mut().unwrap();
+    obj.remove("groups");
+    obj.insert("oid".into(), json!("oid-many"));
+    obj.insert("_claim_names".into(), json!({"groups": "src1"}));
+    obj.insert(
+        "_claim_sources".into(),
+        json!({"src1": {"endpoint": "https://graph.windows.net/tenant/users/oid-many/getMemberObjects"}}),
+    );
+    let token = key.sign(&claims);
+    for _ in 0..3 {
+        let client = login(&gw, USER, &token).await.expect("overage login");
+        let id = identity(&client).await;
+        assert_eq!(id[4], "3", "groups come from Graph");
+        assert_eq!(id[6], "sales, analyst");
+    }
+    assert_eq!(
+        idp.graph_calls.load(Ordering::SeqCst),
+        1,
+        "resolved groups are cached"
+    );
+    // A user Graph does not know: a clear refusal, not a silent base role.
+    claims["oid"] = json!("oid-unknown");
+    let err = login(&gw, USER, &key.sign(&claims))
+        .await
+        .expect_err("refused");
+    assert!(format!("{err:?}").contains("group membership"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
+    let key = Key::generate("k1");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, false).await;
+    let token = key.sign(&v1_claims());
+    *idp.device_token.lock().unwrap() = token.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("login.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth.oidc]\n[[auth.oidc.issuers]]\nissuer = \"{iss}\"\naudiences = [\"api://sluice\"]\n\
+             [auth.oidc.login]\nissuer = \"{iss}\"\ndiscovery_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nscope = \"api://sluice/.default\"\n",
+            idp.discovery(),
+            iss = v1_issuer(),
+        ),
+    )
+    .unwrap();
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let out = tokio::process::Command::new(sluice)
+        .args(["login", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ABCD-EFGH"),
+        "the user is told the code"
+    );
+
+    // --pgpass: psql then logs in without being handed the token.
+    let passfile = dir.path().join("pgpass");
+    let out = tokio::process::Command::new(sluice)
+        .args([
+            "login",
+            "--pgpass",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &gw.port.to_string(),
+            "--user",
+            USER,
+            "--config",
+        ])
+        .arg(&config)
+        .env("PGPASSFILE", &passfile)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = format!(
+        "host=127.0.0.1 port={} dbname=sluice user={USER} sslmode=require",
+        gw.port
+    );
+    let out = tokio::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-X",
+            "-A",
+            "-t",
+            "-w",
+            "-c",
+            "SELECT current_user",
+        ])
+        .env("PGPASSFILE", &passfile)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), USER);
 }

@@ -112,6 +112,8 @@ mod tests {
             includes: includes.iter().map(|s| s.to_string()).collect(),
             write: false,
             row_limit,
+            redshift_user: None,
+            redshift_groups: vec![],
         }
     }
 

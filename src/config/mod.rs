@@ -278,6 +278,13 @@ pub struct RoleConfig {
     pub write: bool,
     /// Most rows one statement may return to a holder of this role.
     pub row_limit: Option<u64>,
+    /// The database user this role becomes on Redshift, with `{user}` replaced by the
+    /// login name, e.g. `"aad:{user}"` (used when statements are forwarded).
+    pub redshift_user: Option<String>,
+    /// Redshift groups (`DbGroups`) holders of this role get; lower case, as the
+    /// GetClusterCredentials API requires.
+    #[serde(default)]
+    pub redshift_groups: Vec<String>,
 }
 
 /// One ordered `[[role_mapping]]` rule: every condition given must hold; the first
@@ -421,6 +428,25 @@ impl Config {
                     format!("roles[{i}].row_limit"),
                     "must be at least 1 (omit it for no limit)".into(),
                 ));
+            }
+            if let Some(t) = &r.redshift_user
+                && t.trim().is_empty()
+            {
+                return Err(invalid(
+                    format!("roles[{i}].redshift_user"),
+                    "must not be empty".into(),
+                ));
+            }
+            for g in &r.redshift_groups {
+                if g.is_empty()
+                    || g.chars()
+                        .any(|c| c.is_ascii_uppercase() || c.is_whitespace())
+                {
+                    return Err(invalid(
+                        format!("roles[{i}].redshift_groups"),
+                        format!("`{g}`: Redshift group names must be lower case without spaces"),
+                    ));
+                }
             }
             for p in &r.read {
                 if p.is_empty() || p.split('.').count() > 2 {
@@ -735,6 +761,10 @@ mod tests {
             .to_string();
         assert!(e.contains("cycle"), "{e}");
         parse("[[roles]]\nname = \"a\"\nread = [\"nyc.*\"]\nincludes = [\"base\"]\n").unwrap();
+        let e = parse("[[roles]]\nname = \"a\"\nredshift_groups = [\"Sales\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("roles[0].redshift_groups"), "{e}");
     }
 
     #[test]

@@ -272,7 +272,7 @@ fn main() -> Result<()> {
         let toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nallow_plaintext = \"never\"\n\
              [[auth.users]]\nname = \"bench\"\npassword = \"bench\"\n\
-             [auth.oidc]\n[[auth.oidc.issuers]]\nissuer = \"https://idp.bench/\"\ndiscovery_url = \"{discovery}\"\naudiences = [\"api://sluice\"]\n\
+             [auth.oidc]\nallow_insecure_http = true\n[[auth.oidc.issuers]]\nissuer = \"https://idp.bench/\"\ndiscovery_url = \"{discovery}\"\naudiences = [\"api://sluice\"]\n\
              [[role_mapping]]\ngroup = \"g\"\nroles = [\"reader\"]\n[[roles]]\nname = \"reader\"\nread = [\"*\"]\n"
         );
         let config = sluice::config::Config::parse(&toml, Path::new("bench.toml"), dir.path().to_owned())?;

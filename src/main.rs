@@ -247,8 +247,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             sluice::admin::init_logging(&config.log.level);
+            // Generous stacks (virtual memory, committed only when used): SQL parsing
+            // and planning recurse with the depth of the statement.
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .thread_stack_size(16 * 1024 * 1024)
                 .build()
             {
                 Ok(r) => r,

@@ -92,6 +92,7 @@ pub struct OidcValidator {
     http: reqwest::Client,
     leeway: u64,
     min_refresh: Duration,
+    allow_insecure_http: bool,
 }
 
 fn reject(msg: impl Into<String>) -> TokenRejected {
@@ -133,6 +134,7 @@ impl OidcValidator {
             http,
             leeway: config.leeway_secs,
             min_refresh: Duration::from_secs(config.jwks_min_refresh_secs),
+            allow_insecure_http: config.allow_insecure_http,
         })
     }
 
@@ -357,6 +359,12 @@ impl OidcValidator {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
+        // A discovery document may point anywhere: keys only ever come over TLS.
+        let secure =
+            url.starts_with("https://") || (self.allow_insecure_http && url.starts_with("http://"));
+        if !secure {
+            return Err(format!("refusing to fetch {url}: not https"));
+        }
         let resp = self
             .http
             .get(url)

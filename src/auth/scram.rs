@@ -97,6 +97,16 @@ impl Verifier {
     }
 }
 
+/// A per-process secret for mock salts.
+fn mock_secret() -> &'static [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut s);
+        s
+    })
+}
+
 /// Why an exchange failed. Protocol errors are the client's fault (08P01); a wrong
 /// proof is a failed login (28P01).
 #[derive(Debug, PartialEq, Eq)]
@@ -117,12 +127,13 @@ pub struct ScramExchange {
 }
 
 impl ScramExchange {
-    pub fn new(verifier: Option<&Verifier>) -> ScramExchange {
+    pub fn new(verifier: Option<&Verifier>, user: &str) -> ScramExchange {
         let (verifier, known_user) = match verifier {
             Some(v) => (v.clone(), true),
             None => {
-                let mut salt = vec![0u8; 16];
-                rand::thread_rng().fill_bytes(&mut salt);
+                // Like PostgreSQL's mock authentication: the same user name always gets
+                // the same salt, so repeated attempts cannot tell unknown from known.
+                let salt = hmac(mock_secret(), user.as_bytes())[..16].to_vec();
                 (Verifier::derive("", salt, DEFAULT_ITERATIONS), false)
             }
         };
@@ -251,7 +262,7 @@ mod tests {
     fn right_password_passes_and_wrong_fails() {
         let v = Verifier::from_password("s3cret");
         for (password, ok) in [("s3cret", true), ("wrong", false)] {
-            let mut ex = ScramExchange::new(Some(&v));
+            let mut ex = ScramExchange::new(Some(&v), "u");
             let sf = ex.client_first(b"n,,n=,r=abcdef").unwrap();
             let cf = client_final_for(password, "n=,r=abcdef", std::str::from_utf8(&sf).unwrap());
             assert_eq!(ex.client_final(cf.as_bytes()).is_ok(), ok);
@@ -259,8 +270,23 @@ mod tests {
     }
 
     #[test]
+    fn unknown_users_get_a_stable_salt() {
+        let salt = |u: &str| {
+            let mut ex = ScramExchange::new(None, u);
+            String::from_utf8(ex.client_first(b"n,,n=,r=abc").unwrap())
+                .unwrap()
+                .split(',')
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(salt("ghost"), salt("ghost"));
+        assert_ne!(salt("ghost"), salt("other"));
+    }
+
+    #[test]
     fn unknown_user_always_fails() {
-        let mut ex = ScramExchange::new(None);
+        let mut ex = ScramExchange::new(None, "ghost");
         let sf = ex.client_first(b"n,,n=,r=abc").unwrap();
         let cf = client_final_for("", "n=,r=abc", std::str::from_utf8(&sf).unwrap());
         assert_eq!(ex.client_final(cf.as_bytes()), Err(ScramError::WrongProof));
@@ -283,7 +309,7 @@ mod tests {
     #[test]
     fn garbage_messages_are_protocol_errors() {
         let v = Verifier::from_password("x");
-        let mut ex = ScramExchange::new(Some(&v));
+        let mut ex = ScramExchange::new(Some(&v), "u");
         assert!(matches!(
             ex.client_first(b"\xff\xfe"),
             Err(ScramError::Protocol(_))

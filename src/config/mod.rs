@@ -155,6 +155,10 @@ pub struct OidcConfig {
     /// plaintext for development.
     #[serde(default)]
     pub allow_plaintext_loopback: bool,
+    /// Allow `http://` issuer, discovery and JWKS URLs. Keys fetched without TLS can
+    /// be swapped by anyone on the path: for local development and tests only.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Microsoft Graph, for tokens whose groups did not fit ("groups overage").
     pub graph: Option<GraphConfig>,
     /// What `sluice login` (device-code flow) asks the issuer for.
@@ -595,10 +599,40 @@ impl Config {
                     "list at least one issuer".into(),
                 ));
             }
+            if oidc.leeway_secs > 600 {
+                return Err(invalid(
+                    "auth.oidc.leeway_secs".into(),
+                    "at most 600 seconds".into(),
+                ));
+            }
+            if let Some(g) = &oidc.graph
+                && !(1..=86_400).contains(&g.cache_ttl_secs)
+            {
+                return Err(invalid(
+                    "auth.oidc.graph.cache_ttl_secs".into(),
+                    "from 1 to 86400 seconds".into(),
+                ));
+            }
+            let url_ok = |u: &str| {
+                u.starts_with("https://") || (oidc.allow_insecure_http && u.starts_with("http://"))
+            };
+            let url_msg = || {
+                "must be an https:// URL (http:// only with auth.oidc.allow_insecure_http, for development)".to_string()
+            };
             for (i, iss) in oidc.issuers.iter().enumerate() {
                 let key = |f: &str| format!("auth.oidc.issuers[{i}].{f}");
-                if !iss.issuer.starts_with("https://") && !iss.issuer.starts_with("http://") {
-                    return Err(invalid(key("issuer"), "must be an http(s) URL".into()));
+                if !url_ok(&iss.issuer) {
+                    return Err(invalid(key("issuer"), url_msg()));
+                }
+                for (field, url) in [
+                    ("discovery_url", &iss.discovery_url),
+                    ("jwks_uri", &iss.jwks_uri),
+                ] {
+                    if let Some(u) = url
+                        && !url_ok(u)
+                    {
+                        return Err(invalid(key(field), url_msg()));
+                    }
                 }
                 if iss.audiences.is_empty() {
                     return Err(invalid(
@@ -741,6 +775,12 @@ mod tests {
         .to_string();
         assert!(e.contains("algorithms"), "{e}");
         parse(&format!("{base}audiences = [\"a\"]\n")).unwrap();
+        let e = parse(&format!(
+            "{base}audiences = [\"a\"]\njwks_uri = \"http://idp.example/keys\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("jwks_uri") && e.contains("https"), "{e}");
         let e = parse("[[role_mapping]]\nroles = [\"x\"]\n")
             .unwrap_err()
             .to_string();

@@ -182,6 +182,7 @@ impl Engine {
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
     /// with the rewrites that let common client catalog queries run on DataFusion.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, PgError> {
+        check_complexity(sql)?;
         let statements = self
             .parser
             .parse(sql)
@@ -190,8 +191,14 @@ impl Engine {
     }
 
     async fn state_for(&self, qc: &QueryContext) -> Result<SessionState, PgError> {
-        let mut state = self.context_for(&qc.policy).await?.state();
-        let schema = self.default_schema(&qc.search_path);
+        let ctx = self.context_for(&qc.policy).await?;
+        // Only schemas this policy may see count, so search_path reveals nothing.
+        let visible = ctx
+            .catalog(&self.database)
+            .map(|c| c.schema_names())
+            .unwrap_or_default();
+        let mut state = ctx.state();
+        let schema = default_schema(&qc.search_path, &visible);
         let options = state.config_mut().options_mut();
         options.catalog.default_schema = schema.clone();
         if !qc.time_zone.eq_ignore_ascii_case("utc") {
@@ -221,16 +228,6 @@ impl Engine {
             Arc::new(move |_| Ok(ColumnarValue::Scalar(pid.clone()))),
         )));
         Ok(state)
-    }
-
-    /// The first schema on the search path that exists, like PostgreSQL.
-    fn default_schema(&self, search_path: &str) -> String {
-        let names = self.lake.schema_names();
-        search_path
-            .split(',')
-            .map(|s| s.trim().trim_matches('"').to_lowercase())
-            .find(|s| s != "$user" && names.iter().any(|n| n == s))
-            .unwrap_or_else(|| "public".into())
     }
 
     /// Plans one statement. Only read-only queries are allowed through.
@@ -309,6 +306,47 @@ impl futures::Stream for AbortOnDrop {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
     }
+}
+
+/// The first schema on the search path that exists, like PostgreSQL.
+fn default_schema(search_path: &str, names: &[String]) -> String {
+    search_path
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_lowercase())
+        .find(|s| s != "$user" && names.iter().any(|n| n == s))
+        .unwrap_or_else(|| "public".into())
+}
+
+/// Most binary operators one query string may contain. Operator chains parse into
+/// trees as deep as they are long, and walking or dropping such a tree recurses: an
+/// absurd chain would overflow a thread's stack and take the process down.
+const MAX_OPERATORS: usize = 20_000;
+
+fn check_complexity(sql: &str) -> Result<(), PgError> {
+    let bytes = sql.as_bytes();
+    let mut operators = bytes
+        .iter()
+        .filter(|b| {
+            matches!(
+                b,
+                b'+' | b'-' | b'*' | b'/' | b'%' | b'<' | b'>' | b'=' | b'|' | b'&' | b'^'
+            )
+        })
+        .count();
+    // AND / OR chains as whole words.
+    for w in bytes.split(|b| !b.is_ascii_alphanumeric() && *b != b'_') {
+        if w.eq_ignore_ascii_case(b"and") || w.eq_ignore_ascii_case(b"or") {
+            operators += 1;
+        }
+    }
+    if operators > MAX_OPERATORS {
+        return Err(PgError::new(
+            SqlState("54001"),
+            format!("statement too complex: more than {MAX_OPERATORS} operators"),
+        )
+        .with_hint("split the statement, or use IN (…) lists instead of long OR chains"));
+    }
+    Ok(())
 }
 
 /// sqlparser's messages read "sql parser error: Expected: …"; keep the useful part.

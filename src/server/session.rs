@@ -280,14 +280,22 @@ impl Session {
 
     /// Handles one message; `Ok(false)` ends the session (Terminate).
     async fn dispatch(&mut self, frame: Frame) -> Result<bool, Disconnect> {
+        // After an extended-protocol error everything up to Sync is discarded, as
+        // PostgreSQL does (Terminate still ends the session).
+        if self.skip_until_sync && !matches!(frame.tag, b'S' | b'X') {
+            return Ok(true);
+        }
         match frame.tag {
             b'Q' => {
-                self.skip_until_sync = false;
-                let sql = match frame::decode_query(&frame.body) {
-                    Ok(s) => s.to_owned(),
-                    Err(e) => return Err(Disconnect::Protocol(e)),
-                };
-                self.simple_query(&sql).await?;
+                match frame::decode_query(&frame.body) {
+                    Ok(sql) => {
+                        let sql = sql.to_owned();
+                        self.simple_query(&sql).await?;
+                    }
+                    Err(e) if e.severity == Severity::Fatal => return Err(Disconnect::Protocol(e)),
+                    // e.g. invalid UTF-8: the statement fails, the session carries on.
+                    Err(e) => self.fail(&e),
+                }
                 self.ready();
                 self.conn.flush().await?;
                 self.conn.shrink_idle();
@@ -307,9 +315,6 @@ impl Session {
             // Leftover COPY traffic after a failed COPY is ignored, as PostgreSQL does.
             b'd' | b'c' | b'f' => {}
             b'P' | b'B' | b'D' | b'E' | b'C' => {
-                if self.skip_until_sync {
-                    return Ok(true);
-                }
                 let result = match frame.tag {
                     b'P' => self.parse(&frame).await,
                     b'B' => self.bind(&frame),
@@ -533,7 +538,10 @@ impl Session {
 
     fn check_failed_tx(&self, route: &Route) -> Result<(), PgError> {
         if self.tx == Tx::Failed
-            && !matches!(route, Route::Session(Command::Commit | Command::Rollback))
+            && !matches!(
+                route,
+                Route::Session(Command::Commit | Command::Rollback | Command::RollbackTo(_))
+            )
         {
             return Err(PgError::new(
                 SqlState::IN_FAILED_SQL_TRANSACTION,
@@ -979,7 +987,7 @@ impl Session {
         if self.tx == Tx::Failed
             && !matches!(
                 statement.prepared,
-                Prepared::Command(Command::Commit | Command::Rollback)
+                Prepared::Command(Command::Commit | Command::Rollback | Command::RollbackTo(_))
             )
         {
             return Err(PgError::new(
@@ -1154,6 +1162,18 @@ impl Session {
                 format!("portal \"{}\" does not exist", msg.portal),
             )
         })?;
+        if self.tx == Tx::Failed
+            && !matches!(
+                portal.state,
+                PortalState::Command(Command::Commit | Command::Rollback | Command::RollbackTo(_))
+            )
+        {
+            self.portals.insert(msg.portal, portal);
+            return Err(PgError::new(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
         let result = match &portal.state {
             PortalState::Command(Command::Fetch { cursor, count }) => {
                 let (cursor, count) = (cursor.clone(), *count);

@@ -235,7 +235,7 @@ async fn authenticate(
     {
         return token_login(conn, peer, &user, oidc, shared).await;
     }
-    let mut exchange = ScramExchange::new(verifier);
+    let mut exchange = ScramExchange::new(verifier, &user);
     conn.send(&Authentication::SASL(vec![MECHANISM.to_string()]));
     conn.flush().await?;
     let auth_frame = |f: Option<frame::Frame>| -> Result<Bytes, Disconnect> {

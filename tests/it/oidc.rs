@@ -258,7 +258,7 @@ async fn gateway(idp: &Idp, tls: &str, plaintext_loopback: bool) -> Gateway {
     std::fs::write(secret.path(), "graph-secret\n").unwrap();
     let (_, secret_file) = secret.keep().unwrap();
     let extra = format!(
-        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_plaintext_loopback = {plaintext_loopback}\n\
+        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_insecure_http = true\nallow_plaintext_loopback = {plaintext_loopback}\n\
          [auth.oidc.graph]\nendpoint = \"http://127.0.0.1:{port}/graph\"\ntoken_url = \"http://127.0.0.1:{port}/graph-token\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{secret}\"\n{}{}\n\
          [[role_mapping]]\napp_role = \"Lake.Admin\"\nroles = [\"admin\"]\n\n\
@@ -574,7 +574,7 @@ async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
     std::fs::write(
         &config,
         format!(
-            "[auth.oidc]\n[[auth.oidc.issuers]]\nissuer = \"{iss}\"\naudiences = [\"api://sluice\"]\n\
+            "[auth.oidc]\nallow_insecure_http = true\n[[auth.oidc.issuers]]\nissuer = \"{iss}\"\naudiences = [\"api://sluice\"]\n\
              [auth.oidc.login]\nissuer = \"{iss}\"\ndiscovery_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nscope = \"api://sluice/.default\"\n",
             idp.discovery(),
             iss = v1_issuer(),

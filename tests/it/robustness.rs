@@ -312,3 +312,18 @@ async fn auth_messages_up_to_64k_are_read() {
     let code = error_then_close(&mut s, &[b'p', 0, 1, 0x11, 0x70]).await;
     assert_eq!(code.as_deref(), Some("08P01"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurdly_deep_expressions_are_refused_not_fatal() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let sql = format!("SELECT 1{}", "+1".repeat(200_000));
+    let err = client.simple_query(&sql).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "54001");
+    let n: i64 = client
+        .query_one("SELECT 1 + 1", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(n, 2);
+}

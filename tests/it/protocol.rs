@@ -321,3 +321,28 @@ async fn sql_cursors_fetch_forward_in_chunks() {
         .unwrap_err();
     assert_eq!(sqlstate(&err), "34000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_savepoint_recovers_a_failed_transaction() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    client.simple_query("BEGIN; SAVEPOINT a").await.unwrap();
+    assert!(client.simple_query("SELECT * FROM nope").await.is_err());
+    // Extended protocol is refused too while the transaction is failed.
+    let err = client.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    client
+        .simple_query("ROLLBACK TO SAVEPOINT a")
+        .await
+        .unwrap();
+    assert_eq!(client.query("SELECT 1", &[]).await.unwrap().len(), 1);
+    client
+        .simple_query("RELEASE SAVEPOINT a; COMMIT")
+        .await
+        .unwrap();
+    let err = client
+        .simple_query("ROLLBACK TO SAVEPOINT a")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25P01");
+}

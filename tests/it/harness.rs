@@ -134,3 +134,37 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
+
+/// Compiles `tests/clients/DbMetaWalk.java` against Debian's pgjdbc and runs it as
+/// `user` against the gateway (TLS), returning its output.
+pub async fn db_meta_walk(gw: &Gateway, user: &str, password: &str) -> Output {
+    let jar = PathBuf::from(
+        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into()),
+    );
+    assert!(
+        jar.exists(),
+        "{} missing: run tests/setup.sh",
+        jar.display()
+    );
+    let classes = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new("javac")
+        .arg("-d")
+        .arg(classes.path())
+        .arg("-cp")
+        .arg(&jar)
+        .arg(clients_dir().join("DbMetaWalk.java"))
+        .output()
+        .await
+        .expect("javac runs");
+    assert!(out.status.success(), "javac failed: {}", stderr(&out));
+    let cp = format!("{}:{}", classes.path().display(), jar.display());
+    let url = format!(
+        "jdbc:postgresql://127.0.0.1:{}/sluice?sslmode=require",
+        gw.port
+    );
+    tokio::process::Command::new("java")
+        .args(["-cp", &cp, "DbMetaWalk", &url, user, password])
+        .output()
+        .await
+        .expect("java runs")
+}

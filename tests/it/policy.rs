@@ -1,7 +1,7 @@
 //! Role policy: what a role may not read is invisible in every listing and refused
 //! with 42501 in every query path; row caps stop huge results.
 
-use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, clients_dir, sqlstate};
+use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, db_meta_walk, sqlstate};
 
 const ROLES: &str = "\n[[auth.users]]\nname = \"zonesonly\"\npassword = \"z\"\nroles = [\"zone_reader\"]\n\n\
     [[auth.users]]\nname = \"nobody\"\npassword = \"n\"\n\n\
@@ -143,34 +143,7 @@ async fn row_caps_stop_huge_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_get_tables_follows_the_role() {
     let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
-    let jar = std::path::PathBuf::from(
-        std::env::var("PGJDBC_JAR").unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into()),
-    );
-    let classes = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new("javac")
-        .arg("-d")
-        .arg(classes.path())
-        .arg("-cp")
-        .arg(&jar)
-        .arg(clients_dir().join("DbMetaWalk.java"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cp = format!("{}:{}", classes.path().display(), jar.display());
-    let url = format!(
-        "jdbc:postgresql://127.0.0.1:{}/sluice?sslmode=require",
-        gw.port
-    );
-    let out = tokio::process::Command::new("java")
-        .args(["-cp", &cp, "DbMetaWalk", &url, "zonesonly", "z"])
-        .output()
-        .await
-        .unwrap();
+    let out = db_meta_walk(&gw, "zonesonly", "z").await;
     // Steps on nyc.trips fail for this role (that is the point); the listing must
     // show zones only.
     let text = String::from_utf8_lossy(&out.stdout);

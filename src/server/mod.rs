@@ -136,7 +136,7 @@ impl Server {
             tokio::spawn(async move {
                 match permit {
                     Ok(_permit) => serve_connection(tcp, peer, shared).await,
-                    Err(_) => refuse_busy(tcp).await,
+                    Err(_) => refuse_busy(tcp, &shared).await,
                 }
             });
         }
@@ -214,8 +214,29 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
 }
 
 /// Past `server.max_connections`: answer the startup with 53300, as PostgreSQL does.
-async fn refuse_busy(mut tcp: TcpStream) {
-    use tokio::io::AsyncWriteExt;
+/// A CancelRequest is still honoured: a full server is exactly when a runaway query
+/// needs cancelling.
+async fn refuse_busy(mut tcp: TcpStream, shared: &Shared) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = [0u8; 16];
+    let peeked = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tcp.peek(&mut head).await {
+                Ok(n) if n >= 16 || n == 0 => return n,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => return 0,
+            }
+        }
+    })
+    .await
+    .unwrap_or(0);
+    if peeked == 16 && head[..8] == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+        let _ = tcp.read_exact(&mut head).await;
+        let pid = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+        let secret = i32::from_be_bytes([head[12], head[13], head[14], head[15]]);
+        shared.cancels.cancel(pid, secret);
+        return;
+    }
     let mut out = bytes::BytesMut::new();
     PgError::fatal(
         SqlState::TOO_MANY_CONNECTIONS,

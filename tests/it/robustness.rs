@@ -327,3 +327,23 @@ async fn absurdly_deep_expressions_are_refused_not_fatal() {
         .get::<_, i64>(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_works_when_the_server_is_full() {
+    let gw = Gateway::start_full(
+        "max_connections = 1\n",
+        crate::harness::LOOPBACK_PLAINTEXT,
+        "",
+    )
+    .await;
+    let client = gw.connect().await;
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let long = "SELECT count(*) FROM nyc.trips a JOIN nyc.trips b ON a.passenger_count = b.passenger_count";
+    let err = client.simple_query(long).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "57014");
+    let _ = canceller.await;
+}

@@ -395,15 +395,14 @@ impl Session {
                 query,
             } => Ok(self.declare_cursor(name, binary, hold, &query).await),
             Route::Lake(stmt) => {
-                let qc = self.query_context();
-                let plan = match self.shared.engine.plan(&stmt, &qc).await {
+                let plan = match self.plan(&stmt).await {
                     Ok(p) => p,
                     Err(e) => return Ok(Err(e)),
                 };
                 let explain = matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
                 let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
                 let formats = vec![Format::Text; schema.fields().len()];
-                let stream = match self.shared.engine.execute(plan, &qc).await {
+                let stream = match self.start(plan).await {
                     Ok(s) => s,
                     Err(e) => return Ok(Err(e)),
                 };
@@ -433,11 +432,7 @@ impl Session {
         hold: bool,
         query: &Statement,
     ) -> Result<(), PgError> {
-        let plan = self
-            .shared
-            .engine
-            .plan(query, &self.query_context())
-            .await?;
+        let plan = self.plan(query).await?;
         self.open_cursor(CursorSpec { name, binary, hold }, plan)
     }
 
@@ -525,6 +520,32 @@ impl Session {
         }
         self.portals.insert(cursor.to_owned(), portal);
         result
+    }
+
+    /// Plans a lake statement; a cancel request interrupts planning too. The future
+    /// owns what it needs (`use<>`): the session is not `Sync`, so it must not be
+    /// borrowed across the await.
+    fn plan(
+        &self,
+        stmt: &Statement,
+    ) -> impl std::future::Future<Output = Result<LogicalPlan, PgError>> + Send + use<> {
+        let engine = self.shared.engine.clone();
+        let qc = self.query_context();
+        let stmt = stmt.clone();
+        let signal = self.cancel.signal.clone();
+        async move { cancellable(signal, async move { engine.plan(&stmt, &qc).await }).await }
+    }
+
+    /// Starts a planned query (physical planning may list many files: cancellable).
+    fn start(
+        &self,
+        plan: LogicalPlan,
+    ) -> impl std::future::Future<Output = Result<SendableRecordBatchStream, PgError>> + Send + use<>
+    {
+        let engine = self.shared.engine.clone();
+        let qc = self.query_context();
+        let signal = self.cancel.signal.clone();
+        async move { cancellable(signal, async move { engine.execute(plan, &qc).await }).await }
     }
 
     fn complete_query(&mut self, run: &LakeRun) {
@@ -922,11 +943,7 @@ impl Session {
                         hold,
                         query,
                     } => {
-                        let plan = self
-                            .shared
-                            .engine
-                            .plan(&query, &self.query_context())
-                            .await?;
+                        let plan = self.plan(&query).await?;
                         let params = params::param_types(&plan, &msg.param_types)?;
                         Prepared::Declare {
                             cursor: CursorSpec { name, binary, hold },
@@ -935,11 +952,7 @@ impl Session {
                         }
                     }
                     Route::Lake(stmt) => {
-                        let plan = self
-                            .shared
-                            .engine
-                            .plan(&stmt, &self.query_context())
-                            .await?;
+                        let plan = self.plan(&stmt).await?;
                         let params = params::param_types(&plan, &msg.param_types)?;
                         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
                         let explain =
@@ -1244,8 +1257,7 @@ impl Session {
             }
             PortalState::Lake(run) => {
                 if let Some(plan) = run.plan.take() {
-                    let qc = self.query_context();
-                    match self.shared.engine.execute(plan, &qc).await {
+                    match self.start(plan).await {
                         Ok(s) => run.stream = Some(s),
                         Err(e) => {
                             portal.state = PortalState::Done;
@@ -1304,6 +1316,19 @@ impl Session {
         }
         self.conn.send(&CloseComplete::new());
         Ok(())
+    }
+}
+
+/// Runs `work` unless a CancelRequest for this session arrives first.
+async fn cancellable<T>(
+    signal: Arc<tokio::sync::Notify>,
+    work: impl std::future::Future<Output = Result<T, PgError>>,
+) -> Result<T, PgError> {
+    let canceled = signal.notified();
+    tokio::select! {
+        biased;
+        _ = canceled => Err(PgError::canceled()),
+        r = work => r,
     }
 }
 

@@ -189,6 +189,35 @@ fn parse_int_list(s: &str) -> Vec<i64> {
         .collect()
 }
 
+/// Parses each text value (`{1,2}` or `1 2`) into a list of `T`; values that do not
+/// fit the element type become NULL elements.
+fn int_list_column<T>(
+    name: &str,
+    text: &StringArray,
+    mut builder: ListBuilder<datafusion::arrow::array::PrimitiveBuilder<T>>,
+) -> (Field, ArrayRef)
+where
+    T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: TryFrom<i64>,
+{
+    for v in text.iter() {
+        match v {
+            Some(v) => {
+                for n in parse_int_list(v) {
+                    builder.values().append_option(T::Native::try_from(n).ok());
+                }
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    let list = builder.finish();
+    (
+        Field::new(name, list.data_type().clone(), true),
+        Arc::new(list) as ArrayRef,
+    )
+}
+
 /// `pg_constraint`/`pg_index` with their array columns as real arrays, so
 /// `con.conkey[pos.n]` and `_pg_expandarray(i.indkey)` plan.
 fn retype_arrays(table: &ArrowTable) -> Result<(SchemaRef, Vec<RecordBatch>)> {
@@ -196,40 +225,16 @@ fn retype_arrays(table: &ArrowTable) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let name = field.name().as_str();
         let text: &StringArray = array.as_string_opt::<i32>()?;
         if INT2_ARRAY_COLUMNS.contains(&name) {
-            let mut b = ListBuilder::new(Int16Builder::new());
-            for v in text.iter() {
-                match v {
-                    Some(v) => {
-                        for n in parse_int_list(v) {
-                            b.values().append_option(i16::try_from(n).ok());
-                        }
-                        b.append(true);
-                    }
-                    None => b.append(false),
-                }
-            }
-            let list = b.finish();
-            Some((
-                Field::new(name, list.data_type().clone(), true),
-                Arc::new(list) as ArrayRef,
+            Some(int_list_column(
+                name,
+                text,
+                ListBuilder::new(Int16Builder::new()),
             ))
         } else if OID_ARRAY_COLUMNS.contains(&name) {
-            let mut b = ListBuilder::new(Int32Builder::new());
-            for v in text.iter() {
-                match v {
-                    Some(v) => {
-                        for n in parse_int_list(v) {
-                            b.values().append_option(i32::try_from(n).ok());
-                        }
-                        b.append(true);
-                    }
-                    None => b.append(false),
-                }
-            }
-            let list = b.finish();
-            Some((
-                Field::new(name, list.data_type().clone(), true),
-                Arc::new(list) as ArrayRef,
+            Some(int_list_column(
+                name,
+                text,
+                ListBuilder::new(Int32Builder::new()),
             ))
         } else {
             None

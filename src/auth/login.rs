@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::auth::http;
 use crate::config::LoginConfig;
 
 /// Runs the device-code flow and returns the access token. Progress and the sign-in
@@ -16,18 +17,9 @@ pub async fn device_code_login(
     cfg: &LoginConfig,
     prompt: &mut dyn Write,
 ) -> Result<String, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("cannot create HTTP client: {e}"))?;
-    let discovery = cfg.discovery_url.clone().unwrap_or_else(|| {
-        format!(
-            "{}/.well-known/openid-configuration",
-            cfg.issuer.trim_end_matches('/')
-        )
-    });
-    let doc: Value = get_json(&http, &discovery).await?;
+    let client = http::client(Duration::from_secs(30))?;
+    let discovery = http::discovery_url(&cfg.issuer, cfg.discovery_url.as_deref());
+    let doc: Value = http::get_json(&client, &discovery).await?;
     let endpoint = |name: &str| {
         doc.get(name)
             .and_then(Value::as_str)
@@ -40,7 +32,7 @@ pub async fn device_code_login(
     let token_endpoint = endpoint("token_endpoint")?;
 
     let start: Value = post_form(
-        &http,
+        &client,
         &device_endpoint,
         &[
             ("client_id", cfg.client_id.as_str()),
@@ -89,7 +81,7 @@ pub async fn device_code_login(
         }
         tokio::time::sleep(interval).await;
         let reply = post_form(
-            &http,
+            &client,
             &token_endpoint,
             &[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
@@ -111,18 +103,6 @@ pub async fn device_code_login(
             Err(error) => return Err(format!("sign-in failed: {error}")),
         }
     }
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", resp.status()));
-    }
-    resp.json().await.map_err(|e| format!("GET {url}: {e}"))
 }
 
 /// POSTs a form; `Ok(Err(code))` carries an OAuth error code (`authorization_pending`, …).

@@ -2,6 +2,7 @@
 //! group → role mapping build on the same [`Identity`].
 
 pub mod graph;
+pub mod http;
 pub mod login;
 pub mod oidc;
 pub mod policy;

@@ -102,11 +102,8 @@ fn reject(msg: impl Into<String>) -> TokenRejected {
 impl OidcValidator {
     pub fn new(config: &OidcConfig, base_dir: &std::path::Path) -> Result<OidcValidator, String> {
         // reqwest uses rustls without a built-in provider; make ring the process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("auth.oidc: cannot create HTTP client: {e}"))?;
+        let http = crate::auth::http::client(Duration::from_secs(10))
+            .map_err(|e| format!("auth.oidc: {e}"))?;
         let issuers = config
             .issuers
             .iter()
@@ -323,12 +320,8 @@ impl OidcValidator {
         let jwks_uri = match &c.jwks_uri {
             Some(u) => u.clone(),
             None => {
-                let discovery = c.discovery_url.clone().unwrap_or_else(|| {
-                    format!(
-                        "{}/.well-known/openid-configuration",
-                        c.issuer.trim_end_matches('/')
-                    )
-                });
+                let discovery =
+                    crate::auth::http::discovery_url(&c.issuer, c.discovery_url.as_deref());
                 let doc: Value = self.get_json(&discovery).await?;
                 doc.get("jwks_uri")
                     .and_then(Value::as_str)
@@ -365,17 +358,7 @@ impl OidcValidator {
         if !secure {
             return Err(format!("refusing to fetch {url}: not https"));
         }
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
-        }
-        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+        crate::auth::http::get_json(&self.http, url).await
     }
 }
 

@@ -276,6 +276,15 @@ pub fn decode_startup_params(body: &[u8]) -> Result<Vec<(String, String)>, PgErr
     Ok(params)
 }
 
+/// The request code of a CancelRequest packet (after its length).
+pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+
+/// A CancelRequest's body after the request code: (process id, secret key).
+pub fn decode_cancel(body: &[u8]) -> Option<(i32, i32)> {
+    let mut c = Cursor::new(body, "CancelRequest");
+    Some((c.i32().ok()?, c.i32().ok()?))
+}
+
 /// Appends a complete backend message built by `body` to `out`, filling in the length.
 pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.extend_from_slice(&[tag, 0, 0, 0, 0]);

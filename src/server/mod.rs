@@ -230,11 +230,14 @@ async fn refuse_busy(mut tcp: TcpStream, shared: &Shared) {
     })
     .await
     .unwrap_or(0);
-    if peeked == 16 && head[..8] == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+    let is_cancel = peeked == 16
+        && head[..4] == 16i32.to_be_bytes()
+        && head[4..8] == frame::CANCEL_REQUEST_CODE.to_be_bytes();
+    if is_cancel {
         let _ = tcp.read_exact(&mut head).await;
-        let pid = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-        let secret = i32::from_be_bytes([head[12], head[13], head[14], head[15]]);
-        shared.cancels.cancel(pid, secret);
+        if let Some((pid, secret)) = frame::decode_cancel(&head[8..]) {
+            shared.cancels.cancel(pid, secret);
+        }
         return;
     }
     let mut out = bytes::BytesMut::new();

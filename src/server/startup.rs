@@ -20,7 +20,6 @@ use crate::server::frame::{self, MAX_STARTUP_PACKET};
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
-const CANCEL_REQUEST: i32 = 80_877_102;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What the handshake produced.
@@ -104,10 +103,8 @@ pub async fn handshake(
                 gss_refused = true;
                 stream.write_all(b"N").await?;
             }
-            CANCEL_REQUEST => {
-                if body.len() >= 8 {
-                    let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            frame::CANCEL_REQUEST_CODE => {
+                if let Some((pid, secret)) = frame::decode_cancel(&body) {
                     let hit = shared.cancels.cancel(pid, secret);
                     tracing::debug!(pid, hit, "cancel request");
                 }

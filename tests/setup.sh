@@ -22,3 +22,7 @@ if ! "$PY" -c 'import psycopg' >/dev/null 2>&1; then
   echo "setup: installing Python drivers"
   "$PY" -m pip install -q 'psycopg[binary]>=3.1'
 fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto (AWS API stand-in)"
+  "$PY" -m pip install -q 'moto[server]>=5.0'
+fi

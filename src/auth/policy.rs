@@ -16,6 +16,8 @@ pub struct Policy {
     /// `(database pattern, table pattern)`, lower case, `*` wildcards.
     read: BTreeSet<(String, String)>,
     pub write: bool,
+    /// May see gateway internals (pools, credential cache).
+    pub admin: bool,
     /// Most rows a statement may return; `None` = no limit.
     pub row_limit: Option<u64>,
 }
@@ -42,6 +44,7 @@ impl Policy {
                 policy.read.insert((db.to_owned(), table.to_owned()));
             }
             policy.write |= role.write;
+            policy.admin |= role.admin;
             match role.row_limit {
                 Some(l) => limits.push(l),
                 None if !role.read.is_empty() => unlimited_reader = true,
@@ -63,6 +66,7 @@ impl Policy {
         let mut p = Policy::default();
         p.read.insert(("*".into(), "*".into()));
         p.write = true;
+        p.admin = true;
         p
     }
 
@@ -111,6 +115,7 @@ mod tests {
             read: read.iter().map(|s| s.to_string()).collect(),
             includes: includes.iter().map(|s| s.to_string()).collect(),
             write: false,
+            admin: false,
             row_limit,
             redshift_user: None,
             redshift_groups: vec![],

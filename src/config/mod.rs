@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod redshift;
+pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
+
 /// A configuration problem, always naming the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,6 +43,9 @@ pub struct Config {
     pub roles: Vec<RoleConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Upstreams that statements not answered by the lake are forwarded to.
+    #[serde(default)]
+    pub redshift: Vec<RedshiftConfig>,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -280,6 +286,10 @@ pub struct RoleConfig {
     /// Whether the role may run statements that write (forwarded upstreams).
     #[serde(default)]
     pub write: bool,
+    /// Whether holders may see gateway internals (`SHOW sluice.pools`,
+    /// `SHOW sluice.credentials`: upstream sessions and other users' database names).
+    #[serde(default)]
+    pub admin: bool,
     /// Most rows one statement may return to a holder of this role.
     pub row_limit: Option<u64>,
     /// The database user this role becomes on Redshift, with `{user}` replaced by the
@@ -699,6 +709,23 @@ impl Config {
                 "lake.local.root".into(),
                 "must not be empty".into(),
             ));
+        }
+        let mut upstreams = BTreeSet::new();
+        for (i, r) in self.redshift.iter().enumerate() {
+            r.validate()
+                .map_err(|(k, m)| invalid(format!("redshift[{i}].{k}"), m))?;
+            if !upstreams.insert(r.name.as_str()) {
+                return Err(invalid(
+                    format!("redshift[{i}].name"),
+                    format!("upstream `{}` is defined twice", r.name),
+                ));
+            }
+            if r.name == self.server.database {
+                return Err(invalid(
+                    format!("redshift[{i}].name"),
+                    "must differ from server.database (clients of server.database use the first upstream)".into(),
+                ));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level".into(), e.to_string()))?;

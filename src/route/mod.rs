@@ -277,8 +277,109 @@ fn set_value(values: &[Expr]) -> Option<String> {
     Some(parts.join(", "))
 }
 
+/// Whether `stmt` names a table in a schema `is_lake_schema` accepts (`schema.table`
+/// or `catalog.schema.table`). With an upstream configured, such statements run on
+/// the lake and everything else is forwarded.
+pub fn references_lake(stmt: &Statement, is_lake_schema: impl Fn(&str) -> bool) -> bool {
+    use datafusion::sql::sqlparser::ast::visit_relations;
+    let mut found = false;
+    let _ = visit_relations(stmt, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+            .collect();
+        if parts.len() >= 2 && is_lake_schema(&parts[parts.len() - 2]) {
+            found = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Whether a statement only reads. Read-only roles may forward only these; anything
+/// else (including every statement Sluice cannot parse) needs `write = true`.
+pub fn is_read_only(stmt: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{CopyTarget, SetExpr, Visit, Visitor};
+    struct Writes(bool);
+    impl Visitor for Writes {
+        type Break = ();
+        fn pre_visit_statement(&mut self, s: &Statement) -> std::ops::ControlFlow<()> {
+            if matches!(
+                s,
+                Statement::Insert(_)
+                    | Statement::Update { .. }
+                    | Statement::Delete(_)
+                    | Statement::Merge { .. }
+            ) {
+                self.0 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_query(
+            &mut self,
+            q: &datafusion::sql::sqlparser::ast::Query,
+        ) -> std::ops::ControlFlow<()> {
+            let into = match q.body.as_ref() {
+                SetExpr::Select(s) => s.into.is_some(),
+                SetExpr::Insert(_)
+                | SetExpr::Update(_)
+                | SetExpr::Delete(_)
+                | SetExpr::Merge(_) => true,
+                _ => false,
+            };
+            if into {
+                self.0 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let no_writes_inside = |s: &Statement| {
+        let mut v = Writes(false);
+        let _ = s.visit(&mut v);
+        !v.0
+    };
+    match stmt {
+        Statement::Query(_) => no_writes_inside(stmt),
+        Statement::Explain {
+            analyze, statement, ..
+        } => !*analyze || is_read_only(statement),
+        Statement::Declare { .. } => no_writes_inside(stmt),
+        Statement::Prepare { statement, .. } => is_read_only(statement),
+        Statement::Copy {
+            to: true,
+            target: CopyTarget::Stdout,
+            ..
+        } => no_writes_inside(stmt),
+        Statement::Set(set) => !matches!(
+            set,
+            Set::SetRole { .. } | Set::SetSessionAuthorization(_)
+        ),
+        Statement::Reset(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Discard { .. }
+        // EXECUTE runs a statement that was checked when it was PREPAREd.
+        | Statement::Execute { .. } => true,
+        _ => false,
+    }
+}
+
 /// A short name for a statement kind, for messages ("INSERT", "CREATE TABLE").
-fn statement_kind(stmt: &Statement) -> String {
+pub fn statement_kind(stmt: &Statement) -> String {
     let text = stmt.to_string();
     let words: Vec<&str> = text.split_whitespace().take(2).collect();
     match words.as_slice() {
@@ -306,6 +407,67 @@ mod tests {
             Route::Session(c) => c,
             other => panic!("{sql}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn read_only_statements_are_told_from_writes() {
+        let ro = |sql: &str| {
+            let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            is_read_only(&stmts.remove(0))
+        };
+        for sql in [
+            "SELECT * FROM t",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "EXPLAIN SELECT 1",
+            "SET search_path = x",
+            "BEGIN",
+            "COMMIT",
+            "COPY t TO STDOUT",
+            "COPY (SELECT 1) TO STDOUT",
+            "SHOW search_path",
+            "PREPARE p AS SELECT 1",
+        ] {
+            assert!(ro(sql), "{sql} should be read-only");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "CREATE TABLE t (a int)",
+            "CREATE TEMP TABLE t (a int)",
+            "DROP TABLE t",
+            "COPY t FROM STDIN",
+            "COPY t TO '/tmp/x'",
+            "SELECT * INTO t2 FROM t",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "PREPARE p AS DELETE FROM t",
+            "GRANT SELECT ON t TO u",
+            "SET ROLE admin",
+            "TRUNCATE t",
+            "VACUUM",
+        ] {
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
+            if let Ok(mut stmts) = parsed {
+                assert!(!is_read_only(&stmts.remove(0)), "{sql} should be a write");
+            }
+        }
+    }
+
+    #[test]
+    fn lake_references_need_a_lake_schema() {
+        let lake = |sql: &str| {
+            let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+            references_lake(&stmts.remove(0), |s| s.eq_ignore_ascii_case("nyc"))
+        };
+        assert!(lake("SELECT * FROM nyc.trips"));
+        assert!(lake("SELECT * FROM sluice.nyc.trips"));
+        assert!(lake("SELECT * FROM public.t JOIN NYC.zones z ON true"));
+        assert!(lake("SELECT (SELECT count(*) FROM nyc.trips)"));
+        assert!(!lake("SELECT * FROM trips"));
+        assert!(!lake("SELECT * FROM public.trips"));
+        assert!(!lake("SELECT * FROM pg_catalog.pg_class"));
+        assert!(!lake("SELECT 1"));
     }
 
     #[test]

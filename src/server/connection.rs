@@ -161,6 +161,15 @@ impl Connection {
         }
     }
 
+    /// Whether a whole frame is already buffered, so reading would not wait.
+    pub fn has_buffered_frame(&self) -> bool {
+        if self.input.len() < 5 {
+            return false;
+        }
+        let len = i32::from_be_bytes([self.input[1], self.input[2], self.input[3], self.input[4]]);
+        len >= 4 && self.input.len() > len as usize
+    }
+
     /// Appends a pgwire backend message to the output buffer.
     pub fn send<M: Message>(&mut self, message: &M) {
         if let Err(e) = message.encode(&mut self.out) {

@@ -51,6 +51,32 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const IO_ERROR: SqlState = SqlState("58030");
+
+    /// A code received from elsewhere (an upstream's ErrorResponse). Codes are
+    /// interned: there are a few hundred distinct SQLSTATEs, and anything that is
+    /// not five ASCII letters or digits becomes `fallback`.
+    pub fn intern(code: &str, fallback: SqlState) -> SqlState {
+        use std::collections::HashSet;
+        use std::sync::{Mutex, OnceLock};
+        static CODES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        if code.len() != 5
+            || !code
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return fallback;
+        }
+        let mut set = CODES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = set.get(code) {
+            return SqlState(known);
+        }
+        let leaked: &'static str = Box::leak(code.to_owned().into_boxed_str());
+        set.insert(leaked);
+        SqlState(leaked)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

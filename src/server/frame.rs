@@ -213,6 +213,14 @@ pub fn decode_bind(body: &Bytes) -> Result<Bind, PgError> {
     })
 }
 
+/// Just the portal and statement names of a Bind, for routing it.
+pub fn bind_names(body: &[u8]) -> Result<(&str, &str), PgError> {
+    let mut c = Cursor::new(body, "Bind");
+    let portal = c.cstr()?;
+    let statement = c.cstr()?;
+    Ok((portal, statement))
+}
+
 pub fn decode_describe(body: &[u8]) -> Result<Describe, PgError> {
     let mut c = Cursor::new(body, "Describe");
     let target = target(c.u8()?, "Describe")?;

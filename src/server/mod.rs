@@ -38,6 +38,8 @@ pub struct Shared {
     pub oidc: Option<OidcValidator>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: tls::Tls,
+    /// Redshift upstreams (`[[redshift]]`), possibly none.
+    pub upstreams: crate::redshift::Upstreams,
 }
 
 impl Shared {
@@ -88,6 +90,8 @@ impl Server {
             .as_ref()
             .map(|o| OidcValidator::new(o, &config.base_dir))
             .transpose()?;
+        let upstreams =
+            crate::redshift::Upstreams::from_config(&config).map_err(|e| e.to_string())?;
         let engine = Arc::new(Engine::new(&config).await?);
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
@@ -103,6 +107,7 @@ impl Server {
                 oidc,
                 cancels: CancelRegistry::new(),
                 tls,
+                upstreams,
             }),
         })
     }

@@ -213,7 +213,9 @@ async fn authenticate(
         .get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(&user);
-    if database != &shared.config.server.database {
+    if database != &shared.config.server.database
+        && shared.upstreams.for_database(database).is_none()
+    {
         return Err(Disconnect::Protocol(
             PgError::fatal(
                 SqlState::INVALID_CATALOG_NAME,

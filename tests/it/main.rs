@@ -8,5 +8,6 @@ mod policy;
 mod protocol;
 mod psql;
 mod python;
+mod redshift;
 mod robustness;
 mod security;

@@ -6,6 +6,8 @@
 //! Bind/Describe/Execute follow the route their statement chose. A later route can
 //! therefore relay frames verbatim to an upstream while others are answered here.
 
+mod forward;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -126,6 +128,8 @@ pub struct Session {
     cancel: CancelHandle,
     /// What this session's roles may read; fixed at login.
     policy: Arc<Policy>,
+    /// The Redshift upstream statements go to, when this session forwards.
+    forward: Option<forward::Forwarding>,
 }
 
 impl Session {
@@ -152,6 +156,7 @@ impl Session {
             savepoints: Vec::new(),
             skip_until_sync: false,
             cancel,
+            forward: None,
         }
     }
 
@@ -200,7 +205,19 @@ impl Session {
         ));
         self.ready();
         self.conn.flush().await?;
+        self.forward = forward::Forwarding::for_session(
+            &self.shared,
+            &self.identity.user,
+            &self.identity.roles,
+            startup,
+        );
+        let result = self.serve().await;
+        self.end_forwarding();
+        result
+    }
 
+    /// Reads and dispatches frames until the client leaves.
+    async fn serve(&mut self) -> Result<(), Disconnect> {
         loop {
             let frame = match self.conn.read_frame(|tag| frame::max_len(tag, false)).await {
                 Ok(Some(f)) => f,
@@ -283,6 +300,9 @@ impl Session {
         // After an extended-protocol error everything up to Sync is discarded, as
         // PostgreSQL does (Terminate still ends the session).
         if self.skip_until_sync && !matches!(frame.tag, b'S' | b'X') {
+            return Ok(true);
+        }
+        if self.forward.is_some() && self.forward_dispatch(&frame).await? {
             return Ok(true);
         }
         match frame.tag {
@@ -829,7 +849,10 @@ impl Session {
     }
 
     fn show_schema(name: &str) -> SchemaRef {
-        if name == IDENTITY {
+        if let Some(columns) = forward::admin_columns(name) {
+            let text = |n: &&str| Field::new(*n, DataType::Utf8, true);
+            Arc::new(Schema::new(columns.iter().map(text).collect::<Vec<_>>()))
+        } else if name == IDENTITY {
             let text = |n: &str| Field::new(n, DataType::Utf8, false);
             Arc::new(Schema::new(vec![
                 text("user"),
@@ -852,7 +875,15 @@ impl Session {
     }
 
     fn show(&mut self, name: &str, format: Format, describe: bool) -> Result<(), PgError> {
-        let rows: Vec<Vec<String>> = if name == IDENTITY {
+        let rows: Vec<Vec<String>> = if forward::admin_columns(name).is_some() {
+            if !self.policy.admin {
+                return Err(PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied: SHOW {name} needs a Sluice role with admin = true"),
+                ));
+            }
+            forward::admin_rows(&self.shared, name)
+        } else if name == IDENTITY {
             let id = &self.identity;
             let (method, issuer, subject) = match &id.method {
                 AuthMethod::Local => ("local", String::new(), String::new()),

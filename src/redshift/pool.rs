@@ -1,0 +1,289 @@
+//! Upstream sessions kept for reuse, with limits and a waiting queue.
+//!
+//! A client session holds its upstream session for its whole life (session-pinned:
+//! temp tables, `SET` and transactions stay with it). When the client leaves, the
+//! upstream session is reset (`reset_query`) and parked for the next client of the
+//! *same* identity and startup parameters; a session that cannot be reset cleanly, or
+//! was left mid-transaction, is closed instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::PoolConfig;
+use crate::redshift::credentials::DbIdentity;
+use crate::redshift::wire::UpstreamConn;
+use crate::server::error::{PgError, SqlState};
+
+/// Who an upstream session belongs to: reusable only by an equal key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub identity: DbIdentity,
+    /// Startup parameters the session was opened with (sorted).
+    pub params: Vec<(String, String)>,
+}
+
+struct Idle {
+    identity: DbIdentity,
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Open upstream sessions, busy and idle.
+    total: usize,
+    per_identity: HashMap<DbIdentity, usize>,
+    idle: HashMap<PoolKey, Vec<Idle>>,
+    waiting: usize,
+}
+
+pub struct Pool {
+    config: PoolConfig,
+    upstream: String,
+    state: Mutex<State>,
+    freed: Notify,
+}
+
+/// A counted place in the pool; dropping it without [`Pool::release`] frees it.
+pub struct Slot {
+    pool: Weak<Pool>,
+    identity: DbIdentity,
+    live: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.live
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.forget(&self.identity);
+        }
+    }
+}
+
+/// What [`Pool::acquire`] hands out.
+pub enum Lease {
+    /// A parked session of the same key, already reset.
+    Reused(UpstreamConn, Slot),
+    /// A reserved place: the caller connects and keeps the slot with the connection.
+    New(Slot),
+}
+
+/// Counts for `SHOW sluice.pools`.
+pub struct PoolStats {
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+/// How long an idle session may sit before it is checked with a round trip on reuse.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(30);
+
+impl Pool {
+    pub fn new(upstream: &str, config: PoolConfig) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            config,
+            upstream: upstream.to_owned(),
+            state: Mutex::new(State::default()),
+            freed: Notify::new(),
+        });
+        let weak = Arc::downgrade(&pool);
+        let period = Duration::from_secs((pool.config.idle_timeout_secs / 2).clamp(1, 30));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    pool.close_idle_older_than(Duration::from_secs(pool.config.idle_timeout_secs))
+                        .await;
+                }
+            });
+        }
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let s = self.lock();
+        PoolStats {
+            open: s.total,
+            idle: s.idle.values().map(Vec::len).sum(),
+            waiting: s.waiting,
+        }
+    }
+
+    pub fn max_sessions(&self) -> usize {
+        self.config.max_sessions
+    }
+
+    fn forget(&self, identity: &DbIdentity) {
+        uncount(&mut self.lock(), identity);
+        self.freed.notify_waiters();
+    }
+
+    /// A session for `key`: a parked one, or a reserved place for a new one. Waits up
+    /// to `acquire_timeout_secs` when the upstream or the identity is at its limit.
+    pub async fn acquire(self: &Arc<Self>, key: &PoolKey) -> Result<Lease, PgError> {
+        let deadline = Instant::now() + Duration::from_secs(self.config.acquire_timeout_secs);
+        let mut counted_waiting = false;
+        let result = loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let (reused, reserved, evicted) = {
+                let mut s = self.lock();
+                if let Some(idle) = s.idle.get_mut(key).and_then(Vec::pop) {
+                    (Some(idle), false, None)
+                } else if s.per_identity.get(&key.identity).copied().unwrap_or(0)
+                    >= self
+                        .config
+                        .max_sessions_per_user
+                        .min(self.config.max_sessions)
+                {
+                    (None, false, None)
+                } else {
+                    // At the upstream's limit, make room by closing another key's
+                    // parked session.
+                    let evicted = if s.total >= self.config.max_sessions {
+                        take_any_idle(&mut s)
+                    } else {
+                        None
+                    };
+                    let reserved = s.total < self.config.max_sessions;
+                    if reserved {
+                        s.total += 1;
+                        *s.per_identity.entry(key.identity.clone()).or_default() += 1;
+                    }
+                    (None, reserved, evicted)
+                }
+            };
+            if let Some(e) = evicted {
+                e.conn.terminate().await;
+            }
+            let slot = || Slot {
+                pool: Arc::downgrade(self),
+                identity: key.identity.clone(),
+                live: true,
+            };
+            if let Some(idle) = reused {
+                let mut conn = idle.conn;
+                if idle.since.elapsed() > CHECK_AFTER_IDLE
+                    && conn.run_quietly("SELECT 1").await.is_err()
+                {
+                    // Died while parked (e.g. an upstream restart): drop it, go again.
+                    drop(slot());
+                    continue;
+                }
+                break Ok(Lease::Reused(conn, slot()));
+            }
+            if reserved {
+                break Ok(Lease::New(slot()));
+            }
+            if !counted_waiting {
+                self.lock().waiting += 1;
+                counted_waiting = true;
+            }
+            if tokio::time::timeout_at(deadline.into(), freed)
+                .await
+                .is_err()
+            {
+                break Err(PgError::new(
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "no Redshift session available on upstream \"{}\" after waiting {} s \
+                         (limits: {} sessions, {} per user)",
+                        self.upstream,
+                        self.config.acquire_timeout_secs,
+                        self.config.max_sessions,
+                        self.config.max_sessions_per_user
+                    ),
+                )
+                .with_hint("retry later, or ask an administrator to raise the pool limits"));
+            }
+        };
+        if counted_waiting {
+            let mut s = self.lock();
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+        result
+    }
+
+    /// Returns a session after its client left. `clean` says the relay ended at a
+    /// ReadyForQuery outside a transaction; the reset query runs before parking.
+    pub async fn release(
+        self: &Arc<Self>,
+        key: PoolKey,
+        mut conn: UpstreamConn,
+        mut slot: Slot,
+        clean: bool,
+    ) {
+        if clean && conn.status == b'I' && conn.run_quietly(&self.config.reset_query).await.is_ok()
+        {
+            slot.live = false;
+            let mut s = self.lock();
+            s.idle.entry(key.clone()).or_default().push(Idle {
+                identity: key.identity,
+                conn,
+                since: Instant::now(),
+            });
+            drop(s);
+            self.freed.notify_waiters();
+            return;
+        }
+        drop(slot);
+        conn.terminate().await;
+    }
+
+    async fn close_idle_older_than(&self, max_idle: Duration) {
+        let mut closing = Vec::new();
+        {
+            let mut s = self.lock();
+            let mut old = Vec::new();
+            for list in s.idle.values_mut() {
+                let (expired, keep): (Vec<Idle>, Vec<Idle>) =
+                    list.drain(..).partition(|i| i.since.elapsed() >= max_idle);
+                *list = keep;
+                old.extend(expired);
+            }
+            s.idle.retain(|_, v| !v.is_empty());
+            for i in old {
+                uncount(&mut s, &i.identity);
+                closing.push(i.conn);
+            }
+        }
+        if !closing.is_empty() {
+            self.freed.notify_waiters();
+        }
+        for c in closing {
+            c.terminate().await;
+        }
+    }
+}
+
+fn uncount(s: &mut State, identity: &DbIdentity) {
+    s.total = s.total.saturating_sub(1);
+    if let Some(n) = s.per_identity.get_mut(identity) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            s.per_identity.remove(identity);
+        }
+    }
+}
+
+/// Takes some parked session (any key) out of the pool's counts.
+fn take_any_idle(s: &mut State) -> Option<Idle> {
+    let key = s.idle.iter().find(|(_, v)| !v.is_empty())?.0.clone();
+    let list = s.idle.get_mut(&key)?;
+    let idle = list.pop()?;
+    if list.is_empty() {
+        s.idle.remove(&key);
+    }
+    uncount(s, &idle.identity);
+    Some(idle)
+}

@@ -1,0 +1,299 @@
+//! The message relay between a client and its upstream session.
+//!
+//! Upstream messages are copied into the client's output buffer whole, without
+//! decoding (only tags are looked at), and the buffer is flushed to the client when it
+//! fills or when the upstream has nothing more buffered: a slow client stops the
+//! relay reading, and TCP backpressure reaches the upstream. COPY data from the
+//! client goes the other way the same way.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+
+use crate::redshift::wire::{self, UpstreamConn};
+use crate::server::connection::{Connection, Disconnect, FLUSH_THRESHOLD};
+use crate::server::frame;
+
+/// When the relay stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// At ReadyForQuery (after a simple query or a Sync).
+    Ready,
+    /// When the forwarded extended-protocol messages have all been answered (after a
+    /// Flush, or before a message Sluice answers itself).
+    Answered,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// ReadyForQuery relayed, with its transaction status.
+    Ready(u8),
+    /// Every forwarded message answered.
+    Answered,
+    /// An extended-protocol error: the upstream skips everything until Sync.
+    Failed,
+}
+
+pub enum RelayError {
+    /// The upstream connection broke; `reported` if a FATAL error already told the client.
+    Upstream {
+        error: io::Error,
+        reported: bool,
+    },
+    Client(Disconnect),
+}
+
+impl From<Disconnect> for RelayError {
+    fn from(d: Disconnect) -> Self {
+        RelayError::Client(d)
+    }
+}
+
+/// How many terminal responses the forwarded extended-protocol messages are owed.
+/// Parse, Bind, Close: one each; Describe: RowDescription or NoData; Execute:
+/// CommandComplete, EmptyQueryResponse or PortalSuspended.
+pub fn answers_owed(tag: u8) -> usize {
+    match tag {
+        b'P' | b'B' | b'C' | b'D' | b'E' => 1,
+        _ => 0,
+    }
+}
+
+/// Relays until `until`; `owed` counts down as answers arrive. A CancelRequest for
+/// the client's session (`cancel`) is passed on to the upstream backend.
+///
+/// `extended`: the statement came through the extended protocol, where a client
+/// follows COPY data with a Sync (the upstream ignored any Sync sent during COPY).
+pub async fn relay(
+    client: &mut Connection,
+    up: &mut UpstreamConn,
+    mut until: Until,
+    owed: &mut usize,
+    cancel: &Arc<Notify>,
+    extended: bool,
+) -> Result<Outcome, RelayError> {
+    let canceled = cancel.notified();
+    tokio::pin!(canceled);
+    let mut fatal = false;
+    loop {
+        if until == Until::Answered && *owed == 0 {
+            return Ok(Outcome::Answered);
+        }
+        if !up.has_buffered_message() && !client.out.is_empty() {
+            // About to wait for the upstream: let the client have what we have.
+            client.flush().await.map_err(Disconnect::from)?;
+        }
+        let next = tokio::select! {
+            biased;
+            _ = &mut canceled => {
+                canceled.set(cancel.notified());
+                if let Some(target) = up.cancel.clone() {
+                    tokio::spawn(async move {
+                        if let Err(e) = wire::send_cancel(&target).await {
+                            tracing::warn!(error = %e.message, "forwarding a cancel request failed");
+                        }
+                    });
+                }
+                continue;
+            }
+            next = up.read_message() => next,
+        };
+        let (tag, len) = match next {
+            Ok(m) => {
+                tracing::trace!(tag = %(m.0 as char), owed = *owed, "upstream message");
+                m
+            }
+            Err(error) => {
+                return Err(RelayError::Upstream {
+                    error,
+                    reported: fatal,
+                });
+            }
+        };
+        match tag {
+            b'Z' => {
+                let status = up.message(len).get(5).copied().unwrap_or(b'I');
+                up.status = status;
+                up.move_to(len, &mut client.out);
+                return Ok(Outcome::Ready(status));
+            }
+            b'E' => {
+                let body = &up.message(len)[5..];
+                if is_fatal(body) {
+                    // The upstream ends its session, not the client's: Sluice's session
+                    // stays up (lake queries keep working), so report it as an ERROR.
+                    fatal = true;
+                    let body = body.to_vec();
+                    up.consume(len);
+                    write_as_error(&body, &mut client.out);
+                    continue;
+                }
+                up.move_to(len, &mut client.out);
+                if until == Until::Answered {
+                    *owed = 0;
+                    return Ok(Outcome::Failed);
+                }
+            }
+            b'G' => {
+                up.move_to(len, &mut client.out);
+                client.flush().await.map_err(Disconnect::from)?;
+                if copy_in(client, up, extended).await? {
+                    // The client's Sync after the COPY data is the one the upstream
+                    // answers: relay up to its ReadyForQuery.
+                    until = Until::Ready;
+                }
+            }
+            b'W' => {
+                // COPY BOTH is for replication, which Sluice does not relay.
+                up.consume(len);
+                return Err(RelayError::Upstream {
+                    error: io::Error::other(
+                        "the upstream started COPY BOTH (replication), which Sluice does not relay",
+                    ),
+                    reported: false,
+                });
+            }
+            b'K' => up.consume(len),
+            b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
+                up.move_to(len, &mut client.out);
+                if until == Until::Answered {
+                    *owed = owed.saturating_sub(1);
+                }
+            }
+            _ => up.move_to(len, &mut client.out),
+        }
+        if client.out.len() >= FLUSH_THRESHOLD {
+            client.flush().await.map_err(Disconnect::from)?;
+        }
+    }
+}
+
+/// COPY FROM STDIN: client CopyData/CopyDone/CopyFail frames go to the upstream as
+/// they are, until CopyDone or CopyFail (and, in the extended protocol, the Sync or
+/// Flush after it). Returns whether a Sync was passed on.
+async fn copy_in(
+    client: &mut Connection,
+    up: &mut UpstreamConn,
+    extended: bool,
+) -> Result<bool, RelayError> {
+    let upstream_err = |error| RelayError::Upstream {
+        error,
+        reported: false,
+    };
+    loop {
+        let frame = match client.read_frame(|t| frame::max_len(t, false)).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                // The client went away mid-COPY: abort it upstream.
+                put_copy_fail(&mut up.out, "the client disconnected during COPY");
+                let _ = up.flush().await;
+                return Err(RelayError::Client(Disconnect::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client disconnected during COPY",
+                ))));
+            }
+            Err(e) => {
+                put_copy_fail(
+                    &mut up.out,
+                    "the client sent an invalid message during COPY",
+                );
+                let _ = up.flush().await;
+                return Err(RelayError::Client(e));
+            }
+        };
+        tracing::trace!(tag = %(frame.tag as char), len = frame.body.len(), "client COPY message");
+        match frame.tag {
+            b'd' | b'c' | b'f' => {
+                frame::put_message(&mut up.out, frame.tag, |b| b.extend_from_slice(&frame.body));
+                if frame.tag != b'd' {
+                    let mut synced = false;
+                    if extended {
+                        // PostgreSQL answers an extended-protocol COPY at the next
+                        // Sync (or Flush), which the client sends right after.
+                        let next = client
+                            .read_frame(|t| frame::max_len(t, false))
+                            .await?
+                            .ok_or_else(|| {
+                                RelayError::Client(Disconnect::Io(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "client disconnected after COPY",
+                                )))
+                            })?;
+                        synced = next.tag == b'S';
+                        frame::put_message(&mut up.out, next.tag, |b| {
+                            b.extend_from_slice(&next.body)
+                        });
+                    }
+                    up.flush().await.map_err(upstream_err)?;
+                    return Ok(synced);
+                }
+                if up.out.len() >= FLUSH_THRESHOLD {
+                    up.flush().await.map_err(upstream_err)?;
+                }
+            }
+            // PostgreSQL ignores Flush and Sync during COPY.
+            b'H' | b'S' => {}
+            other => {
+                put_copy_fail(
+                    &mut up.out,
+                    &format!("unexpected message type {:?} during COPY", other as char),
+                );
+                up.flush().await.map_err(upstream_err)?;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+fn put_copy_fail(out: &mut BytesMut, message: &str) {
+    frame::put_message(out, b'f', |b| {
+        b.extend_from_slice(message.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+}
+
+fn is_fatal(body: &[u8]) -> bool {
+    body.split(|b| *b == 0)
+        .any(|f| f == b"SFATAL" || f == b"SPANIC" || f == b"VFATAL" || f == b"VPANIC")
+}
+
+/// Re-encodes an ErrorResponse with severity ERROR, keeping every other field.
+fn write_as_error(body: &[u8], out: &mut BytesMut) {
+    frame::put_message(out, b'E', |b| {
+        for field in body.split(|c| *c == 0) {
+            let Some((&kind, _)) = field.split_first() else {
+                continue;
+            };
+            match kind {
+                b'S' | b'V' => b.extend_from_slice(&[kind, b'E', b'R', b'R', b'O', b'R']),
+                _ => b.extend_from_slice(field),
+            }
+            b.extend_from_slice(&[0]);
+        }
+        b.extend_from_slice(&[0]);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_errors_become_errors_with_their_fields() {
+        let body =
+            b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+        assert!(is_fatal(body));
+        let mut out = BytesMut::new();
+        write_as_error(body, &mut out);
+        let text = String::from_utf8_lossy(&out[5..]).into_owned();
+        assert!(
+            text.contains("SERROR\0VERROR\0C57P01\0Mterminating"),
+            "{text:?}"
+        );
+        assert!(!is_fatal(&out[5..]));
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+    }
+}

@@ -1,0 +1,567 @@
+//! Forwarding a session's statements to its Redshift upstream.
+//!
+//! A session forwards when its database has an upstream and its roles give it a
+//! Redshift identity. Then every statement that does not name a lake table (and is not
+//! a `sluice.*` command) goes upstream verbatim: the raw frames are relayed, so
+//! Redshift dialect Sluice cannot parse still works (for roles that may write).
+//!
+//! The upstream session is opened at the first forwarded statement and kept until the
+//! client leaves (session-pinned). Extended-protocol messages are forwarded as they
+//! come and answered in order: before Sluice answers a message itself, it makes the
+//! upstream answer everything forwarded so far (Flush), so replies never overtake
+//! each other.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::sql::sqlparser::ast::{CloseCursor, Reset, Set, Statement};
+
+use super::{Session, Tx};
+use crate::redshift::credentials::DbIdentity;
+use crate::redshift::relay::{self, Outcome, RelayError, Until};
+use crate::redshift::{self, Held, Upstream, wire};
+use crate::route;
+use crate::server::Shared;
+use crate::server::connection::{Disconnect, FLUSH_THRESHOLD};
+use crate::server::error::{PgError, SqlState};
+use crate::server::frame::{self, Frame, Target as Named};
+
+pub(super) struct Forwarding {
+    upstream: Arc<Upstream>,
+    identity: DbIdentity,
+    /// Startup parameters the upstream session is opened with.
+    params: Vec<(String, String)>,
+    held: Option<Held>,
+    /// Lake schemas (lower case): statements naming them run locally.
+    lake_schemas: HashSet<String>,
+    /// Prepared statements and portals that live upstream.
+    statements: HashSet<String>,
+    portals: HashSet<String>,
+    /// Answers the upstream still owes for forwarded extended-protocol messages.
+    owed: usize,
+    /// Extended-protocol messages were forwarded since the last Sync.
+    pending_sync: bool,
+    /// The upstream session broke inside a transaction: until the client ends it,
+    /// forwarded statements fail with 25P02 rather than silently autocommit.
+    lost_in_tx: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Local,
+    Upstream,
+}
+
+impl Forwarding {
+    /// Forwarding for a new session, if its database has an upstream and its roles
+    /// grant a Redshift identity.
+    pub(super) fn for_session(
+        shared: &Shared,
+        user: &str,
+        roles: &[String],
+        startup: &BTreeMap<String, String>,
+    ) -> Option<Forwarding> {
+        let database = startup
+            .get("database")
+            .filter(|d| !d.is_empty())
+            .map(String::as_str)
+            .unwrap_or(user);
+        let upstream = shared.upstreams.for_database(database)?;
+        let identity = redshift::identity_for(user, roles, &shared.access_rules().roles)?;
+        let params = startup
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(k.as_str(), "user" | "database" | "replication")
+                    && !k.starts_with("_pq_.")
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Forwarding {
+            upstream,
+            identity,
+            params,
+            held: None,
+            // PostgreSQL's own schemas belong to the upstream in a forwarding session.
+            lake_schemas: shared
+                .engine
+                .schema_names()
+                .into_iter()
+                .map(|s| s.to_lowercase())
+                .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
+                .collect(),
+            statements: HashSet::new(),
+            portals: HashSet::new(),
+            owed: 0,
+            pending_sync: false,
+            lost_in_tx: false,
+        })
+    }
+}
+
+fn is_sluice_name(name: &str) -> bool {
+    name.to_lowercase().starts_with("sluice.")
+}
+
+impl Session {
+    /// Where one parsed statement goes, or why the role may not send it.
+    fn statement_target(&mut self, stmt: &Statement) -> Result<Target, PgError> {
+        let Some(fwd) = self.forward.as_mut() else {
+            return Ok(Target::Local);
+        };
+        let local = match stmt {
+            Statement::ShowVariable { variable } => variable
+                .first()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice")),
+            Statement::Set(Set::SingleAssignment { variable, .. }) => {
+                is_sluice_name(&variable.to_string())
+            }
+            Statement::Reset(r) => match &r.reset {
+                Reset::ConfigurationParameter(name) => is_sluice_name(&name.to_string()),
+                Reset::ALL => false,
+            },
+            Statement::Fetch { name, .. } => self.portals.contains_key(&name.value),
+            Statement::Close {
+                cursor: CloseCursor::Specific { name },
+            } => self.portals.contains_key(&name.value),
+            // After the upstream session was lost mid-transaction, the client's
+            // COMMIT/ROLLBACK ends the (already failed) transaction here.
+            Statement::Commit { .. } | Statement::Rollback { .. } if fwd.lost_in_tx => {
+                fwd.lost_in_tx = false;
+                true
+            }
+            _ => route::references_lake(stmt, |s| fwd.lake_schemas.contains(&s.to_lowercase())),
+        };
+        if local {
+            return Ok(Target::Local);
+        }
+        if !self.policy.write && !route::is_read_only(stmt) {
+            return Err(redshift::refuse_write(&route::statement_kind(stmt)));
+        }
+        match stmt {
+            // Upstream settings also apply to lake queries where Sluice knows them.
+            Statement::Set(set) => {
+                if let Ok(route::Route::Session(route::Command::Set { name, value })) =
+                    route::classify(Statement::Set(set.clone()))
+                {
+                    let _ = self.settings.set(&name, value.as_deref());
+                }
+            }
+            Statement::Discard { .. } | Statement::Deallocate { .. } => {
+                // DISCARD ALL / DEALLOCATE ALL drop upstream statements; the client
+                // re-prepares, so forget the names (and local ones, for DISCARD).
+                if matches!(stmt, Statement::Discard { .. }) {
+                    self.statements.clear();
+                    self.portals.clear();
+                    fwd.portals.clear();
+                }
+                fwd.statements.clear();
+            }
+            _ => {}
+        }
+        Ok(Target::Upstream)
+    }
+
+    /// Where a query string goes. Text Sluice cannot parse is forwarded (Redshift
+    /// understands dialect DataFusion's parser does not), but only for roles that
+    /// may write: its effect cannot be checked.
+    fn text_target(&mut self, sql: &str) -> Result<Target, PgError> {
+        let statements = match self.shared.engine.parse(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                if self.policy.write {
+                    return Ok(Target::Upstream);
+                }
+                return Err(PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "Sluice cannot parse this statement, so it cannot check that it only reads, \
+                         and your roles are read-only ({})",
+                        e.message
+                    ),
+                )
+                .with_hint("rewrite it in PostgreSQL syntax, or ask for a role with write = true"));
+            }
+        };
+        if statements.is_empty() {
+            return Ok(Target::Upstream);
+        }
+        let mut target = None;
+        for stmt in &statements {
+            let t = self.statement_target(stmt)?;
+            if target.is_some_and(|prev| prev != t) {
+                return Err(PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "this query string mixes lake statements with statements for Redshift",
+                )
+                .with_hint("send lake and Redshift statements as separate queries"));
+            }
+            target = Some(t);
+        }
+        Ok(target.unwrap_or(Target::Upstream))
+    }
+
+    /// Routes one frame of a forwarding session. `Ok(true)`: handled (forwarded);
+    /// `Ok(false)`: the session answers it itself (after the upstream has answered
+    /// everything forwarded before it).
+    pub(super) async fn forward_dispatch(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+        let Some(fwd) = self.forward.as_mut() else {
+            return Ok(false);
+        };
+        let upstream = match frame.tag {
+            b'Q' => {
+                let Ok(sql) = frame::decode_query(&frame.body) else {
+                    return Ok(false);
+                };
+                let sql = sql.to_owned();
+                match self.text_target(&sql) {
+                    Ok(t) => t == Target::Upstream,
+                    Err(e) => {
+                        self.fail(&e);
+                        self.ready();
+                        self.conn.flush().await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            b'P' => {
+                let Ok(msg) = frame::decode_parse(&frame.body) else {
+                    return Ok(false);
+                };
+                match self.text_target(&msg.query) {
+                    Ok(Target::Upstream) => {
+                        let fwd = self.forward.as_mut().expect("forwarding session");
+                        fwd.statements.insert(msg.name.clone());
+                        self.statements.remove(&msg.name);
+                        true
+                    }
+                    Ok(Target::Local) => {
+                        let fwd = self.forward.as_mut().expect("forwarding session");
+                        fwd.statements.remove(&msg.name);
+                        false
+                    }
+                    Err(e) => {
+                        self.drain_upstream().await?;
+                        self.fail(&e);
+                        self.skip_until_sync = true;
+                        return Ok(true);
+                    }
+                }
+            }
+            b'B' => match frame::bind_names(&frame.body) {
+                Ok((portal, statement)) => {
+                    if fwd.statements.contains(statement) {
+                        fwd.portals.insert(portal.to_owned());
+                        self.portals.remove(portal);
+                        true
+                    } else {
+                        fwd.portals.remove(portal);
+                        false
+                    }
+                }
+                Err(_) => false,
+            },
+            b'D' => match frame::decode_describe(&frame.body) {
+                Ok(d) => match d.target {
+                    Named::Statement => fwd.statements.contains(&d.name),
+                    Named::Portal => fwd.portals.contains(&d.name),
+                },
+                Err(_) => false,
+            },
+            b'C' => match frame::decode_close(&frame.body) {
+                Ok(c) => match c.target {
+                    Named::Statement => fwd.statements.remove(&c.name),
+                    Named::Portal => fwd.portals.remove(&c.name),
+                },
+                Err(_) => false,
+            },
+            b'E' => match frame::decode_execute(&frame.body) {
+                Ok(e) => fwd.portals.contains(&e.portal),
+                Err(_) => false,
+            },
+            b'S' | b'H' => fwd.pending_sync,
+            _ => false,
+        };
+        tracing::trace!(tag = %(frame.tag as char), upstream, "forwarding decision");
+        if !upstream {
+            if self.forward.as_ref().is_some_and(|f| f.owed > 0) {
+                self.drain_upstream().await?;
+            }
+            return Ok(false);
+        }
+        match frame.tag {
+            b'Q' => self.forward_simple(frame).await?,
+            b'S' => {
+                self.skip_until_sync = false;
+                self.put_upstream(frame);
+                if let Some(Outcome::Ready(_)) = self.relay_upstream(Until::Ready, true).await? {
+                    // The upstream's ReadyForQuery is already relayed.
+                } else if self.forward.as_ref().is_some_and(|f| f.held.is_none()) {
+                    // Lost: the session answers the Sync itself.
+                    self.ready();
+                }
+                self.conn.flush().await?;
+                self.conn.shrink_idle();
+            }
+            b'H' => {
+                self.put_upstream(frame);
+                self.relay_upstream(Until::Answered, true).await?;
+                self.conn.flush().await?;
+            }
+            _ => {
+                if let Err(e) = self.ensure_upstream().await {
+                    self.fail(&e);
+                    self.skip_until_sync = true;
+                    return Ok(true);
+                }
+                self.put_upstream(frame);
+                let fwd = self.forward.as_mut().expect("forwarding session");
+                fwd.owed += relay::answers_owed(frame.tag);
+                fwd.pending_sync = true;
+                let big = fwd
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.conn.out.len() >= FLUSH_THRESHOLD);
+                // A client that waits after Execute (or a pipeline too big to hold)
+                // needs the answers now; otherwise they come with the Sync.
+                if big || (frame.tag == b'E' && !self.conn.has_buffered_frame()) {
+                    self.drain_upstream().await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes the upstream answer everything forwarded so far (a Flush), relaying it.
+    async fn drain_upstream(&mut self) -> Result<(), Disconnect> {
+        let Some(fwd) = self.forward.as_mut() else {
+            return Ok(());
+        };
+        if fwd.owed == 0 && fwd.held.as_ref().is_none_or(|h| h.conn.out.is_empty()) {
+            return Ok(());
+        }
+        if let Some(h) = fwd.held.as_mut() {
+            postgres_protocol::message::frontend::flush(&mut h.conn.out);
+        }
+        if let Some(Outcome::Failed) = self.relay_upstream(Until::Answered, true).await? {
+            self.skip_until_sync = true;
+        }
+        Ok(())
+    }
+
+    fn put_upstream(&mut self, frame: &Frame) {
+        if let Some(h) = self.forward.as_mut().and_then(|f| f.held.as_mut()) {
+            frame::put_message(&mut h.conn.out, frame.tag, |b| {
+                b.extend_from_slice(&frame.body)
+            });
+        }
+    }
+
+    /// Opens the upstream session on first use.
+    async fn ensure_upstream(&mut self) -> Result<(), PgError> {
+        let fwd = self.forward.as_mut().expect("forwarding session");
+        if fwd.lost_in_tx {
+            return Err(PgError::new(
+                SqlState::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted: the Redshift session running it was lost",
+            )
+            .with_hint("end the transaction with ROLLBACK"));
+        }
+        if fwd.held.is_none() {
+            let upstream = fwd.upstream.clone();
+            let identity = fwd.identity.clone();
+            let params = fwd.params.clone();
+            let cancel = self.cancel.signal.clone();
+            // Waiting for a pool slot or a mint is interruptible by a cancel request.
+            let held =
+                super::cancellable(
+                    cancel,
+                    async move { upstream.open(&identity, &params).await },
+                )
+                .await?;
+            self.forward.as_mut().expect("forwarding session").held = Some(held);
+        }
+        Ok(())
+    }
+
+    async fn forward_simple(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        if let Err(e) = self.ensure_upstream().await {
+            self.fail(&e);
+            self.ready();
+            return Ok(self.conn.flush().await?);
+        }
+        self.put_upstream(frame);
+        if self.relay_upstream(Until::Ready, false).await?.is_none() {
+            self.ready();
+        }
+        self.conn.flush().await?;
+        self.conn.shrink_idle();
+        Ok(())
+    }
+
+    /// Sends what is queued for the upstream and relays its answers. `None` when the
+    /// upstream session was lost (the client has been told).
+    async fn relay_upstream(
+        &mut self,
+        until: Until,
+        extended_protocol: bool,
+    ) -> Result<Option<Outcome>, Disconnect> {
+        let Some(fwd) = self.forward.as_mut() else {
+            return Ok(None);
+        };
+        let Some(held) = fwd.held.as_mut() else {
+            return Ok(None);
+        };
+        let extended = extended_protocol;
+        let result = match held.conn.flush().await {
+            Ok(()) => {
+                relay::relay(
+                    &mut self.conn,
+                    &mut held.conn,
+                    until,
+                    &mut fwd.owed,
+                    &self.cancel.signal,
+                    extended,
+                )
+                .await
+            }
+            Err(error) => Err(RelayError::Upstream {
+                error,
+                reported: false,
+            }),
+        };
+        match result {
+            Ok(outcome) => {
+                if let Outcome::Ready(status) = outcome {
+                    fwd.pending_sync = false;
+                    fwd.owed = 0;
+                    self.tx = match status {
+                        b'T' => Tx::Block,
+                        b'E' => Tx::Failed,
+                        _ => Tx::Idle,
+                    };
+                    if self.tx == Tx::Idle {
+                        self.portals.retain(|_, p| p.hold);
+                    }
+                }
+                Ok(Some(outcome))
+            }
+            Err(RelayError::Client(d)) => Err(d),
+            Err(RelayError::Upstream { error, reported }) => {
+                self.upstream_lost(error, reported);
+                if until == Until::Answered {
+                    // The client's pipeline is void until its Sync, as after any error.
+                    self.skip_until_sync = true;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The upstream connection broke: tell the client (08006 unless the upstream's
+    /// own FATAL error already did), drop the session, keep the client's session.
+    fn upstream_lost(&mut self, error: std::io::Error, reported: bool) {
+        let Some(fwd) = self.forward.as_mut() else {
+            return;
+        };
+        tracing::warn!(upstream = %fwd.upstream.name(), error = %error, "upstream session lost");
+        let in_tx = fwd.held.as_ref().is_some_and(|h| h.conn.status != b'I');
+        if let Some(held) = fwd.held.take() {
+            let upstream = fwd.upstream.clone();
+            tokio::spawn(async move { upstream.release(held, false).await });
+        }
+        fwd.statements.clear();
+        fwd.portals.clear();
+        fwd.owed = 0;
+        fwd.pending_sync = false;
+        if in_tx {
+            fwd.lost_in_tx = true;
+        }
+        if !reported {
+            self.conn.send_error(&wire::lost(error));
+        }
+        if in_tx {
+            self.tx = Tx::Failed;
+        }
+    }
+
+    /// Gives the upstream session back when the client leaves: parked for the next
+    /// client of the same identity if it ended cleanly, closed otherwise.
+    pub(super) fn end_forwarding(&mut self) {
+        let Some(mut fwd) = self.forward.take() else {
+            return;
+        };
+        if let Some(held) = fwd.held.take() {
+            let clean = held.conn.status == b'I' && fwd.owed == 0 && !fwd.pending_sync;
+            let upstream = fwd.upstream.clone();
+            tokio::spawn(async move { upstream.release(held, clean).await });
+        }
+    }
+}
+
+/// Columns of the admin views, or `None` for other names.
+pub(super) fn admin_columns(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "sluice.pools" => Some(&[
+            "upstream",
+            "endpoint",
+            "credentials",
+            "sessions_open",
+            "sessions_idle",
+            "clients_waiting",
+            "max_sessions",
+            "credentials_minted",
+            "mint_failures",
+        ]),
+        "sluice.credentials" => Some(&[
+            "upstream",
+            "database",
+            "requested_user",
+            "groups",
+            "db_user",
+            "expires_in_secs",
+        ]),
+        _ => None,
+    }
+}
+
+/// Rows of the admin views: counts and names only, never a password.
+pub(super) fn admin_rows(shared: &Shared, name: &str) -> Vec<Vec<String>> {
+    let upstreams = shared.upstreams.all();
+    if name == "sluice.pools" {
+        return upstreams
+            .iter()
+            .map(|u| {
+                let stats = u.pool.stats();
+                vec![
+                    u.name().to_owned(),
+                    u.known_endpoint()
+                        .unwrap_or_else(|| "(not yet looked up)".into()),
+                    format!("{:?}", u.config.credentials).to_lowercase(),
+                    stats.open.to_string(),
+                    stats.idle.to_string(),
+                    stats.waiting.to_string(),
+                    u.pool.max_sessions().to_string(),
+                    u.credentials.mint_count().to_string(),
+                    u.credentials.failure_count().to_string(),
+                ]
+            })
+            .collect();
+    }
+    upstreams
+        .iter()
+        .flat_map(|u| {
+            u.credentials.cached().into_iter().map(move |c| {
+                vec![
+                    u.name().to_owned(),
+                    c.database,
+                    c.requested_user,
+                    c.groups.join(","),
+                    c.db_user,
+                    c.expires_in
+                        .map(|d| d.as_secs().to_string())
+                        .unwrap_or_else(|| "never".into()),
+                ]
+            })
+        })
+        .collect()
+}

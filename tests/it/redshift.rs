@@ -1,0 +1,763 @@
+//! Redshift forwarding against real peers: PostgreSQL 15 (started here) stands in for
+//! the cluster, `moto_server` answers DescribeClusters / GetClusterCredentials, and
+//! the real `sluice` binary runs between them with AWS credentials from its
+//! environment (the standard chain), as in production.
+//!
+//! moto's minted password cannot exist in the stand-in, so the stand-in trusts members
+//! of `iam_users` over TLS: what the tests prove is that the *minted user name*
+//! (`IAM:alice`, which only moto produces) is the identity used upstream.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::harness::{demo_dir, sqlstate};
+
+/// The server's message of a database error (tokio-postgres' Display says "db error").
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[path = "../support/moto.rs"]
+mod moto;
+#[path = "../support/postgres.rs"]
+mod postgres;
+
+use moto::Moto;
+use postgres::Postgres;
+
+const CLUSTER: &str = "analytics";
+
+/// PostgreSQL + moto + a `sluice serve` process configured to forward to them.
+struct Rig {
+    pg: Postgres,
+    moto: Moto,
+    _sluice: tokio::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+struct Options {
+    /// Extra keys for the `[[redshift]]` section.
+    upstream: String,
+    /// Lines for `[redshift.pool]`.
+    pool: String,
+    /// Whether to create the cluster in moto.
+    create_cluster: bool,
+    /// Host/port of the upstream; `None` = discover through DescribeClusters.
+    host: bool,
+    /// More TOML at the end (`{pgport}` = the PostgreSQL port).
+    extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            upstream: String::new(),
+            pool: String::new(),
+            create_cluster: true,
+            host: true,
+            extra: String::new(),
+        }
+    }
+}
+
+const SETUP_SQL: &str = "\
+    CREATE ROLE iam_users NOLOGIN;\
+    CREATE ROLE \"IAM:alice\" LOGIN IN ROLE iam_users;\
+    CREATE ROLE \"IAM:bob\" LOGIN IN ROLE iam_users;\
+    CREATE ROLE etl LOGIN PASSWORD 'etl-secret';";
+
+const DEV_SQL: &str = "\
+    CREATE TABLE public.sales (id int PRIMARY KEY, region text NOT NULL, amount numeric(10,2));\
+    INSERT INTO public.sales SELECT g, CASE WHEN g % 2 = 0 THEN 'east' ELSE 'west' END, g * 1.5 FROM generate_series(1, 1000) g;\
+    GRANT SELECT ON public.sales TO iam_users;\
+    GRANT ALL ON public.sales TO \"IAM:bob\", etl;\
+    GRANT CREATE ON SCHEMA public TO \"IAM:bob\", etl;";
+
+impl Rig {
+    async fn start(opts: Options) -> Rig {
+        let pg = Postgres::start(
+            "hostssl all +iam_users 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256",
+        )
+        .expect("PostgreSQL starts");
+        pg.sql("postgres", SETUP_SQL).expect("roles");
+        pg.sql("postgres", "CREATE DATABASE dev").expect("database");
+        pg.sql("dev", DEV_SQL).expect("tables");
+        let moto = Moto::start().expect("moto starts");
+        if opts.create_cluster {
+            moto.redshift()
+                .create_cluster()
+                .cluster_identifier(CLUSTER)
+                .node_type("ra3.xlplus")
+                .master_username("awsuser")
+                .master_user_password("Secret-pw-1")
+                .db_name("dev")
+                .send()
+                .await
+                .expect("moto creates the cluster");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = postgres::free_port().expect("port");
+        let endpoint = if opts.host {
+            format!("host = \"127.0.0.1\"\nport = {}\n", pg.port)
+        } else {
+            String::new()
+        };
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[server.tls]
+allow_plaintext = "loopback"
+
+[[auth.users]]
+name = "alice"
+password = "alice-pw"
+roles = ["rs_reader"]
+[[auth.users]]
+name = "bob"
+password = "bob-pw"
+roles = ["rs_writer"]
+[[auth.users]]
+name = "ops"
+password = "ops-pw"
+roles = ["admin"]
+[[auth.users]]
+name = "lakeonly"
+password = "lake-pw"
+roles = ["lake"]
+
+[[roles]]
+name = "rs_reader"
+read = ["*"]
+redshift_user = "{{user}}"
+redshift_groups = ["analysts"]
+[[roles]]
+name = "rs_writer"
+read = ["*"]
+write = true
+redshift_user = "{{user}}"
+[[roles]]
+name = "admin"
+admin = true
+[[roles]]
+name = "lake"
+read = ["*"]
+
+[lake.local]
+root = "{root}"
+demo_data = true
+
+[[redshift]]
+name = "warehouse"
+cluster_identifier = "{CLUSTER}"
+region = "us-east-1"
+database = "dev"
+{endpoint}aws_endpoint = "{aws}"
+tls = "verify-full"
+ca_file = "{ca}"
+credentials = "get_cluster_credentials"
+{upstream}
+[redshift.pool]
+{pool}
+
+{extra}
+"#,
+            root = demo_dir().display(),
+            aws = moto.endpoint(),
+            ca = pg.ca.display(),
+            upstream = opts.upstream,
+            pool = opts.pool,
+            extra = opts.extra.replace("{pgport}", &pg.port.to_string()),
+        );
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, &toml).expect("write config");
+        let sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ETL_PASSWORD", "etl-secret")
+            // SLUICE_TEST_LOG=debug shows the gateway's side when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sluice starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "sluice did not listen:\n{toml}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Rig {
+            pg,
+            moto,
+            _sluice: sluice,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn connect(&self, user: &str, password: &str) -> Client {
+        self.try_connect(user, password).await.expect("connect")
+    }
+
+    async fn try_connect(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let url = format!(
+            "host=127.0.0.1 port={} dbname=sluice user={user} password={password} sslmode=disable",
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    async fn alice(&self) -> Client {
+        self.connect("alice", "alice-pw").await
+    }
+
+    async fn bob(&self) -> Client {
+        self.connect("bob", "bob-pw").await
+    }
+
+    /// A row of `SHOW sluice.pools` (as the admin user) as name → value.
+    async fn pools(&self) -> Vec<(String, String)> {
+        let ops = self.connect("ops", "ops-pw").await;
+        let msgs = ops
+            .simple_query("SHOW sluice.pools")
+            .await
+            .expect("show pools");
+        let row = msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a pool row");
+        (0..row.len())
+            .map(|i| {
+                (
+                    row.columns()[i].name().to_owned(),
+                    row.get(i).unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn pool_value(&self, name: &str) -> String {
+        self.pools()
+            .await
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+}
+
+async fn scalar(c: &Client, sql: &str) -> String {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_share_one_minted_identity() {
+    let rig = Rig::start(Options::default()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = rig.alice().await;
+        tasks.push(tokio::spawn(async move {
+            let user = scalar(&c, "SELECT current_user").await;
+            let rows = scalar(&c, "SELECT count(*) FROM public.sales").await;
+            (user, rows, c)
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        let (user, rows, c) = t.await.expect("task");
+        // The name only GetClusterCredentials produces: moto's minted DbUser.
+        assert_eq!(user, "IAM:alice");
+        assert_eq!(rows, "1000");
+        clients.push(c);
+    }
+    assert_eq!(
+        rig.pool_value("credentials_minted").await,
+        "1",
+        "{:?}",
+        rig.pools().await
+    );
+    assert_eq!(rig.pool_value("sessions_open").await, "8");
+    // The same session still answers lake queries locally.
+    assert_eq!(
+        scalar(&clients[0], "SELECT count(*) FROM nyc.vendors").await,
+        scalar(
+            &rig.connect("lakeonly", "lake-pw").await,
+            "SELECT count(*) FROM nyc.vendors"
+        )
+        .await
+    );
+    // A user whose roles grant no Redshift identity stays on the lake.
+    let lake = rig.connect("lakeonly", "lake-pw").await;
+    let err = lake
+        .simple_query("SELECT * FROM public.sales")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42P01", "{err}");
+    // The credential cache lists the identity, never the password.
+    let ops = rig.connect("ops", "ops-pw").await;
+    let creds = ops
+        .simple_query("SHOW sluice.credentials")
+        .await
+        .expect("show");
+    let text = format!("{creds:?}");
+    assert!(
+        text.contains("IAM:alice") && text.contains("analysts"),
+        "{text}"
+    );
+    // Non-admins may not look.
+    let err = clients[0]
+        .simple_query("SHOW sluice.pools")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_near_expiry_are_minted_again_in_the_background() {
+    let rig = Rig::start(Options {
+        upstream: "duration_seconds = 900\nrefresh_ahead_secs = 899\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let a = rig.alice().await;
+    assert_eq!(scalar(&a, "SELECT current_user").await, "IAM:alice");
+    assert_eq!(rig.pool_value("credentials_minted").await, "1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Within 899 s of expiry now: the next login is served the cached credential and
+    // triggers one refresh.
+    let b = rig.alice().await;
+    assert_eq!(scalar(&b, "SELECT current_user").await, "IAM:alice");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if rig.pool_value("credentials_minted").await == "2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refresh: {:?}",
+            rig.pools().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_transactions_copy_and_prepared_statements() {
+    let rig = Rig::start(Options::default()).await;
+    let mut bob = rig.bob().await;
+    assert_eq!(scalar(&bob, "SELECT current_user").await, "IAM:bob");
+    // Temp tables and settings live in the pinned upstream session.
+    bob.batch_execute(
+        "CREATE TEMP TABLE scratch (id int, note text); SET application_name = 'etl-job'",
+    )
+    .await
+    .expect("temp table");
+    assert_eq!(scalar(&bob, "SHOW application_name").await, "etl-job");
+    // Transactions: a rolled-back insert leaves nothing.
+    bob.batch_execute("BEGIN; INSERT INTO scratch VALUES (1, 'gone'); ROLLBACK")
+        .await
+        .expect("rollback");
+    bob.batch_execute("BEGIN; INSERT INTO scratch VALUES (2, 'kept'); COMMIT")
+        .await
+        .expect("commit");
+    assert_eq!(
+        scalar(&bob, "SELECT string_agg(note, ',') FROM scratch").await,
+        "kept"
+    );
+    // An error inside a transaction block fails the block, as on PostgreSQL.
+    bob.batch_execute("BEGIN").await.expect("begin");
+    let err = bob.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    let err = bob.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    bob.batch_execute("ROLLBACK").await.expect("rollback");
+
+    // COPY FROM STDIN and TO STDOUT, relayed both ways.
+    use futures::{SinkExt, StreamExt};
+    let sink = bob
+        .copy_in("COPY scratch (id, note) FROM STDIN")
+        .await
+        .expect("copy in");
+    futures::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 10..5010 {
+        data.push_str(&format!("{i}\trow {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data))
+        .await
+        .expect("copy data");
+    let copied = sink.finish().await.expect("copy done");
+    assert_eq!(copied, 5000);
+    let out = bob
+        .copy_out("COPY (SELECT id, note FROM scratch WHERE id < 13 ORDER BY id) TO STDOUT")
+        .await
+        .expect("copy out");
+    futures::pin_mut!(out);
+    let mut text = Vec::new();
+    while let Some(chunk) = out.next().await {
+        text.extend_from_slice(&chunk.expect("copy chunk"));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        "2\tkept\n10\trow 10\n11\trow 11\n12\trow 12\n"
+    );
+
+    // Prepared statements reused, with binary parameters and results.
+    let stmt = bob
+        .prepare("SELECT id, region, amount FROM public.sales WHERE id = $1")
+        .await
+        .expect("prepare");
+    for id in [1i32, 2, 999] {
+        let row = bob.query_one(&stmt, &[&id]).await.expect("execute");
+        let got: i32 = row.get(0);
+        let region: &str = row.get(1);
+        assert_eq!(got, id);
+        assert_eq!(region, if id % 2 == 0 { "east" } else { "west" });
+    }
+    // A portal read in chunks (max_rows / PortalSuspended) through a transaction.
+    let tx = bob.transaction().await.expect("tx");
+    let portal = tx
+        .bind("SELECT id FROM public.sales ORDER BY id", &[])
+        .await
+        .expect("bind");
+    let first = tx.query_portal(&portal, 300).await.expect("first chunk");
+    let rest = tx.query_portal(&portal, 0).await.expect("rest");
+    assert_eq!((first.len(), rest.len()), (300, 700));
+    tx.commit().await.expect("commit");
+    // Errors keep the upstream's SQLSTATE and fields.
+    let err = bob
+        .query("SELECT nope FROM public.sales", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42703");
+    // Notices are relayed.
+    let msgs = bob
+        .simple_query("DO $$ BEGIN RAISE NOTICE 'hello from upstream'; END $$")
+        .await
+        .expect("notice statement");
+    assert!(!msgs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_roles_cannot_send_writes_upstream() {
+    let rig = Rig::start(Options::default()).await;
+    let alice = rig.alice().await;
+    for sql in [
+        "INSERT INTO public.sales VALUES (5000, 'north', 1)",
+        "DELETE FROM public.sales",
+        "CREATE TEMP TABLE t (a int)",
+        "WITH d AS (DELETE FROM public.sales RETURNING *) SELECT count(*) FROM d",
+        // Text Sluice cannot parse cannot be proven read-only.
+        "VACUUM FULL VERBOSE ANALYZE public.sales WITH NONSENSE",
+    ] {
+        let err = alice.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{sql}: {err}");
+        let err = alice.query(sql, &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{sql} (extended): {err}");
+    }
+    assert_eq!(
+        rig.pg
+            .sql("dev", "SELECT count(*) FROM public.sales")
+            .expect("count")
+            .trim(),
+        "1000"
+    );
+    // Reads still work after the refusals, on the same session.
+    assert_eq!(
+        scalar(&alice, "SELECT count(*) FROM public.sales").await,
+        "1000"
+    );
+    // Refused statements never reached the upstream.
+    let seen = rig
+        .pg
+        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%DELETE FROM%' AND usename = 'IAM:alice'")
+        .expect("activity");
+    assert_eq!(seen.trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_upstream_backend() {
+    let rig = Rig::start(Options::default()).await;
+    let alice = rig.alice().await;
+    let token = alice.cancel_token();
+    let started = Instant::now();
+    let query = tokio::spawn(async move {
+        let r = alice.simple_query("SELECT pg_sleep(60)").await;
+        (r.map(|_| ()), alice)
+    });
+    // Wait until the upstream is running it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig
+        .pg
+        .sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND state = 'active'")
+        .expect("activity")
+        .trim()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "query never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel_query(NoTls).await.expect("cancel sent");
+    let (result, alice) = query.await.expect("task");
+    let err = result.unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(scalar(&alice, "SELECT 41 + 1").await, "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_upstream_fails_only_its_own_session() {
+    let rig = Rig::start(Options::default()).await;
+    let victim = rig.alice().await;
+    let bystander = rig.bob().await;
+    assert_eq!(scalar(&bystander, "SELECT current_user").await, "IAM:bob");
+    let query = tokio::spawn(async move {
+        let r = victim.simple_query("SELECT pg_sleep(60)").await;
+        (r.map(|_| ()), victim)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let killed = rig
+            .pg
+            .sql("postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'IAM:alice' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'")
+            .expect("terminate");
+        if killed.trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "query never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (result, victim) = query.await.expect("task");
+    let err = result.unwrap_err();
+    // PostgreSQL's own FATAL (admin shutdown) reaches the client as an ERROR: the
+    // client's session with Sluice survives.
+    assert_eq!(sqlstate(&err), "57P01", "{err}");
+    assert!(!victim.is_closed());
+    // The session heals with a new upstream session; lake queries never stopped.
+    assert_eq!(scalar(&victim, "SELECT current_user").await, "IAM:alice");
+    assert_ne!(
+        scalar(&victim, "SELECT count(*) FROM nyc.vendors").await,
+        "0"
+    );
+    assert_eq!(
+        scalar(&bystander, "SELECT count(*) FROM public.sales").await,
+        "1000"
+    );
+
+    // A whole upstream restart: the next statement gets a connection error, the one
+    // after that works again.
+    rig.pg.restart().expect("restart");
+    let err = bystander.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        ["08006", "57P01"].contains(&sqlstate(&err).as_str()),
+        "{err}"
+    );
+    assert_eq!(
+        scalar(&bystander, "SELECT count(*) FROM public.sales").await,
+        "1000"
+    );
+
+    // Upstream down: a clear 08001, local queries unaffected.
+    rig.pg.stop().expect("stop");
+    let fresh = rig.alice().await;
+    let err = fresh.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08001", "{err}");
+    assert!(message(&err).contains("could not connect"), "{err}");
+    assert_ne!(
+        scalar(&fresh, "SELECT count(*) FROM nyc.vendors").await,
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_limits_queue_clients_and_reuse_sessions_after_a_reset() {
+    let rig = Rig::start(Options {
+        pool: "max_sessions = 1\nacquire_timeout_secs = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let first = rig.bob().await;
+    first
+        .batch_execute("CREATE TEMP TABLE mine (a int); SET statement_timeout = '123s'")
+        .await
+        .expect("state");
+    let pid = scalar(&first, "SELECT pg_backend_pid()").await;
+    // The only upstream session is taken: the next client waits, then gets 53300.
+    let second = rig.bob().await;
+    let started = Instant::now();
+    let err = second
+        .simple_query("SELECT 1")
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("not queued: {:?}", futures::executor::block_on(rig.pools())));
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // A waiting client gets the session as soon as it is free.
+    let waiter = tokio::spawn(async move {
+        let pid = scalar(&second, "SELECT pg_backend_pid()").await;
+        let temp = scalar(
+            &second,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'",
+        )
+        .await;
+        let timeout = scalar(&second, "SHOW statement_timeout").await;
+        (pid, temp, timeout)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first);
+    let (reused_pid, temp, timeout) = waiter.await.expect("waiter");
+    // The same backend, with nothing left of the first client's state.
+    assert_eq!(reused_pid, pid);
+    assert_eq!(temp, "0");
+    assert_eq!(timeout, "0");
+    // Another identity needs its own session: bob's parked one (its client is gone)
+    // is closed to make room.
+    let alice = rig.alice().await;
+    assert_eq!(scalar(&alice, "SELECT current_user").await, "IAM:alice");
+    assert_eq!(rig.pool_value("sessions_open").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_discovery_and_mint_failures_are_clear() {
+    // No host configured: the endpoint comes from DescribeClusters (moto's
+    // made-up address, which does not resolve here).
+    let rig = Rig::start(Options {
+        host: false,
+        ..Options::default()
+    })
+    .await;
+    let described = rig
+        .moto
+        .redshift()
+        .describe_clusters()
+        .cluster_identifier(CLUSTER)
+        .send()
+        .await
+        .expect("describe");
+    let address = described.clusters()[0]
+        .endpoint()
+        .and_then(|e| e.address())
+        .expect("address")
+        .to_owned();
+    let alice = rig.alice().await;
+    let err = alice.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08001", "{err}");
+    assert!(message(&err).contains(&address), "{err}");
+    drop(rig);
+
+    // No such cluster: GetClusterCredentials fails with the AWS error code.
+    let rig = Rig::start(Options {
+        create_cluster: false,
+        ..Options::default()
+    })
+    .await;
+    let alice = rig.alice().await;
+    let err = alice.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08001", "{err}");
+    let text = message(&err);
+    assert!(text.contains("ClusterNotFound"), "{text}");
+    assert!(!text.contains("testing"), "AWS keys leaked: {text}");
+    assert_eq!(rig.pool_value("mint_failures").await, "1");
+    // The failed session keeps working for the lake.
+    assert!(
+        !scalar(&alice, "SELECT count(*) FROM nyc.vendors")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_credentials_log_in_with_scram_and_psql_works_through() {
+    // A second upstream in static mode (SCRAM login, TLS without verification),
+    // chosen by connecting to database "etl".
+    let rig = Rig::start(Options {
+        extra: "[[redshift]]\nname = \"etl\"\ndatabase = \"dev\"\nhost = \"127.0.0.1\"\n\
+                port = {pgport}\ncredentials = \"static\"\nuser = \"etl\"\n\
+                password_env = \"ETL_PASSWORD\"\ntls = \"require\"\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let url = format!(
+        "host=127.0.0.1 port={} dbname=etl user=bob password=bob-pw sslmode=require",
+        rig.port
+    );
+    let out = tokio::process::Command::new("psql")
+        .arg(&url)
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            "SELECT current_user",
+            "-c",
+            "\\dt public.*",
+        ])
+        .output()
+        .await
+        .expect("psql runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("etl\n"), "{text}");
+    assert!(text.contains("public|sales|table|"), "{text}");
+    // The default database still goes to the IAM upstream.
+    assert_eq!(
+        scalar(&rig.bob().await, "SELECT current_user").await,
+        "IAM:bob"
+    );
+    // An unknown database is refused at login.
+    let err = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=nope user=bob password=bob-pw sslmode=disable",
+            rig.port
+        ),
+        NoTls,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(sqlstate(&err), "3D000");
+}

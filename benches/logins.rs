@@ -7,7 +7,7 @@
 //!
 //! Run: `cargo bench --bench logins` (options: `--seconds N`, `--clients N`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,137 +17,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+use postgres::{Postgres, Result, run};
 
 const USER: &str = "bench@contoso.com";
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn is_root() -> bool {
-    run(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A command run as the `postgres` user when we are root (initdb refuses root).
-fn as_pg(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn pg_bin(name: &str) -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
-        .rev()
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            format!("{name} not found under /usr/lib/postgresql (apt-get install postgresql)")
-                .into()
-        })
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// PostgreSQL with TLS and SCRAM, in a temporary directory.
-struct Postgres {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Postgres {
-    fn start() -> Result<Postgres> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::write(dir.path().join("pw"), "bench\n")?;
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(dir.path()))?;
-        }
-        run(as_pg(&pg_bin("initdb")?)
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "bench", "-A", "scram-sha-256", "--pwfile"])
-            .arg(dir.path().join("pw")))?;
-        run(Command::new("openssl")
-            .current_dir(&data)
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-            ])
-            .args([
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-            ]))?;
-        let port = free_port()?;
-        let conf = format!(
-            "\nssl = on\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 200\n",
-            dir.path().display()
-        );
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut f, conf.as_bytes())?;
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(dir.path()))?;
-            run(Command::new("chmod")
-                .arg("600")
-                .arg(data.join("server.key")))?;
-        }
-        run(as_pg(&pg_bin("pg_ctl")?)
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .args(["-w", "start"]))?;
-        Ok(Postgres { dir, port })
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Ok(pg_ctl) = pg_bin("pg_ctl") {
-            let _ = as_pg(&pg_ctl)
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-m", "immediate", "stop"])
-                .output();
-        }
-    }
-}
 
 /// An RSA key, its JWKS served over HTTP, and a token for `USER`.
 async fn issuer() -> Result<(String, String)> {
@@ -266,7 +141,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let pg = Postgres::start()?;
+        let pg = Postgres::start("hostssl all all 127.0.0.1/32 scram-sha-256")?;
+        pg.sql("postgres", "CREATE ROLE bench LOGIN PASSWORD 'bench'")?;
         let (discovery, token) = issuer().await?;
         let dir = tempfile::tempdir()?;
         let toml = format!(

@@ -1,0 +1,362 @@
+//! Forwarding overhead: `pgbench -S` (simple and prepared protocol, several client
+//! counts) against PostgreSQL directly, through PgBouncer (session pooling) and through
+//! Sluice forwarding to the same PostgreSQL, in one run; then rows/s streaming a
+//! 10-million-row result directly and through Sluice; then pg8000's own test suite
+//! (a real driver's tests) directly and through Sluice.
+//!
+//! All hops are plaintext on loopback, so the numbers compare the proxies, not TLS.
+//! Sluice uses `credentials = "static"` (no AWS API in the measured path: minted
+//! credentials are cached and only matter at connect time).
+//!
+//! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--skip-suite`).
+//! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
+//! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
+
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use postgres::{Postgres, Result, free_port, run};
+
+const CLIENT_COUNTS: [usize; 3] = [1, 8, 32];
+
+struct Args {
+    seconds: u64,
+    skip_suite: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 5,
+        skip_suite: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
+            "--skip-suite" => a.skip_suite = true,
+            _ => {}
+        }
+    }
+    a
+}
+
+/// PgBouncer in session mode in front of `pg`, run as the `postgres` user.
+struct Bouncer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Bouncer {
+    fn start(pg_port: u16) -> Result<Bouncer> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\nbench = host=127.0.0.1 port={pg_port} dbname=bench\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\npool_mode = session\n\
+                 max_client_conn = 500\ndefault_pool_size = 100\nunix_socket_dir =\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n"
+            ),
+        )?;
+        std::fs::write(dir.path().join("userlist.txt"), "\"bench\" \"bench\"\n")?;
+        run(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()))?;
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pgbouncer"])
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("pgbouncer does not start ({e}): apt-get install pgbouncer"))?;
+        wait_listening(port)?;
+        Ok(Bouncer {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_listening(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on {port}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Sluice in-process, forwarding database `bench` (and `postgres`, for the driver
+/// suite) to PostgreSQL with static credentials.
+async fn start_sluice(pg_port: u16, dir: &Path) -> Result<u16> {
+    std::fs::write(dir.join("bench.pw"), "bench\n")?;
+    std::fs::write(dir.join("postgres.pw"), "pw\n")?;
+    std::fs::create_dir_all(dir.join("lake"))?;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+database = "sluice"
+max_connections = 1000
+[server.tls]
+allow_plaintext = "loopback"
+[log]
+level = "warn"
+
+[[auth.users]]
+name = "bench"
+password = "bench"
+roles = ["writer"]
+[[auth.users]]
+name = "postgres"
+password = "pw"
+roles = ["writer"]
+
+[[roles]]
+name = "writer"
+write = true
+redshift_user = "{{user}}"
+
+[lake.local]
+root = "lake"
+
+[[redshift]]
+name = "bench"
+database = "bench"
+host = "127.0.0.1"
+port = {pg_port}
+tls = "disable"
+credentials = "static"
+user = "bench"
+password_file = "bench.pw"
+[redshift.pool]
+max_sessions = 200
+max_sessions_per_user = 200
+
+[[redshift]]
+name = "postgres"
+database = "postgres"
+host = "127.0.0.1"
+port = {pg_port}
+tls = "disable"
+credentials = "static"
+user = "postgres"
+password_file = "postgres.pw"
+"#
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml)?;
+    let config = sluice::config::Config::load(&path)?;
+    let server = sluice::server::Server::bind(config).await?;
+    let port = server.local_addr()?.port();
+    tokio::spawn(server.run());
+    Ok(port)
+}
+
+struct PgbenchResult {
+    tps: f64,
+    latency_ms: f64,
+}
+
+fn pgbench(port: u16, clients: usize, mode: &str, seconds: u64) -> Result<PgbenchResult> {
+    let out = run(Command::new("pgbench")
+        .env("PGPASSWORD", "bench")
+        .args(["-n", "-S", "-h", "127.0.0.1", "-U", "bench"])
+        .args(["-p", &port.to_string()])
+        .args(["-c", &clients.to_string()])
+        .args(["-j", &clients.min(2).to_string()])
+        .args(["-M", mode, "-T", &seconds.to_string(), "bench"]))?;
+    let number = |prefix: &str| -> Option<f64> {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l[prefix.len()..].split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Ok(PgbenchResult {
+        tps: number("tps = ").ok_or_else(|| format!("no tps in pgbench output:\n{out}"))?,
+        latency_ms: number("latency average = ").unwrap_or(f64::NAN),
+    })
+}
+
+/// Rows/s reading `rows` generated rows through a tokio-postgres client.
+async fn stream_rows(port: u16, rows: u64) -> Result<f64> {
+    let url = format!("host=127.0.0.1 port={port} user=bench password=bench dbname=bench");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let sql = format!("SELECT g, g::text AS t FROM generate_series(1, {rows}) g");
+    let started = Instant::now();
+    let stream = client
+        .query_raw(sql.as_str(), std::iter::empty::<i32>())
+        .await?;
+    futures::pin_mut!(stream);
+    let mut n = 0u64;
+    while let Some(row) = stream.next().await {
+        row?;
+        n += 1;
+    }
+    assert_eq!(n, rows);
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs pg8000's own tests (native + dbapi) against `port`; returns (passed, failed
+/// test ids).
+fn pg8000_suite(tests: &Path, port: u16) -> Result<(usize, Vec<String>)> {
+    let out = Command::new("python3")
+        .current_dir(tests)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGPASSWORD", "pw")
+        .args(["-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "--timeout=60"])
+        .args(["test/native", "test/dbapi", "-k", "not benchmark and not gss and not ssl"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("FAILED "))
+        .map(|l| l.split(" - ").next().unwrap_or(l).to_owned())
+        .collect();
+    let passed = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let idx = l.find(" passed")?;
+            l[..idx].rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .unwrap_or(0);
+    Ok((passed, failed))
+}
+
+/// pg8000's source tree (its tests are not in the wheel), fetched once with pip.
+fn pg8000_tests() -> Result<PathBuf> {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg8000-src");
+    let tree = base.join("pg8000-1.31.6");
+    if !tree.exists() {
+        std::fs::create_dir_all(&base)?;
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"])
+            .args(["pg8000==1.31.6", "-d"])
+            .arg(&base))?;
+        run(Command::new("tar")
+            .current_dir(&base)
+            .args(["xzf", "pg8000-1.31.6.tar.gz"]))?;
+    }
+    Ok(tree)
+}
+
+fn main() -> Result<()> {
+    let args = args();
+    let pg = Postgres::start("host all all 127.0.0.1/32 scram-sha-256")?;
+    pg.sql(
+        "postgres",
+        "CREATE ROLE bench LOGIN SUPERUSER PASSWORD 'bench'; \
+         CREATE ROLE postgres LOGIN SUPERUSER PASSWORD 'pw';",
+    )?;
+    pg.sql("postgres", "CREATE DATABASE bench OWNER bench")?;
+    run(Command::new("pgbench")
+        .env("PGPASSWORD", "bench")
+        .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "bench"])
+        .args(["-p", &pg.port.to_string(), "bench"]))?;
+    let bouncer = Bouncer::start(pg.port)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let sluice = runtime.block_on(start_sluice(pg.port, dir.path()))?;
+
+    println!(
+        "pgbench -S, {} s per run (PostgreSQL 15, scale 10; all hops plaintext on loopback)",
+        args.seconds
+    );
+    println!(
+        "{:<9} {:>7} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "mode", "clients", "direct tps", "bouncer", "sluice", "s/direct", "s/bouncer", "lat direct", "lat bouncer", "lat sluice"
+    );
+    for mode in ["simple", "prepared"] {
+        for clients in CLIENT_COUNTS {
+            let d = pgbench(pg.port, clients, mode, args.seconds)?;
+            let b = pgbench(bouncer.port, clients, mode, args.seconds)?;
+            let s = runtime.block_on(async {
+                tokio::task::spawn_blocking(move || pgbench(sluice, clients, mode, args.seconds))
+                    .await
+            })??;
+            println!(
+                "{:<9} {:>7} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>8.3}ms {:>8.3}ms {:>8.3}ms",
+                mode,
+                clients,
+                d.tps,
+                b.tps,
+                s.tps,
+                s.tps / d.tps,
+                s.tps / b.tps,
+                d.latency_ms,
+                b.latency_ms,
+                s.latency_ms
+            );
+        }
+    }
+
+    let rows = 10_000_000;
+    println!("\nstreaming {rows} rows (int4, text) to tokio-postgres, binary format");
+    runtime.block_on(async {
+        let mut direct = Vec::new();
+        let mut through = Vec::new();
+        for _ in 0..2 {
+            direct.push(stream_rows(pg.port, rows).await?);
+            through.push(stream_rows(sluice, rows).await?);
+        }
+        let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "direct {:.2} M rows/s, through Sluice {:.2} M rows/s, ratio {:.2}",
+            best(&direct) / 1e6,
+            best(&through) / 1e6,
+            best(&through) / best(&direct)
+        );
+        Ok::<_, postgres::BoxError>(())
+    })?;
+
+    if !args.skip_suite {
+        let ready = Command::new("python3")
+            .args(["-c", "import pg8000, pytest, pytest_timeout"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ready {
+            println!("\npg8000 suite skipped: pip install pytest pytest-timeout pg8000==1.31.6");
+        } else {
+            let tests = pg8000_tests()?;
+            let (direct_pass, direct_fail) = pg8000_suite(&tests, pg.port)?;
+            let sluice_port = sluice;
+            let (sluice_pass, sluice_fail) = runtime.block_on(async move {
+                tokio::task::spawn_blocking(move || pg8000_suite(&tests, sluice_port)).await
+            })??;
+            println!("\npg8000 1.31.6 own tests (native + dbapi, without benchmarks/GSS/SSL):");
+            println!("direct:  {direct_pass} passed, {} failed", direct_fail.len());
+            println!("sluice:  {sluice_pass} passed, {} failed", sluice_fail.len());
+            for f in sluice_fail.iter().filter(|f| !direct_fail.contains(f)) {
+                println!("  fails only through Sluice: {f}");
+            }
+        }
+    }
+    drop(bouncer);
+    Ok(())
+}

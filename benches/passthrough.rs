@@ -68,7 +68,9 @@ impl Bouncer {
             ),
         )?;
         std::fs::write(dir.path().join("userlist.txt"), "\"bench\" \"bench\"\n")?;
-        run(Command::new("chown").args(["-R", "postgres"]).arg(dir.path()))?;
+        run(Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path()))?;
         let child = Command::new("runuser")
             .args(["-u", "postgres", "--", "pgbouncer"])
             .arg(dir.path().join("pgbouncer.ini"))
@@ -225,8 +227,21 @@ fn pg8000_suite(tests: &Path, port: u16) -> Result<(usize, Vec<String>)> {
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", port.to_string())
         .env("PGPASSWORD", "pw")
-        .args(["-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "--timeout=60"])
-        .args(["test/native", "test/dbapi", "-k", "not benchmark and not gss and not ssl"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            "--timeout=60",
+        ])
+        .args([
+            "test/native",
+            "test/dbapi",
+            "-k",
+            "not benchmark and not gss and not ssl",
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let failed: Vec<String> = text
@@ -239,7 +254,11 @@ fn pg8000_suite(tests: &Path, port: u16) -> Result<(usize, Vec<String>)> {
         .rev()
         .find_map(|l| {
             let idx = l.find(" passed")?;
-            l[..idx].rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            l[..idx]
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
         .unwrap_or(0);
     Ok((passed, failed))
@@ -252,7 +271,15 @@ fn pg8000_tests() -> Result<PathBuf> {
     if !tree.exists() {
         std::fs::create_dir_all(&base)?;
         run(Command::new("python3")
-            .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+            ])
             .args(["pg8000==1.31.6", "-d"])
             .arg(&base))?;
         run(Command::new("tar")
@@ -289,7 +316,16 @@ fn main() -> Result<()> {
     );
     println!(
         "{:<9} {:>7} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10}",
-        "mode", "clients", "direct tps", "bouncer", "sluice", "s/direct", "s/bouncer", "lat direct", "lat bouncer", "lat sluice"
+        "mode",
+        "clients",
+        "direct tps",
+        "bouncer",
+        "sluice",
+        "s/direct",
+        "s/bouncer",
+        "lat direct",
+        "lat bouncer",
+        "lat sluice"
     );
     for mode in ["simple", "prepared"] {
         for clients in CLIENT_COUNTS {
@@ -350,8 +386,14 @@ fn main() -> Result<()> {
                 tokio::task::spawn_blocking(move || pg8000_suite(&tests, sluice_port)).await
             })??;
             println!("\npg8000 1.31.6 own tests (native + dbapi, without benchmarks/GSS/SSL):");
-            println!("direct:  {direct_pass} passed, {} failed", direct_fail.len());
-            println!("sluice:  {sluice_pass} passed, {} failed", sluice_fail.len());
+            println!(
+                "direct:  {direct_pass} passed, {} failed",
+                direct_fail.len()
+            );
+            println!(
+                "sluice:  {sluice_pass} passed, {} failed",
+                sluice_fail.len()
+            );
             for f in sluice_fail.iter().filter(|f| !direct_fail.contains(f)) {
                 println!("  fails only through Sluice: {f}");
             }

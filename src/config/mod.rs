@@ -842,4 +842,52 @@ mod tests {
             PathBuf::from("/etc/sluice/data")
         );
     }
+
+    #[test]
+    fn redshift_upstreams_are_validated_with_their_key() {
+        let base = "[[redshift]]\nname = \"wh\"\ndatabase = \"dev\"\nregion = \"us-east-1\"\n";
+        let err = |extra: &str| {
+            parse(&format!("{base}{extra}"))
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        assert!(
+            err("credentials = \"get_cluster_credentials\"\n")
+                .contains("redshift[0].cluster_identifier"),
+        );
+        assert!(err("credentials = \"serverless\"\n").contains("redshift[0].workgroup"));
+        assert!(
+            err("credentials = \"static\"\nuser = \"u\"\nhost = \"h\"\nport = 1\n")
+                .contains("password_env")
+        );
+        assert!(
+            err("cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\nduration_seconds = 60\n")
+                .contains("redshift[0].duration_seconds")
+        );
+        assert!(
+            err("cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\nhost = \"h\"\n")
+                .contains("redshift[0].port")
+        );
+        assert!(
+            err("cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\ntls = \"sometimes\"\n")
+                .contains("tls")
+        );
+        assert!(
+            err("cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\n[redshift.pool]\nmax_sessions = 0\n")
+                .contains("redshift[0].pool.max_sessions")
+        );
+        assert_eq!(
+            err("cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\n"),
+            ""
+        );
+        let twice = format!(
+            "{base}cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\n{base}cluster_identifier = \"c\"\ncredentials = \"get_cluster_credentials\"\n"
+        );
+        assert!(
+            parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("redshift[1].name")
+        );
+    }
 }

@@ -80,6 +80,18 @@ pub enum CredentialMode {
     Static,
 }
 
+impl CredentialMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialMode::GetClusterCredentials => "get_cluster_credentials",
+            CredentialMode::GetClusterCredentialsWithIam => "get_cluster_credentials_with_iam",
+            CredentialMode::Serverless => "serverless",
+            CredentialMode::Static => "static",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {

@@ -43,7 +43,6 @@ pub struct Minted {
     pub password: String,
     /// `None`: never expires (static credentials).
     pub expires: Option<Instant>,
-    pub minted_at: SystemTime,
 }
 
 impl std::fmt::Debug for Minted {
@@ -212,7 +211,6 @@ impl Credentials {
                     user: c.user.clone().unwrap_or_default(),
                     password: self.static_password.clone().unwrap_or_default(),
                     expires: None,
-                    minted_at: SystemTime::now(),
                 });
             }
             CredentialMode::GetClusterCredentials => {
@@ -320,7 +318,6 @@ impl Credentials {
             user,
             password,
             expires,
-            minted_at: SystemTime::now(),
         })
     }
 

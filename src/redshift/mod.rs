@@ -363,3 +363,48 @@ pub fn refuse_write(kind: &str) -> PgError {
     )
     .with_hint("ask for a role with write = true")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str, user: Option<&str>, groups: &[&str], includes: &[&str]) -> RoleConfig {
+        RoleConfig {
+            name: name.into(),
+            read: vec![],
+            includes: includes.iter().map(|s| s.to_string()).collect(),
+            write: false,
+            admin: false,
+            row_limit: None,
+            redshift_user: user.map(str::to_owned),
+            redshift_groups: groups.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn first_role_names_the_user_and_groups_add_up() {
+        let roles = vec![
+            role("sales", None, &["sales"], &["base"]),
+            role("base", Some("aad:{user}"), &["everyone"], &[]),
+            role("admin", Some("admin_{user}"), &["admins"], &[]),
+        ];
+        let id = identity_for(
+            "Alice@Contoso.com",
+            &["sales".into(), "admin".into()],
+            &roles,
+        )
+        .expect("an identity");
+        // `sales` names no user; breadth-first, `admin` (granted directly) comes
+        // before `base` (included by sales).
+        assert_eq!(id.user, "admin_alice@contoso.com");
+        assert_eq!(id.groups, vec!["admins", "everyone", "sales"]);
+        assert!(
+            identity_for(
+                "bob",
+                &["sales".into()],
+                &[role("sales", None, &["x"], &[])]
+            )
+            .is_none()
+        );
+    }
+}

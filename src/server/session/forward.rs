@@ -41,6 +41,8 @@ pub(super) struct Forwarding {
     owed: usize,
     /// Extended-protocol messages were forwarded since the last Sync.
     pending_sync: bool,
+    /// A relay is under way (a statement may still be running upstream).
+    in_flight: bool,
     /// The upstream session broke inside a transaction: until the client ends it,
     /// forwarded statements fail with 25P02 rather than silently autocommit.
     lost_in_tx: bool,
@@ -93,6 +95,7 @@ impl Forwarding {
             portals: HashSet::new(),
             owed: 0,
             pending_sync: false,
+            in_flight: false,
             lost_in_tx: false,
         })
     }
@@ -412,6 +415,7 @@ impl Session {
             return Ok(None);
         };
         let extended = extended_protocol;
+        fwd.in_flight = true;
         let result = match held.conn.flush().await {
             Ok(()) => {
                 relay::relay(
@@ -431,6 +435,7 @@ impl Session {
         };
         match result {
             Ok(outcome) => {
+                fwd.in_flight = false;
                 if let Outcome::Ready(status) = outcome {
                     fwd.pending_sync = false;
                     fwd.owed = 0;
@@ -491,7 +496,9 @@ impl Session {
             return;
         };
         if let Some(held) = fwd.held.take() {
-            let clean = held.conn.status == b'I' && fwd.owed == 0 && !fwd.pending_sync;
+            // Mid-statement or mid-transaction sessions are closed, never reused.
+            let clean =
+                held.conn.status == b'I' && fwd.owed == 0 && !fwd.pending_sync && !fwd.in_flight;
             let upstream = fwd.upstream.clone();
             tokio::spawn(async move { upstream.release(held, clean).await });
         }
@@ -536,7 +543,7 @@ pub(super) fn admin_rows(shared: &Shared, name: &str) -> Vec<Vec<String>> {
                     u.name().to_owned(),
                     u.known_endpoint()
                         .unwrap_or_else(|| "(not yet looked up)".into()),
-                    format!("{:?}", u.config.credentials).to_lowercase(),
+                    u.config.credentials.as_str().to_owned(),
                     stats.open.to_string(),
                     stats.idle.to_string(),
                     stats.waiting.to_string(),

@@ -55,6 +55,18 @@ impl std::fmt::Debug for Minted {
     }
 }
 
+/// (user, password, expiration) from any of the three credential APIs' outputs,
+/// which share accessor names but not a type.
+macro_rules! login_of {
+    ($o:expr) => {
+        (
+            $o.db_user().map(str::to_owned),
+            $o.db_password().map(str::to_owned),
+            $o.expiration().cloned(),
+        )
+    };
+}
+
 /// Entries leave the cache this long before the credential itself expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
@@ -227,14 +239,8 @@ impl Credentials {
                     .duration_seconds(c.duration_seconds as i32)
                     .send()
                     .await;
-                out.map(|o| {
-                    (
-                        o.db_user().map(str::to_owned),
-                        o.db_password().map(str::to_owned),
-                        o.expiration().cloned(),
-                    )
-                })
-                .map_err(|e| describe_error("GetClusterCredentials", &e))
+                out.map(|o| login_of!(o))
+                    .map_err(|e| describe_error("GetClusterCredentials", &e))
             }
             CredentialMode::GetClusterCredentialsWithIam => {
                 let out = self
@@ -247,14 +253,8 @@ impl Credentials {
                     .duration_seconds(c.duration_seconds as i32)
                     .send()
                     .await;
-                out.map(|o| {
-                    (
-                        o.db_user().map(str::to_owned),
-                        o.db_password().map(str::to_owned),
-                        o.expiration().cloned(),
-                    )
-                })
-                .map_err(|e| describe_error("GetClusterCredentialsWithIAM", &e))
+                out.map(|o| login_of!(o))
+                    .map_err(|e| describe_error("GetClusterCredentialsWithIAM", &e))
             }
             CredentialMode::Serverless => {
                 let out = self
@@ -267,14 +267,8 @@ impl Credentials {
                     .duration_seconds(c.duration_seconds as i32)
                     .send()
                     .await;
-                out.map(|o| {
-                    (
-                        o.db_user().map(str::to_owned),
-                        o.db_password().map(str::to_owned),
-                        o.expiration().cloned(),
-                    )
-                })
-                .map_err(|e| describe_error("GetCredentials", &e))
+                out.map(|o| login_of!(o))
+                    .map_err(|e| describe_error("GetCredentials", &e))
             }
         };
         let (user, password, expiration) = match result {

@@ -459,6 +459,23 @@ async fn session_state_transactions_copy_and_prepared_statements() {
     let rest = tx.query_portal(&portal, 0).await.expect("rest");
     assert_eq!((first.len(), rest.len()), (300, 700));
     tx.commit().await.expect("commit");
+    // Pipelined statements for both places keep their order and answers.
+    let (a, b, c) = futures::join!(
+        bob.query("SELECT count(*)::int4 FROM public.sales WHERE region = $1", &[&"east"]),
+        bob.query("SELECT count(*) FROM nyc.vendors", &[]),
+        bob.query("SELECT max(id) FROM public.sales", &[]),
+    );
+    assert_eq!(a.expect("upstream 1")[0].get::<_, i32>(0), 500);
+    assert!(b.expect("lake")[0].get::<_, i64>(0) > 0);
+    assert_eq!(c.expect("upstream 2")[0].get::<_, i32>(0), 1000);
+    // A lake cursor inside an upstream transaction.
+    bob.batch_execute("BEGIN").await.expect("begin");
+    bob.batch_execute("DECLARE v CURSOR FOR SELECT * FROM nyc.vendors")
+        .await
+        .expect("declare");
+    let fetched = bob.simple_query("FETCH 1 FROM v").await.expect("fetch");
+    assert!(fetched.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+    bob.batch_execute("COMMIT").await.expect("commit");
     // Errors keep the upstream's SQLSTATE and fields.
     let err = bob
         .query("SELECT nope FROM public.sales", &[])

@@ -461,7 +461,10 @@ async fn session_state_transactions_copy_and_prepared_statements() {
     tx.commit().await.expect("commit");
     // Pipelined statements for both places keep their order and answers.
     let (a, b, c) = futures::join!(
-        bob.query("SELECT count(*)::int4 FROM public.sales WHERE region = $1", &[&"east"]),
+        bob.query(
+            "SELECT count(*)::int4 FROM public.sales WHERE region = $1",
+            &[&"east"]
+        ),
         bob.query("SELECT count(*) FROM nyc.vendors", &[]),
         bob.query("SELECT max(id) FROM public.sales", &[]),
     );
@@ -474,7 +477,11 @@ async fn session_state_transactions_copy_and_prepared_statements() {
         .await
         .expect("declare");
     let fetched = bob.simple_query("FETCH 1 FROM v").await.expect("fetch");
-    assert!(fetched.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+    assert!(
+        fetched
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(_)))
+    );
     bob.batch_execute("COMMIT").await.expect("commit");
     // Errors keep the upstream's SQLSTATE and fields.
     let err = bob
@@ -777,4 +784,31 @@ async fn static_credentials_log_in_with_scram_and_psql_works_through() {
     .err()
     .expect("refused");
     assert_eq!(sqlstate(&err), "3D000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_pipelines_copies_and_cursors_through_forwarding() {
+    let rig = Rig::start(Options::default()).await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=sluice user=bob password=bob-pw sslmode=require",
+        rig.port
+    );
+    let out =
+        tokio::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(crate::harness::clients_dir().join("psycopg_forward.py"))
+            .arg(&conninfo)
+            .output()
+            .await
+            .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("OK ")).count(),
+        7,
+        "{stdout}"
+    );
 }

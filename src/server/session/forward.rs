@@ -149,6 +149,13 @@ impl Session {
                     let _ = self.settings.set(&name, value.as_deref());
                 }
             }
+            // A cursor declared upstream is a portal there: clients (psycopg's named
+            // cursors) Describe it by name.
+            Statement::Declare { stmts } => {
+                for d in stmts {
+                    fwd.portals.extend(d.names.iter().map(|n| n.value.clone()));
+                }
+            }
             Statement::Discard { .. } | Statement::Deallocate { .. } => {
                 // DISCARD ALL / DEALLOCATE ALL drop upstream statements; the client
                 // re-prepares, so forget the names (and local ones, for DISCARD).

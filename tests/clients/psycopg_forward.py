@@ -1,0 +1,60 @@
+"""psycopg 3 through a forwarding Sluice session: pipeline mode, COPY, server-side
+prepared statements, named (server-side) cursors, transactions, binary results.
+Usage: psycopg_forward.py <conninfo>. Prints OK lines; exits non-zero on failure."""
+
+import sys
+
+import psycopg
+
+conninfo = sys.argv[1]
+with psycopg.connect(conninfo, autocommit=True) as conn:
+    user = conn.execute("SELECT current_user").fetchone()[0]
+    assert user == "IAM:bob", user
+    print("OK identity", user)
+
+    conn.execute("CREATE TEMP TABLE items (id int PRIMARY KEY, name text, price numeric)")
+    with conn.cursor() as cur:
+        with cur.copy("COPY items (id, name, price) FROM STDIN") as copy:
+            for i in range(1, 2001):
+                copy.write_row((i, f"item {i}", i * 0.25))
+    assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 2000
+    print("OK copy in")
+
+    with conn.cursor() as cur:
+        with cur.copy("COPY (SELECT id, name FROM items WHERE id <= 3 ORDER BY id) TO STDOUT") as copy:
+            rows = list(copy.rows())
+    assert rows == [("1", "item 1"), ("2", "item 2"), ("3", "item 3")], rows
+    print("OK copy out")
+
+    # Pipeline mode: many statements, one round trip per sync.
+    with conn.pipeline():
+        cursors = [conn.execute("SELECT name FROM items WHERE id = %s", (i,)) for i in range(1, 51)]
+    names = [c.fetchone()[0] for c in cursors]
+    assert names == [f"item {i}" for i in range(1, 51)], names[:3]
+    print("OK pipeline")
+
+    # Server-side prepared statements (prepare=True) reused, binary results.
+    for i in (5, 6, 7):
+        row = conn.execute("SELECT id, price FROM items WHERE id = %s", (i,), prepare=True, binary=True).fetchone()
+        assert row[0] == i and float(row[1]) == i * 0.25, row
+    print("OK prepared binary")
+
+    # Transactions and a named cursor fetched in batches.
+    with conn.transaction():
+        conn.execute("UPDATE items SET price = 0 WHERE id = 1")
+        with conn.cursor(name="big") as cur:
+            cur.itersize = 300
+            cur.execute("SELECT id FROM items ORDER BY id")
+            ids = [r[0] for r in cur]
+    assert ids == list(range(1, 2001))
+    assert conn.execute("SELECT price FROM items WHERE id = 1").fetchone()[0] == 0
+    print("OK transaction named cursor")
+
+    try:
+        with conn.transaction():
+            conn.execute("UPDATE items SET price = 99 WHERE id = 2")
+            conn.execute("SELECT 1/0")
+    except psycopg.errors.DivisionByZero:
+        pass
+    assert float(conn.execute("SELECT price FROM items WHERE id = 2").fetchone()[0]) == 0.5
+    print("OK rollback on error")

@@ -64,6 +64,7 @@ impl Bouncer {
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
                  auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\npool_mode = session\n\
                  max_client_conn = 500\ndefault_pool_size = 100\nunix_socket_dir =\n\
+                 server_tls_sslmode = disable\n\
                  logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n"
             ),
         )?;
@@ -180,6 +181,7 @@ struct PgbenchResult {
 fn pgbench(port: u16, clients: usize, mode: &str, seconds: u64) -> Result<PgbenchResult> {
     let out = run(Command::new("pgbench")
         .env("PGPASSWORD", "bench")
+        .env("PGSSLMODE", "disable")
         .args(["-n", "-S", "-h", "127.0.0.1", "-U", "bench"])
         .args(["-p", &port.to_string()])
         .args(["-c", &clients.to_string()])
@@ -199,7 +201,9 @@ fn pgbench(port: u16, clients: usize, mode: &str, seconds: u64) -> Result<Pgbenc
 
 /// Rows/s reading `rows` generated rows through a tokio-postgres client.
 async fn stream_rows(port: u16, rows: u64) -> Result<f64> {
-    let url = format!("host=127.0.0.1 port={port} user=bench password=bench dbname=bench");
+    let url = format!(
+        "host=127.0.0.1 port={port} user=bench password=bench dbname=bench sslmode=disable"
+    );
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;

@@ -230,6 +230,11 @@ pub fn decode_describe(body: &[u8]) -> Result<Describe, PgError> {
     })
 }
 
+/// Just the portal name of an Execute, for routing it.
+pub fn execute_portal(body: &[u8]) -> Result<&str, PgError> {
+    Cursor::new(body, "Execute").cstr()
+}
+
 pub fn decode_execute(body: &[u8]) -> Result<Execute, PgError> {
     let mut c = Cursor::new(body, "Execute");
     let portal = c.cstr()?.to_owned();

@@ -376,12 +376,12 @@ fn main() -> Result<()> {
 
     if !args.skip_suite {
         let ready = Command::new("python3")
-            .args(["-c", "import pg8000, pytest, pytest_timeout"])
+            .args(["-c", "import pg8000, pytest, pytest_timeout, pytz"])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
         if !ready {
-            println!("\npg8000 suite skipped: pip install pytest pytest-timeout pg8000==1.31.6");
+            println!("\npg8000 suite skipped: pip install pytest pytest-timeout pytz pg8000==1.31.6");
         } else {
             let tests = pg8000_tests()?;
             let (direct_pass, direct_fail) = pg8000_suite(&tests, pg.port)?;

@@ -381,7 +381,9 @@ fn main() -> Result<()> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ready {
-            println!("\npg8000 suite skipped: pip install pytest pytest-timeout pytz pg8000==1.31.6");
+            println!(
+                "\npg8000 suite skipped: pip install pytest pytest-timeout pytz pg8000==1.31.6"
+            );
         } else {
             let tests = pg8000_tests()?;
             let (direct_pass, direct_fail) = pg8000_suite(&tests, pg.port)?;

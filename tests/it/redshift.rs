@@ -459,6 +459,18 @@ async fn session_state_transactions_copy_and_prepared_statements() {
     let rest = tx.query_portal(&portal, 0).await.expect("rest");
     assert_eq!((first.len(), rest.len()), (300, 700));
     tx.commit().await.expect("commit");
+    // Startup options Sluice does not know itself reach the upstream session.
+    let (tuned, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} dbname=sluice user=bob password=bob-pw sslmode=disable options='-c work_mem=7MB'",
+            rig.port
+        ),
+        NoTls,
+    )
+    .await
+    .expect("connect with options");
+    tokio::spawn(conn);
+    assert_eq!(scalar(&tuned, "SHOW work_mem").await, "7MB");
     // Pipelined statements for both places keep their order and answers.
     let (a, b, c) = futures::join!(
         bob.query(

@@ -165,11 +165,22 @@ impl Session {
         mut self,
         startup: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), Disconnect> {
+        self.forward = forward::Forwarding::for_session(
+            &self.shared,
+            &self.identity.user,
+            &self.identity.roles,
+            startup,
+        );
+        // In a forwarding session the upstream receives the startup parameters too
+        // and is the judge of the ones Sluice does not know (Redshift's own).
+        let forwarding = self.forward.is_some();
         for (key, value) in startup {
             match key.as_str() {
                 "user" | "database" | "replication" => {}
                 "options" => {
-                    if let Err(e) = self.apply_options(value) {
+                    if let Err(e) = self.apply_options(value)
+                        && !forwarding
+                    {
                         self.conn.send_error(&PgError {
                             severity: Severity::Fatal,
                             ..e
@@ -180,7 +191,9 @@ impl Session {
                 }
                 k if k.starts_with("_pq_.") => {}
                 _ => {
-                    if let Err(e) = self.settings.set(key, Some(value)) {
+                    if let Err(e) = self.settings.set(key, Some(value))
+                        && !forwarding
+                    {
                         self.conn.send_error(&PgError {
                             severity: Severity::Fatal,
                             ..e
@@ -205,12 +218,6 @@ impl Session {
         ));
         self.ready();
         self.conn.flush().await?;
-        self.forward = forward::Forwarding::for_session(
-            &self.shared,
-            &self.identity.user,
-            &self.identity.roles,
-            startup,
-        );
         let result = self.serve().await;
         self.end_forwarding();
         result

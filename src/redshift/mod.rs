@@ -133,9 +133,11 @@ impl Upstream {
         &self,
         identity: &DbIdentity,
         params: &[(String, String)],
+        write: bool,
     ) -> Result<Held, PgError> {
         let key = PoolKey {
             identity: identity.clone(),
+            write,
             params: params.to_vec(),
         };
         match self.pool.acquire(&key).await? {

@@ -21,6 +21,9 @@ use crate::server::error::{PgError, SqlState};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub identity: DbIdentity,
+    /// Whether the client's roles may write: a read-only client never inherits a
+    /// session a writer used (a prepared write could survive a weak reset_query).
+    pub write: bool,
     /// Startup parameters the session was opened with (sorted).
     pub params: Vec<(String, String)>,
 }
@@ -131,69 +134,74 @@ impl Pool {
     /// to `acquire_timeout_secs` when the upstream or the identity is at its limit.
     pub async fn acquire(self: &Arc<Self>, key: &PoolKey) -> Result<Lease, PgError> {
         let deadline = Instant::now() + Duration::from_secs(self.config.acquire_timeout_secs);
-        let mut counted_waiting = false;
-        let result = loop {
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            let per_user = self
+                .config
+                .max_sessions_per_user
+                .min(self.config.max_sessions);
+            // Decided under the lock; counts change only here and in `uncount`, and a
+            // `Slot` owns every count from the moment it is taken (so a cancelled
+            // acquire gives it back).
             let (reused, reserved, evicted) = {
                 let mut s = self.lock();
                 if let Some(idle) = s.idle.get_mut(key).and_then(Vec::pop) {
-                    (Some(idle), false, None)
-                } else if s.per_identity.get(&key.identity).copied().unwrap_or(0)
-                    >= self
-                        .config
-                        .max_sessions_per_user
-                        .min(self.config.max_sessions)
-                {
-                    (None, false, None)
+                    s.idle.retain(|_, v| !v.is_empty());
+                    (Some((idle, self.slot(key))), None, None)
                 } else {
-                    // At the upstream's limit, make room by closing another key's
-                    // parked session.
-                    let evicted = if s.total >= self.config.max_sessions {
-                        take_any_idle(&mut s)
+                    // At a limit, make room by closing a parked session: of the same
+                    // identity (other parameters) at the per-user limit, of anyone at
+                    // the upstream's limit.
+                    let mine = s.per_identity.get(&key.identity).copied().unwrap_or(0);
+                    let evicted = if mine >= per_user {
+                        take_idle(&mut s, |k| k.identity == key.identity)
+                    } else if s.total >= self.config.max_sessions {
+                        take_idle(&mut s, |_| true)
                     } else {
                         None
                     };
-                    let reserved = s.total < self.config.max_sessions;
-                    if reserved {
-                        s.total += 1;
-                        *s.per_identity.entry(key.identity.clone()).or_default() += 1;
-                    }
+                    let mine = s.per_identity.get(&key.identity).copied().unwrap_or(0);
+                    let reserved =
+                        (s.total < self.config.max_sessions && mine < per_user).then(|| {
+                            s.total += 1;
+                            *s.per_identity.entry(key.identity.clone()).or_default() += 1;
+                            self.slot(key)
+                        });
                     (None, reserved, evicted)
                 }
             };
             if let Some(e) = evicted {
                 e.conn.terminate().await;
             }
-            let slot = || Slot {
-                pool: Arc::downgrade(self),
-                identity: key.identity.clone(),
-                live: true,
-            };
-            if let Some(idle) = reused {
+            if let Some((idle, slot)) = reused {
                 let mut conn = idle.conn;
+                let check = Duration::from_secs(self.config.connect_timeout_secs);
                 if idle.since.elapsed() > CHECK_AFTER_IDLE
-                    && conn.run_quietly("SELECT 1").await.is_err()
+                    && !matches!(
+                        tokio::time::timeout(check, conn.run_quietly("SELECT 1")).await,
+                        Ok(Ok(()))
+                    )
                 {
                     // Died while parked (e.g. an upstream restart): drop it, go again.
-                    drop(slot());
+                    drop(slot);
                     continue;
                 }
-                break Ok(Lease::Reused(conn, slot()));
+                return Ok(Lease::Reused(conn, slot));
             }
-            if reserved {
-                break Ok(Lease::New(slot()));
+            if let Some(slot) = reserved {
+                return Ok(Lease::New(slot));
             }
-            if !counted_waiting {
-                self.lock().waiting += 1;
-                counted_waiting = true;
+            if waiting.is_none() {
+                waiting = Some(Waiting::new(self));
             }
             if tokio::time::timeout_at(deadline.into(), freed)
                 .await
                 .is_err()
             {
-                break Err(PgError::new(
+                return Err(PgError::new(
                     SqlState::TOO_MANY_CONNECTIONS,
                     format!(
                         "no Redshift session available on upstream \"{}\" after waiting {} s \
@@ -206,12 +214,15 @@ impl Pool {
                 )
                 .with_hint("retry later, or ask an administrator to raise the pool limits"));
             }
-        };
-        if counted_waiting {
-            let mut s = self.lock();
-            s.waiting = s.waiting.saturating_sub(1);
         }
-        result
+    }
+
+    fn slot(self: &Arc<Self>, key: &PoolKey) -> Slot {
+        Slot {
+            pool: Arc::downgrade(self),
+            identity: key.identity.clone(),
+            live: true,
+        }
     }
 
     /// Returns a session after its client left. `clean` says the relay ended at a
@@ -276,9 +287,32 @@ fn uncount(s: &mut State, identity: &DbIdentity) {
     }
 }
 
-/// Takes some parked session (any key) out of the pool's counts.
-fn take_any_idle(s: &mut State) -> Option<Idle> {
-    let key = s.idle.iter().find(|(_, v)| !v.is_empty())?.0.clone();
+/// Counts a client waiting in `acquire` for as long as it waits (also when the
+/// waiting future is dropped by a cancel).
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        pool.lock().waiting += 1;
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.waiting = s.waiting.saturating_sub(1);
+    }
+}
+
+/// Takes a parked session whose key `matches` out of the pool's counts.
+fn take_idle(s: &mut State, matches: impl Fn(&PoolKey) -> bool) -> Option<Idle> {
+    let key = s
+        .idle
+        .iter()
+        .find(|(k, v)| !v.is_empty() && matches(k))?
+        .0
+        .clone();
     let list = s.idle.get_mut(&key)?;
     let idle = list.pop()?;
     if list.is_empty() {

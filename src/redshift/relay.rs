@@ -221,6 +221,14 @@ async fn copy_in(
                                     "client disconnected after COPY",
                                 )))
                             })?;
+                        if !matches!(next.tag, b'S' | b'H') {
+                            return Err(RelayError::Client(Disconnect::Protocol(
+                                crate::server::error::PgError::protocol(format!(
+                                    "expected Sync after COPY data, got message type {:?}",
+                                    next.tag as char
+                                )),
+                            )));
+                        }
                         synced = next.tag == b'S';
                         frame::put_message(&mut up.out, next.tag, |b| {
                             b.extend_from_slice(&next.body)
@@ -236,12 +244,19 @@ async fn copy_in(
             // PostgreSQL ignores Flush and Sync during COPY.
             b'H' | b'S' => {}
             other => {
+                // As PostgreSQL does: a protocol violation ends the client's session
+                // (the upstream session is aborted and closed with it).
                 put_copy_fail(
                     &mut up.out,
                     &format!("unexpected message type {:?} during COPY", other as char),
                 );
-                up.flush().await.map_err(upstream_err)?;
-                return Ok(false);
+                let _ = up.flush().await;
+                return Err(RelayError::Client(Disconnect::Protocol(
+                    crate::server::error::PgError::protocol(format!(
+                        "unexpected message type {:?} during COPY",
+                        other as char
+                    )),
+                )));
             }
         }
     }

@@ -344,9 +344,9 @@ pub fn is_read_only(stmt: &Statement) -> bool {
     };
     match stmt {
         Statement::Query(_) => no_writes_inside(stmt),
-        Statement::Explain {
-            analyze, statement, ..
-        } => !*analyze || is_read_only(statement),
+        // `EXPLAIN (ANALYZE) …` keeps ANALYZE among its options: whatever the form,
+        // only the explanation of a read-only statement is read-only.
+        Statement::Explain { statement, .. } => is_read_only(statement),
         Statement::Declare { .. } => no_writes_inside(stmt),
         Statement::Prepare { statement, .. } => is_read_only(statement),
         Statement::Copy {
@@ -441,6 +441,8 @@ mod tests {
             "SELECT * INTO t2 FROM t",
             "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
             "EXPLAIN ANALYZE DELETE FROM t",
+            "EXPLAIN (ANALYZE) DELETE FROM t",
+            "EXPLAIN (ANALYZE true, VERBOSE) UPDATE t SET a = 1",
             "PREPARE p AS DELETE FROM t",
             "GRANT SELECT ON t TO u",
             "SET ROLE admin",

@@ -471,6 +471,25 @@ async fn session_state_transactions_copy_and_prepared_statements() {
     .expect("connect with options");
     tokio::spawn(conn);
     assert_eq!(scalar(&tuned, "SHOW work_mem").await, "7MB");
+    // A lake statement failing inside an upstream transaction fails the whole block:
+    // nothing before it is committed.
+    bob.batch_execute("BEGIN; INSERT INTO scratch VALUES (3, 'doomed')")
+        .await
+        .expect("insert in block");
+    let err = bob
+        .simple_query("SELECT no_such_column FROM nyc.vendors")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42703", "{err}");
+    let err = bob.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02", "{err}");
+    bob.batch_execute("COMMIT")
+        .await
+        .expect("commit ends the failed block");
+    assert_eq!(
+        scalar(&bob, "SELECT count(*) FROM scratch WHERE id = 3").await,
+        "0"
+    );
     // Pipelined statements for both places keep their order and answers.
     let (a, b, c) = futures::join!(
         bob.query(
@@ -518,6 +537,7 @@ async fn read_only_roles_cannot_send_writes_upstream() {
         "DELETE FROM public.sales",
         "CREATE TEMP TABLE t (a int)",
         "WITH d AS (DELETE FROM public.sales RETURNING *) SELECT count(*) FROM d",
+        "EXPLAIN (ANALYZE) DELETE FROM public.sales",
         // Text Sluice cannot parse cannot be proven read-only.
         "VACUUM FULL VERBOSE ANALYZE public.sales WITH NONSENSE",
     ] {

@@ -41,6 +41,9 @@ pub(super) struct Forwarding {
     owed: usize,
     /// Extended-protocol messages were forwarded since the last Sync.
     pending_sync: bool,
+    /// A statement failed in Sluice inside the upstream's transaction block: the
+    /// upstream transaction is rolled back before anything else is forwarded.
+    abort_tx: bool,
     /// A relay is under way (a statement may still be running upstream).
     in_flight: bool,
     /// The upstream session broke inside a transaction: until the client ends it,
@@ -96,6 +99,7 @@ impl Forwarding {
             owed: 0,
             pending_sync: false,
             in_flight: false,
+            abort_tx: false,
             lost_in_tx: false,
         })
     }
@@ -159,12 +163,21 @@ impl Session {
             Statement::Discard { .. } | Statement::Deallocate { .. } => {
                 // DISCARD ALL / DEALLOCATE ALL drop upstream statements; the client
                 // re-prepares, so forget the names (and local ones, for DISCARD).
-                if matches!(stmt, Statement::Discard { .. }) {
-                    self.statements.clear();
-                    self.portals.clear();
-                    fwd.portals.clear();
+                match stmt {
+                    Statement::Discard { .. } => {
+                        self.statements.clear();
+                        self.portals.clear();
+                        fwd.portals.clear();
+                        fwd.statements.clear();
+                    }
+                    Statement::Deallocate { name, .. }
+                        if !(name.value.eq_ignore_ascii_case("all")
+                            && name.quote_style.is_none()) =>
+                    {
+                        fwd.statements.remove(&name.value);
+                    }
+                    _ => fwd.statements.clear(),
                 }
-                fwd.statements.clear();
             }
             _ => {}
         }
@@ -271,6 +284,13 @@ impl Session {
     /// `Ok(false)`: the session answers it itself (after the upstream has answered
     /// everything forwarded before it).
     pub(super) async fn forward_dispatch(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+        if self
+            .forward
+            .as_ref()
+            .is_some_and(|f| f.abort_tx && !f.pending_sync && f.owed == 0)
+        {
+            self.roll_back_upstream().await;
+        }
         let Some(fwd) = self.forward.as_mut() else {
             return Ok(false);
         };
@@ -308,8 +328,11 @@ impl Session {
                     }
                     Err(e) => {
                         self.drain_upstream().await?;
-                        self.fail(&e);
-                        self.skip_until_sync = true;
+                        // An upstream error already voids the pipeline up to Sync.
+                        if !self.skip_until_sync {
+                            self.fail(&e);
+                            self.skip_until_sync = true;
+                        }
                         return Ok(true);
                     }
                 }
@@ -356,9 +379,15 @@ impl Session {
         if !upstream {
             if self.forward.as_ref().is_some_and(|f| f.owed > 0) {
                 self.drain_upstream().await?;
+                // The upstream failed an earlier message of this pipeline: like
+                // PostgreSQL, skip this one too (until Sync).
+                if self.skip_until_sync && !matches!(frame.tag, b'S' | b'X') {
+                    return Ok(true);
+                }
             }
             return Ok(false);
         }
+
         match frame.tag {
             b'Q' => self.forward_simple(frame).await?,
             b'S' => {
@@ -375,7 +404,9 @@ impl Session {
             }
             b'H' => {
                 self.put_upstream(frame);
-                self.relay_upstream(Until::Answered, true).await?;
+                if let Some(Outcome::Failed) = self.relay_upstream(Until::Answered, true).await? {
+                    self.skip_until_sync = true;
+                }
                 self.conn.flush().await?;
             }
             _ => {
@@ -442,13 +473,12 @@ impl Session {
             let identity = fwd.identity.clone();
             let params = fwd.params.clone();
             let cancel = self.cancel.signal.clone();
+            let write = self.policy.write;
             // Waiting for a pool slot or a mint is interruptible by a cancel request.
-            let held =
-                super::cancellable(
-                    cancel,
-                    async move { upstream.open(&identity, &params).await },
-                )
-                .await?;
+            let held = super::cancellable(cancel, async move {
+                upstream.open(&identity, &params, write).await
+            })
+            .await?;
             self.forward.as_mut().expect("forwarding session").held = Some(held);
         }
         Ok(())
@@ -555,6 +585,36 @@ impl Session {
         if in_tx {
             self.tx = Tx::Failed;
         }
+    }
+
+    /// Called when a statement fails inside a transaction block: if the upstream
+    /// holds that transaction, it must not commit what came before.
+    pub(super) fn abort_upstream_transaction(&mut self) {
+        if let Some(fwd) = self.forward.as_mut()
+            && fwd.held.as_ref().is_some_and(|h| h.conn.status == b'T')
+        {
+            fwd.abort_tx = true;
+        }
+    }
+
+    /// Rolls the upstream transaction back; the client's block stays failed (25P02)
+    /// until it ends it, and its COMMIT then reports ROLLBACK, as PostgreSQL's does.
+    async fn roll_back_upstream(&mut self) {
+        let Some(fwd) = self.forward.as_mut() else {
+            return;
+        };
+        fwd.abort_tx = false;
+        if let Some(held) = fwd.held.as_mut()
+            && held.conn.run_quietly("ROLLBACK").await.is_err()
+        {
+            tracing::warn!(upstream = %fwd.upstream.name(), "rolling back the upstream transaction failed; closing its session");
+            if let Some(held) = fwd.held.take() {
+                let upstream = fwd.upstream.clone();
+                tokio::spawn(async move { upstream.release(held, false).await });
+            }
+        }
+        fwd.lost_in_tx = true;
+        self.tx = Tx::Failed;
     }
 
     /// Gives the upstream session back when the client leaves: parked for the next

@@ -373,6 +373,8 @@ impl Session {
         self.conn.send_error(e);
         if self.tx == Tx::Block {
             self.tx = Tx::Failed;
+            // A failed lake statement fails the upstream's transaction block too.
+            self.abort_upstream_transaction();
         }
     }
 

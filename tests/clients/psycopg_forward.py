@@ -58,3 +58,17 @@ with psycopg.connect(conninfo, autocommit=True) as conn:
         pass
     assert float(conn.execute("SELECT price FROM items WHERE id = 2").fetchone()[0]) == 0.5
     print("OK rollback on error")
+
+    # An upstream error inside a pipeline voids the rest (lake statements included)
+    # up to the Sync, and the connection stays usable.
+    try:
+        with conn.pipeline():
+            conn.execute("SELECT 1/0")
+            conn.execute("SELECT count(*) FROM nyc.vendors")
+            conn.execute("SELECT 1")
+        raise AssertionError("the pipeline should have failed")
+    except psycopg.errors.DivisionByZero:
+        pass
+    assert conn.execute("SELECT 41 + 1").fetchone()[0] == 42
+    assert conn.execute("SELECT count(*) > 0 FROM nyc.vendors").fetchone()[0] is True
+    print("OK pipeline error")

@@ -307,8 +307,13 @@ fn main() -> Result<()> {
         .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "bench"])
         .args(["-p", &pg.port.to_string(), "bench"]))?;
     let bouncer = Bouncer::start(pg.port)?;
+    // Sluice's own runtime: as many workers as cores by default (SLUICE_WORKERS overrides).
+    let workers = std::env::var("SLUICE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;

@@ -246,16 +246,11 @@ async fn copy_in(
             other => {
                 // As PostgreSQL does: a protocol violation ends the client's session
                 // (the upstream session is aborted and closed with it).
-                put_copy_fail(
-                    &mut up.out,
-                    &format!("unexpected message type {:?} during COPY", other as char),
-                );
+                let message = format!("unexpected message type {:?} during COPY", other as char);
+                put_copy_fail(&mut up.out, &message);
                 let _ = up.flush().await;
                 return Err(RelayError::Client(Disconnect::Protocol(
-                    crate::server::error::PgError::protocol(format!(
-                        "unexpected message type {:?} during COPY",
-                        other as char
-                    )),
+                    crate::server::error::PgError::protocol(message),
                 )));
             }
         }

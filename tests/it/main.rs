@@ -3,8 +3,12 @@
 
 mod harness;
 mod jdbc;
+#[path = "../support/moto.rs"]
+mod moto;
 mod oidc;
 mod policy;
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod protocol;
 mod psql;
 mod python;

@@ -21,13 +21,8 @@ fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-#[path = "../support/moto.rs"]
-mod moto;
-#[path = "../support/postgres.rs"]
-mod postgres;
-
-use moto::Moto;
-use postgres::Postgres;
+use crate::moto::Moto;
+use crate::postgres::{self, Postgres};
 
 const CLUSTER: &str = "analytics";
 

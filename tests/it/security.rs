@@ -17,86 +17,11 @@ async fn plaintext_is_refused_when_tls_is_required() {
     assert_eq!(stdout(&out).trim(), "1");
 }
 
-/// A CA and a server certificate for `localhost` signed by it, made with the openssl CLI.
-fn write_ca_and_server_cert(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Sluice test CA",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    ]
-    .concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_accepts_the_configured_certificate() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_ca_and_server_cert(certs.path());
+    let crate::postgres::Certs { ca, cert, key } =
+        crate::postgres::make_certs(certs.path()).expect("certificates");
     let tls = format!(
         "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nallow_plaintext = \"never\"\n",
         cert.display(),
@@ -118,7 +43,9 @@ async fn verify_full_accepts_the_configured_certificate() {
 
     // A client trusting a different CA must refuse the server.
     let other = tempfile::tempdir().unwrap();
-    let (other_ca, _, _) = write_ca_and_server_cert(other.path());
+    let other_ca = crate::postgres::make_certs(other.path())
+        .expect("certificates")
+        .ca;
     let url = format!(
         "host=localhost hostaddr=127.0.0.1 port={} dbname=sluice user=demo password=demo sslmode=verify-full sslrootcert={}",
         gw.port,

@@ -88,10 +88,10 @@ impl Postgres {
             .arg(&data)
             .args(["-U", ADMIN, "-A", "scram-sha-256", "--no-sync", "--pwfile"])
             .arg(dir.path().join("pw")))?;
-        let ca = make_certs(dir.path())?;
-        for f in ["server.crt", "server.key"] {
-            std::fs::copy(dir.path().join(f), data.join(f))?;
-        }
+        let certs = make_certs(dir.path())?;
+        std::fs::copy(&certs.cert, data.join("server.crt"))?;
+        std::fs::copy(&certs.key, data.join("server.key"))?;
+        let ca = certs.ca;
         let port = free_port()?;
         let conf = format!(
             "\nssl = on\nport = {port}\nlisten_addresses = '127.0.0.1'\n\
@@ -173,8 +173,16 @@ impl Drop for Postgres {
     }
 }
 
-/// A CA and a server certificate for localhost / 127.0.0.1, made with the openssl CLI.
-fn make_certs(dir: &Path) -> Result<PathBuf> {
+/// PEM files made by [`make_certs`].
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A CA and a server certificate for localhost / 127.0.0.1 signed by it, made with
+/// the openssl CLI in `dir` (libpq's verify-full rejects some rcgen-made CAs).
+pub fn make_certs(dir: &Path) -> Result<Certs> {
     let ec = [
         "-newkey",
         "ec",
@@ -229,5 +237,9 @@ fn make_certs(dir: &Path) -> Result<PathBuf> {
         "-extfile",
         "san.ext",
     ]))?;
-    Ok(dir.join("ca.crt"))
+    Ok(Certs {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    })
 }

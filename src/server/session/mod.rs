@@ -175,33 +175,21 @@ impl Session {
         // and is the judge of the ones Sluice does not know (Redshift's own).
         let forwarding = self.forward.is_some();
         for (key, value) in startup {
-            match key.as_str() {
-                "user" | "database" | "replication" => {}
-                "options" => {
-                    if let Err(e) = self.apply_options(value)
-                        && !forwarding
-                    {
-                        self.conn.send_error(&PgError {
-                            severity: Severity::Fatal,
-                            ..e
-                        });
-                        self.conn.shutdown().await;
-                        return Ok(());
-                    }
-                }
-                k if k.starts_with("_pq_.") => {}
-                _ => {
-                    if let Err(e) = self.settings.set(key, Some(value))
-                        && !forwarding
-                    {
-                        self.conn.send_error(&PgError {
-                            severity: Severity::Fatal,
-                            ..e
-                        });
-                        self.conn.shutdown().await;
-                        return Ok(());
-                    }
-                }
+            let applied = match key.as_str() {
+                "user" | "database" | "replication" => Ok(()),
+                k if k.starts_with("_pq_.") => Ok(()),
+                "options" => self.apply_options(value),
+                _ => self.settings.set(key, Some(value)).map(|_| ()),
+            };
+            if let Err(e) = applied
+                && !forwarding
+            {
+                self.conn.send_error(&PgError {
+                    severity: Severity::Fatal,
+                    ..e
+                });
+                self.conn.shutdown().await;
+                return Ok(());
             }
         }
         let reported: Vec<(String, String)> = self

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod aws;
 pub mod config;
 pub mod engine;
 pub mod lake;

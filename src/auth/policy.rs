@@ -85,7 +85,7 @@ impl Policy {
 }
 
 /// `*` matches any run of characters; everything else literally.
-fn glob(pattern: &str, s: &str) -> bool {
+pub fn glob(pattern: &str, s: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = s.strip_prefix(first) else {

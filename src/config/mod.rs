@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod lake;
+pub use lake::{GlueLakeConfig, S3Config};
 mod redshift;
 pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
 
@@ -336,6 +338,7 @@ pub struct LocalUser {
 #[serde(deny_unknown_fields)]
 pub struct LakeConfig {
     pub local: Option<LocalLakeConfig>,
+    pub glue: Option<GlueLakeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -709,6 +712,10 @@ impl Config {
                 "lake.local.root".into(),
                 "must not be empty".into(),
             ));
+        }
+        if let Some(glue) = &self.lake.glue {
+            glue.validate()
+                .map_err(|(k, m)| invalid(format!("lake.glue.{k}"), m))?;
         }
         let mut upstreams = BTreeSet::new();
         for (i, r) in self.redshift.iter().enumerate() {

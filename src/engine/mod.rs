@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
 use datafusion::physical_plan::execute_stream;
@@ -80,6 +81,9 @@ pub struct Engine {
     cpu: CpuRuntime,
     database: String,
     parser: PostgresCompatibilityParser,
+    /// Object stores (local disk, S3 buckets) shared by every context.
+    runtime: Arc<RuntimeEnv>,
+    glue: Option<Arc<lake::glue::GlueCatalog>>,
 }
 
 impl Engine {
@@ -89,7 +93,8 @@ impl Engine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&database, "public");
-        let loader = SessionContext::new_with_config(session_config.clone());
+        let runtime = lake_runtime(config).await?;
+        let loader = SessionContext::new_with_config_rt(session_config.clone(), runtime.clone());
         let lake = Arc::new(MemoryCatalogProvider::new());
         lake.register_schema("public", Arc::new(MemorySchemaProvider::new()))
             .map_err(|e| e.to_string())?;
@@ -119,6 +124,11 @@ impl Engine {
             }
         }
 
+        let glue = match &config.lake.glue {
+            Some(g) => Some(lake::glue::GlueCatalog::start(g, lake.clone()).await),
+            None => None,
+        };
+
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -135,6 +145,8 @@ impl Engine {
             cpu: CpuRuntime(Some(cpu)),
             database,
             parser: PostgresCompatibilityParser::new(),
+            runtime,
+            glue,
         };
         // Build one view now, so catalog set-up problems stop start-up.
         engine
@@ -155,7 +167,8 @@ impl Engine {
             return Ok(ctx);
         }
         let internal = |e: String| PgError::new(SqlState::INTERNAL_ERROR, e);
-        let ctx = SessionContext::new_with_config(self.session_config.clone());
+        let ctx =
+            SessionContext::new_with_config_rt(self.session_config.clone(), self.runtime.clone());
         let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));
         ctx.register_catalog(&self.database, Arc::new(view));
         setup_pg_catalog(&ctx, &self.database, EmptyContextProvider)
@@ -170,8 +183,21 @@ impl Engine {
         Ok(ctx)
     }
 
+    /// The Glue catalog, when `[lake.glue]` is configured.
+    pub fn glue(&self) -> Option<&Arc<lake::glue::GlueCatalog>> {
+        self.glue.as_ref()
+    }
+
     pub fn database(&self) -> &str {
         &self.database
+    }
+
+    /// Tables of one lake schema, whoever may see them.
+    pub fn lake_table_names(&self, schema: &str) -> Vec<String> {
+        self.lake
+            .schema(schema)
+            .map(|s| s.table_names())
+            .unwrap_or_default()
     }
 
     /// Lake schemas (databases), whoever may see them.
@@ -281,6 +307,31 @@ impl Engine {
         let batches = AbortOnDrop { rx, driver };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
+}
+
+/// The runtime environment every context shares: its object store registry creates
+/// an S3 store per bucket on first use (credentials from the AWS standard chain).
+async fn lake_runtime(config: &Config) -> Result<Arc<RuntimeEnv>, String> {
+    let s3 = match &config.lake.glue {
+        Some(glue) => {
+            let region = glue.s3.region.clone().or_else(|| glue.region.clone());
+            let sdk = crate::aws::sdk_config(region.as_deref(), None).await;
+            Some(lake::stores::S3Settings {
+                io: tokio::runtime::Handle::current(),
+                region: region
+                    .or_else(|| sdk.region().map(|r| r.to_string()))
+                    .unwrap_or_else(|| "us-east-1".into()),
+                endpoint: glue.s3.endpoint.clone(),
+                path_style: glue.s3.path_style,
+                credentials: sdk.credentials_provider(),
+            })
+        }
+        None => None,
+    };
+    RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(lake::stores::LakeStores::new(s3)))
+        .build_arc()
+        .map_err(|e| format!("cannot set up the query runtime: {e}"))
 }
 
 /// The session's end of a running query; dropping it cancels the query.

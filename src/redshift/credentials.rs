@@ -12,12 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_sdk_redshift::error::{DisplayErrorContext, ProvideErrorMetadata};
 use moka::Expiry;
 
+use crate::aws::describe_error;
 use crate::config::{CredentialMode, RedshiftConfig};
 use crate::server::error::{PgError, SqlState};
 
@@ -369,48 +366,10 @@ impl Credentials {
 }
 
 async fn build_clients(c: &RedshiftConfig) -> Aws {
-    // rustls with the ring provider, like the rest of Sluice (no aws-lc build).
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .retry_config(RetryConfig::standard().with_max_attempts(5))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .operation_timeout(Duration::from_secs(30))
-                .build(),
-        );
-    if let Some(region) = &c.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &c.aws_endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    let sdk = loader.load().await;
+    let sdk = crate::aws::sdk_config(c.region.as_deref(), c.aws_endpoint.as_deref()).await;
     Aws {
         redshift: aws_sdk_redshift::Client::new(&sdk),
         serverless: aws_sdk_redshiftserverless::Client::new(&sdk),
-    }
-}
-
-/// "Operation: Code: message" for service errors, the error chain otherwise (no
-/// credentials, endpoint unreachable). Neither carries keys or signatures.
-fn describe_error<E, R>(operation: &str, e: &aws_sdk_redshift::error::SdkError<E, R>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(service) => format!(
-            "{operation} failed: {}: {}",
-            service.code().unwrap_or("UnknownError"),
-            service.message().unwrap_or("no message")
-        ),
-        None => format!("{operation} failed: {}", DisplayErrorContext(e)),
     }
 }
 

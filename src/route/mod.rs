@@ -42,6 +42,8 @@ pub enum Command {
     },
     /// `CLOSE cursor | ALL`; `None` means ALL.
     CloseCursor(Option<String>),
+    /// `CALL sluice.refresh_lake(['database'])`: reload lake metadata now.
+    RefreshLake(Option<String>),
 }
 
 impl Command {
@@ -63,6 +65,7 @@ impl Command {
             Command::Fetch { .. } => "FETCH",
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
+            Command::RefreshLake(_) => "CALL",
         }
     }
 }
@@ -79,6 +82,34 @@ pub enum Route {
         hold: bool,
         query: Box<Statement>,
     },
+}
+
+/// The optional database name of `CALL sluice.refresh_lake('db')`.
+fn refresh_argument(
+    f: &datafusion::sql::sqlparser::ast::Function,
+) -> Result<Option<String>, PgError> {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let usage = || {
+        PgError::new(
+            SqlState::SYNTAX_ERROR,
+            "usage: CALL sluice.refresh_lake() or CALL sluice.refresh_lake('database')",
+        )
+    };
+    let args = match &f.args {
+        FunctionArguments::None => return Ok(None),
+        FunctionArguments::List(list) => &list.args,
+        FunctionArguments::Subquery(_) => return Err(usage()),
+    };
+    match args.as_slice() {
+        [] => Ok(None),
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))] => {
+            match v.value.clone().into_string() {
+                Some(name) => Ok(Some(name)),
+                None => Err(usage()),
+            }
+        }
+        _ => Err(usage()),
+    }
 }
 
 /// Classifies one parsed statement.
@@ -183,6 +214,13 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
                 Some(name.value)
             },
         )),
+        Statement::Call(f)
+            if f.name
+                .to_string()
+                .eq_ignore_ascii_case("sluice.refresh_lake") =>
+        {
+            Route::Session(Command::RefreshLake(refresh_argument(&f)?))
+        }
         Statement::Insert(_)
         | Statement::Update { .. }
         | Statement::Delete(_)

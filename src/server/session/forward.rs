@@ -126,6 +126,7 @@ impl Session {
                 Reset::ConfigurationParameter(name) => is_sluice_name(&name.to_string()),
                 Reset::ALL => false,
             },
+            Statement::Call(f) => is_sluice_name(&f.name.to_string()),
             Statement::Fetch { name, .. } => self.portals.contains_key(&name.value),
             Statement::Close {
                 cursor: CloseCursor::Specific { name },
@@ -215,6 +216,7 @@ impl Session {
                                 | Keyword::FETCH
                                 | Keyword::CLOSE
                                 | Keyword::DECLARE
+                                | Keyword::CALL
                                 | Keyword::DISCARD
                                 | Keyword::DEALLOCATE
                                 | Keyword::COMMIT

@@ -31,6 +31,8 @@ use crate::auth::{AuthMethod, Identity};
 
 /// `SHOW sluice.identity`: who the session is, as Sluice resolved it.
 const IDENTITY: &str = "sluice.identity";
+/// `SHOW sluice.lake`: mounted Glue databases and the last catalog refresh.
+const LAKE: &str = "sluice.lake";
 use crate::engine::QueryContext;
 use crate::engine::encode::{self, BatchEncoder, EncodeOptions, Format};
 use crate::engine::params::{self, ParamType};
@@ -404,7 +406,7 @@ impl Session {
             Route::Session(Command::Fetch { cursor, count }) => {
                 self.fetch(&cursor, count, None, true).await
             }
-            Route::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true)),
+            Route::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true).await),
             Route::DeclareCursor {
                 name,
                 binary,
@@ -690,7 +692,7 @@ impl Session {
         }
     }
 
-    fn run_command(
+    async fn run_command(
         &mut self,
         cmd: &Command,
         format: Format,
@@ -711,6 +713,23 @@ impl Session {
             Command::Show(name) => {
                 self.show(name, format, describe)?;
                 return Ok(());
+            }
+            Command::RefreshLake(database) => {
+                let Some(glue) = self.shared.engine.glue() else {
+                    return Err(PgError::new(
+                        SqlState("55000"),
+                        "there is no Glue catalog to refresh ([lake.glue] is not configured)",
+                    ));
+                };
+                let summary = glue.refresh(database.as_deref()).await?;
+                self.notice_with(
+                    SqlState("00000"),
+                    "NOTICE",
+                    &format!(
+                        "lake catalog refreshed: {} database(s), {} table(s)",
+                        summary.databases, summary.tables
+                    ),
+                );
             }
             Command::Discard => {
                 if self.tx != Tx::Idle {
@@ -829,11 +848,46 @@ impl Session {
         Ok(())
     }
 
+    /// `SHOW sluice.lake`: the Glue databases this session's roles may see.
+    fn lake_rows(&self) -> Vec<Vec<String>> {
+        let Some(glue) = self.shared.engine.glue() else {
+            return Vec::new();
+        };
+        let (age, error) = match glue.last_refresh() {
+            Some((age, result)) => (age.as_secs().to_string(), result.err().unwrap_or_default()),
+            None => (String::new(), String::new()),
+        };
+        glue.mounted()
+            .into_iter()
+            .filter(|(db, _)| self.policy.may_read_in(db))
+            .map(|(db, _)| {
+                let tables = self
+                    .shared
+                    .engine
+                    .lake_table_names(&db)
+                    .iter()
+                    .filter(|t| self.policy.can_read(&db, t))
+                    .count();
+                vec![
+                    db,
+                    "glue".into(),
+                    tables.to_string(),
+                    age.clone(),
+                    error.clone(),
+                ]
+            })
+            .collect()
+    }
+
     fn notice(&mut self, code: SqlState, message: &str) {
+        self.notice_with(code, "WARNING", message);
+    }
+
+    fn notice_with(&mut self, code: SqlState, severity: &str, message: &str) {
         frame::put_message(&mut self.conn.out, b'N', |b| {
             for (tag, value) in [
-                (b'S', "WARNING"),
-                (b'V', "WARNING"),
+                (b'S', severity),
+                (b'V', severity),
                 (b'C', code.0),
                 (b'M', message),
             ] {
@@ -859,6 +913,15 @@ impl Session {
                 text("group_count"),
                 text("groups"),
                 text("roles"),
+            ]))
+        } else if name == LAKE {
+            let text = |n: &str| Field::new(n, DataType::Utf8, true);
+            Arc::new(Schema::new(vec![
+                text("database"),
+                text("source"),
+                text("tables"),
+                text("refreshed_secs_ago"),
+                text("refresh_error"),
             ]))
         } else if name == "all" {
             Arc::new(Schema::new(vec![
@@ -895,6 +958,8 @@ impl Session {
                 id.groups.join(", "),
                 id.roles.join(", "),
             ]]
+        } else if name == LAKE {
+            self.lake_rows()
         } else if name == "all" {
             let mut names = vec![
                 "application_name",
@@ -1281,7 +1346,7 @@ impl Session {
                 portal.state = PortalState::Done;
                 let format = formats.first().copied().unwrap_or(Format::Text);
                 // In the extended protocol, Describe sends any RowDescription.
-                Ok(self.run_command(&cmd, format, false))
+                Ok(self.run_command(&cmd, format, false).await)
             }
             PortalState::Lake(run) => {
                 if let Some(plan) = run.plan.take() {

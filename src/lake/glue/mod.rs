@@ -1,0 +1,647 @@
+//! The Glue Data Catalog as lake schemas: Glue databases are schemas, Glue tables
+//! are `GlueTable` providers.
+//!
+//! Metadata is kept in memory: databases and tables are fetched whole (every page)
+//! at start-up, every `metadata_ttl_secs` in the background, and on
+//! `CALL sluice.refresh_lake()`. Partition lists (per filter expression) and file
+//! listings are cached per entry with their own age. When Glue or S3 cannot be
+//! reached, whatever is cached keeps serving and a warning is logged.
+
+pub mod partitions;
+pub mod table;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::Expr;
+use futures::TryStreamExt;
+use object_store::ObjectMeta;
+
+use crate::config::GlueLakeConfig;
+use crate::server::error::{PgError, SqlState};
+use partitions::{GluePartition, PartitionKey};
+use table::GlueTable;
+
+/// At most this many pages per listing: a paging loop that never ends (a service
+/// returning the same token) must not hang the gateway.
+const MAX_PAGES: usize = 100_000;
+
+/// Follows `NextToken`s until the last page. `fetch(token)` returns one page and the
+/// next token.
+pub async fn collect_pages<T, F, Fut>(mut fetch: F) -> std::result::Result<Vec<T>, String>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = std::result::Result<(Vec<T>, Option<String>), String>>,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let (items, next) = fetch(token.take()).await?;
+        out.extend(items);
+        match next.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
+    }
+    Err(format!("gave up after {MAX_PAGES} pages"))
+}
+
+/// Something fetched, and when.
+struct Fetched<T> {
+    at: Instant,
+    value: Arc<T>,
+}
+
+impl<T> Clone for Fetched<T> {
+    fn clone(&self) -> Self {
+        Fetched {
+            at: self.at,
+            value: self.value.clone(),
+        }
+    }
+}
+
+type PartitionCacheKey = (String, String, Option<String>);
+
+/// What every Glue table shares: the client and the partition and listing caches.
+pub struct GlueShared {
+    client: aws_sdk_glue::Client,
+    catalog_id: Option<String>,
+    metadata_ttl: Duration,
+    listing_ttl: Duration,
+    partitions: moka::future::Cache<PartitionCacheKey, Fetched<Vec<GluePartition>>>,
+    listings: moka::future::Cache<String, Fetched<Vec<ObjectMeta>>>,
+    /// Counters for `SHOW sluice.lake`.
+    pub glue_calls: AtomicU64,
+    pub glue_failures: AtomicU64,
+    pub listings_made: AtomicU64,
+}
+
+impl std::fmt::Debug for GlueShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlueShared")
+            .field("catalog_id", &self.catalog_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn catalog_error(message: String) -> DataFusionError {
+    DataFusionError::External(Box::new(
+        PgError::new(SqlState("58000"), message)
+            .with_hint("the Glue catalog or S3 could not be reached; try again, or ask an administrator to check the gateway's AWS access"),
+    ))
+}
+
+impl GlueShared {
+    /// The partitions of a table that pass `filters` (partition-column filters only),
+    /// with typed values and locations. The filters go to Glue as an expression.
+    pub async fn partitions(
+        &self,
+        database: &str,
+        table: &str,
+        keys: &[PartitionKey],
+        filters: &[&Expr],
+    ) -> Result<Vec<(Vec<ScalarValue>, String)>> {
+        let expression = partitions::glue_expression(filters, keys);
+        let key = (database.to_owned(), table.to_owned(), expression.clone());
+        let cached = self.partitions.get(&key).await;
+        let all = match cached {
+            Some(c) if c.at.elapsed() < self.metadata_ttl => c.value,
+            _ => match self
+                .fetch_partitions(database, table, expression.as_deref())
+                .await
+            {
+                Ok(list) => {
+                    let value = Arc::new(list);
+                    self.partitions
+                        .insert(
+                            key,
+                            Fetched {
+                                at: Instant::now(),
+                                value: value.clone(),
+                            },
+                        )
+                        .await;
+                    value
+                }
+                Err(e) => match cached {
+                    Some(stale) => {
+                        tracing::warn!(%database, %table, error = %e, "Glue unreachable; serving cached partitions");
+                        stale.value
+                    }
+                    None => return Err(catalog_error(e)),
+                },
+            },
+        };
+        tracing::debug!(%database, %table, ?expression, partitions = all.len(), "partitions from Glue");
+        partitions::prune(&all, keys, filters)
+    }
+
+    async fn fetch_partitions(
+        &self,
+        database: &str,
+        table: &str,
+        expression: Option<&str>,
+    ) -> std::result::Result<Vec<GluePartition>, String> {
+        self.glue_calls.fetch_add(1, Ordering::Relaxed);
+        let result = collect_pages(|token| async move {
+            let out = self
+                .client
+                .get_partitions()
+                .set_catalog_id(self.catalog_id.clone())
+                .database_name(database)
+                .table_name(table)
+                .set_expression(expression.map(str::to_owned))
+                .exclude_column_schema(true)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| crate::aws::describe_error("GetPartitions", &e))?;
+            let page = out
+                .partitions()
+                .iter()
+                .filter_map(|p| {
+                    let location = p.storage_descriptor().and_then(|sd| sd.location())?;
+                    Some(GluePartition {
+                        values: p.values().to_vec(),
+                        location: location.to_owned(),
+                    })
+                })
+                .collect();
+            Ok((page, out.next_token().map(str::to_owned)))
+        })
+        .await;
+        if result.is_err() {
+            self.glue_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The data files under a table or partition location (recursively, skipping
+    /// hidden `_`/`.` names and folder markers), cached for `listing_ttl_secs`.
+    pub async fn list_files(
+        &self,
+        runtime: &RuntimeEnv,
+        location: &str,
+    ) -> Result<(ObjectStoreUrl, Arc<Vec<ObjectMeta>>)> {
+        let (store_url, prefix) = crate::lake::stores::split_location(location)?;
+        let url = ObjectStoreUrl::parse(store_url.as_str())?;
+        let cached = self.listings.get(location).await;
+        if let Some(c) = &cached
+            && c.at.elapsed() < self.listing_ttl
+        {
+            return Ok((url, c.value.clone()));
+        }
+        let store = runtime.object_store(&url)?;
+        self.listings_made.fetch_add(1, Ordering::Relaxed);
+        let listed: std::result::Result<Vec<ObjectMeta>, object_store::Error> =
+            store.list(Some(&prefix)).try_collect().await;
+        match listed {
+            Ok(mut files) => {
+                files.retain(|m| is_data_file(&prefix, m));
+                let value = Arc::new(files);
+                self.listings
+                    .insert(
+                        location.to_owned(),
+                        Fetched {
+                            at: Instant::now(),
+                            value: value.clone(),
+                        },
+                    )
+                    .await;
+                Ok((url, value))
+            }
+            Err(e) => match cached {
+                Some(stale) => {
+                    tracing::warn!(%location, error = %e, "listing failed; serving the cached listing");
+                    Ok((url, stale.value))
+                }
+                None => Err(catalog_error(format!("cannot list {location}: {e}"))),
+            },
+        }
+    }
+}
+
+fn is_data_file(prefix: &object_store::path::Path, meta: &ObjectMeta) -> bool {
+    if meta.size == 0 || meta.location.as_ref().ends_with("$folder$") {
+        return false;
+    }
+    let relative = meta
+        .location
+        .prefix_match(prefix)
+        .map(|parts| parts.collect::<Vec<_>>())
+        .unwrap_or_default();
+    !relative.iter().any(|part| {
+        let p = part.as_ref();
+        p.starts_with('_') || p.starts_with('.')
+    })
+}
+
+/// One Glue database as a schema.
+#[derive(Debug)]
+pub struct GlueSchema {
+    tables: RwLock<BTreeMap<String, Arc<GlueTable>>>,
+}
+
+#[async_trait]
+impl SchemaProvider for GlueSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables
+            .read()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.get(name).map(|t| t as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+impl GlueSchema {
+    /// Glue names are lower case; a quoted mixed-case name finds its table too.
+    fn get(&self, name: &str) -> Option<Arc<GlueTable>> {
+        let tables = self.tables.read().ok()?;
+        tables
+            .get(name)
+            .or_else(|| tables.get(&name.to_lowercase()))
+            .cloned()
+    }
+}
+
+/// The Glue part of the lake: which databases are mounted, and their refresh.
+pub struct GlueCatalog {
+    shared: Arc<GlueShared>,
+    config: GlueLakeConfig,
+    lake: Arc<MemoryCatalogProvider>,
+    /// Schema names other catalogs own (the local catalog, `public`).
+    reserved: Vec<String>,
+    mounted: RwLock<HashMap<String, Arc<GlueSchema>>>,
+    refreshing: tokio::sync::Mutex<()>,
+    last_refresh: RwLock<Option<(Instant, std::result::Result<(), String>)>>,
+}
+
+/// What `CALL sluice.refresh_lake()` reports.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshSummary {
+    pub databases: usize,
+    pub tables: usize,
+}
+
+impl GlueCatalog {
+    /// Connects, loads the catalog once and mounts it into `lake`. Glue being
+    /// unreachable at start-up is not fatal: the gateway starts with no Glue schemas
+    /// and the background refresh keeps trying.
+    pub async fn start(
+        config: &GlueLakeConfig,
+        lake: Arc<MemoryCatalogProvider>,
+    ) -> Arc<GlueCatalog> {
+        let sdk =
+            crate::aws::sdk_config(config.region.as_deref(), config.aws_endpoint.as_deref()).await;
+        let shared = Arc::new(GlueShared {
+            client: aws_sdk_glue::Client::new(&sdk),
+            catalog_id: config.catalog_id.clone(),
+            metadata_ttl: Duration::from_secs(config.metadata_ttl_secs),
+            listing_ttl: Duration::from_secs(config.listing_ttl_secs),
+            partitions: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .weigher(|_, v: &Fetched<Vec<GluePartition>>| {
+                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
+                })
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            listings: moka::future::Cache::builder()
+                .max_capacity(2_000_000)
+                .weigher(|_, v: &Fetched<Vec<ObjectMeta>>| {
+                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
+                })
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            glue_calls: AtomicU64::new(0),
+            glue_failures: AtomicU64::new(0),
+            listings_made: AtomicU64::new(0),
+        });
+        let catalog = Arc::new(GlueCatalog {
+            shared,
+            config: config.clone(),
+            reserved: lake.schema_names(),
+            lake,
+            mounted: RwLock::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+            last_refresh: RwLock::new(None),
+        });
+        match catalog.refresh(None).await {
+            Ok(s) => tracing::info!(
+                databases = s.databases,
+                tables = s.tables,
+                "Glue catalog loaded"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "Glue catalog not loaded; will retry in the background")
+            }
+        }
+        spawn_refresher(Arc::downgrade(&catalog), config.metadata_ttl_secs);
+        catalog
+    }
+
+    pub fn shared(&self) -> &Arc<GlueShared> {
+        &self.shared
+    }
+
+    /// Mounted databases and their table counts.
+    pub fn mounted(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .mounted
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| (k.clone(), s.table_names().len()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Age and outcome of the last refresh.
+    pub fn last_refresh(&self) -> Option<(Duration, std::result::Result<(), String>)> {
+        self.last_refresh
+            .read()
+            .ok()
+            .and_then(|r| r.as_ref().map(|(at, res)| (at.elapsed(), res.clone())))
+    }
+
+    /// Reloads databases and tables from Glue (all of them, or one database), and
+    /// forgets cached partitions and listings. One refresh runs at a time; a caller
+    /// arriving during a refresh waits for it and then refreshes again, so it always
+    /// sees changes made before it asked.
+    pub async fn refresh(
+        &self,
+        only: Option<&str>,
+    ) -> std::result::Result<RefreshSummary, PgError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let result = self.reload(only).await;
+        if let Ok(mut last) = self.last_refresh.write() {
+            *last = Some((
+                Instant::now(),
+                result.as_ref().map(|_| ()).map_err(Clone::clone),
+            ));
+        }
+        result.map_err(|e| {
+            PgError::new(
+                SqlState("58000"),
+                format!("Glue catalog refresh failed: {e}"),
+            )
+            .with_hint("the previously loaded catalog keeps serving")
+        })
+    }
+
+    async fn reload(&self, only: Option<&str>) -> std::result::Result<RefreshSummary, String> {
+        let shared = &self.shared;
+        shared.glue_calls.fetch_add(1, Ordering::Relaxed);
+        let names = match only {
+            Some(db) => vec![db.to_lowercase()],
+            None => collect_pages(|token| async move {
+                let out = shared
+                    .client
+                    .get_databases()
+                    .set_catalog_id(shared.catalog_id.clone())
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| crate::aws::describe_error("GetDatabases", &e))?;
+                let page = out
+                    .database_list()
+                    .iter()
+                    .map(|d| d.name().to_lowercase())
+                    .collect();
+                Ok((page, out.next_token().map(str::to_owned)))
+            })
+            .await
+            .inspect_err(|_| {
+                shared.glue_failures.fetch_add(1, Ordering::Relaxed);
+            })?,
+        };
+        let mut summary = RefreshSummary::default();
+        let mut loaded: HashMap<String, BTreeMap<String, Arc<GlueTable>>> = HashMap::new();
+        let mut listed = std::collections::HashSet::new();
+        for name in names {
+            if !self.config.exposes(&name) {
+                continue;
+            }
+            listed.insert(name.clone());
+            if self.reserved.contains(&name)
+                || matches!(
+                    name.as_str(),
+                    "pg_catalog" | "information_schema" | "public"
+                )
+            {
+                tracing::warn!(database = %name, "Glue database name is taken by another catalog; skipped");
+                continue;
+            }
+            match self.load_tables(&name).await {
+                Ok(tables) => {
+                    summary.databases += 1;
+                    summary.tables += tables.len();
+                    loaded.insert(name, tables);
+                }
+                Err(e) if only.is_some() => return Err(e),
+                // One unreadable database keeps its previous tables.
+                Err(e) => {
+                    tracing::warn!(database = %name, error = %e, "Glue database not refreshed")
+                }
+            }
+        }
+        let mut mounted = self
+            .mounted
+            .write()
+            .map_err(|_| "catalog lock poisoned".to_owned())?;
+        for (name, tables) in loaded.iter_mut() {
+            let tables = std::mem::take(tables);
+            match mounted.get(name) {
+                Some(schema) => {
+                    if let Ok(mut t) = schema.tables.write() {
+                        *t = tables;
+                    }
+                }
+                None => {
+                    let schema = Arc::new(GlueSchema {
+                        tables: RwLock::new(tables),
+                    });
+                    self.lake
+                        .register_schema(name, schema.clone())
+                        .map_err(|e| e.to_string())?;
+                    mounted.insert(name.clone(), schema);
+                }
+            }
+        }
+        if only.is_none() {
+            // Databases no longer in Glue. (One that is listed but failed to load
+            // keeps its previous tables.)
+            let gone: Vec<String> = mounted
+                .keys()
+                .filter(|k| !listed.contains(*k))
+                .cloned()
+                .collect();
+            for name in gone {
+                let _ = self.lake.deregister_schema(&name, true);
+                mounted.remove(&name);
+            }
+        }
+        drop(mounted);
+        shared.partitions.invalidate_all();
+        shared.listings.invalidate_all();
+        Ok(summary)
+    }
+
+    async fn load_tables(
+        &self,
+        database: &str,
+    ) -> std::result::Result<BTreeMap<String, Arc<GlueTable>>, String> {
+        let shared = &self.shared;
+        shared.glue_calls.fetch_add(1, Ordering::Relaxed);
+        let tables = collect_pages(|token| async move {
+            let out = shared
+                .client
+                .get_tables()
+                .set_catalog_id(shared.catalog_id.clone())
+                .database_name(database)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| crate::aws::describe_error("GetTables", &e))?;
+            Ok((
+                out.table_list().to_vec(),
+                out.next_token().map(str::to_owned),
+            ))
+        })
+        .await
+        .inspect_err(|_| {
+            shared.glue_failures.fetch_add(1, Ordering::Relaxed);
+        })?;
+        Ok(tables
+            .iter()
+            .map(|t| {
+                let table = GlueTable::new(database, t, self.shared.clone());
+                if let Err(why) = table.format() {
+                    tracing::debug!(%database, table = t.name(), %why, "Glue table is not readable");
+                }
+                (t.name().to_lowercase(), Arc::new(table))
+            })
+            .collect())
+    }
+}
+
+fn spawn_refresher(catalog: Weak<GlueCatalog>, ttl_secs: u64) {
+    tokio::spawn(async move {
+        let period = Duration::from_secs(ttl_secs.max(1));
+        // Until the first load succeeds, retry sooner.
+        let retry = period.min(Duration::from_secs(30));
+        loop {
+            let loaded = match catalog.upgrade() {
+                Some(c) => c.last_refresh().is_some_and(|(_, r)| r.is_ok()),
+                None => return,
+            };
+            tokio::time::sleep(if loaded { period } else { retry }).await;
+            let Some(c) = catalog.upgrade() else { return };
+            if let Err(e) = c.refresh(None).await {
+                tracing::warn!(error = %e.message, "Glue refresh failed; serving the cached catalog");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn paging_follows_every_token() {
+        let seen = Mutex::new(Vec::new());
+        let pages = collect_pages(|token| {
+            seen.lock().unwrap().push(token.clone());
+            async move {
+                Ok(match token.as_deref() {
+                    None => (vec![1, 2], Some("p2".to_owned())),
+                    Some("p2") => (vec![3], Some("p3".to_owned())),
+                    Some("p3") => (vec![], Some("p4".to_owned())),
+                    Some("p4") => (vec![4, 5], Some(String::new())),
+                    Some(other) => return Err(format!("unexpected token {other}")),
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(pages, vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                None,
+                Some("p2".into()),
+                Some("p3".into()),
+                Some("p4".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn paging_stops_on_errors() {
+        let mut calls = 0;
+        let r: std::result::Result<Vec<u8>, String> = collect_pages(|token| {
+            calls += 1;
+            async move {
+                match token {
+                    None => Ok((vec![1], Some("next".into()))),
+                    Some(_) => Err("ThrottlingException".into()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap_err(), "ThrottlingException");
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn hidden_files_are_skipped() {
+        let prefix = object_store::path::Path::from("t/year=2017");
+        let meta = |p: &str, size: u64| ObjectMeta {
+            location: object_store::path::Path::from(p),
+            last_modified: chrono::Utc::now(),
+            size,
+            e_tag: None,
+            version: None,
+        };
+        assert!(is_data_file(
+            &prefix,
+            &meta("t/year=2017/part-0.parquet", 10)
+        ));
+        assert!(is_data_file(
+            &prefix,
+            &meta("t/year=2017/sub/part-0.parquet", 10)
+        ));
+        assert!(!is_data_file(&prefix, &meta("t/year=2017/_SUCCESS", 10)));
+        assert!(!is_data_file(
+            &prefix,
+            &meta("t/year=2017/.hive-staging/x", 10)
+        ));
+        assert!(!is_data_file(
+            &prefix,
+            &meta("t/year=2017/_temporary/0/x", 10)
+        ));
+        assert!(!is_data_file(&prefix, &meta("t/year=2017/empty", 0)));
+        assert!(!is_data_file(&prefix, &meta("t/year=2017_$folder$", 10)));
+    }
+}

@@ -1,0 +1,632 @@
+//! One Glue table as a DataFusion `TableProvider`: the reader comes from the
+//! table's `StorageDescriptor`, partitions from Glue (never from listing the table
+//! root), files from listing each partition's own location.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_glue::types::Table;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::CsvOptions;
+use datafusion::common::{DataFusionError, Result, ScalarValue, project_schema};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use futures::{StreamExt, TryStreamExt};
+
+use super::GlueShared;
+use super::partitions::{PartitionKey, is_partition_filter};
+use super::types::hive_to_arrow;
+use crate::server::error::{PgError, SqlState};
+
+/// How a table's files are read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    Parquet,
+    /// Delimited text: LazySimpleSerDe (no quoting) or OpenCSVSerde.
+    Text(TextFormat),
+    /// Newline-delimited JSON (Hive / OpenX JsonSerDe).
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextFormat {
+    pub delimiter: u8,
+    /// `None`: fields are never quoted (LazySimpleSerDe).
+    pub quote: Option<u8>,
+    pub escape: Option<u8>,
+    pub header: bool,
+    /// Values read as NULL, as a regex over the whole field.
+    pub null_regex: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct GlueTable {
+    database: String,
+    name: String,
+    schema: SchemaRef,
+    file_schema: SchemaRef,
+    keys: Vec<PartitionKey>,
+    location: Option<String>,
+    /// The reader, or why this table cannot be read.
+    format: std::result::Result<Format, String>,
+    glue: Arc<GlueShared>,
+}
+
+impl GlueTable {
+    /// Builds the provider from Glue's definition. Problems that make the table
+    /// unreadable (unknown format, Iceberg, a bad column type) do not hide it: it is
+    /// listed with what its columns are, and a query of it gets the reason.
+    pub fn new(database: &str, table: &Table, glue: Arc<GlueShared>) -> GlueTable {
+        let mut problem = None;
+        let mut field = |name: &str, hive: &str| {
+            let data_type = hive_to_arrow(hive).unwrap_or_else(|e| {
+                problem.get_or_insert(e);
+                DataType::Utf8
+            });
+            Arc::new(Field::new(name.to_lowercase(), data_type, true))
+        };
+        let sd = table.storage_descriptor();
+        let columns: Vec<FieldRef> = sd
+            .map(|sd| sd.columns())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| field(c.name(), c.r#type().unwrap_or("string")))
+            .collect();
+        let keys: Vec<PartitionKey> = table
+            .partition_keys()
+            .iter()
+            .map(|c| {
+                let hive = c.r#type().unwrap_or("string");
+                PartitionKey {
+                    field: field(c.name(), hive),
+                    hive_type: hive.trim().to_lowercase(),
+                }
+            })
+            .collect();
+        let file_schema = Arc::new(Schema::new(columns.clone()));
+        let mut all = columns;
+        all.extend(keys.iter().map(|k| k.field.clone()));
+        let format = match (detect_format(table), problem) {
+            (Ok(_), Some(p)) => Err(p),
+            (f, _) => f,
+        };
+        GlueTable {
+            database: database.to_owned(),
+            name: table.name().to_lowercase(),
+            schema: Arc::new(Schema::new(all)),
+            file_schema,
+            keys,
+            location: sd.and_then(|sd| sd.location()).map(str::to_owned),
+            format,
+            glue,
+        }
+    }
+
+    pub fn format(&self) -> std::result::Result<&Format, &str> {
+        self.format.as_ref().map_err(String::as_str)
+    }
+
+    fn unreadable(&self, why: &str) -> DataFusionError {
+        let e = PgError::new(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            format!(
+                "cannot read table \"{}\".{}: {why}",
+                self.database, self.name
+            ),
+        )
+        .with_hint("Sluice reads Hive-style Glue tables stored as Parquet, CSV/TSV or JSON");
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+#[async_trait]
+impl TableProvider for GlueTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Partition filters are decided exactly on Glue's partition values; the rest
+        // prune Parquet row groups and pages and are applied again above the scan.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_partition_filter(f, &self.keys) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let format = self.format.as_ref().map_err(|why| self.unreadable(why))?;
+        let locations: Vec<(Vec<ScalarValue>, String)> = if self.keys.is_empty() {
+            let Some(location) = &self.location else {
+                return Err(self.unreadable("the table has no Location"));
+            };
+            vec![(Vec::new(), location.clone())]
+        } else {
+            let partition_filters: Vec<&Expr> = filters
+                .iter()
+                .filter(|f| is_partition_filter(f, &self.keys))
+                .collect();
+            self.glue
+                .partitions(&self.database, &self.name, &self.keys, &partition_filters)
+                .await?
+        };
+
+        // List every location (a few at a time), then group the files by store and
+        // compression: one scan per group.
+        let runtime = state.runtime_env().clone();
+        let listed: Vec<(ObjectStoreUrl, Vec<PartitionedFile>)> =
+            futures::stream::iter(locations.into_iter().map(|(values, location)| {
+                let glue = self.glue.clone();
+                let runtime = runtime.clone();
+                async move {
+                    let (store_url, files) = glue.list_files(&runtime, &location).await?;
+                    let files = files
+                        .iter()
+                        .map(|meta| {
+                            PartitionedFile::new_from_meta(meta.clone())
+                                .with_partition_values(values.clone())
+                        })
+                        .collect::<Vec<_>>();
+                    Ok::<_, DataFusionError>((store_url, files))
+                }
+            }))
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let mut groups: BTreeMap<(String, Compression), Vec<PartitionedFile>> = BTreeMap::new();
+        let mut urls: HashMap<String, ObjectStoreUrl> = HashMap::new();
+        for (url, files) in listed {
+            let key = url.as_str().to_owned();
+            urls.entry(key.clone()).or_insert(url);
+            for file in files {
+                let compression = Compression::of(file.object_meta.location.as_ref());
+                groups
+                    .entry((key.clone(), compression))
+                    .or_default()
+                    .push(file);
+            }
+        }
+        if groups.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema,
+                projection,
+            )?)));
+        }
+        let target = state.config().target_partitions().max(1);
+        let partition_fields: Vec<FieldRef> = self.keys.iter().map(|k| k.field.clone()).collect();
+        let mut plans = Vec::with_capacity(groups.len());
+        for ((url, compression), mut files) in groups {
+            // Deterministic order: the same files in the same groups every run.
+            files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+            let file_format = self.file_format(state, format, compression);
+            let source = file_format.file_source(
+                TableSchema::builder(self.file_schema.clone())
+                    .with_table_partition_cols(partition_fields.clone())
+                    .build(),
+            );
+            let store_url = urls
+                .get(&url)
+                .cloned()
+                .unwrap_or_else(ObjectStoreUrl::local_filesystem);
+            let config = FileScanConfigBuilder::new(store_url, source)
+                .with_file_groups(FileGroup::new(files).split_files(target))
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            plans.push(file_format.create_physical_plan(state, config).await?);
+        }
+        if plans.len() == 1 {
+            return Ok(plans.remove(0));
+        }
+        UnionExec::try_new(plans)
+    }
+}
+
+impl GlueTable {
+    fn file_format(
+        &self,
+        state: &dyn Session,
+        format: &Format,
+        compression: Compression,
+    ) -> Arc<dyn FileFormat> {
+        match format {
+            Format::Parquet => Arc::new(
+                ParquetFormat::default().with_options(state.table_options().parquet.clone()),
+            ),
+            Format::Json => {
+                Arc::new(JsonFormat::default().with_file_compression_type(compression.into()))
+            }
+            Format::Text(t) => {
+                let options = CsvOptions {
+                    has_header: Some(t.header),
+                    delimiter: t.delimiter,
+                    // Without quoting, a NUL "quote" never occurs in text data.
+                    quote: t.quote.unwrap_or(0),
+                    escape: t.escape,
+                    null_regex: t.null_regex.clone(),
+                    // Hive reads missing trailing fields as NULL.
+                    truncated_rows: Some(true),
+                    newlines_in_values: Some(false),
+                    ..CsvOptions::default()
+                };
+                Arc::new(
+                    CsvFormat::default()
+                        .with_options(options)
+                        .with_file_compression_type(compression.into()),
+                )
+            }
+        }
+    }
+}
+
+/// Compression of a text file, from its name as Hive and Athena decide it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    pub fn of(path: &str) -> Compression {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".gz") || lower.ends_with(".gzip") {
+            Compression::Gzip
+        } else if lower.ends_with(".bz2") {
+            Compression::Bzip2
+        } else if lower.ends_with(".zst") || lower.ends_with(".zstd") {
+            Compression::Zstd
+        } else if lower.ends_with(".xz") {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+}
+
+impl From<Compression> for FileCompressionType {
+    fn from(c: Compression) -> FileCompressionType {
+        match c {
+            Compression::None => FileCompressionType::UNCOMPRESSED,
+            Compression::Gzip => FileCompressionType::GZIP,
+            Compression::Bzip2 => FileCompressionType::BZIP2,
+            Compression::Zstd => FileCompressionType::ZSTD,
+            Compression::Xz => FileCompressionType::XZ,
+        }
+    }
+}
+
+/// The reader for a Glue table, or what kind of table it is that Sluice cannot read.
+pub fn detect_format(table: &Table) -> std::result::Result<Format, String> {
+    let params = lower_keys(table.parameters());
+    let param = |k: &str| params.get(k).map(|v| v.to_ascii_lowercase());
+    let table_type = table.table_type().unwrap_or_default().to_ascii_uppercase();
+    let sd = table.storage_descriptor();
+    let serde = sd.and_then(|s| s.serde_info());
+    let library = serde
+        .and_then(|s| s.serialization_library())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let input = sd
+        .and_then(|s| s.input_format())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let class = param("classification").unwrap_or_default();
+
+    if table_type == "VIRTUAL_VIEW" || table.view_original_text().is_some() {
+        return Err("it is a Glue view (VIRTUAL_VIEW); query its underlying tables".into());
+    }
+    if table_type == "GOVERNED" {
+        return Err("it is a Lake Formation governed table".into());
+    }
+    if param("table_type").as_deref() == Some("iceberg") || class == "iceberg" {
+        return Err("it is an Apache Iceberg table".into());
+    }
+    if param("table_type").as_deref() == Some("delta")
+        || param("spark.sql.sources.provider").as_deref() == Some("delta")
+        || class == "delta"
+    {
+        return Err("it is a Delta Lake table".into());
+    }
+    if input.contains("hudi") || input.contains("hoodie") || class == "hudi" {
+        return Err("it is an Apache Hudi table".into());
+    }
+    if sd.is_none() {
+        return Err("Glue has no StorageDescriptor for it".into());
+    }
+    if library.contains("parquet") || input.contains("parquet") || class == "parquet" {
+        return Ok(Format::Parquet);
+    }
+    if library.contains("jsonserde") || class == "json" {
+        return Ok(Format::Json);
+    }
+    if library.contains("orc") || input.contains("orc") || class == "orc" {
+        return Err("ORC files are not supported".into());
+    }
+    if library.contains("avro") || input.contains("avro") || class == "avro" {
+        return Err("Avro files are not supported".into());
+    }
+    let mut serde_params = lower_keys(serde.and_then(|s| s.parameters()));
+    let header = header_lines(&params, &serde_params)?;
+    if library.contains("opencsvserde") {
+        let char_param = |k: &str, default: u8| match serde_params.get(k) {
+            Some(v) => single_byte(v)
+                .ok_or_else(|| format!("SerDe parameter {k} `{v}` is not one character")),
+            None => Ok(default),
+        };
+        return Ok(Format::Text(TextFormat {
+            delimiter: char_param("separatorchar", b',')?,
+            quote: Some(char_param("quotechar", b'"')?),
+            escape: Some(char_param("escapechar", b'\\')?),
+            header,
+            null_regex: None,
+        }));
+    }
+    let text = library.contains("lazysimpleserde")
+        || (library.is_empty() && input.contains("textinputformat"))
+        || matches!(class.as_str(), "csv" | "tsv");
+    if text {
+        // field.delim, else serialization.format, else Hive's default Ctrl-A.
+        let delim = serde_params
+            .remove("field.delim")
+            .or_else(|| serde_params.remove("serialization.format"));
+        let delimiter = match delim {
+            Some(d) => single_byte(&d)
+                .ok_or_else(|| format!("SerDe parameter field.delim `{d}` is not one character"))?,
+            None if class == "tsv" => b'\t',
+            None if class == "csv" => b',',
+            None => 1,
+        };
+        let escape = match serde_params.get("escape.delim") {
+            Some(e) => Some(single_byte(e).ok_or_else(|| {
+                format!("SerDe parameter escape.delim `{e}` is not one character")
+            })?),
+            None => None,
+        };
+        let null = serde_params
+            .get("serialization.null.format")
+            .cloned()
+            .unwrap_or_else(|| "\\N".into());
+        return Ok(Format::Text(TextFormat {
+            delimiter,
+            quote: None,
+            escape,
+            header,
+            // Empty fields read as NULL too (numbers would not parse otherwise).
+            null_regex: Some(format!("^({})?$", regex_escape(&null))),
+        }));
+    }
+    Err(format!(
+        "its SerDe `{}` / InputFormat `{}` is not a format Sluice reads",
+        serde
+            .and_then(|s| s.serialization_library())
+            .unwrap_or("none"),
+        sd.and_then(|s| s.input_format()).unwrap_or("none")
+    ))
+}
+
+fn lower_keys(map: Option<&HashMap<String, String>>) -> HashMap<String, String> {
+    map.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn header_lines(
+    table: &HashMap<String, String>,
+    serde: &HashMap<String, String>,
+) -> std::result::Result<bool, String> {
+    let Some(v) = table
+        .get("skip.header.line.count")
+        .or_else(|| serde.get("skip.header.line.count"))
+    else {
+        return Ok(false);
+    };
+    match v.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        other => Err(format!(
+            "skip.header.line.count = {other} is not supported (0 or 1 header lines are)"
+        )),
+    }
+}
+
+/// A delimiter as Hive DDL writes it: `,`, `\t`, `\001`, `\u0001`, or a number.
+fn single_byte(v: &str) -> Option<u8> {
+    match v {
+        "\\t" => return Some(b'\t'),
+        "\\n" => return Some(b'\n'),
+        _ => {}
+    }
+    if v.len() == 1 {
+        return Some(v.as_bytes()[0]);
+    }
+    if let Some(hex) = v.strip_prefix("\\u") {
+        return u8::from_str_radix(hex, 16).ok();
+    }
+    if let Some(oct) = v.strip_prefix('\\') {
+        return u8::from_str_radix(oct, 8).ok();
+    }
+    v.parse::<u8>().ok()
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !c.is_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_glue::types::{SerDeInfo, StorageDescriptor};
+
+    fn table(
+        serde: &str,
+        input: &str,
+        serde_params: &[(&str, &str)],
+        params: &[(&str, &str)],
+    ) -> Table {
+        let mut info = SerDeInfo::builder().serialization_library(serde);
+        for (k, v) in serde_params {
+            info = info.parameters(*k, *v);
+        }
+        let sd = StorageDescriptor::builder()
+            .location("s3://b/t/")
+            .input_format(input)
+            .serde_info(info.build())
+            .build();
+        let mut t = Table::builder().name("t").storage_descriptor(sd);
+        for (k, v) in params {
+            t = t.parameters(*k, *v);
+        }
+        t.build().unwrap()
+    }
+
+    const TEXT_INPUT: &str = "org.apache.hadoop.mapred.TextInputFormat";
+
+    #[test]
+    fn formats_from_serde_and_parameters() {
+        let parquet = table(
+            "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+            "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+            &[],
+            &[],
+        );
+        assert_eq!(detect_format(&parquet), Ok(Format::Parquet));
+        let csv = table(
+            "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+            TEXT_INPUT,
+            &[("field.delim", ",")],
+            &[("skip.header.line.count", "1"), ("classification", "csv")],
+        );
+        let Ok(Format::Text(t)) = detect_format(&csv) else {
+            panic!()
+        };
+        assert_eq!((t.delimiter, t.quote, t.header), (b',', None, true));
+        let tsv = table(
+            "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+            TEXT_INPUT,
+            &[("field.delim", "\\t")],
+            &[],
+        );
+        assert!(
+            matches!(detect_format(&tsv), Ok(Format::Text(t)) if t.delimiter == b'\t' && !t.header)
+        );
+        let ctrl_a = table(
+            "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+            TEXT_INPUT,
+            &[],
+            &[],
+        );
+        assert!(matches!(detect_format(&ctrl_a), Ok(Format::Text(t)) if t.delimiter == 1));
+        let open = table(
+            "org.apache.hadoop.hive.serde2.OpenCSVSerde",
+            TEXT_INPUT,
+            &[("separatorChar", ";"), ("quoteChar", "'")],
+            &[],
+        );
+        assert!(
+            matches!(detect_format(&open), Ok(Format::Text(t)) if t.delimiter == b';' && t.quote == Some(b'\''))
+        );
+        for json in [
+            "org.openx.data.jsonserde.JsonSerDe",
+            "org.apache.hive.hcatalog.data.JsonSerDe",
+        ] {
+            assert_eq!(
+                detect_format(&table(json, TEXT_INPUT, &[], &[])),
+                Ok(Format::Json)
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_kinds_are_named() {
+        let iceberg = table("x", "x", &[], &[("table_type", "ICEBERG")]);
+        assert!(detect_format(&iceberg).unwrap_err().contains("Iceberg"));
+        let delta = table("x", "x", &[], &[("spark.sql.sources.provider", "delta")]);
+        assert!(detect_format(&delta).unwrap_err().contains("Delta"));
+        let hudi = table(
+            "x",
+            "org.apache.hudi.hadoop.HoodieParquetInputFormat",
+            &[],
+            &[],
+        );
+        assert!(detect_format(&hudi).unwrap_err().contains("Hudi"));
+        let orc = table("org.apache.hadoop.hive.ql.io.orc.OrcSerde", "x", &[], &[]);
+        assert!(detect_format(&orc).unwrap_err().contains("ORC"));
+        let view = Table::builder()
+            .name("v")
+            .table_type("VIRTUAL_VIEW")
+            .build()
+            .unwrap();
+        assert!(detect_format(&view).unwrap_err().contains("view"));
+        let two = table(
+            "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+            TEXT_INPUT,
+            &[],
+            &[("skip.header.line.count", "2")],
+        );
+        assert!(
+            detect_format(&two)
+                .unwrap_err()
+                .contains("skip.header.line.count")
+        );
+    }
+
+    #[test]
+    fn delimiters_and_compression() {
+        assert_eq!(single_byte("|"), Some(b'|'));
+        assert_eq!(single_byte("\\001"), Some(1));
+        assert_eq!(single_byte("\\u0009"), Some(9));
+        assert_eq!(single_byte("44"), Some(b','));
+        assert_eq!(single_byte("ab"), None);
+        assert_eq!(Compression::of("a/b.csv.gz"), Compression::Gzip);
+        assert_eq!(Compression::of("a/b.json.BZ2"), Compression::Bzip2);
+        assert_eq!(Compression::of("a/b.zst"), Compression::Zstd);
+        assert_eq!(Compression::of("a/b.csv"), Compression::None);
+        assert_eq!(regex_escape("\\N"), "\\\\N");
+    }
+}

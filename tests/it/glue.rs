@@ -640,6 +640,14 @@ async fn nyc_taxi_queries_over_csv_and_parquet_match_the_data() {
 async fn partitions_come_from_glue_and_other_days_are_never_read() {
     let rig = Rig::start().await;
     let c = rig.admin().await;
+    let fetched = |lake: &[Vec<String>]| -> u64 {
+        let row = lake
+            .iter()
+            .find(|r| r[0] == "blog-db")
+            .expect("blog-db row");
+        row[6].parse().expect("partitions_fetched")
+    };
+    let fetched_before = fetched(&rows(&c, "SHOW sluice.lake").await);
     let before = rig.moto().requests().len();
     let one_day = rows(
         &c,
@@ -655,6 +663,11 @@ async fn partitions_come_from_glue_and_other_days_are_never_read() {
             "02".into(),
             "2017".into()
         ]]
+    );
+    // The filter went to Glue as an expression: Glue returned one partition of 31.
+    assert_eq!(
+        fetched(&rows(&c, "SHOW sluice.lake").await) - fetched_before,
+        1
     );
     let touched: Vec<String> = rig.moto().requests()[before..]
         .iter()

@@ -13,7 +13,6 @@ pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,10 +79,20 @@ pub struct GlueShared {
     listing_ttl: Duration,
     partitions: moka::future::Cache<PartitionCacheKey, Fetched<Vec<GluePartition>>>,
     listings: moka::future::Cache<String, Fetched<Vec<ObjectMeta>>>,
-    /// Counters for `SHOW sluice.lake`.
-    pub glue_calls: AtomicU64,
-    pub glue_failures: AtomicU64,
-    pub listings_made: AtomicU64,
+    /// Per-database counters for `SHOW sluice.lake`.
+    stats: std::sync::Mutex<HashMap<String, DatabaseStats>>,
+}
+
+/// What Sluice asked of Glue and S3 for one database since start-up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DatabaseStats {
+    /// Glue API calls (every page counts).
+    pub glue_requests: u64,
+    pub glue_failures: u64,
+    /// Partitions Glue returned (after its own filtering by expression).
+    pub partitions_fetched: u64,
+    /// S3 / file listings of table and partition locations.
+    pub listings: u64,
 }
 
 impl std::fmt::Debug for GlueShared {
@@ -102,6 +111,21 @@ fn catalog_error(message: String) -> DataFusionError {
 }
 
 impl GlueShared {
+    fn count(&self, database: &str, f: impl FnOnce(&mut DatabaseStats)) {
+        if let Ok(mut stats) = self.stats.lock() {
+            f(stats.entry(database.to_owned()).or_default());
+        }
+    }
+
+    /// The counters of one database.
+    pub fn stats(&self, database: &str) -> DatabaseStats {
+        self.stats
+            .lock()
+            .ok()
+            .and_then(|s| s.get(database).copied())
+            .unwrap_or_default()
+    }
+
     /// The partitions of a table that pass `filters` (partition-column filters only),
     /// with typed values and locations. The filters go to Glue as an expression.
     pub async fn partitions(
@@ -152,8 +176,8 @@ impl GlueShared {
         table: &str,
         expression: Option<&str>,
     ) -> std::result::Result<Vec<GluePartition>, String> {
-        self.glue_calls.fetch_add(1, Ordering::Relaxed);
         let result = collect_pages(|token| async move {
+            self.count(database, |s| s.glue_requests += 1);
             let out = self
                 .client
                 .get_partitions()
@@ -180,8 +204,9 @@ impl GlueShared {
             Ok((page, out.next_token().map(str::to_owned)))
         })
         .await;
-        if result.is_err() {
-            self.glue_failures.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(list) => self.count(database, |s| s.partitions_fetched += list.len() as u64),
+            Err(_) => self.count(database, |s| s.glue_failures += 1),
         }
         result
     }
@@ -191,6 +216,7 @@ impl GlueShared {
     pub async fn list_files(
         &self,
         runtime: &RuntimeEnv,
+        database: &str,
         location: &str,
     ) -> Result<(ObjectStoreUrl, Arc<Vec<ObjectMeta>>)> {
         let (store_url, prefix) = crate::lake::stores::split_location(location)?;
@@ -202,7 +228,7 @@ impl GlueShared {
             return Ok((url, c.value.clone()));
         }
         let store = runtime.object_store(&url)?;
-        self.listings_made.fetch_add(1, Ordering::Relaxed);
+        self.count(database, |s| s.listings += 1);
         let listed: std::result::Result<Vec<ObjectMeta>, object_store::Error> =
             store.list(Some(&prefix)).try_collect().await;
         match listed {
@@ -329,9 +355,7 @@ impl GlueCatalog {
                 })
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
-            glue_calls: AtomicU64::new(0),
-            glue_failures: AtomicU64::new(0),
-            listings_made: AtomicU64::new(0),
+            stats: std::sync::Mutex::new(HashMap::new()),
         });
         let catalog = Arc::new(GlueCatalog {
             shared,
@@ -410,29 +434,27 @@ impl GlueCatalog {
 
     async fn reload(&self, only: Option<&str>) -> std::result::Result<RefreshSummary, String> {
         let shared = &self.shared;
-        shared.glue_calls.fetch_add(1, Ordering::Relaxed);
         let names = match only {
             Some(db) => vec![db.to_lowercase()],
-            None => collect_pages(|token| async move {
-                let out = shared
-                    .client
-                    .get_databases()
-                    .set_catalog_id(shared.catalog_id.clone())
-                    .set_next_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| crate::aws::describe_error("GetDatabases", &e))?;
-                let page = out
-                    .database_list()
-                    .iter()
-                    .map(|d| d.name().to_lowercase())
-                    .collect();
-                Ok((page, out.next_token().map(str::to_owned)))
-            })
-            .await
-            .inspect_err(|_| {
-                shared.glue_failures.fetch_add(1, Ordering::Relaxed);
-            })?,
+            None => {
+                collect_pages(|token| async move {
+                    let out = shared
+                        .client
+                        .get_databases()
+                        .set_catalog_id(shared.catalog_id.clone())
+                        .set_next_token(token)
+                        .send()
+                        .await
+                        .map_err(|e| crate::aws::describe_error("GetDatabases", &e))?;
+                    let page = out
+                        .database_list()
+                        .iter()
+                        .map(|d| d.name().to_lowercase())
+                        .collect();
+                    Ok((page, out.next_token().map(str::to_owned)))
+                })
+                .await?
+            }
         };
         let mut summary = RefreshSummary::default();
         let mut loaded: HashMap<String, BTreeMap<String, Arc<GlueTable>>> = HashMap::new();
@@ -511,8 +533,8 @@ impl GlueCatalog {
         database: &str,
     ) -> std::result::Result<BTreeMap<String, Arc<GlueTable>>, String> {
         let shared = &self.shared;
-        shared.glue_calls.fetch_add(1, Ordering::Relaxed);
         let tables = collect_pages(|token| async move {
+            shared.count(database, |s| s.glue_requests += 1);
             let out = shared
                 .client
                 .get_tables()
@@ -528,9 +550,7 @@ impl GlueCatalog {
             ))
         })
         .await
-        .inspect_err(|_| {
-            shared.glue_failures.fetch_add(1, Ordering::Relaxed);
-        })?;
+        .inspect_err(|_| shared.count(database, |s| s.glue_failures += 1))?;
         Ok(tables
             .iter()
             .map(|t| {

@@ -191,8 +191,9 @@ impl TableProvider for GlueTable {
             futures::stream::iter(locations.into_iter().map(|(values, location)| {
                 let glue = self.glue.clone();
                 let runtime = runtime.clone();
+                let database = &self.database;
                 async move {
-                    let (store_url, files) = glue.list_files(&runtime, &location).await?;
+                    let (store_url, files) = glue.list_files(&runtime, database, &location).await?;
                     let files = files
                         .iter()
                         .map(|meta| {

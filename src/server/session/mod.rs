@@ -868,12 +868,16 @@ impl Session {
                     .iter()
                     .filter(|t| self.policy.can_read(&db, t))
                     .count();
+                let stats = glue.shared().stats(&db);
                 vec![
                     db,
                     "glue".into(),
                     tables.to_string(),
                     age.clone(),
                     error.clone(),
+                    stats.glue_requests.to_string(),
+                    stats.partitions_fetched.to_string(),
+                    stats.listings.to_string(),
                 ]
             })
             .collect()
@@ -922,6 +926,9 @@ impl Session {
                 text("tables"),
                 text("refreshed_secs_ago"),
                 text("refresh_error"),
+                text("glue_requests"),
+                text("partitions_fetched"),
+                text("listings"),
             ]))
         } else if name == "all" {
             Arc::new(Schema::new(vec![

@@ -24,6 +24,8 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
 
@@ -64,6 +66,10 @@ pub struct GlueTable {
     /// The reader, or why this table cannot be read.
     format: std::result::Result<Format, String>,
     glue: Arc<GlueShared>,
+    /// For Parquet: the file's own spelling of each column when it differs from
+    /// Glue's lower-case name (Glue lower-cases, writers such as Spark keep
+    /// `VendorID`). Learned from the first file read; `None` when all match.
+    file_spelling: tokio::sync::OnceCell<Option<SchemaRef>>,
 }
 
 impl GlueTable {
@@ -113,6 +119,7 @@ impl GlueTable {
             location: sd.and_then(|sd| sd.location()).map(str::to_owned),
             format,
             glue,
+            file_spelling: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -226,6 +233,25 @@ impl TableProvider for GlueTable {
                 projection,
             )?)));
         }
+        // Parquet columns match Glue's names case-insensitively, as in Athena.
+        let mut file_schema = self.file_schema.clone();
+        if *format == Format::Parquet
+            && let Some(((url, _), files)) = groups.iter().next()
+            && let Some(first) = files.first()
+        {
+            let store_url = urls
+                .get(url)
+                .cloned()
+                .unwrap_or_else(ObjectStoreUrl::local_filesystem);
+            let spelled = self
+                .file_spelling
+                .get_or_try_init(|| self.spelling_in_file(state, &store_url, first))
+                .await?;
+            if let Some(spelled) = spelled {
+                file_schema = spelled.clone();
+            }
+        }
+        let renamed = !Arc::ptr_eq(&file_schema, &self.file_schema);
         let target = state.config().target_partitions().max(1);
         let partition_fields: Vec<FieldRef> = self.keys.iter().map(|k| k.field.clone()).collect();
         let mut plans = Vec::with_capacity(groups.len());
@@ -234,7 +260,7 @@ impl TableProvider for GlueTable {
             files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
             let file_format = self.file_format(state, format, compression);
             let source = file_format.file_source(
-                TableSchema::builder(self.file_schema.clone())
+                TableSchema::builder(file_schema.clone())
                     .with_table_partition_cols(partition_fields.clone())
                     .build(),
             );
@@ -249,14 +275,67 @@ impl TableProvider for GlueTable {
                 .build();
             plans.push(file_format.create_physical_plan(state, config).await?);
         }
-        if plans.len() == 1 {
-            return Ok(plans.remove(0));
+        let plan = if plans.len() == 1 {
+            plans.remove(0)
+        } else {
+            UnionExec::try_new(plans)?
+        };
+        if !renamed {
+            return Ok(plan);
         }
-        UnionExec::try_new(plans)
+        // Back to Glue's names above the scan.
+        let output = project_schema(&self.schema, projection)?;
+        let exprs: Vec<ProjectionExpr> = plan
+            .schema()
+            .fields()
+            .iter()
+            .zip(output.fields())
+            .enumerate()
+            .map(|(i, (file_field, glue_field))| {
+                ProjectionExpr::new(
+                    Arc::new(PhysicalColumn::new(file_field.name(), i)),
+                    glue_field.name().clone(),
+                )
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
 }
 
 impl GlueTable {
+    /// The file schema with each column spelled as in `file`, if any differs.
+    async fn spelling_in_file(
+        &self,
+        state: &dyn Session,
+        store_url: &ObjectStoreUrl,
+        file: &PartitionedFile,
+    ) -> Result<Option<SchemaRef>> {
+        let store = state.runtime_env().object_store(store_url)?;
+        let in_file = ParquetFormat::default()
+            .infer_schema(state, &store, std::slice::from_ref(&file.object_meta))
+            .await?;
+        let mut changed = false;
+        let fields: Vec<FieldRef> = self
+            .file_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                match in_file
+                    .fields()
+                    .iter()
+                    .find(|g| g.name() != f.name() && g.name().eq_ignore_ascii_case(f.name()))
+                {
+                    Some(g) if in_file.field_with_name(f.name()).is_err() => {
+                        changed = true;
+                        Arc::new(f.as_ref().clone().with_name(g.name()))
+                    }
+                    _ => f.clone(),
+                }
+            })
+            .collect();
+        Ok(changed.then(|| Arc::new(Schema::new(fields))))
+    }
+
     fn file_format(
         &self,
         state: &dyn Session,

@@ -1,20 +1,24 @@
-//! Lake benchmark: Sluice end to end versus DataFusion in-process, on the NYC-taxi demo
-//! data (1.2M trips, Parquet, partitioned by `month=…`).
+//! Lake benchmark: Sluice end to end versus DataFusion in-process and DuckDB, on the
+//! NYC-taxi demo data (1.2M trips, Parquet, partitioned by `month=…`).
 //!
 //! What is measured:
-//! - **Queries.** A small NYC-taxi query set runs through an in-process Sluice gateway
+//! - **Queries.** A small NYC-taxi query set runs through in-process Sluice gateways
 //!   (tokio-postgres over plaintext loopback, extended protocol with binary results,
-//!   so each run pays parse, plan, execute, encode, the socket and client decoding) and,
-//!   as the baseline, the same SQL on a bare DataFusion `SessionContext` with a
-//!   `ListingTable` over the same files (`ctx.sql(..).collect()`). Each query gets one
-//!   warm-up run per side, then the timed runs alternate between the two sides; the
-//!   median is reported with the ratio Sluice/DataFusion and their geometric mean.
+//!   so each run pays parse, plan, execute, encode, the socket and client decoding):
+//!   the local directory catalog, a Glue catalog (moto) whose table lives in S3
+//!   (moto), and the same Glue table with `file://` locations (the Glue provider
+//!   without S3). Baselines on the same files: a bare DataFusion `SessionContext` with
+//!   a `ListingTable` (`ctx.sql(..).collect()`), and DuckDB (`read_parquet` with Hive
+//!   partitioning, 2 threads, `benches/duckdb_queries.py`). Each query gets one warm-up
+//!   run per side, then timed runs; medians are reported with ratios and geometric
+//!   means.
 //! - **Streaming.** A 1.2M-row, four-column result streamed to the client without
 //!   collecting it: binary (extended protocol, as drivers fetch) and text (simple query
 //!   protocol, as psql fetches), in rows/s and wire MB/s (DataRow messages, 1 MB = 10^6
 //!   bytes). DataFusion's `execute_stream` on the same query is the in-process reference.
 //!
-//! Timings are printed, never asserted. Run with
+//! Needs `moto_server` (`tests/setup.sh` installs it) and PyPI `duckdb`
+//! (`pip install duckdb`). Timings are printed, never asserted. Run with
 //!
 //! ```text
 //! cargo bench --bench lake [-- --iters N] [-- --data DIR]
@@ -23,6 +27,9 @@
 //! `--iters` (or `SLUICE_BENCH_ITERS`) sets the timed runs per measurement (default 5).
 //! The demo data is generated once into `--data` (or `SLUICE_BENCH_DATA`), by default
 //! `<target>/tmp/sluice-bench-lake`, and reused by later runs.
+
+#[path = "../tests/support/moto.rs"]
+mod moto;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -138,8 +145,24 @@ fn parse_iters(v: &str) -> Result<usize> {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The Glue gateways take AWS credentials from the standard chain, as in
+    // production; moto accepts any. Set while this is the only thread.
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        // SAFETY: no other thread exists yet (the runtime is built below).
+        unsafe { std::env::set_var(k, v) };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse()?;
 
     let started = Instant::now();
@@ -151,23 +174,185 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let (client, server) = start_sluice(&args.data).await?;
+    let (client, server) = start_sluice(&lake_local(&args.data)).await?;
     let ctx = datafusion_context(&args.data).await?;
+    let moto = moto::Moto::start()?;
+    let started = Instant::now();
+    load_glue(&moto, &args.data).await?;
+    println!(
+        "moto: Glue + S3 loaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (glue_s3, glue_s3_server) = start_sluice(&lake_glue(&moto, "nyc")).await?;
+    let (glue_disk, glue_disk_server) = start_sluice(&lake_glue(&moto, "nyc_disk")).await?;
+    let duckdb = duckdb_times(&args.data, args.iters)?;
     println!(
         "{} timed runs per measurement after one warm-up; medians shown\n",
         args.iters
     );
 
-    bench_queries(&client, &ctx, args.iters).await?;
+    let sides = Sides {
+        local: &client,
+        glue_s3: &glue_s3,
+        glue_disk: &glue_disk,
+        ctx: &ctx,
+        duckdb: &duckdb,
+    };
+    bench_queries(&sides, args.iters).await?;
     println!();
     bench_streaming(&client, &ctx, args.iters).await?;
 
     server.abort();
+    glue_s3_server.abort();
+    glue_disk_server.abort();
     Ok(())
 }
 
+fn lake_local(root: &Path) -> String {
+    format!(
+        "[lake.local]\nroot = {}\ndemo_data = true\n",
+        toml::Value::String(root.display().to_string())
+    )
+}
+
+/// A Glue lake (moto) exposing one database, mounted as `nyc`'s stand-in.
+fn lake_glue(moto: &moto::Moto, database: &str) -> String {
+    format!(
+        "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{e}\"\ndatabases = [\"{database}\"]\n\
+         [lake.glue.s3]\nendpoint = \"{e}\"\npath_style = true\n",
+        e = moto.endpoint()
+    )
+}
+
+/// Uploads the demo trips to moto's S3 and describes them in moto's Glue twice:
+/// `nyc.trips` (S3 locations) and `nyc_disk.trips` (the same files on local disk).
+async fn load_glue(moto: &moto::Moto, root: &Path) -> Result<()> {
+    use aws_sdk_glue::types::{
+        Column, DatabaseInput, PartitionInput, SerDeInfo, StorageDescriptor, TableInput,
+    };
+    use object_store::ObjectStoreExt;
+    let glue = moto.glue();
+    let bucket = moto.bucket("lake")?;
+    let columns: Vec<Column> = sluice::lake::demo::trips_schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let hive = match f.data_type() {
+                DataType::Int32 => "int",
+                DataType::Int64 => "bigint",
+                DataType::Float64 => "double",
+                DataType::Timestamp(_, _) => "timestamp",
+                _ => "string",
+            };
+            Column::builder().name(f.name()).r#type(hive).build()
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let trips = root.join("nyc").join("trips");
+    let mut months: Vec<String> = std::fs::read_dir(&trips)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("month=")
+                .map(str::to_owned)
+        })
+        .collect();
+    months.sort();
+    for month in &months {
+        let key = format!("nyc/trips/month={month}/part-0.parquet");
+        let data = std::fs::read(trips.join(format!("month={month}")).join("part-0.parquet"))?;
+        bucket
+            .put(&object_store::path::Path::from(key.as_str()), data.into())
+            .await?;
+    }
+    for (database, base) in [
+        ("nyc", "s3://lake/nyc/trips".to_owned()),
+        ("nyc_disk", format!("file://{}", trips.display())),
+    ] {
+        glue.create_database()
+            .database_input(DatabaseInput::builder().name(database).build()?)
+            .send()
+            .await?;
+        let sd = |location: String| {
+            StorageDescriptor::builder()
+                .location(location)
+                .input_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat")
+                .serde_info(
+                    SerDeInfo::builder()
+                        .serialization_library(
+                            "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+                        )
+                        .build(),
+                )
+        };
+        glue.create_table()
+            .database_name(database)
+            .table_input(
+                TableInput::builder()
+                    .name("trips")
+                    .table_type("EXTERNAL_TABLE")
+                    .storage_descriptor(
+                        sd(format!("{base}/"))
+                            .set_columns(Some(columns.clone()))
+                            .build(),
+                    )
+                    .partition_keys(Column::builder().name("month").r#type("string").build()?)
+                    .build()?,
+            )
+            .send()
+            .await?;
+        let partitions = months
+            .iter()
+            .map(|m| {
+                PartitionInput::builder()
+                    .values(m.clone())
+                    .storage_descriptor(sd(format!("{base}/month={m}/")).build())
+                    .build()
+            })
+            .collect();
+        glue.batch_create_partition()
+            .database_name(database)
+            .table_name("trips")
+            .set_partition_input_list(Some(partitions))
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+/// Medians (ms) and row counts of the query set on DuckDB, by query name.
+fn duckdb_times(
+    root: &Path,
+    iters: usize,
+) -> Result<std::collections::HashMap<String, (f64, usize)>> {
+    use std::io::Write;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/duckdb_queries.py");
+    let job = serde_json::json!({
+        "root": root.display().to_string(),
+        "iters": iters,
+        "queries": QUERIES,
+    });
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(job.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err("DuckDB side failed (is PyPI `duckdb` installed? pip install duckdb)".into());
+    }
+    let parsed: std::collections::HashMap<String, (f64, usize)> =
+        serde_json::from_slice(&out.stdout)?;
+    Ok(parsed)
+}
+
 /// Starts a gateway on an ephemeral loopback port and returns a connected client.
-async fn start_sluice(root: &Path) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+async fn start_sluice(lake: &str) -> Result<(Client, tokio::task::JoinHandle<()>)> {
     let toml = format!(
         r#"
 [server]
@@ -185,13 +370,10 @@ roles = ["reader"]
 name = "reader"
 read = ["*"]
 
-[lake.local]
-root = {root}
-demo_data = true
-"#,
-        root = toml::Value::String(root.display().to_string())
+{lake}
+"#
     );
-    let config = Config::parse(&toml, Path::new("bench.toml"), root.to_owned())?;
+    let config = Config::parse(&toml, Path::new("bench.toml"), PathBuf::from("."))?;
     let database = config.server.database.clone();
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;
@@ -231,38 +413,78 @@ async fn datafusion_context(root: &Path) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-async fn bench_queries(client: &Client, ctx: &SessionContext, iters: usize) -> Result<()> {
+/// Every side of the query comparison.
+struct Sides<'a> {
+    local: &'a Client,
+    glue_s3: &'a Client,
+    glue_disk: &'a Client,
+    ctx: &'a SessionContext,
+    duckdb: &'a std::collections::HashMap<String, (f64, usize)>,
+}
+
+async fn bench_queries(sides: &Sides<'_>, iters: usize) -> Result<()> {
     println!(
-        "{:<18} {:>6} {:>11} {:>15} {:>8}",
-        "query", "rows", "sluice ms", "datafusion ms", "ratio"
+        "{:<16} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "query",
+        "rows",
+        "local ms",
+        "glue-s3",
+        "glue-disk",
+        "DF ms",
+        "duckdb",
+        "local/DF",
+        "local/dk",
+        "s3/DF"
     );
-    let mut log_ratio_sum = 0.0;
+    let mut logs = [0.0f64; 3];
     for &(name, sql) in QUERIES {
-        let sluice_rows = sluice_query(client, sql).await?;
-        let df_rows = datafusion_query(ctx, sql).await?;
-        let (mut sluice, mut df) = (Vec::new(), Vec::new());
-        for _ in 0..iters {
-            sluice.push(time(sluice_query(client, sql)).await?.1);
-            df.push(time(datafusion_query(ctx, sql)).await?.1);
+        let disk_sql = sql.replace("nyc.trips", "nyc_disk.trips");
+        let rows = sluice_query(sides.local, sql).await?;
+        for (side, n) in [
+            ("glue-s3", sluice_query(sides.glue_s3, sql).await?),
+            ("glue-disk", sluice_query(sides.glue_disk, &disk_sql).await?),
+            ("datafusion", datafusion_query(sides.ctx, sql).await?),
+        ] {
+            if n != rows {
+                return Err(format!("{name}: {side} returned {n} rows, local {rows}").into());
+            }
         }
-        let (s, d) = (median(&mut sluice), median(&mut df));
-        let ratio = s.as_secs_f64() / d.as_secs_f64();
-        log_ratio_sum += ratio.ln();
-        let rows = if sluice_rows == df_rows {
-            sluice_rows.to_string()
-        } else {
-            format!("{sluice_rows}!={df_rows}")
-        };
+        let (mut local, mut s3, mut disk, mut df) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..iters {
+            local.push(time(sluice_query(sides.local, sql)).await?.1);
+            s3.push(time(sluice_query(sides.glue_s3, sql)).await?.1);
+            disk.push(time(sluice_query(sides.glue_disk, &disk_sql)).await?.1);
+            df.push(time(datafusion_query(sides.ctx, sql)).await?.1);
+        }
+        let (l, s, k, d) = (
+            ms(median(&mut local)),
+            ms(median(&mut s3)),
+            ms(median(&mut disk)),
+            ms(median(&mut df)),
+        );
+        let duck = sides.duckdb.get(name).map(|(t, _)| *t).unwrap_or(f64::NAN);
+        let ratios = [l / d, l / duck, s / d];
+        for (sum, r) in logs.iter_mut().zip(ratios) {
+            *sum += r.ln();
+        }
         println!(
-            "{name:<18} {rows:>6} {:>11.1} {:>15.1} {ratio:>7.2}x",
-            ms(s),
-            ms(d)
+            "{name:<16} {rows:>5} {l:>9.1} {s:>9.1} {k:>9.1} {d:>9.1} {duck:>9.1} {:>8.2}x {:>8.2}x {:>8.2}x",
+            ratios[0], ratios[1], ratios[2]
         );
     }
-    let geomean = (log_ratio_sum / QUERIES.len() as f64).exp();
+    let n = QUERIES.len() as f64;
     println!(
-        "{:<18} {:>6} {:>11} {:>15} {geomean:>7.2}x",
-        "geomean", "", "", ""
+        "{:<16} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.2}x {:>8.2}x {:>8.2}x",
+        "geomean",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        (logs[0] / n).exp(),
+        (logs[1] / n).exp(),
+        (logs[2] / n).exp()
     );
     Ok(())
 }

@@ -424,6 +424,54 @@ impl Rig {
         )
         .await;
 
+        // Every primitive Hive type, bzip2-compressed TSV with \N for NULL (and a value
+        // that does not parse, which Hive reads as NULL).
+        let tsv = "1\t300\t9000000000\t1.5\t2.25\t12.34\ttrue\t2017-07-02\t2017-07-02 10:11:12\tab\tabcde\n\
+                   -2\t\\N\toops\t\\N\t\\N\t\\N\tfalse\t\\N\t\\N\t\t\n";
+        let bz = {
+            let mut child = std::process::Command::new("bzip2")
+                .arg("-c")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("bzip2 runs");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(tsv.as_bytes())
+                .expect("bzip2 input");
+            child.wait_with_output().expect("bzip2 output").stdout
+        };
+        put(&lake, "types/part-0.tsv.bz2", bz).await;
+        create_table(
+            &glue,
+            "nested",
+            TableSpec {
+                name: "types",
+                columns: &[
+                    ("t", "tinyint"),
+                    ("s", "smallint"),
+                    ("b", "bigint"),
+                    ("f", "float"),
+                    ("d", "double"),
+                    ("n", "decimal(10,2)"),
+                    ("ok", "boolean"),
+                    ("day", "date"),
+                    ("at", "timestamp"),
+                    ("c", "char(2)"),
+                    ("v", "varchar(5)"),
+                ],
+                partition_keys: &[],
+                location: "s3://lake/types/".into(),
+                serde: LAZY_SERDE,
+                input: TEXT_INPUT,
+                serde_params: &[("field.delim", "\t")],
+                params: &[],
+            },
+        )
+        .await;
+
         // A table on local disk: readable when moto (Glue) is gone.
         let local = dir.path().join("local_t");
         std::fs::create_dir_all(&local).expect("dir");
@@ -598,7 +646,7 @@ async fn nyc_taxi_queries_over_csv_and_parquet_match_the_data() {
     for t in &data {
         let pct = t.tip / t.fare * 100.0;
         let b = match pct {
-            p if p == 0.0 => "none",
+            0.0 => "none",
             p if p < 10.0 => "low",
             p if p < 20.0 => "mid",
             _ => "high",
@@ -770,6 +818,57 @@ async fn nested_json_unsupported_tables_and_role_filtered_listing() {
         ]
     );
 
+    assert_eq!(
+        rows(&c, "SELECT * FROM nested.types ORDER BY t DESC").await,
+        vec![
+            vec![
+                "1",
+                "300",
+                "9000000000",
+                "1.5",
+                "2.25",
+                "12.34",
+                "t",
+                "2017-07-02",
+                "2017-07-02 10:11:12",
+                "ab",
+                "abcde"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+            vec![
+                "-2", "NULL", "NULL", "NULL", "NULL", "NULL", "f", "NULL", "NULL", "NULL", "NULL"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ]
+    );
+    let types: Vec<String> = rows(
+        &c,
+        "SELECT data_type FROM information_schema.columns \
+         WHERE table_schema = 'nested' AND table_name = 'types' ORDER BY ordinal_position",
+    )
+    .await
+    .concat();
+    assert_eq!(
+        types,
+        [
+            "smallint",
+            "smallint",
+            "bigint",
+            "real",
+            "double precision",
+            "numeric",
+            "boolean",
+            "date",
+            "timestamp without time zone",
+            "text",
+            "text"
+        ]
+    );
+
     // An Iceberg table is listed, but reading it names what it is.
     let e = c
         .simple_query("SELECT * FROM \"blog-db\".events_iceberg")
@@ -806,6 +905,23 @@ async fn nested_json_unsupported_tables_and_role_filtered_listing() {
         .expect_err("not granted");
     assert_eq!(sqlstate(&e), "42501");
     assert!(a.simple_query("SELECT * FROM nested.events").await.is_err());
+    let e = a
+        .simple_query("CALL sluice.refresh_lake('nested')")
+        .await
+        .expect_err("no grant in nested");
+    assert_eq!(sqlstate(&e), "42501");
+    a.simple_query("CALL sluice.refresh_lake('blog-db')")
+        .await
+        .expect("refresh a granted database");
+    let e = c
+        .simple_query("CALL sluice.refresh_lake('hidden_db')")
+        .await
+        .expect_err("excluded by config");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("not exposed")),
+        "{e:?}"
+    );
     // The admin sees every database.
     let all: Vec<String> = rows(&c, "SHOW sluice.lake")
         .await

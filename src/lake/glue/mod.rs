@@ -435,6 +435,11 @@ impl GlueCatalog {
     async fn reload(&self, only: Option<&str>) -> std::result::Result<RefreshSummary, String> {
         let shared = &self.shared;
         let names = match only {
+            Some(db) if !self.config.exposes(db) => {
+                return Err(format!(
+                    "database `{db}` is not exposed (see lake.glue.databases and exclude)"
+                ));
+            }
             Some(db) => vec![db.to_lowercase()],
             None => {
                 collect_pages(|token| async move {

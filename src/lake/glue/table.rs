@@ -21,10 +21,14 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::expressions::{
+    BinaryExpr, CaseExpr, CastExpr, Column as PhysicalColumn, Literal,
+};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
@@ -51,8 +55,9 @@ pub struct TextFormat {
     pub quote: Option<u8>,
     pub escape: Option<u8>,
     pub header: bool,
-    /// Values read as NULL, as a regex over the whole field.
-    pub null_regex: Option<String>,
+    /// The field text that means NULL (`serialization.null.format`, `\N` by
+    /// default for LazySimpleSerDe). Empty fields are NULL too.
+    pub null_marker: Option<String>,
 }
 
 #[derive(Debug)]
@@ -251,6 +256,18 @@ impl TableProvider for GlueTable {
                 file_schema = spelled.clone();
             }
         }
+        // Text is read as strings and converted above the scan, as Hive does: the
+        // NULL marker and values that do not parse as the column's type are NULL.
+        let text = matches!(format, Format::Text(_));
+        if text {
+            file_schema = Arc::new(Schema::new(
+                file_schema
+                    .fields()
+                    .iter()
+                    .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            ));
+        }
         let renamed = !Arc::ptr_eq(&file_schema, &self.file_schema);
         let target = state.config().target_partitions().max(1);
         let partition_fields: Vec<FieldRef> = self.keys.iter().map(|k| k.field.clone()).collect();
@@ -283,23 +300,72 @@ impl TableProvider for GlueTable {
         if !renamed {
             return Ok(plan);
         }
-        // Back to Glue's names above the scan.
+        // Back to Glue's names and types above the scan.
+        let null_marker = match format {
+            Format::Text(t) => t.null_marker.clone(),
+            _ => None,
+        };
         let output = project_schema(&self.schema, projection)?;
-        let exprs: Vec<ProjectionExpr> = plan
-            .schema()
-            .fields()
-            .iter()
-            .zip(output.fields())
-            .enumerate()
-            .map(|(i, (file_field, glue_field))| {
-                ProjectionExpr::new(
-                    Arc::new(PhysicalColumn::new(file_field.name(), i)),
-                    glue_field.name().clone(),
-                )
-            })
-            .collect();
+        let input = plan.schema();
+        let mut exprs = Vec::with_capacity(output.fields().len());
+        for (i, (file_field, glue_field)) in input.fields().iter().zip(output.fields()).enumerate()
+        {
+            let column: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(file_field.name(), i));
+            let expr = if file_field.data_type() == glue_field.data_type() && null_marker.is_none()
+            {
+                column
+            } else {
+                hive_text_value(
+                    column,
+                    glue_field.data_type(),
+                    null_marker.as_deref(),
+                    &input,
+                )?
+            };
+            exprs.push(ProjectionExpr::new(expr, glue_field.name().clone()));
+        }
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
+}
+
+/// A text field as Hive reads it: the NULL marker is NULL, and so is a value that does
+/// not parse as the column's type (a safe cast), instead of failing the query.
+fn hive_text_value(
+    column: Arc<dyn PhysicalExpr>,
+    to: &DataType,
+    null_marker: Option<&str>,
+    input: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let from = column.data_type(input)?;
+    let converted: Arc<dyn PhysicalExpr> = if &from == to {
+        column.clone()
+    } else {
+        Arc::new(CastExpr::new(
+            column.clone(),
+            to.clone(),
+            Some(datafusion::arrow::compute::CastOptions {
+                safe: true,
+                ..Default::default()
+            }),
+        ))
+    };
+    if from != DataType::Utf8 {
+        return Ok(converted);
+    }
+    let Some(marker) = null_marker else {
+        return Ok(converted);
+    };
+    let is_marker = Arc::new(BinaryExpr::new(
+        column,
+        Operator::Eq,
+        Arc::new(Literal::new(ScalarValue::Utf8(Some(marker.to_owned())))),
+    ));
+    let null = Arc::new(Literal::new(ScalarValue::try_from(to)?));
+    Ok(Arc::new(CaseExpr::try_new(
+        None,
+        vec![(is_marker, null)],
+        Some(converted),
+    )?))
 }
 
 impl GlueTable {
@@ -356,7 +422,6 @@ impl GlueTable {
                     // Without quoting, a NUL "quote" never occurs in text data.
                     quote: t.quote.unwrap_or(0),
                     escape: t.escape,
-                    null_regex: t.null_regex.clone(),
                     // Hive reads missing trailing fields as NULL.
                     truncated_rows: Some(true),
                     newlines_in_values: Some(false),
@@ -474,7 +539,7 @@ pub fn detect_format(table: &Table) -> std::result::Result<Format, String> {
             quote: Some(char_param("quotechar", b'"')?),
             escape: Some(char_param("escapechar", b'\\')?),
             header,
-            null_regex: None,
+            null_marker: None,
         }));
     }
     let text = library.contains("lazysimpleserde")
@@ -507,8 +572,7 @@ pub fn detect_format(table: &Table) -> std::result::Result<Format, String> {
             quote: None,
             escape,
             header,
-            // Empty fields read as NULL too (numbers would not parse otherwise).
-            null_regex: Some(format!("^({})?$", regex_escape(&null))),
+            null_marker: Some(null),
         }));
     }
     Err(format!(
@@ -565,17 +629,6 @@ fn single_byte(v: &str) -> Option<u8> {
         return u8::from_str_radix(oct, 8).ok();
     }
     v.parse::<u8>().ok()
-}
-
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for c in s.chars() {
-        if !c.is_alphanumeric() && c != '_' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -707,6 +760,5 @@ mod tests {
         assert_eq!(Compression::of("a/b.json.BZ2"), Compression::Bzip2);
         assert_eq!(Compression::of("a/b.zst"), Compression::Zstd);
         assert_eq!(Compression::of("a/b.csv"), Compression::None);
-        assert_eq!(regex_escape("\\N"), "\\\\N");
     }
 }

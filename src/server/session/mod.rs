@@ -721,13 +721,28 @@ impl Session {
                         "there is no Glue catalog to refresh ([lake.glue] is not configured)",
                     ));
                 };
-                let summary = glue.refresh(database.as_deref()).await?;
+                // Naming a database needs a grant in it: the reply and its errors
+                // would otherwise tell who may not see it what it contains.
+                if let Some(db) = database
+                    && !self.policy.may_read_in(&db.to_lowercase())
+                {
+                    return Err(PgError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("permission denied for lake database \"{db}\""),
+                    ));
+                }
+                glue.refresh(database.as_deref()).await?;
+                let visible = self.lake_rows();
+                let tables: usize = visible
+                    .iter()
+                    .filter_map(|r| r[2].parse::<usize>().ok())
+                    .sum();
                 self.notice_with(
                     SqlState("00000"),
                     "NOTICE",
                     &format!(
-                        "lake catalog refreshed: {} database(s), {} table(s)",
-                        summary.databases, summary.tables
+                        "lake catalog refreshed: {} database(s), {tables} table(s) visible to you",
+                        visible.len()
                     ),
                 );
             }

@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aws_sdk_glue::types::{Column, PartitionInput, SerDeInfo, StorageDescriptor, TableInput};
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int32Array, TimestampMicrosecondArray};
@@ -529,29 +528,7 @@ path_style = true
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, &toml).expect("write config");
-        let sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sluice starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "sluice did not listen:\n{toml}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let sluice = crate::harness::spawn_sluice(&path, port, &[]).await;
         Rig {
             moto: Some(moto),
             _sluice: sluice,

@@ -168,3 +168,42 @@ pub async fn db_meta_walk(gw: &Gateway, user: &str, password: &str) -> Output {
         .await
         .expect("java runs")
 }
+
+/// Runs the real `sluice serve` binary on `config` (which listens on `port`) with AWS
+/// credentials in its environment, as the standard chain finds them in production,
+/// and waits until it listens. `SLUICE_TEST_LOG=debug` shows its log.
+pub async fn spawn_sluice(
+    config: &Path,
+    port: u16,
+    extra_env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(extra_env.iter().copied())
+        .env(
+            "RUST_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sluice starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        let toml = std::fs::read_to_string(config).unwrap_or_default();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice did not listen:\n{toml}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    sluice
+}

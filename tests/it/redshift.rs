@@ -7,7 +7,6 @@
 //! of `iam_users` over TLS: what the tests prove is that the *minted user name*
 //! (`IAM:alice`, which only moto produces) is the identity used upstream.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -171,31 +170,8 @@ credentials = "get_cluster_credentials"
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, &toml).expect("write config");
-        let sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("ETL_PASSWORD", "etl-secret")
-            // SLUICE_TEST_LOG=debug shows the gateway's side when a test fails.
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sluice starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "sluice did not listen:\n{toml}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let sluice =
+            crate::harness::spawn_sluice(&path, port, &[("ETL_PASSWORD", "etl-secret")]).await;
         Rig {
             pg,
             moto,

@@ -47,11 +47,7 @@ impl Moto {
 
     /// A Redshift API client for moto (fixed test credentials).
     pub fn redshift(&self) -> aws_sdk_redshift::Client {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
+        let http = http_client();
         let config = aws_sdk_redshift::config::Builder::new()
             .behavior_version(aws_sdk_redshift::config::BehaviorVersion::latest())
             .http_client(http)
@@ -78,11 +74,7 @@ impl Moto {
 
     /// A Glue API client for moto.
     pub fn glue(&self) -> aws_sdk_glue::Client {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
+        let http = http_client();
         let config = aws_sdk_glue::config::Builder::new()
             .behavior_version(aws_sdk_glue::config::BehaviorVersion::latest())
             .http_client(http)
@@ -131,4 +123,13 @@ impl Drop for Moto {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The AWS SDK's HTTP client with rustls + ring, as Sluice builds it.
+fn http_client() -> aws_sdk_glue::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }

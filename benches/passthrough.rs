@@ -312,10 +312,15 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    // As `server.worker_threads` does: one worker is a current-thread runtime.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder.enable_all().build()?;
     let dir = tempfile::tempdir()?;
     let sluice = runtime.block_on(start_sluice(pg.port, dir.path()))?;
 

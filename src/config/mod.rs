@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Seconds a client may take from connect to finished authentication.
     #[serde(default = "default_auth_timeout")]
     pub auth_timeout_secs: u64,
+    /// Threads serving connections (wire, TLS, relay); default: one per core. Lake
+    /// queries run on their own threads whatever this says.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             max_connections: default_max_connections(),
             auth_timeout_secs: default_auth_timeout(),
+            worker_threads: None,
         }
     }
 }
@@ -711,6 +715,12 @@ impl Config {
             return Err(invalid(
                 "lake.local.root".into(),
                 "must not be empty".into(),
+            ));
+        }
+        if self.server.worker_threads == Some(0) {
+            return Err(invalid(
+                "server.worker_threads".into(),
+                "must be at least 1".into(),
             ));
         }
         if let Some(glue) = &self.lake.glue {

@@ -218,7 +218,7 @@ fn lake_local(root: &Path) -> String {
 /// A Glue lake (moto) exposing one database, mounted as `nyc`'s stand-in.
 fn lake_glue(moto: &moto::Moto, database: &str) -> String {
     format!(
-        "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{e}\"\ndatabases = [\"{database}\"]\n\
+        "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{e}\"\ndatabases = [\"{database}\"]\nallow_local_locations = true\n\
          [lake.glue.s3]\nendpoint = \"{e}\"\npath_style = true\n",
         e = moto.endpoint()
     )

@@ -26,6 +26,11 @@ pub struct GlueLakeConfig {
     pub listing_ttl_secs: u64,
     #[serde(default)]
     pub s3: S3Config,
+    /// Whether table locations may be `file://` paths on the gateway's own disk.
+    /// Off by default: whoever can edit the Glue catalog could otherwise point a
+    /// table at the gateway's config, keys or tokens.
+    #[serde(default)]
+    pub allow_local_locations: bool,
 }
 
 /// Settings of the S3 client that reads table data (`object_store`'s S3 store).

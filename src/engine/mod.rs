@@ -135,7 +135,8 @@ impl Engine {
         let cpu = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("sluice-query")
-            .enable_time()
+            // I/O too: storage clients may touch sockets from operator code.
+            .enable_all()
             .build()
             .map_err(|e| format!("cannot start query runtime: {e}"))?;
         let engine = Engine {
@@ -181,6 +182,11 @@ impl Engine {
             return Ok(m.entry(policy.clone()).or_insert(ctx).clone());
         }
         Ok(ctx)
+    }
+
+    /// Changes whenever the set of lake schemas may have changed (Glue refreshes).
+    pub fn lake_generation(&self) -> u64 {
+        self.glue.as_ref().map(|g| g.generation()).unwrap_or(0)
     }
 
     /// The Glue catalog, when `[lake.glue]` is configured.
@@ -355,7 +361,23 @@ impl futures::Stream for AbortOnDrop {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        use std::task::Poll;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                // The driver is gone: a normal end, or a panic that must not pass
+                // for a complete (but short) result.
+                match std::pin::Pin::new(&mut self.driver).poll(cx) {
+                    Poll::Ready(Err(e)) if e.is_panic() => {
+                        Poll::Ready(Some(Err(datafusion::error::DataFusionError::Execution(
+                            "the query failed with an internal error (see the gateway log)".into(),
+                        ))))
+                    }
+                    Poll::Ready(_) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
+        }
     }
 }
 

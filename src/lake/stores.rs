@@ -69,6 +69,7 @@ impl LakeStores {
         if let Some(provider) = &s3.credentials {
             builder = builder.with_credentials(Arc::new(ChainCredentials {
                 provider: provider.clone(),
+                io: s3.io.clone(),
                 cached: tokio::sync::Mutex::new(None),
             }));
         }
@@ -146,6 +147,9 @@ impl ObjectStoreRegistry for LakeStores {
 #[derive(Debug)]
 struct ChainCredentials {
     provider: SharedCredentialsProvider,
+    /// Credential sources make HTTP calls (IMDS, STS, SSO): on the network runtime,
+    /// whichever runtime asks.
+    io: tokio::runtime::Handle,
     cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
 }
 
@@ -163,12 +167,19 @@ impl CredentialProvider for ChainCredentials {
         {
             return Ok(credential.clone());
         }
-        let fresh = self.provider.provide_credentials().await.map_err(|e| {
-            object_store::Error::Generic {
+        let provider = self.provider.clone();
+        let fresh = self
+            .io
+            .spawn(async move { provider.provide_credentials().await })
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: format!("credential lookup failed: {e}").into(),
+            })?
+            .map_err(|e| object_store::Error::Generic {
                 store: "S3",
                 source: format!("no AWS credentials for S3: {e}").into(),
-            }
-        })?;
+            })?;
         let credential = Arc::new(AwsCredential {
             key_id: fresh.access_key_id().to_owned(),
             secret_key: fresh.secret_access_key().to_owned(),

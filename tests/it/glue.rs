@@ -512,6 +512,7 @@ roles = ["taxi_only"]
 [[roles]]
 name = "everything"
 read = ["*"]
+admin = true
 [[roles]]
 name = "taxi_only"
 read = ["blog-db.taxi*"]
@@ -520,6 +521,7 @@ read = ["blog-db.taxi*"]
 region = "us-east-1"
 aws_endpoint = "{aws}"
 exclude = ["hidden*"]
+allow_local_locations = true
 [lake.glue.s3]
 endpoint = "{aws}"
 path_style = true
@@ -890,6 +892,11 @@ async fn nested_json_unsupported_tables_and_role_filtered_listing() {
     a.simple_query("CALL sluice.refresh_lake('blog-db')")
         .await
         .expect("refresh a granted database");
+    let e = a
+        .simple_query("CALL sluice.refresh_lake()")
+        .await
+        .expect_err("the whole catalog needs admin");
+    assert_eq!(sqlstate(&e), "42501");
     let e = c
         .simple_query("CALL sluice.refresh_lake('hidden_db')")
         .await

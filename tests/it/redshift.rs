@@ -166,7 +166,10 @@ credentials = "get_cluster_credentials"
             ca = pg.ca.display(),
             upstream = opts.upstream,
             pool = opts.pool,
-            extra = opts.extra.replace("{pgport}", &pg.port.to_string()),
+            extra = opts
+                .extra
+                .replace("{pgport}", &pg.port.to_string())
+                .replace("{aws}", &moto.endpoint()),
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, &toml).expect("write config");
@@ -729,6 +732,80 @@ async fn endpoint_discovery_and_mint_failures_are_clear() {
             .await
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glue_database_mounted_by_a_refresh_routes_to_the_lake_in_open_sessions() {
+    let rig = Rig::start(Options {
+        extra: "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{aws}\"\n\
+                allow_local_locations = true\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let bob = rig.bob().await;
+    // Before Glue knows `fresh`, the name is the upstream's (which has no such schema).
+    let e = bob
+        .simple_query("SELECT * FROM fresh.t")
+        .await
+        .expect_err("unknown upstream");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("fresh")),
+        "{e:?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.csv"), "1,one\n").expect("csv");
+    let glue = rig.moto.glue();
+    glue.create_database()
+        .database_input(
+            aws_sdk_glue::types::DatabaseInput::builder()
+                .name("fresh")
+                .build()
+                .expect("input"),
+        )
+        .send()
+        .await
+        .expect("database");
+    let column = |n: &str, t: &str| {
+        aws_sdk_glue::types::Column::builder()
+            .name(n)
+            .r#type(t)
+            .build()
+            .expect("column")
+    };
+    glue.create_table()
+        .database_name("fresh")
+        .table_input(
+            aws_sdk_glue::types::TableInput::builder()
+                .name("t")
+                .storage_descriptor(
+                    aws_sdk_glue::types::StorageDescriptor::builder()
+                        .columns(column("id", "int"))
+                        .columns(column("word", "string"))
+                        .location(format!("file://{}/", dir.path().display()))
+                        .serde_info(
+                            aws_sdk_glue::types::SerDeInfo::builder()
+                                .serialization_library(
+                                    "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe",
+                                )
+                                .parameters("field.delim", ",")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+                .expect("table"),
+        )
+        .send()
+        .await
+        .expect("table");
+    bob.simple_query("CALL sluice.refresh_lake('fresh')")
+        .await
+        .expect("refresh");
+    // The same open session now runs it on the lake.
+    assert_eq!(scalar(&bob, "SELECT word FROM fresh.t").await, "one");
+    assert_ne!(scalar(&bob, "SELECT count(*) FROM nyc.zones").await, "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

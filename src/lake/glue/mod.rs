@@ -13,6 +13,7 @@ pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,10 @@ pub struct GlueShared {
     catalog_id: Option<String>,
     metadata_ttl: Duration,
     listing_ttl: Duration,
+    allow_local_locations: bool,
+    /// Bumped by every refresh: a fetch that started before a refresh does not
+    /// store its (possibly older) answer after it.
+    epoch: AtomicU64,
     partitions: moka::future::Cache<PartitionCacheKey, Fetched<Vec<GluePartition>>>,
     listings: moka::future::Cache<String, Fetched<Vec<ObjectMeta>>>,
     /// Per-database counters for `SHOW sluice.lake`.
@@ -132,18 +137,21 @@ impl GlueShared {
         &self,
         database: &str,
         table: &str,
+        table_location: Option<&str>,
         keys: &[PartitionKey],
         filters: &[&Expr],
     ) -> Result<Vec<(Vec<ScalarValue>, String)>> {
         let expression = partitions::glue_expression(filters, keys);
         let key = (database.to_owned(), table.to_owned(), expression.clone());
+        let epoch = self.epoch.load(Ordering::Acquire);
         let cached = self.partitions.get(&key).await;
         let all = match cached {
             Some(c) if c.at.elapsed() < self.metadata_ttl => c.value,
             _ => match self
-                .fetch_partitions(database, table, expression.as_deref())
+                .fetch_partitions(database, table, table_location, keys, expression.as_deref())
                 .await
             {
+                Ok(list) if self.epoch.load(Ordering::Acquire) != epoch => Arc::new(list),
                 Ok(list) => {
                     let value = Arc::new(list);
                     self.partitions
@@ -174,6 +182,8 @@ impl GlueShared {
         &self,
         database: &str,
         table: &str,
+        table_location: Option<&str>,
+        keys: &[PartitionKey],
         expression: Option<&str>,
     ) -> std::result::Result<Vec<GluePartition>, String> {
         let result = collect_pages(|token| async move {
@@ -194,10 +204,22 @@ impl GlueShared {
                 .partitions()
                 .iter()
                 .filter_map(|p| {
-                    let location = p.storage_descriptor().and_then(|sd| sd.location())?;
+                    let location = match p.storage_descriptor().and_then(|sd| sd.location()) {
+                        Some(l) => l.to_owned(),
+                        // No location of its own: Hive's default layout under the table.
+                        None => {
+                            let base = table_location?.trim_end_matches('/');
+                            let parts: Vec<String> = keys
+                                .iter()
+                                .zip(p.values())
+                                .map(|(k, v)| format!("{}={v}", k.field.name()))
+                                .collect();
+                            format!("{base}/{}/", parts.join("/"))
+                        }
+                    };
                     Some(GluePartition {
                         values: p.values().to_vec(),
-                        location: location.to_owned(),
+                        location,
                     })
                 })
                 .collect();
@@ -220,6 +242,17 @@ impl GlueShared {
         location: &str,
     ) -> Result<(ObjectStoreUrl, Arc<Vec<ObjectMeta>>)> {
         let (store_url, prefix) = crate::lake::stores::split_location(location)?;
+        if store_url.scheme() == "file" && !self.allow_local_locations {
+            return Err(DataFusionError::External(Box::new(
+                PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!("table location {location} is on the gateway's local disk"),
+                )
+                .with_hint(
+                    "local locations are refused unless lake.glue.allow_local_locations = true",
+                ),
+            )));
+        }
         let url = ObjectStoreUrl::parse(store_url.as_str())?;
         let cached = self.listings.get(location).await;
         if let Some(c) = &cached
@@ -228,6 +261,7 @@ impl GlueShared {
             return Ok((url, c.value.clone()));
         }
         let store = runtime.object_store(&url)?;
+        let epoch = self.epoch.load(Ordering::Acquire);
         self.count(database, |s| s.listings += 1);
         let listed: std::result::Result<Vec<ObjectMeta>, object_store::Error> =
             store.list(Some(&prefix)).try_collect().await;
@@ -235,6 +269,9 @@ impl GlueShared {
             Ok(mut files) => {
                 files.retain(|m| is_data_file(&prefix, m));
                 let value = Arc::new(files);
+                if self.epoch.load(Ordering::Acquire) != epoch {
+                    return Ok((url, value)); // a refresh happened meanwhile: do not cache
+                }
                 self.listings
                     .insert(
                         location.to_owned(),
@@ -317,6 +354,9 @@ pub struct GlueCatalog {
     mounted: RwLock<HashMap<String, Arc<GlueSchema>>>,
     refreshing: tokio::sync::Mutex<()>,
     last_refresh: RwLock<Option<(Instant, std::result::Result<(), String>)>>,
+    /// Bumped whenever the set of mounted databases may have changed, so forwarding
+    /// sessions know to re-read which schemas are the lake's.
+    generation: AtomicU64,
 }
 
 /// What `CALL sluice.refresh_lake()` reports.
@@ -341,6 +381,8 @@ impl GlueCatalog {
             catalog_id: config.catalog_id.clone(),
             metadata_ttl: Duration::from_secs(config.metadata_ttl_secs),
             listing_ttl: Duration::from_secs(config.listing_ttl_secs),
+            allow_local_locations: config.allow_local_locations,
+            epoch: AtomicU64::new(0),
             partitions: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .weigher(|_, v: &Fetched<Vec<GluePartition>>| {
@@ -365,6 +407,7 @@ impl GlueCatalog {
             mounted: RwLock::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             last_refresh: RwLock::new(None),
+            generation: AtomicU64::new(0),
         });
         match catalog.refresh(None).await {
             Ok(s) => tracing::info!(
@@ -378,6 +421,11 @@ impl GlueCatalog {
         }
         spawn_refresher(Arc::downgrade(&catalog), config.metadata_ttl_secs);
         catalog
+    }
+
+    /// Changes whenever the mounted databases may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn shared(&self) -> &Arc<GlueShared> {
@@ -528,6 +576,8 @@ impl GlueCatalog {
             }
         }
         drop(mounted);
+        shared.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         shared.partitions.invalidate_all();
         shared.listings.invalidate_all();
         Ok(summary)

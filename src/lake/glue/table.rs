@@ -192,7 +192,13 @@ impl TableProvider for GlueTable {
                 .filter(|f| is_partition_filter(f, &self.keys))
                 .collect();
             self.glue
-                .partitions(&self.database, &self.name, &self.keys, &partition_filters)
+                .partitions(
+                    &self.database,
+                    &self.name,
+                    self.location.as_deref(),
+                    &self.keys,
+                    &partition_filters,
+                )
                 .await?
         };
 

@@ -32,8 +32,10 @@ pub(super) struct Forwarding {
     /// Startup parameters the upstream session is opened with.
     params: Vec<(String, String)>,
     held: Option<Held>,
-    /// Lake schemas (lower case): statements naming them run locally.
+    /// Lake schemas (lower case): statements naming them run locally. Re-read when
+    /// the engine's `lake_generation` moves (a Glue refresh mounted or dropped one).
     lake_schemas: HashSet<String>,
+    lake_generation: u64,
     /// Prepared statements and portals that live upstream.
     statements: HashSet<String>,
     portals: HashSet<String>,
@@ -86,14 +88,8 @@ impl Forwarding {
             identity,
             params,
             held: None,
-            // PostgreSQL's own schemas belong to the upstream in a forwarding session.
-            lake_schemas: shared
-                .engine
-                .schema_names()
-                .into_iter()
-                .map(|s| s.to_lowercase())
-                .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
-                .collect(),
+            lake_generation: shared.engine.lake_generation(),
+            lake_schemas: lake_schemas(shared),
             statements: HashSet::new(),
             portals: HashSet::new(),
             owed: 0,
@@ -130,7 +126,15 @@ const LOCAL_LEADING_WORDS: &[&str] = &[
 /// scan that does not fully tokenize; inside string literals a match also says
 /// `false`.
 fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
-    if sql.contains("--") || sql.contains("/*") || sql.contains('$') || sql.contains('\\') {
+    // Non-ASCII text may hold Unicode whitespace the parser skips (`nyc\u{2003}.t`),
+    // and \x0B is whitespace to the parser but not to `is_ascii_whitespace`.
+    if sql.contains("--")
+        || sql.contains("/*")
+        || sql.contains('$')
+        || sql.contains('\\')
+        || !sql.is_ascii()
+        || sql.contains('\x0B')
+    {
         return false;
     }
     // A `;` inside a string starts a fake statement here: only ever more cautious.
@@ -202,6 +206,18 @@ fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
     true
 }
 
+/// The engine's lake schemas as a forwarding session routes by them. PostgreSQL's
+/// own schemas belong to the upstream in a forwarding session.
+fn lake_schemas(shared: &Shared) -> HashSet<String> {
+    shared
+        .engine
+        .schema_names()
+        .into_iter()
+        .map(|s| s.to_lowercase())
+        .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
+        .collect()
+}
+
 fn is_sluice_name(name: &str) -> bool {
     name.to_lowercase().starts_with("sluice.")
 }
@@ -209,6 +225,7 @@ fn is_sluice_name(name: &str) -> bool {
 impl Session {
     /// Where one parsed statement goes, or why the role may not send it.
     fn statement_target(&mut self, stmt: &Statement) -> Result<Target, PgError> {
+        self.follow_lake_changes();
         let Some(fwd) = self.forward.as_mut() else {
             return Ok(Target::Local);
         };
@@ -282,6 +299,18 @@ impl Session {
         Ok(Target::Upstream)
     }
 
+    /// Re-reads the lake schemas after a Glue refresh changed them (one atomic load
+    /// when nothing changed).
+    fn follow_lake_changes(&mut self) {
+        let generation = self.shared.engine.lake_generation();
+        if let Some(fwd) = self.forward.as_mut()
+            && fwd.lake_generation != generation
+        {
+            fwd.lake_generation = generation;
+            fwd.lake_schemas = lake_schemas(&self.shared);
+        }
+    }
+
     /// Where a query string goes without parsing it, when a scan settles it: a role
     /// that may write sends upstream every statement that names no lake schema and
     /// is not one of the commands Sluice keeps books on. `None`: parse it.
@@ -299,6 +328,7 @@ impl Session {
     /// understands dialect DataFusion's parser does not), but only for roles that
     /// may write: its effect cannot be checked.
     fn text_target(&mut self, sql: &str) -> Result<Target, PgError> {
+        self.follow_lake_changes();
         if let Some(t) = self.quick_target(sql) {
             return Ok(t);
         }
@@ -799,6 +829,8 @@ mod tests {
             "SELECT E'\\' \"nyc\".x'",
             "SELECT 'unterminated",
             "SELECT 'a;show x'",
+            "SELECT * FROM nyc\x0B.trips",
+            "SELECT * FROM nyc\u{2003}.trips",
         ] {
             assert!(!plainly_upstream(sql, &l), "{sql}");
         }

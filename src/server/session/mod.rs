@@ -721,15 +721,24 @@ impl Session {
                         "there is no Glue catalog to refresh ([lake.glue] is not configured)",
                     ));
                 };
-                // Naming a database needs a grant in it: the reply and its errors
-                // would otherwise tell who may not see it what it contains.
-                if let Some(db) = database
-                    && !self.policy.may_read_in(&db.to_lowercase())
-                {
-                    return Err(PgError::new(
-                        SqlState::INSUFFICIENT_PRIVILEGE,
-                        format!("permission denied for lake database \"{db}\""),
-                    ));
+                // Naming a database needs a grant in it (the reply and its errors
+                // would otherwise tell who may not see it what it contains); the
+                // whole catalog, which clears every cache, needs an admin role.
+                match database {
+                    Some(db) if !self.policy.may_read_in(&db.to_lowercase()) => {
+                        return Err(PgError::new(
+                            SqlState::INSUFFICIENT_PRIVILEGE,
+                            format!("permission denied for lake database \"{db}\""),
+                        ));
+                    }
+                    None if !self.policy.admin => {
+                        return Err(PgError::new(
+                            SqlState::INSUFFICIENT_PRIVILEGE,
+                            "permission denied: refreshing the whole lake catalog needs a Sluice role with admin = true",
+                        )
+                        .with_hint("refresh one database you may read: CALL sluice.refresh_lake('database')"));
+                    }
+                    _ => {}
                 }
                 glue.refresh(database.as_deref()).await?;
                 let visible = self.lake_rows();
@@ -871,6 +880,12 @@ impl Session {
         let (age, error) = match glue.last_refresh() {
             Some((age, result)) => (age.as_secs().to_string(), result.err().unwrap_or_default()),
             None => (String::new(), String::new()),
+        };
+        // Refresh errors may name other databases or the gateway's AWS identity.
+        let error = if self.policy.admin || error.is_empty() {
+            error
+        } else {
+            "failed (details for admins and in the log)".to_owned()
         };
         glue.mounted()
             .into_iter()

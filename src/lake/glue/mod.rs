@@ -116,6 +116,32 @@ fn catalog_error(message: String) -> DataFusionError {
 }
 
 impl GlueShared {
+    fn new(client: aws_sdk_glue::Client, config: &GlueLakeConfig) -> GlueShared {
+        GlueShared {
+            client,
+            catalog_id: config.catalog_id.clone(),
+            metadata_ttl: Duration::from_secs(config.metadata_ttl_secs),
+            listing_ttl: Duration::from_secs(config.listing_ttl_secs),
+            allow_local_locations: config.allow_local_locations,
+            epoch: AtomicU64::new(0),
+            partitions: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .weigher(|_, v: &Fetched<Vec<GluePartition>>| {
+                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
+                })
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            listings: moka::future::Cache::builder()
+                .max_capacity(2_000_000)
+                .weigher(|_, v: &Fetched<Vec<ObjectMeta>>| {
+                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
+                })
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            stats: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
     fn count(&self, database: &str, f: impl FnOnce(&mut DatabaseStats)) {
         if let Ok(mut stats) = self.stats.lock() {
             f(stats.entry(database.to_owned()).or_default());
@@ -376,29 +402,7 @@ impl GlueCatalog {
     ) -> Arc<GlueCatalog> {
         let sdk =
             crate::aws::sdk_config(config.region.as_deref(), config.aws_endpoint.as_deref()).await;
-        let shared = Arc::new(GlueShared {
-            client: aws_sdk_glue::Client::new(&sdk),
-            catalog_id: config.catalog_id.clone(),
-            metadata_ttl: Duration::from_secs(config.metadata_ttl_secs),
-            listing_ttl: Duration::from_secs(config.listing_ttl_secs),
-            allow_local_locations: config.allow_local_locations,
-            epoch: AtomicU64::new(0),
-            partitions: moka::future::Cache::builder()
-                .max_capacity(1_000_000)
-                .weigher(|_, v: &Fetched<Vec<GluePartition>>| {
-                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
-                })
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
-            listings: moka::future::Cache::builder()
-                .max_capacity(2_000_000)
-                .weigher(|_, v: &Fetched<Vec<ObjectMeta>>| {
-                    u32::try_from(v.value.len()).unwrap_or(u32::MAX).max(1)
-                })
-                .time_to_idle(Duration::from_secs(3600))
-                .build(),
-            stats: std::sync::Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(GlueShared::new(aws_sdk_glue::Client::new(&sdk), config));
         let catalog = Arc::new(GlueCatalog {
             shared,
             config: config.clone(),
@@ -687,6 +691,33 @@ mod tests {
         .await;
         assert_eq!(r.unwrap_err(), "ThrottlingException");
         assert_eq!(calls, 2);
+    }
+
+    #[tokio::test]
+    async fn local_locations_are_refused_unless_allowed() {
+        let client = aws_sdk_glue::Client::from_conf(
+            aws_sdk_glue::Config::builder()
+                .behavior_version(aws_sdk_glue::config::BehaviorVersion::latest())
+                .region(aws_sdk_glue::config::Region::new("us-east-1"))
+                .build(),
+        );
+        let mut config: GlueLakeConfig = toml::from_str("").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), "1\n").unwrap();
+        let location = format!("file://{}/", dir.path().display());
+        let runtime = RuntimeEnv::default();
+        let refused = GlueShared::new(client.clone(), &config)
+            .list_files(&runtime, "db", &location)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("local disk"), "{refused}");
+        config.allow_local_locations = true;
+        let (_, files) = GlueShared::new(client, &config)
+            .list_files(&runtime, "db", &location)
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 1);
     }
 
     #[test]

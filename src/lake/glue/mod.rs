@@ -174,7 +174,13 @@ impl GlueShared {
         let all = match cached {
             Some(c) if c.at.elapsed() < self.metadata_ttl => c.value,
             _ => match self
-                .fetch_partitions(database, table, table_location, keys, expression.as_deref())
+                .fetch_partitions_or_all(
+                    database,
+                    table,
+                    table_location,
+                    keys,
+                    expression.as_deref(),
+                )
                 .await
             {
                 Ok(list) if self.epoch.load(Ordering::Acquire) != epoch => Arc::new(list),
@@ -202,6 +208,30 @@ impl GlueShared {
         };
         tracing::debug!(%database, %table, ?expression, partitions = all.len(), "partitions from Glue");
         partitions::prune(&all, keys, filters)
+    }
+
+    /// Fetches with the expression; if Glue rejects the expression itself
+    /// (InvalidInputException), fetches every partition instead: pruning in Sluice
+    /// is exact either way, only slower.
+    async fn fetch_partitions_or_all(
+        &self,
+        database: &str,
+        table: &str,
+        table_location: Option<&str>,
+        keys: &[PartitionKey],
+        expression: Option<&str>,
+    ) -> std::result::Result<Vec<GluePartition>, String> {
+        match self
+            .fetch_partitions(database, table, table_location, keys, expression)
+            .await
+        {
+            Err(e) if expression.is_some() && e.contains("InvalidInputException") => {
+                tracing::warn!(%database, %table, ?expression, error = %e, "Glue rejected the partition filter; fetching all partitions");
+                self.fetch_partitions(database, table, table_location, keys, None)
+                    .await
+            }
+            other => other,
+        }
     }
 
     async fn fetch_partitions(

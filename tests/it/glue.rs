@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::sqlstate;
 use crate::moto::Moto;
@@ -544,19 +544,9 @@ path_style = true
     }
 
     async fn connect(&self, user: &str, password: &str) -> Client {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} dbname=sluice user={user} password={password} sslmode=disable",
-                self.port
-            ),
-            NoTls,
-        )
-        .await
-        .expect("connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        crate::harness::connect_plain(self.port, user, password)
+            .await
+            .expect("connect")
     }
 
     async fn admin(&self) -> Client {

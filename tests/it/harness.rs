@@ -169,6 +169,22 @@ pub async fn db_meta_walk(gw: &Gateway, user: &str, password: &str) -> Output {
         .expect("java runs")
 }
 
+/// A tokio-postgres client for `user` over plaintext loopback to a gateway on `port`.
+pub async fn connect_plain(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let url = format!(
+        "host=127.0.0.1 port={port} dbname=sluice user={user} password={password} sslmode=disable"
+    );
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 /// Runs the real `sluice serve` binary on `config` (which listens on `port`) with AWS
 /// credentials in its environment, as the standard chain finds them in production,
 /// and waits until it listens. `SLUICE_TEST_LOG=debug` shows its log.

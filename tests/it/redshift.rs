@@ -193,15 +193,7 @@ credentials = "get_cluster_credentials"
         user: &str,
         password: &str,
     ) -> Result<Client, tokio_postgres::Error> {
-        let url = format!(
-            "host=127.0.0.1 port={} dbname=sluice user={user} password={password} sslmode=disable",
-            self.port
-        );
-        let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        crate::harness::connect_plain(self.port, user, password).await
     }
 
     async fn alice(&self) -> Client {

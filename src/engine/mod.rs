@@ -93,7 +93,14 @@ impl Engine {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(&database, "public");
-        let runtime = lake_runtime(config).await?;
+        // One AWS set-up (credential chain, region) for the Glue client and S3.
+        let aws = match &config.lake.glue {
+            Some(g) => {
+                Some(crate::aws::sdk_config(g.region.as_deref(), g.aws_endpoint.as_deref()).await)
+            }
+            None => None,
+        };
+        let runtime = lake_runtime(config, aws.as_ref())?;
         let loader = SessionContext::new_with_config_rt(session_config.clone(), runtime.clone());
         let lake = Arc::new(MemoryCatalogProvider::new());
         lake.register_schema("public", Arc::new(MemorySchemaProvider::new()))
@@ -124,8 +131,8 @@ impl Engine {
             }
         }
 
-        let glue = match &config.lake.glue {
-            Some(g) => Some(lake::glue::GlueCatalog::start(g, lake.clone()).await),
+        let glue = match config.lake.glue.as_ref().zip(aws.as_ref()) {
+            Some((g, sdk)) => Some(lake::glue::GlueCatalog::start(g, sdk, lake.clone()).await),
             None => None,
         };
 
@@ -317,11 +324,13 @@ impl Engine {
 
 /// The runtime environment every context shares: its object store registry creates
 /// an S3 store per bucket on first use (credentials from the AWS standard chain).
-async fn lake_runtime(config: &Config) -> Result<Arc<RuntimeEnv>, String> {
-    let s3 = match &config.lake.glue {
-        Some(glue) => {
+fn lake_runtime(
+    config: &Config,
+    aws: Option<&aws_config::SdkConfig>,
+) -> Result<Arc<RuntimeEnv>, String> {
+    let s3 = match (&config.lake.glue, aws) {
+        (Some(glue), Some(sdk)) => {
             let region = glue.s3.region.clone().or_else(|| glue.region.clone());
-            let sdk = crate::aws::sdk_config(region.as_deref(), None).await;
             Some(lake::stores::S3Settings {
                 io: tokio::runtime::Handle::current(),
                 region: region
@@ -332,7 +341,7 @@ async fn lake_runtime(config: &Config) -> Result<Arc<RuntimeEnv>, String> {
                 credentials: sdk.credentials_provider(),
             })
         }
-        None => None,
+        _ => None,
     };
     RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(lake::stores::LakeStores::new(s3)))

@@ -428,11 +428,10 @@ impl GlueCatalog {
     /// and the background refresh keeps trying.
     pub async fn start(
         config: &GlueLakeConfig,
+        sdk: &aws_config::SdkConfig,
         lake: Arc<MemoryCatalogProvider>,
     ) -> Arc<GlueCatalog> {
-        let sdk =
-            crate::aws::sdk_config(config.region.as_deref(), config.aws_endpoint.as_deref()).await;
-        let shared = Arc::new(GlueShared::new(aws_sdk_glue::Client::new(&sdk), config));
+        let shared = Arc::new(GlueShared::new(aws_sdk_glue::Client::new(sdk), config));
         let catalog = Arc::new(GlueCatalog {
             shared,
             config: config.clone(),

@@ -204,14 +204,12 @@ impl TableProvider for GlueTable {
 
         // List every location (a few at a time), then group the files by store and
         // compression: one scan per group.
-        let runtime = state.runtime_env().clone();
+        let runtime = state.runtime_env();
         let listed: Vec<(ObjectStoreUrl, Vec<PartitionedFile>)> =
             futures::stream::iter(locations.into_iter().map(|(values, location)| {
-                let glue = self.glue.clone();
-                let runtime = runtime.clone();
-                let database = &self.database;
+                let (glue, database) = (&self.glue, &self.database);
                 async move {
-                    let (store_url, files) = glue.list_files(&runtime, database, &location).await?;
+                    let (store_url, files) = glue.list_files(runtime, database, &location).await?;
                     let files = files
                         .iter()
                         .map(|meta| {
@@ -225,11 +223,10 @@ impl TableProvider for GlueTable {
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        // Keyed by the store URL's text (`ObjectStoreUrl` has no order).
         let mut groups: BTreeMap<(String, Compression), Vec<PartitionedFile>> = BTreeMap::new();
-        let mut urls: HashMap<String, ObjectStoreUrl> = HashMap::new();
         for (url, files) in listed {
             let key = url.as_str().to_owned();
-            urls.entry(key.clone()).or_insert(url);
             for file in files {
                 let compression = Compression::of(file.object_meta.location.as_ref());
                 groups
@@ -250,10 +247,7 @@ impl TableProvider for GlueTable {
             && let Some(((url, _), files)) = groups.iter().next()
             && let Some(first) = files.first()
         {
-            let store_url = urls
-                .get(url)
-                .cloned()
-                .unwrap_or_else(ObjectStoreUrl::local_filesystem);
+            let store_url = ObjectStoreUrl::parse(url)?;
             let spelled = self
                 .file_spelling
                 .get_or_try_init(|| self.spelling_in_file(state, &store_url, first))
@@ -287,11 +281,7 @@ impl TableProvider for GlueTable {
                     .with_table_partition_cols(partition_fields.clone())
                     .build(),
             );
-            let store_url = urls
-                .get(&url)
-                .cloned()
-                .unwrap_or_else(ObjectStoreUrl::local_filesystem);
-            let config = FileScanConfigBuilder::new(store_url, source)
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(&url)?, source)
                 .with_file_groups(FileGroup::new(files).split_files(target))
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)

@@ -20,6 +20,10 @@ pub struct Policy {
     pub admin: bool,
     /// Most rows a statement may return; `None` = no limit.
     pub row_limit: Option<u64>,
+    /// The roles' own result-cache TTL (the shortest they set); `None`: the default.
+    pub result_cache_ttl_secs: Option<u64>,
+    /// May create, refresh and drop gateway materialized views.
+    pub manage_materialized_views: bool,
 }
 
 impl Policy {
@@ -45,6 +49,11 @@ impl Policy {
             }
             policy.write |= role.write;
             policy.admin |= role.admin;
+            policy.manage_materialized_views |= role.manage_materialized_views;
+            if let Some(ttl) = role.result_cache_ttl_secs {
+                policy.result_cache_ttl_secs =
+                    Some(policy.result_cache_ttl_secs.map_or(ttl, |t| t.min(ttl)));
+            }
             match role.row_limit {
                 Some(l) => limits.push(l),
                 None if !role.read.is_empty() => unlimited_reader = true,
@@ -67,6 +76,7 @@ impl Policy {
         p.read.insert(("*".into(), "*".into()));
         p.write = true;
         p.admin = true;
+        p.manage_materialized_views = true;
         p
     }
 
@@ -117,6 +127,8 @@ mod tests {
             write: false,
             admin: false,
             row_limit,
+            result_cache_ttl_secs: None,
+            manage_materialized_views: false,
             redshift_user: None,
             redshift_groups: vec![],
         }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cache;
 mod lake;
+pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use lake::{GlueLakeConfig, S3Config};
 mod redshift;
 pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
@@ -48,6 +50,11 @@ pub struct Config {
     /// Upstreams that statements not answered by the lake are forwarded to.
     #[serde(default)]
     pub redshift: Vec<RedshiftConfig>,
+    /// The automatic result cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Gateway materialized views; off when absent.
+    pub materialized_views: Option<MatViewsConfig>,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -298,6 +305,13 @@ pub struct RoleConfig {
     pub admin: bool,
     /// Most rows one statement may return to a holder of this role.
     pub row_limit: Option<u64>,
+    /// How long this role's read-only results are served from the result cache
+    /// (overrides `cache.result_ttl_secs`; 0 = never cached). With several roles the
+    /// shortest applies.
+    pub result_cache_ttl_secs: Option<u64>,
+    /// Whether holders may create, refresh and drop gateway materialized views.
+    #[serde(default)]
+    pub manage_materialized_views: bool,
     /// The database user this role becomes on Redshift, with `{user}` replaced by the
     /// login name, e.g. `"aad:{user}"` (used when statements are forwarded).
     pub redshift_user: Option<String>,
@@ -722,6 +736,13 @@ impl Config {
                 "server.worker_threads".into(),
                 "must be at least 1".into(),
             ));
+        }
+        self.cache
+            .validate()
+            .map_err(|(k, m)| invalid(format!("cache.{k}"), m))?;
+        if let Some(mv) = &self.materialized_views {
+            mv.validate(&self.roles)
+                .map_err(|(k, m)| invalid(format!("materialized_views.{k}"), m))?;
         }
         if let Some(glue) = &self.lake.glue {
             glue.validate()

@@ -84,6 +84,20 @@ pub struct Engine {
     /// Object stores (local disk, S3 buckets) shared by every context.
     runtime: Arc<RuntimeEnv>,
     glue: Option<Arc<lake::glue::GlueCatalog>>,
+    /// Moves when gateway view schemas or views appear or go.
+    local_generation: std::sync::atomic::AtomicU64,
+    /// Gateway materialized views, for `pg_matviews`.
+    matviews: Arc<std::sync::RwLock<Vec<MatViewListing>>>,
+}
+
+/// One gateway materialized view as `pg_matviews` lists it.
+#[derive(Debug, Clone)]
+pub struct MatViewListing {
+    pub schema: String,
+    pub name: String,
+    pub owner: String,
+    pub populated: bool,
+    pub definition: String,
 }
 
 impl Engine {
@@ -155,6 +169,8 @@ impl Engine {
             parser: PostgresCompatibilityParser::new(),
             runtime,
             glue,
+            local_generation: std::sync::atomic::AtomicU64::new(0),
+            matviews: Arc::new(std::sync::RwLock::new(Vec::new())),
         };
         // Build one view now, so catalog set-up problems stop start-up.
         engine
@@ -181,9 +197,16 @@ impl Engine {
         ctx.register_catalog(&self.database, Arc::new(view));
         setup_pg_catalog(&ctx, &self.database, EmptyContextProvider)
             .map_err(|e| internal(format!("cannot set up pg_catalog: {e}")))?;
-        pg_compat::install(&ctx, &self.database)
-            .await
-            .map_err(internal)?;
+        pg_compat::install(
+            &ctx,
+            &self.database,
+            pg_compat::MatViews {
+                listing: self.matviews.clone(),
+                policy: Arc::new(policy.clone()),
+            },
+        )
+        .await
+        .map_err(internal)?;
         if let Ok(mut m) = self.contexts.lock() {
             // Two sessions may race to build the same view; keep the first.
             return Ok(m.entry(policy.clone()).or_insert(ctx).clone());
@@ -191,9 +214,58 @@ impl Engine {
         Ok(ctx)
     }
 
-    /// Changes whenever the set of lake schemas may have changed (Glue refreshes).
+    /// Changes whenever the set of lake schemas or gateway views may have changed
+    /// (Glue refreshes, views created or dropped).
     pub fn lake_generation(&self) -> u64 {
         self.glue.as_ref().map(|g| g.generation()).unwrap_or(0)
+            + self
+                .local_generation
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The runtime environment (object stores) every context shares.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
+    /// Mounts a gateway view schema into the lake catalog. Its name must be free.
+    pub fn mount_view_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn datafusion::catalog::SchemaProvider>,
+    ) -> Result<(), String> {
+        if self.lake.schema(name).is_some() {
+            return Err(format!(
+                "materialized_views.schemas: `{name}` is already a lake database; pick another schema name"
+            ));
+        }
+        self.lake
+            .register_schema(name, schema)
+            .map_err(|e| e.to_string())?;
+        self.local_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Replaces the `pg_matviews` listing (and tells sessions the catalog moved).
+    pub fn set_matviews(&self, listing: Vec<MatViewListing>) {
+        let mut current = match self.matviews.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let names = |l: &[MatViewListing]| {
+            l.iter()
+                .map(|v| (v.schema.clone(), v.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Only a change of names moves the generation (cached lake results are
+        // keyed by it); a refresh invalidates its own entries.
+        let moved = names(&current) != names(&listing);
+        *current = listing;
+        if moved {
+            self.local_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// The Glue catalog, when `[lake.glue]` is configured.

@@ -5,6 +5,7 @@
 mod catalog;
 mod functions;
 mod info_schema;
+mod matviews;
 mod overlay;
 mod rewrite;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 
+pub use matviews::MatViews;
 use overlay::OverlaySchema;
 
 /// Rewrites applied to every parsed statement after datafusion-pg-catalog's own.
@@ -21,7 +23,11 @@ pub fn rewrite(stmt: Statement) -> Statement {
 }
 
 /// Registers extra functions and tables; called once after `setup_pg_catalog`.
-pub async fn install(ctx: &SessionContext, database: &str) -> Result<(), String> {
+pub async fn install(
+    ctx: &SessionContext,
+    database: &str,
+    matviews: MatViews,
+) -> Result<(), String> {
     let catalog = ctx
         .catalog(database)
         .ok_or_else(|| format!("catalog {database} is not registered"))?;
@@ -54,6 +60,7 @@ pub async fn install(ctx: &SessionContext, database: &str) -> Result<(), String>
     for (name, table) in catalog::corrected_tables().map_err(|e| e.to_string())? {
         overlay = overlay.with_table(name, table);
     }
+    overlay = overlay.with_table("pg_matviews", Arc::new(matviews));
     catalog
         .register_schema("pg_catalog", Arc::new(overlay))
         .map_err(|e| e.to_string())?;

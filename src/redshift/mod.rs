@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod pool;
 pub mod relay;
+pub mod rows;
 pub mod wire;
 
 use std::collections::BTreeSet;
@@ -378,6 +379,8 @@ mod tests {
             write: false,
             admin: false,
             row_limit: None,
+            result_cache_ttl_secs: None,
+            manage_materialized_views: false,
             redshift_user: user.map(str::to_owned),
             redshift_groups: groups.iter().map(|s| s.to_string()).collect(),
         }

@@ -44,6 +44,8 @@ pub enum Command {
     CloseCursor(Option<String>),
     /// `CALL sluice.refresh_lake(['database'])`: reload lake metadata now.
     RefreshLake(Option<String>),
+    /// `CREATE / REFRESH / DROP MATERIALIZED VIEW` on a gateway view schema.
+    MatView(crate::cache::matview::sql::MatViewStatement),
 }
 
 impl Command {
@@ -66,6 +68,7 @@ impl Command {
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
             Command::RefreshLake(_) => "CALL",
+            Command::MatView(m) => m.tag(),
         }
     }
 }

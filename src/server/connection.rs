@@ -78,6 +78,32 @@ pub struct Connection {
     stream: ClientStream,
     input: BytesMut,
     pub out: BytesMut,
+    /// A copy of everything sent while recording (for the result cache).
+    recording: Option<Recording>,
+}
+
+/// Output captured since `start_recording`: `from` is where the unrecorded part of
+/// `out` begins; past `limit` bytes the copy is dropped and `overflow` set.
+struct Recording {
+    copy: BytesMut,
+    from: usize,
+    limit: usize,
+    overflow: bool,
+}
+
+impl Recording {
+    fn capture(&mut self, out: &[u8]) {
+        let new = out.get(self.from..).unwrap_or_default();
+        if !self.overflow {
+            if self.copy.len() + new.len() > self.limit {
+                self.overflow = true;
+                self.copy = BytesMut::new();
+            } else {
+                self.copy.extend_from_slice(new);
+            }
+        }
+        self.from = out.len();
+    }
 }
 
 /// Why a session ends: the client went away, or broke the protocol.
@@ -99,7 +125,26 @@ impl Connection {
             stream,
             input: BytesMut::with_capacity(4096),
             out: BytesMut::with_capacity(4096),
+            recording: None,
         }
+    }
+
+    /// Starts copying everything sent from now on, up to `limit` bytes.
+    pub fn start_recording(&mut self, limit: usize) {
+        self.recording = Some(Recording {
+            copy: BytesMut::new(),
+            from: self.out.len(),
+            limit,
+            overflow: false,
+        });
+    }
+
+    /// Stops recording: the bytes sent since `start_recording`, or `None` when they
+    /// passed the limit.
+    pub fn finish_recording(&mut self) -> Option<BytesMut> {
+        let mut r = self.recording.take()?;
+        r.capture(&self.out);
+        (!r.overflow).then_some(r.copy)
     }
 
     pub fn is_tls(&self) -> bool {
@@ -189,6 +234,10 @@ impl Connection {
 
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
+            if let Some(r) = self.recording.as_mut() {
+                r.capture(&self.out);
+                r.from = 0;
+            }
             self.stream.write_all(&self.out).await?;
             self.out.clear();
         }

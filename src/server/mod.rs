@@ -40,6 +40,10 @@ pub struct Shared {
     pub tls: tls::Tls,
     /// Redshift upstreams (`[[redshift]]`), possibly none.
     pub upstreams: crate::redshift::Upstreams,
+    /// The result cache, when a TTL is configured (globally or for a role).
+    pub results: Option<Arc<crate::cache::results::ResultCache>>,
+    /// Gateway materialized views, when `[materialized_views]` is configured.
+    pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
 }
 
 impl Shared {
@@ -93,6 +97,19 @@ impl Server {
         let upstreams =
             crate::redshift::Upstreams::from_config(&config).map_err(|e| e.to_string())?;
         let engine = Arc::new(Engine::new(&config).await?);
+        let caching = config.cache.result_ttl_secs > 0
+            || config
+                .roles
+                .iter()
+                .any(|r| r.result_cache_ttl_secs.is_some_and(|t| t > 0));
+        let results = caching.then(|| crate::cache::results::ResultCache::new(&config.cache));
+        let matviews = crate::cache::matview::MatViews::start(
+            &config,
+            engine.clone(),
+            &upstreams,
+            results.clone(),
+        )
+        .await?;
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -108,6 +125,8 @@ impl Server {
                 cancels: CancelRegistry::new(),
                 tls,
                 upstreams,
+                results,
+                matviews,
             }),
         })
     }

@@ -1,6 +1,7 @@
 //! Integration tests: real Sluice gateways on loopback, real clients over real sockets.
 //! One test binary (modules below) keeps link time down.
 
+mod cache;
 mod glue;
 mod harness;
 mod jdbc;

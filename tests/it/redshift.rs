@@ -26,25 +26,25 @@ use crate::postgres::{self, Postgres};
 const CLUSTER: &str = "analytics";
 
 /// PostgreSQL + moto + a `sluice serve` process configured to forward to them.
-struct Rig {
-    pg: Postgres,
+pub(crate) struct Rig {
+    pub(crate) pg: Postgres,
     moto: Moto,
-    _sluice: tokio::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+    sluice: tokio::process::Child,
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
 }
 
-struct Options {
+pub(crate) struct Options {
     /// Extra keys for the `[[redshift]]` section.
-    upstream: String,
+    pub(crate) upstream: String,
     /// Lines for `[redshift.pool]`.
-    pool: String,
+    pub(crate) pool: String,
     /// Whether to create the cluster in moto.
-    create_cluster: bool,
+    pub(crate) create_cluster: bool,
     /// Host/port of the upstream; `None` = discover through DescribeClusters.
-    host: bool,
+    pub(crate) host: bool,
     /// More TOML at the end (`{pgport}` = the PostgreSQL port).
-    extra: String,
+    pub(crate) extra: String,
 }
 
 impl Default for Options {
@@ -63,6 +63,7 @@ const SETUP_SQL: &str = "\
     CREATE ROLE iam_users NOLOGIN;\
     CREATE ROLE \"IAM:alice\" LOGIN IN ROLE iam_users;\
     CREATE ROLE \"IAM:bob\" LOGIN IN ROLE iam_users;\
+    CREATE ROLE \"IAM:sluice_refresh\" LOGIN IN ROLE iam_users;\
     CREATE ROLE etl LOGIN PASSWORD 'etl-secret';";
 
 const DEV_SQL: &str = "\
@@ -73,7 +74,7 @@ const DEV_SQL: &str = "\
     GRANT CREATE ON SCHEMA public TO \"IAM:bob\", etl;";
 
 impl Rig {
-    async fn start(opts: Options) -> Rig {
+    pub(crate) async fn start(opts: Options) -> Rig {
         let pg = Postgres::start(
             "hostssl all +iam_users 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256",
         )
@@ -178,13 +179,21 @@ credentials = "get_cluster_credentials"
         Rig {
             pg,
             moto,
-            _sluice: sluice,
+            sluice,
             port,
-            _dir: dir,
+            dir,
         }
     }
 
-    async fn connect(&self, user: &str, password: &str) -> Client {
+    /// Stops the gateway and starts it again on the same config (and storage).
+    pub(crate) async fn restart(&mut self) {
+        let _ = self.sluice.kill().await;
+        let path = self.dir.path().join("sluice.toml");
+        self.sluice =
+            crate::harness::spawn_sluice(&path, self.port, &[("ETL_PASSWORD", "etl-secret")]).await;
+    }
+
+    pub(crate) async fn connect(&self, user: &str, password: &str) -> Client {
         self.try_connect(user, password).await.expect("connect")
     }
 
@@ -196,11 +205,11 @@ credentials = "get_cluster_credentials"
         crate::harness::connect_plain(self.port, user, password).await
     }
 
-    async fn alice(&self) -> Client {
+    pub(crate) async fn alice(&self) -> Client {
         self.connect("alice", "alice-pw").await
     }
 
-    async fn bob(&self) -> Client {
+    pub(crate) async fn bob(&self) -> Client {
         self.connect("bob", "bob-pw").await
     }
 
@@ -238,7 +247,7 @@ credentials = "get_cluster_credentials"
     }
 }
 
-async fn scalar(c: &Client, sql: &str) -> String {
+pub(crate) async fn scalar(c: &Client, sql: &str) -> String {
     let msgs = c
         .simple_query(sql)
         .await

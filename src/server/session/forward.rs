@@ -27,30 +27,30 @@ use crate::server::error::{PgError, SqlState};
 use crate::server::frame::{self, Frame, Target as Named};
 
 pub(super) struct Forwarding {
-    upstream: Arc<Upstream>,
-    identity: DbIdentity,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) identity: DbIdentity,
     /// Startup parameters the upstream session is opened with.
-    params: Vec<(String, String)>,
+    pub(super) params: Vec<(String, String)>,
     held: Option<Held>,
     /// Lake schemas (lower case): statements naming them run locally. Re-read when
     /// the engine's `lake_generation` moves (a Glue refresh mounted or dropped one).
-    lake_schemas: HashSet<String>,
+    pub(super) lake_schemas: HashSet<String>,
     lake_generation: u64,
     /// Prepared statements and portals that live upstream.
     statements: HashSet<String>,
     portals: HashSet<String>,
     /// Answers the upstream still owes for forwarded extended-protocol messages.
-    owed: usize,
+    pub(super) owed: usize,
     /// Extended-protocol messages were forwarded since the last Sync.
-    pending_sync: bool,
+    pub(super) pending_sync: bool,
     /// A statement failed in Sluice inside the upstream's transaction block: the
     /// upstream transaction is rolled back before anything else is forwarded.
-    abort_tx: bool,
+    pub(super) abort_tx: bool,
     /// A relay is under way (a statement may still be running upstream).
     in_flight: bool,
     /// The upstream session broke inside a transaction: until the client ends it,
     /// forwarded statements fail with 25P02 rather than silently autocommit.
-    lost_in_tx: bool,
+    pub(super) lost_in_tx: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +301,7 @@ impl Session {
 
     /// Re-reads the lake schemas after a Glue refresh changed them (one atomic load
     /// when nothing changed).
-    fn follow_lake_changes(&mut self) {
+    pub(super) fn follow_lake_changes(&mut self) {
         let generation = self.shared.engine.lake_generation();
         if let Some(fwd) = self.forward.as_mut()
             && fwd.lake_generation != generation
@@ -329,6 +329,10 @@ impl Session {
     /// may write: its effect cannot be checked.
     fn text_target(&mut self, sql: &str) -> Result<Target, PgError> {
         self.follow_lake_changes();
+        // Gateway view DDL is recognised before parsing (sqlparser has no REFRESH).
+        if self.matview_statement(sql).is_some() {
+            return Ok(Target::Local);
+        }
         if let Some(t) = self.quick_target(sql) {
             return Ok(t);
         }

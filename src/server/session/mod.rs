@@ -6,6 +6,8 @@
 //! Bind/Describe/Execute follow the route their statement chose. A later route can
 //! therefore relay frames verbatim to an upstream while others are answered here.
 
+mod admin;
+mod cached;
 mod forward;
 
 use std::collections::HashMap;
@@ -33,6 +35,10 @@ use crate::auth::{AuthMethod, Identity};
 const IDENTITY: &str = "sluice.identity";
 /// `SHOW sluice.lake`: mounted Glue databases and the last catalog refresh.
 const LAKE: &str = "sluice.lake";
+/// `SHOW sluice.result_cache`: the result cache's size and hit counts.
+const CACHE: &str = "sluice.result_cache";
+/// `SHOW sluice.materialized_views`: gateway views, their size and refreshes.
+const MATVIEWS: &str = "sluice.materialized_views";
 use crate::engine::QueryContext;
 use crate::engine::encode::{self, BatchEncoder, EncodeOptions, Format};
 use crate::engine::params::{self, ParamType};
@@ -132,6 +138,13 @@ pub struct Session {
     policy: Arc<Policy>,
     /// The Redshift upstream statements go to, when this session forwards.
     forward: Option<forward::Forwarding>,
+    /// Tables written in the open transaction (`None`: unknown ones), invalidated in
+    /// the result cache again when it ends.
+    written_in_tx: Option<Vec<String>>,
+    wrote_in_tx: bool,
+    /// The session created temporary tables: its reads are not cached (keys are per
+    /// identity, temporary tables per session).
+    has_temp_tables: bool,
 }
 
 impl Session {
@@ -159,6 +172,9 @@ impl Session {
             skip_until_sync: false,
             cancel,
             forward: None,
+            written_in_tx: Some(Vec::new()),
+            wrote_in_tx: false,
+            has_temp_tables: false,
         }
     }
 
@@ -299,24 +315,14 @@ impl Session {
         if self.skip_until_sync && !matches!(frame.tag, b'S' | b'X') {
             return Ok(true);
         }
+        if frame.tag == b'Q' {
+            self.cached_query_message(&frame).await?;
+            return Ok(true);
+        }
         if self.forward.is_some() && self.forward_dispatch(&frame).await? {
             return Ok(true);
         }
         match frame.tag {
-            b'Q' => {
-                match frame::decode_query(&frame.body) {
-                    Ok(sql) => {
-                        let sql = sql.to_owned();
-                        self.simple_query(&sql).await?;
-                    }
-                    Err(e) if e.severity == Severity::Fatal => return Err(Disconnect::Protocol(e)),
-                    // e.g. invalid UTF-8: the statement fails, the session carries on.
-                    Err(e) => self.fail(&e),
-                }
-                self.ready();
-                self.conn.flush().await?;
-                self.conn.shrink_idle();
-            }
             b'S' => {
                 self.skip_until_sync = false;
                 if self.tx == Tx::Idle {
@@ -357,6 +363,26 @@ impl Session {
         Ok(true)
     }
 
+    /// A simple query message: forwarded, or answered here, through ReadyForQuery.
+    async fn query_message(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        if self.forward.is_some() && self.forward_dispatch(frame).await? {
+            return Ok(());
+        }
+        match frame::decode_query(&frame.body) {
+            Ok(sql) => {
+                let sql = sql.to_owned();
+                self.simple_query(&sql).await?;
+            }
+            Err(e) if e.severity == Severity::Fatal => return Err(Disconnect::Protocol(e)),
+            // e.g. invalid UTF-8: the statement fails, the session carries on.
+            Err(e) => self.fail(&e),
+        }
+        self.ready();
+        self.conn.flush().await?;
+        self.conn.shrink_idle();
+        Ok(())
+    }
+
     /// Reports a statement error and marks an open transaction block as failed.
     fn fail(&mut self, e: &PgError) {
         tracing::debug!(code = e.code.0, message = %e.message, "statement failed");
@@ -369,6 +395,19 @@ impl Session {
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<(), Disconnect> {
+        if let Some(mv) = self.matview_statement(sql) {
+            let result = match mv {
+                Ok(stmt) => {
+                    self.run_command(&Command::MatView(stmt), Format::Text, true)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                self.fail(&e);
+            }
+            return Ok(());
+        }
         let statements = match self.shared.engine.parse(sql) {
             Ok(s) => s,
             Err(e) => {
@@ -755,6 +794,7 @@ impl Session {
                     ),
                 );
             }
+            Command::MatView(stmt) => return self.run_matview(stmt).await,
             Command::Discard => {
                 if self.tx != Tx::Idle {
                     return Err(PgError::new(
@@ -960,6 +1000,9 @@ impl Session {
                 text("partitions_fetched"),
                 text("listings"),
             ]))
+        } else if let Some(columns) = admin::columns(name) {
+            let text = |n: &&str| Field::new(*n, DataType::Utf8, true);
+            Arc::new(Schema::new(columns.iter().map(text).collect::<Vec<_>>()))
         } else if name == "all" {
             Arc::new(Schema::new(vec![
                 Field::new("name", DataType::Utf8, false),
@@ -997,6 +1040,10 @@ impl Session {
             ]]
         } else if name == LAKE {
             self.lake_rows()
+        } else if name == CACHE {
+            self.cache_rows()
+        } else if name == MATVIEWS {
+            self.matview_rows()
         } else if name == "all" {
             let mut names = vec![
                 "application_name",
@@ -1058,6 +1105,17 @@ impl Session {
                 SqlState::DUPLICATE_PREPARED_STATEMENT,
                 format!("prepared statement \"{}\" already exists", msg.name),
             ));
+        }
+        if let Some(mv) = self.matview_statement(&msg.query) {
+            let cmd = Command::MatView(mv?);
+            self.statements.insert(
+                msg.name,
+                Arc::new(PreparedStatement {
+                    prepared: Prepared::Command(cmd),
+                }),
+            );
+            self.conn.send(&ParseComplete::new());
+            return Ok(());
         }
         let mut statements = self.shared.engine.parse(&msg.query)?;
         let prepared = match statements.len() {

@@ -1,0 +1,67 @@
+//! When scheduled refreshes are due: a fixed interval or a cron expression (UTC).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// A view's refresh schedule.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(Box<cron::Schedule>),
+}
+
+/// Parses a cron expression with seconds (`sec min hour day-of-month month
+/// day-of-week [year]`); a classic five-field expression gets `0` seconds.
+pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
+    let fields = text.split_whitespace().count();
+    let full = if fields == 5 {
+        format!("0 {text}")
+    } else {
+        text.to_owned()
+    };
+    cron::Schedule::from_str(&full).map_err(|e| format!("`{text}` is not a cron expression: {e}"))
+}
+
+impl Schedule {
+    /// The first time after `after` a refresh is due.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(d) => chrono::Duration::from_std(*d).ok().map(|d| after + d),
+            Schedule::Cron(c) => c.after(&after).next(),
+        }
+    }
+
+    /// How the schedule reads in `SHOW sluice.materialized_views`.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(d) => format!("every {} s", d.as_secs()),
+            Schedule::Cron(c) => format!("cron {c}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn intervals_and_cron_expressions() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 7, 30).unwrap();
+        let every = Schedule::Every(Duration::from_secs(60));
+        assert_eq!(every.next_after(t), Some(t + chrono::Duration::seconds(60)));
+        let cron = Schedule::Cron(Box::new(parse_cron("*/15 * * * *").unwrap()));
+        assert_eq!(
+            cron.next_after(t),
+            Some(Utc.with_ymd_and_hms(2026, 1, 1, 10, 15, 0).unwrap())
+        );
+        let seconds = Schedule::Cron(Box::new(parse_cron("0 0 3 * * *").unwrap()));
+        assert_eq!(
+            seconds.next_after(t),
+            Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap())
+        );
+        assert!(parse_cron("every minute").is_err());
+    }
+}

@@ -1,0 +1,405 @@
+//! Where views live: one directory per view under the configured storage (a local
+//! directory or an S3 prefix, through `object_store`):
+//!
+//! ```text
+//! <storage>/<schema>/<name>/view.json          definition and state (the manifest)
+//! <storage>/<schema>/<name>/data/<gen>-0.parquet
+//! ```
+//!
+//! A refresh writes new Parquet files first and the manifest last (one `put`, atomic
+//! on both stores): a crash in between leaves the previous manifest, naming the
+//! previous files, and the orphans are deleted at the next start.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::functions_aggregate::min_max::MaxAccumulator;
+use datafusion::logical_expr::Accumulator;
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::scalar::ScalarValue;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::sql::ViewName;
+use crate::server::error::{PgError, SqlState};
+
+/// The persisted definition of a view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Definition {
+    pub query: String,
+    #[serde(default)]
+    pub refresh_every_secs: Option<u64>,
+    #[serde(default)]
+    pub refresh_cron: Option<String>,
+    #[serde(default)]
+    pub incremental_column: Option<String>,
+    /// Who created it (`config` for declared views).
+    pub owner: String,
+    pub created_at: String,
+    /// Declared in the config file (cannot be dropped with SQL).
+    #[serde(default)]
+    pub declared: bool,
+}
+
+/// One data file of the current version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Relative to the view's directory.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The persisted state of a view: its current version and the last refresh.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub populated: bool,
+    pub files: Vec<DataFile>,
+    /// The highest `incremental_column` value stored, as a SQL literal.
+    pub high_water: Option<String>,
+    /// Counts data-file generations, so new files never reuse a name.
+    pub generation: u64,
+    pub refreshed_at: Option<String>,
+    pub last_duration_ms: Option<u64>,
+    pub last_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub refreshes: u64,
+    pub failures: u64,
+    /// Where the query last ran: `lake` or `redshift`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The data files' columns: (name, Arrow type as text).
+    #[serde(default)]
+    pub columns: Vec<(String, String)>,
+}
+
+/// Columns as the manifest stores them.
+pub fn columns_of(schema: &SchemaRef) -> Vec<(String, String)> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect()
+}
+
+/// The Arrow schema of stored columns.
+pub fn schema_of(columns: &[(String, String)]) -> Result<SchemaRef, PgError> {
+    let fields = columns
+        .iter()
+        .map(|(name, ty)| {
+            let data_type: DataType = ty
+                .parse()
+                .map_err(|e| io_error(format!("column {name}: type {ty}: {e}")))?;
+            Ok(Field::new(name, data_type, true))
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+impl State {
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: String,
+    pub name: String,
+    pub definition: Definition,
+    pub state: State,
+}
+
+/// The view store: an object store and the prefix views live under.
+pub struct Storage {
+    pub store: Arc<dyn ObjectStore>,
+    root: Path,
+    /// `file:///abs/dir` or `s3://bucket/prefix`, without a trailing slash.
+    root_url: String,
+}
+
+fn io_error(what: impl std::fmt::Display) -> PgError {
+    PgError::new(
+        SqlState::IO_ERROR,
+        format!("materialized view storage: {what}"),
+    )
+}
+
+impl Storage {
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path, root_url: String) -> Storage {
+        Storage {
+            store,
+            root,
+            root_url: root_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn view_dir(&self, view: &ViewName) -> Path {
+        self.root
+            .clone()
+            .join(view.schema.as_str())
+            .join(view.name.as_str())
+    }
+
+    fn manifest_path(&self, view: &ViewName) -> Path {
+        self.view_dir(view).join("view.json")
+    }
+
+    /// The object path of a data file.
+    pub fn file_path(&self, view: &ViewName, relative: &str) -> Path {
+        let mut p = self.view_dir(view);
+        for part in relative.split('/') {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// The URL DataFusion reads a data file from.
+    pub fn file_url(&self, view: &ViewName, relative: &str) -> String {
+        format!(
+            "{}/{}/{}/{relative}",
+            self.root_url,
+            urlencode(&view.schema),
+            urlencode(&view.name)
+        )
+    }
+
+    pub async fn save(&self, manifest: &Manifest) -> Result<(), PgError> {
+        let view = ViewName {
+            schema: manifest.schema.clone(),
+            name: manifest.name.clone(),
+        };
+        let json = serde_json::to_vec_pretty(manifest).map_err(io_error)?;
+        self.store
+            .put(&self.manifest_path(&view), json.into())
+            .await
+            .map_err(io_error)?;
+        Ok(())
+    }
+
+    /// Every stored manifest. Unreadable ones are logged and skipped.
+    pub async fn load_all(&self) -> Result<Vec<Manifest>, PgError> {
+        let listed: Vec<object_store::ObjectMeta> =
+            match self.store.list(Some(&self.root)).try_collect().await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(io_error(e)),
+            };
+        let mut manifests = Vec::new();
+        for meta in listed {
+            if meta.location.filename() != Some("view.json") {
+                continue;
+            }
+            let bytes = match self.store.get(&meta.location).await {
+                Ok(r) => r.bytes().await.map_err(io_error)?,
+                Err(e) => return Err(io_error(e)),
+            };
+            match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(m) => manifests.push(m),
+                Err(e) => {
+                    tracing::error!(manifest = %meta.location, error = %e, "unreadable materialized view manifest; view skipped")
+                }
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// Deletes a view's directory (manifest and data).
+    pub async fn remove_view(&self, view: &ViewName) -> Result<(), PgError> {
+        self.store
+            .delete(&self.manifest_path(view))
+            .await
+            .or_else(not_found_is_fine)
+            .map_err(io_error)?;
+        self.delete_data_except(view, &[]).await;
+        Ok(())
+    }
+
+    /// Deletes data files of a view that `keep` does not name (failed or replaced
+    /// versions). Best effort: failures are logged.
+    pub async fn delete_data_except(&self, view: &ViewName, keep: &[DataFile]) {
+        let dir = self.view_dir(view).join("data");
+        let listed: Vec<object_store::ObjectMeta> =
+            match self.store.list(Some(&dir)).try_collect().await {
+                Ok(l) => l,
+                Err(_) => return,
+            };
+        for meta in listed {
+            let keep_it = keep
+                .iter()
+                .any(|f| self.file_path(view, &f.path) == meta.location);
+            if !keep_it && let Err(e) = self.store.delete(&meta.location).await {
+                tracing::warn!(file = %meta.location, error = %e, "cannot delete an old view file");
+            }
+        }
+    }
+
+    /// Deletes the given files (replaced versions). Best effort.
+    pub async fn delete_files(&self, view: &ViewName, files: &[DataFile]) {
+        for f in files {
+            let _ = self.store.delete(&self.file_path(view, &f.path)).await;
+        }
+    }
+}
+
+fn not_found_is_fine(e: object_store::Error) -> Result<(), object_store::Error> {
+    match e {
+        object_store::Error::NotFound { .. } => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// Percent-encodes a path segment for a URL (names may hold spaces or quotes).
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Writes one Parquet data file batch by batch, tracking the row count and the
+/// maximum of the high-water column.
+pub struct ParquetSink {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    rows: u64,
+    high_water_column: Option<String>,
+    max: Option<MaxAccumulator>,
+}
+
+impl ParquetSink {
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, high_water_column: Option<String>) -> Self {
+        ParquetSink {
+            store,
+            path,
+            writer: None,
+            rows: 0,
+            high_water_column,
+            max: None,
+        }
+    }
+
+    fn open(&mut self, schema: SchemaRef) -> Result<(), PgError> {
+        if self.writer.is_some() {
+            return Ok(());
+        }
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let writer = AsyncArrowWriter::try_new(
+            BufWriter::new(self.store.clone(), self.path.clone()),
+            schema.clone(),
+            Some(props),
+        )
+        .map_err(io_error)?;
+        self.writer = Some(writer);
+        if let Some(col) = &self.high_water_column {
+            let field = schema
+                .fields()
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(col))
+                .ok_or_else(|| {
+                    PgError::new(
+                        SqlState::UNDEFINED_COLUMN,
+                        format!("incremental_column \"{col}\" is not a column of the view query"),
+                    )
+                })?;
+            self.max = Some(MaxAccumulator::try_new(field.data_type()).map_err(PgError::from)?);
+        }
+        Ok(())
+    }
+}
+
+impl crate::redshift::rows::BatchSink for ParquetSink {
+    async fn accept(&mut self, batch: RecordBatch) -> Result<(), PgError> {
+        self.write(&batch).await
+    }
+}
+
+impl ParquetSink {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), PgError> {
+        self.open(batch.schema())?;
+        if let (Some(max), Some(col)) = (self.max.as_mut(), &self.high_water_column)
+            && let Some(i) = batch
+                .schema()
+                .fields()
+                .iter()
+                .position(|f| f.name().eq_ignore_ascii_case(col))
+        {
+            max.update_batch(&[batch.column(i).clone()])
+                .map_err(PgError::from)?;
+        }
+        self.rows += batch.num_rows() as u64;
+        if let Some(w) = self.writer.as_mut() {
+            w.write(batch).await.map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the file (creating an empty one with `schema` when no batch came);
+    /// returns (rows, bytes, highest high-water value).
+    pub async fn finish(
+        mut self,
+        schema: SchemaRef,
+    ) -> Result<(u64, u64, Option<ScalarValue>), PgError> {
+        self.open(schema)?;
+        let Some(writer) = self.writer.take() else {
+            return Err(io_error("the Parquet writer was not opened"));
+        };
+        writer.close().await.map_err(io_error)?;
+        let bytes = self.store.head(&self.path).await.map_err(io_error)?.size;
+        let max = match self.max.as_mut() {
+            Some(m) => Some(m.evaluate().map_err(PgError::from)?).filter(|v| !v.is_null()),
+            None => None,
+        };
+        Ok((self.rows, bytes, max))
+    }
+
+    /// Removes a partly written file after a failure.
+    pub async fn abandon(self) {
+        drop(self.writer);
+        let _ = self.store.delete(&self.path).await;
+    }
+}
+
+/// A high-water value as a SQL literal both engines compare correctly.
+pub fn sql_literal(v: &ScalarValue) -> String {
+    use datafusion::arrow::datatypes::DataType;
+    let text = v.to_string();
+    match v.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal128(_, _) => text,
+        DataType::Timestamp(_, _) => {
+            format!("TIMESTAMP '{}'", text.replace('T', " ").replace('\'', "''"))
+        }
+        DataType::Date32 | DataType::Date64 => format!("DATE '{}'", text.replace('\'', "''")),
+        _ => format!("'{}'", text.replace('\'', "''")),
+    }
+}

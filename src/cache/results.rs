@@ -1,0 +1,610 @@
+//! The automatic result cache: the exact bytes a read-only statement's answer was
+//! sent as (RowDescription, DataRows, CommandComplete), kept for a TTL and replayed
+//! to the next session that sends the same statement in the same context.
+//!
+//! What makes two statements "the same" is the [`Key`]: who asks (the upstream
+//! database identity, or the lake role policy), the normalised statement text,
+//! parameter values and formats, and every setting that changes the answer or its
+//! text form. One role's rows are never served to another because the key holds the
+//! role context, not because a lookup filters.
+//!
+//! Stampede protection: the first session to miss a key *leads* — runs the statement
+//! and records its answer — while sessions that miss the same key meanwhile wait
+//! for it ([`ResultCache::lookup`]) and are then served the recorded answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArguments, ObjectName, Query, Statement, Visit, Visitor,
+};
+use moka::Expiry;
+
+use crate::config::CacheConfig;
+
+/// Everything that decides a cached answer, serialised: scope (identity or role
+/// policy), settings, statement text, parameters.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key(Arc<[u8]>);
+
+impl Key {
+    /// Builds a key from its parts; each part is length-prefixed so no two different
+    /// part lists serialise alike.
+    pub fn new<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Key {
+        let mut buf = Vec::with_capacity(256);
+        for p in parts {
+            buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            buf.extend_from_slice(p);
+        }
+        Key(buf.into())
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// One cached answer. `body: None` marks a statement whose answer was too big to
+/// keep: it runs uncached (and unserialised) until the marker expires.
+pub struct Entry {
+    pub body: Option<Bytes>,
+    /// Tables the statement read (lower-case names): writes to them invalidate it.
+    tables: Vec<String>,
+    created: Instant,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<Key, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// Lookups that waited for another session running the same statement.
+    coalesced: AtomicU64,
+    stored: AtomicU64,
+    too_big: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+/// A snapshot for `SHOW sluice.cache`.
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub stored: u64,
+    pub too_big: u64,
+    pub invalidations: u64,
+    pub oldest_secs: Option<u64>,
+}
+
+pub struct ResultCache {
+    entries: moka::sync::Cache<Key, Arc<Entry>>,
+    /// Keys being computed right now; waiters watch the leader's channel, which
+    /// closes when the leader finishes (stored or not).
+    running: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
+    counters: Counters,
+    max_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub default_ttl: Duration,
+    wait: Duration,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// The cached answer bytes.
+    Hit(Bytes),
+    /// Nobody has the answer: run the statement, record it, and [`Lead::store`] it.
+    Lead(Lead),
+    /// Run uncached (the answer is known to be too big, or waiting timed out).
+    Bypass,
+}
+
+/// The right (and duty) to compute one key. Dropping it without storing wakes the
+/// waiters, one of which then leads.
+pub struct Lead {
+    cache: Arc<ResultCache>,
+    key: Key,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.cache.running.lock() {
+            running.remove(&self.key);
+        }
+    }
+}
+
+impl Lead {
+    /// Stores the recorded answer (`None`: it was too big to record).
+    pub fn store(self, body: Option<Bytes>, tables: Vec<String>, ttl: Duration) {
+        let c = &self.cache.counters;
+        match &body {
+            Some(_) => c.stored.fetch_add(1, Ordering::Relaxed),
+            None => c.too_big.fetch_add(1, Ordering::Relaxed),
+        };
+        self.cache.entries.insert(
+            self.key.clone(),
+            Arc::new(Entry {
+                body,
+                tables,
+                created: Instant::now(),
+                ttl,
+            }),
+        );
+    }
+}
+
+impl ResultCache {
+    pub fn new(config: &CacheConfig) -> Arc<ResultCache> {
+        let max_bytes = config.result_max_mb.saturating_mul(1024 * 1024);
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Key, v: &Arc<Entry>| {
+                let size = k.len() + v.body.as_ref().map_or(0, Bytes::len) + 64;
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .support_invalidation_closures()
+            .build();
+        Arc::new(ResultCache {
+            entries,
+            running: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            max_bytes,
+            max_entry_bytes: usize::try_from(
+                config.result_max_entry_mb.saturating_mul(1024 * 1024),
+            )
+            .unwrap_or(usize::MAX),
+            default_ttl: Duration::from_secs(config.result_ttl_secs),
+            wait: Duration::from_secs(config.result_wait_secs),
+        })
+    }
+
+    /// The cached answer for `key`, or the lead to compute it. Waits (at most the
+    /// configured time) while another session computes the same key.
+    pub async fn lookup(self: &Arc<Self>, key: Key) -> Lookup {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut waited = false;
+        loop {
+            if let Some(e) = self.entries.get(&key) {
+                return match &e.body {
+                    Some(b) => {
+                        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        Lookup::Hit(b.clone())
+                    }
+                    None => Lookup::Bypass,
+                };
+            }
+            let mut running = {
+                let Ok(mut running) = self.running.lock() else {
+                    return Lookup::Bypass;
+                };
+                match running.get(&key) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(());
+                        running.insert(key.clone(), rx);
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        return Lookup::Lead(Lead {
+                            cache: self.clone(),
+                            key,
+                            _done: tx,
+                        });
+                    }
+                }
+            };
+            if !waited {
+                waited = true;
+                self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+            // `changed` fails once the leader's sender is gone: it finished.
+            if tokio::time::timeout_at(deadline, running.changed())
+                .await
+                .is_err()
+            {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Bypass;
+            }
+        }
+    }
+
+    /// Drops every entry that read one of `tables` (lower-case names); `None` drops
+    /// everything (a write Sluice could not analyse).
+    pub fn invalidate(&self, tables: Option<&[String]>) {
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        match tables {
+            None => self.entries.invalidate_all(),
+            Some(tables) => {
+                let tables: Vec<String> = tables.to_vec();
+                let _ = self.entries.invalidate_entries_if(move |_, e| {
+                    e.tables.iter().any(|t| tables.iter().any(|w| w == t))
+                });
+            }
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.entries.run_pending_tasks();
+        let c = &self.counters;
+        let oldest = self
+            .entries
+            .iter()
+            .map(|(_, e)| e.created.elapsed().as_secs())
+            .max();
+        CacheStats {
+            entries: self.entries.entry_count(),
+            bytes: self.entries.weighted_size(),
+            max_bytes: self.max_bytes,
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            stored: c.stored.load(Ordering::Relaxed),
+            too_big: c.too_big.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            oldest_secs: oldest,
+        }
+    }
+}
+
+/// Functions whose value changes between two runs of the same statement, or with
+/// the session: a statement calling one is never cached.
+const VOLATILE: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_time",
+    "current_date",
+    "localtime",
+    "localtimestamp",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "getdate",
+    "sysdate",
+    "random",
+    "setseed",
+    "gen_random_uuid",
+    "uuid_generate_v4",
+    "nextval",
+    "currval",
+    "lastval",
+    "setval",
+    "pg_sleep",
+    "txid_current",
+    "pg_backend_pid",
+    "inet_client_addr",
+    "current_user",
+    "session_user",
+    "user",
+    "current_role",
+    "current_user_id",
+    "pg_last_query_id",
+    "pg_last_copy_id",
+    "pg_last_copy_count",
+];
+
+/// What a statement means for the cache.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cacheability {
+    /// A read-only query whose answer depends only on the tables it names.
+    Cacheable { tables: Vec<String> },
+    /// A statement that may change these tables (`None`: cannot tell which).
+    Writes(Option<Vec<String>>),
+    /// Neither cacheable nor a write (SET, transaction control, SHOW, …), or a
+    /// query that must run every time (volatile functions, system catalogs, locks).
+    Neither,
+}
+
+/// The lower-case last part of a table name (`"Sales".Orders` → `orders`).
+/// Invalidation by this name over-invalidates same-named tables of other schemas,
+/// never under-invalidates.
+fn table_tag(name: &ObjectName) -> Option<String> {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.value.to_lowercase())
+}
+
+fn is_catalog_name(name: &ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
+        .collect();
+    let schema_is_system = parts.len() >= 2
+        && matches!(
+            parts[parts.len() - 2].as_str(),
+            "pg_catalog" | "information_schema" | "sluice"
+        );
+    let table = parts.last().map(String::as_str).unwrap_or("");
+    // Unqualified system views (pg_stat_activity, stv_*, svv_*, …) and Redshift
+    // temporary tables (`#name`) change with every session and moment.
+    schema_is_system
+        || table.starts_with("pg_")
+        || table.starts_with("stv_")
+        || table.starts_with("svv_")
+        || table.starts_with("svl_")
+        || table.starts_with("stl_")
+        || table.starts_with("sys_")
+        || table.starts_with('#')
+}
+
+/// Tables a statement names.
+fn tables_of(stmt: &Statement) -> Vec<String> {
+    let mut tables = Vec::new();
+    let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt, |name| {
+        if let Some(t) = table_tag(name)
+            && !tables.contains(&t)
+        {
+            tables.push(t);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    tables
+}
+
+/// Classifies one parsed statement for the cache.
+pub fn cacheability(stmt: &Statement) -> Cacheability {
+    match stmt {
+        Statement::Query(q) => {
+            if !crate::route::is_read_only(stmt) {
+                return Cacheability::Writes(Some(tables_of(stmt)));
+            }
+            if uncacheable_query(q) {
+                return Cacheability::Neither;
+            }
+            let mut catalog = false;
+            let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt, |name| {
+                if is_catalog_name(name) {
+                    catalog = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            });
+            if catalog {
+                return Cacheability::Neither;
+            }
+            Cacheability::Cacheable {
+                tables: tables_of(stmt),
+            }
+        }
+        Statement::Insert(_)
+        | Statement::Update { .. }
+        | Statement::Delete(_)
+        | Statement::Merge { .. }
+        | Statement::Truncate { .. }
+        | Statement::Drop { .. }
+        | Statement::AlterTable { .. }
+        | Statement::CreateTable(_)
+        | Statement::CreateView { .. }
+        | Statement::Copy { .. } => Cacheability::Writes(Some(tables_of(stmt))),
+        s if crate::route::is_read_only(s) => Cacheability::Neither,
+        // CALL, GRANT, VACUUM, …: whatever they touch, play safe.
+        _ => Cacheability::Writes(None),
+    }
+}
+
+/// Queries with volatile or user-defined (schema-qualified) functions, row locks, or
+/// `SELECT … INTO` run every time.
+fn uncacheable_query(q: &Query) -> bool {
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> std::ops::ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                let parts = &f.name.0;
+                let name = parts
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(|i| i.value.to_lowercase())
+                    .unwrap_or_default();
+                let qualified = parts.len() > 1
+                    && !parts[0]
+                        .as_ident()
+                        .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"));
+                if qualified || VOLATILE.contains(&name.as_str()) {
+                    self.0 = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                if matches!(f.args, FunctionArguments::Subquery(_)) {
+                    return std::ops::ControlFlow::Continue(());
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, q: &Query) -> std::ops::ControlFlow<()> {
+            if !q.locks.is_empty() {
+                self.0 = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut f = Finder(false);
+    let _ = q.visit(&mut f);
+    f.0
+}
+
+/// Whether an answer recorded from the wire may be stored: one complete result, no
+/// error, no setting changed on the way (ParameterStatus), no COPY.
+pub fn storable(body: &[u8]) -> bool {
+    let mut rest = body;
+    let mut completed = false;
+    while rest.len() >= 5 {
+        let tag = rest[0];
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        if len < 4 || rest.len() < 1 + len as usize {
+            return false;
+        }
+        match tag {
+            b'T' | b'D' | b'N' | b'n' => {}
+            b'C' => completed = true,
+            _ => return false,
+        }
+        rest = &rest[1 + len as usize..];
+    }
+    rest.is_empty() && completed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    fn of(sql: &str) -> Cacheability {
+        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
+        cacheability(&stmts[0])
+    }
+
+    #[test]
+    fn plain_reads_are_cacheable_with_their_tables() {
+        assert_eq!(
+            of(
+                "SELECT region, sum(amount) FROM sales.Orders o JOIN regions r ON o.r = r.id GROUP BY 1"
+            ),
+            Cacheability::Cacheable {
+                tables: vec!["orders".into(), "regions".into()]
+            }
+        );
+        assert_eq!(
+            of(
+                "WITH t AS (SELECT * FROM a) SELECT date_trunc('day', ts), count(*) FROM t GROUP BY 1"
+            ),
+            Cacheability::Cacheable {
+                tables: vec!["a".into(), "t".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn volatile_catalog_and_locking_reads_are_not() {
+        for sql in [
+            "SELECT now(), x FROM t",
+            "SELECT * FROM t WHERE ts > current_date - 1",
+            "SELECT random() FROM t",
+            "SELECT current_user",
+            "SELECT myschema.udf(x) FROM t",
+            "SELECT * FROM pg_catalog.pg_class",
+            "SELECT * FROM pg_stat_activity",
+            "SELECT * FROM information_schema.tables",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM stv_recents",
+            "SELECT * FROM t WHERE id IN (SELECT nextval('s'))",
+        ] {
+            assert_eq!(of(sql), Cacheability::Neither, "{sql}");
+        }
+        assert_eq!(of("SET search_path = x"), Cacheability::Neither);
+        assert_eq!(of("BEGIN"), Cacheability::Neither);
+    }
+
+    #[test]
+    fn writes_name_their_tables() {
+        assert_eq!(
+            of("INSERT INTO sales.orders SELECT * FROM staging"),
+            Cacheability::Writes(Some(vec!["orders".into(), "staging".into()]))
+        );
+        assert_eq!(
+            of("UPDATE orders SET amount = 0 WHERE id = 1"),
+            Cacheability::Writes(Some(vec!["orders".into()]))
+        );
+        assert_eq!(
+            of("DELETE FROM \"Orders\""),
+            Cacheability::Writes(Some(vec!["orders".into()]))
+        );
+        assert_eq!(
+            of("TRUNCATE orders"),
+            Cacheability::Writes(Some(vec!["orders".into()]))
+        );
+        assert_eq!(of("GRANT SELECT ON t TO u"), Cacheability::Writes(None));
+    }
+
+    #[test]
+    fn only_complete_clean_answers_are_storable() {
+        let msg = |tag: u8, body: &[u8]| {
+            let mut m = vec![tag];
+            m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let ok = [msg(b'T', b"x"), msg(b'D', b"y"), msg(b'C', b"SELECT 1\0")].concat();
+        assert!(storable(&ok));
+        let error = [msg(b'T', b"x"), msg(b'E', b"z")].concat();
+        assert!(!storable(&error));
+        let status = [msg(b'S', b"a\0b\0"), msg(b'C', b"SET\0")].concat();
+        assert!(!storable(&status));
+        assert!(!storable(&ok[..ok.len() - 2]));
+        assert!(!storable(&msg(b'T', b"x")));
+    }
+
+    #[tokio::test]
+    async fn one_leader_per_key_and_waiters_get_its_answer() {
+        let cache = ResultCache::new(&CacheConfig {
+            result_ttl_secs: 60,
+            ..CacheConfig::default()
+        });
+        let key = Key::new([b"scope".as_slice(), b"SELECT 1"]);
+        let Lookup::Lead(lead) = cache.lookup(key.clone()).await else {
+            panic!("first lookup leads");
+        };
+        let waiter = {
+            let cache = cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move { cache.lookup(key).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second lookup waits for the leader"
+        );
+        lead.store(
+            Some(Bytes::from_static(b"answer")),
+            vec!["t".into()],
+            Duration::from_secs(60),
+        );
+        match waiter.await.unwrap() {
+            Lookup::Hit(b) => assert_eq!(&b[..], b"answer"),
+            _ => panic!("the waiter is served the leader's answer"),
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.coalesced), (1, 1, 1));
+        cache.invalidate(Some(&["t".to_string()]));
+        assert!(matches!(cache.lookup(key).await, Lookup::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_gives_up_hands_over() {
+        let cache = ResultCache::new(&CacheConfig::default());
+        let key = Key::new([b"k".as_slice()]);
+        let Lookup::Lead(lead) = cache.lookup(key.clone()).await else {
+            panic!("first lookup leads");
+        };
+        let waiter = {
+            let cache = cache.clone();
+            let key = key.clone();
+            tokio::spawn(async move { matches!(cache.lookup(key).await, Lookup::Lead(_)) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(lead);
+        assert!(waiter.await.unwrap(), "the waiter leads next");
+    }
+}

@@ -203,6 +203,53 @@ async fn result_cache_serves_repeats_per_identity_and_forgets_what_writes_touch(
         .await
         .expect("reset");
 
+    // The extended protocol (prepared statements with parameters), as pgjdbc and
+    // Npgsql send it: cached per parameter value, invalidated by prepared writes.
+    let by_region = "SELECT sum(amount)::float8 FROM public.sales WHERE region = $1";
+    let east: f64 = alice
+        .query_one(by_region, &[&"east"])
+        .await
+        .expect("east")
+        .get(0);
+    let west: f64 = alice
+        .query_one(by_region, &[&"west"])
+        .await
+        .expect("west")
+        .get(0);
+    assert_ne!(east, west, "parameters are part of the key");
+    rig.pg
+        .sql(
+            "dev",
+            "UPDATE public.sales SET amount = amount + 1000 WHERE id = 10",
+        )
+        .expect("direct update");
+    let statement = alice.prepare(by_region).await.expect("prepare");
+    for _ in 0..3 {
+        let again: f64 = alice
+            .query_one(&statement, &[&"east"])
+            .await
+            .expect("east")
+            .get(0);
+        assert_eq!(again, east, "served from the cache");
+    }
+    let update = bob
+        .prepare("UPDATE public.sales SET amount = amount + 1 WHERE id = $1")
+        .await
+        .expect("prepare write");
+    bob.execute(&update, &[&20i32])
+        .await
+        .expect("prepared write");
+    let after: f64 = alice
+        .query_one(&statement, &[&"east"])
+        .await
+        .expect("east")
+        .get(0);
+    assert_eq!(
+        after,
+        east + 1001.0,
+        "the prepared write invalidated the entry"
+    );
+
     // Volatile functions are never cached.
     let a = scalar(
         &alice,
@@ -215,6 +262,38 @@ async fn result_cache_serves_repeats_per_identity_and_forgets_what_writes_touch(
     )
     .await;
     assert_ne!(a, b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_results_are_cached_per_role_policy() {
+    let rig = rig().await;
+    let curator = rig.connect("curator", "curator-pw").await;
+    let nyc = rig.connect("nycfan", "nycfan-pw").await;
+    let sql = "SELECT vendor_id, count(*) FROM nyc.trips WHERE passenger_count > $1 GROUP BY 1 ORDER BY 1";
+    let first = curator.query(sql, &[&2i32]).await.expect("lake query");
+    let before = hits(&curator).await;
+    let second = curator.query(sql, &[&2i32]).await.expect("lake query");
+    assert_eq!(hits(&curator).await, before + 1, "the repeat is a hit");
+    let as_rows = |rows: &[tokio_postgres::Row]| {
+        rows.iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(as_rows(&first), as_rows(&second));
+    // Another policy has its own entry (and its own answer).
+    let before = hits(&curator).await;
+    let theirs = nyc.query(sql, &[&2i32]).await.expect("lake query");
+    assert_eq!(
+        hits(&curator).await,
+        before,
+        "a different role policy misses"
+    );
+    assert_eq!(as_rows(&theirs), as_rows(&first));
+    // Simple protocol, text results: a separate entry, same rows.
+    let text = rows(&curator, "SELECT count(*) FROM nyc.trips").await;
+    let before = hits(&curator).await;
+    assert_eq!(rows(&curator, "SELECT count(*) FROM nyc.trips").await, text);
+    assert_eq!(hits(&curator).await, before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,4 +580,11 @@ async fn materialized_views_refresh_atomically_incrementally_and_survive_restart
         .batch_execute("DROP MATERIALIZED VIEW IF EXISTS mv.nothing")
         .await
         .expect("IF EXISTS");
+}
+
+async fn hits(c: &Client) -> u64 {
+    shown(c, "sluice.result_cache", "hits")
+        .await
+        .parse()
+        .expect("hits is a number")
 }

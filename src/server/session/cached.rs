@@ -1,13 +1,22 @@
-//! The result cache as a session uses it: a simple-protocol query that reads (and
-//! names no volatile function) is looked up by its key; on a miss the session
-//! answers as usual while recording the bytes it sends, and stores them. Statements
-//! that write invalidate what they touch, again when their transaction ends.
+//! The result cache as a session uses it.
+//!
+//! - Simple protocol: a query string holding one cacheable read is looked up by its
+//!   key; on a miss the session answers as usual while recording the bytes it sends
+//!   (RowDescription, DataRows, CommandComplete), and stores them.
+//! - Extended protocol: Parse notes which prepared statements read cacheably (or
+//!   write), Bind turns a read into a key (with the parameter values and result
+//!   formats), and Execute of such a portal is answered from the cache — for an
+//!   upstream portal without sending the Execute upstream — or recorded.
+//! - Statements that write invalidate the tables they touch when they run, and again
+//!   when their transaction ends (readers may have cached the old rows meanwhile).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::Statement;
 
-use super::{Session, Tx};
+use super::{PortalState, Session, Tx};
 use crate::cache::results::{self, Cacheability, Key, Lookup};
 use crate::server::connection::Disconnect;
 use crate::server::error::PgError;
@@ -25,16 +34,58 @@ const KEYED_SETTINGS: &[&str] = &[
     "standard_conforming_strings",
 ];
 
-/// Length of the ReadyForQuery message that ends every recorded answer.
+/// Length of the ReadyForQuery message that ends every recorded simple-query answer.
 const READY_LEN: usize = 6;
+
+/// A prepared statement that reads cacheably.
+struct CacheableRead {
+    /// The normalised statement text.
+    text: String,
+    tables: Vec<String>,
+    /// It runs on the lake (else upstream).
+    lake: bool,
+}
+
+/// A portal ready to be answered from the cache.
+struct PortalKey {
+    key: Key,
+    tables: Vec<String>,
+    ttl: Duration,
+}
+
+/// Per-session book-keeping for the result cache.
+pub(super) struct CacheBooks {
+    reads: HashMap<String, Arc<CacheableRead>>,
+    /// Prepared statements that write, with the tables (`None`: unknown ones).
+    writes: HashMap<String, Option<Vec<String>>>,
+    portal_keys: HashMap<String, PortalKey>,
+    portal_writes: HashMap<String, Option<Vec<String>>>,
+    /// Tables written in the open transaction (`None`: unknown ones), invalidated
+    /// again when it ends.
+    written_in_tx: Option<Vec<String>>,
+    wrote_in_tx: bool,
+    /// The session created temporary tables: its reads are not cached (keys are per
+    /// identity, temporary tables per session).
+    has_temp_tables: bool,
+}
+
+impl Default for CacheBooks {
+    fn default() -> Self {
+        CacheBooks {
+            reads: HashMap::new(),
+            writes: HashMap::new(),
+            portal_keys: HashMap::new(),
+            portal_writes: HashMap::new(),
+            written_in_tx: Some(Vec::new()),
+            wrote_in_tx: false,
+            has_temp_tables: false,
+        }
+    }
+}
 
 /// What the cache does with one query message.
 enum Plan {
-    Lookup {
-        key: Key,
-        tables: Vec<String>,
-        ttl: Duration,
-    },
+    Lookup(PortalKey),
     Invalidate(Option<Vec<String>>),
     Nothing,
 }
@@ -69,67 +120,91 @@ impl Session {
         match plan {
             Plan::Nothing => self.query_message(frame).await?,
             Plan::Invalidate(tables) => {
+                // Now, and again when it has committed (below, or at COMMIT).
+                self.note_write(tables);
                 self.query_message(frame).await?;
-                cache.invalidate(tables.as_deref());
-                if self.tx != Tx::Idle {
-                    // Readers may cache the old rows again before the COMMIT.
-                    match (tables, &mut self.written_in_tx) {
-                        (Some(t), Some(w)) => w.extend(t),
-                        (None, w) => *w = None,
-                        (Some(_), None) => {}
-                    }
-                    self.wrote_in_tx = true;
-                }
             }
-            Plan::Lookup { key, tables, ttl } => {
-                let signal = self.cancel.signal.clone();
-                let canceled = signal.notified();
-                let lookup = tokio::select! {
-                    biased;
-                    _ = canceled => {
-                        self.fail(&PgError::canceled());
-                        self.ready();
-                        return Ok(self.conn.flush().await?);
-                    }
-                    l = cache.lookup(key) => l,
-                };
-                match lookup {
-                    Lookup::Hit(body) => {
-                        self.conn.out.extend_from_slice(&body);
-                        self.ready();
-                        self.conn.flush().await?;
-                        self.conn.shrink_idle();
-                    }
-                    Lookup::Bypass => self.query_message(frame).await?,
-                    Lookup::Lead(lead) => {
-                        self.conn.start_recording(cache.max_entry_bytes + READY_LEN);
-                        let result = self.query_message(frame).await;
-                        let recorded = self.conn.finish_recording();
-                        result?;
-                        match recorded {
-                            None => lead.store(None, tables, ttl),
-                            Some(mut body) => {
-                                // The answer ends with ReadyForQuery; it is stored only
-                                // when the statement ran outside any transaction.
-                                let idle = body.len() >= READY_LEN
-                                    && body[body.len() - READY_LEN] == b'Z'
-                                    && body[body.len() - 1] == b'I';
-                                body.truncate(body.len().saturating_sub(READY_LEN));
-                                if idle && results::storable(&body) {
-                                    lead.store(Some(body.freeze()), tables, ttl);
-                                }
+            Plan::Lookup(pk) => match self.lookup(pk.key.clone()).await {
+                None => {
+                    self.fail(&PgError::canceled());
+                    self.ready();
+                    self.conn.flush().await?;
+                }
+                Some(Lookup::Hit(body)) => {
+                    self.conn.out.extend_from_slice(&body);
+                    self.ready();
+                    self.conn.flush().await?;
+                    self.conn.shrink_idle();
+                }
+                Some(Lookup::Bypass) => self.query_message(frame).await?,
+                Some(Lookup::Lead(lead)) => {
+                    self.conn.start_recording(cache.max_entry_bytes + READY_LEN);
+                    let result = self.query_message(frame).await;
+                    let recorded = self.conn.finish_recording();
+                    result?;
+                    match recorded {
+                        None => lead.store(None, pk.tables, pk.ttl),
+                        Some(mut body) => {
+                            // The answer ends with ReadyForQuery; it is stored only
+                            // when the statement ran outside any transaction.
+                            let idle = body.len() >= READY_LEN
+                                && body[body.len() - READY_LEN] == b'Z'
+                                && body[body.len() - 1] == b'I';
+                            body.truncate(body.len().saturating_sub(READY_LEN));
+                            if idle && results::storable(&body) {
+                                lead.store(Some(body.freeze()), pk.tables, pk.ttl);
                             }
                         }
                     }
                 }
+            },
+        }
+        self.invalidate_at_transaction_end();
+        Ok(())
+    }
+
+    /// Looks a key up; waiting for another session's run of it is cancellable
+    /// (`None`: the client cancelled).
+    /// (The future owns what it needs: a session is not `Sync`.)
+    fn lookup(&self, key: Key) -> impl std::future::Future<Output = Option<Lookup>> + Send + use<> {
+        let cache = self.shared.results.clone();
+        let signal = self.cancel.signal.clone();
+        async move {
+            let cache = cache?;
+            let canceled = signal.notified();
+            tokio::select! {
+                biased;
+                _ = canceled => None,
+                l = cache.lookup(key) => Some(l),
             }
         }
-        if self.tx == Tx::Idle && self.wrote_in_tx {
-            self.wrote_in_tx = false;
-            let written = self.written_in_tx.replace(Vec::new());
+    }
+
+    /// A statement that writes ran (or is about to): its tables are invalidated now
+    /// and again when the transaction ends.
+    fn note_write(&mut self, tables: Option<Vec<String>>) {
+        if let Some(cache) = &self.shared.results {
+            cache.invalidate(tables.as_deref());
+        }
+        match (tables, &mut self.cache.written_in_tx) {
+            (Some(t), Some(w)) => w.extend(t),
+            (None, w) => *w = None,
+            (Some(_), None) => {}
+        }
+        self.cache.wrote_in_tx = true;
+    }
+
+    /// After a transaction that wrote ends, readers that cached its tables' old rows
+    /// in the meantime lose them.
+    pub(super) fn invalidate_at_transaction_end(&mut self) {
+        if self.tx != Tx::Idle || !self.cache.wrote_in_tx {
+            return;
+        }
+        self.cache.wrote_in_tx = false;
+        let written = self.cache.written_in_tx.replace(Vec::new());
+        if let Some(cache) = &self.shared.results {
             cache.invalidate(written.as_deref());
         }
-        Ok(())
     }
 
     /// Decides what the cache does with a query string.
@@ -146,27 +221,23 @@ impl Session {
                 Plan::Nothing
             };
         };
+        for s in &statements {
+            self.note_temp_tables(s);
+        }
         if statements.len() != 1 {
             let writes: Vec<Cacheability> = statements.iter().map(results::cacheability).collect();
             return merge_writes(writes);
         }
         let stmt = statements.remove(0);
-        if let Statement::CreateTable(ct) = &stmt
-            && (ct.temporary || ct.name.to_string().starts_with('#'))
-        {
-            // Temporary tables are per session while keys are per identity.
-            self.has_temp_tables = true;
-        }
         match results::cacheability(&stmt) {
             Cacheability::Cacheable { tables } => {
-                let Some(ttl) = self.cache_ttl() else {
-                    return Plan::Nothing;
+                let read = CacheableRead {
+                    text: stmt.to_string(),
+                    lake: self.runs_on_lake(&stmt),
+                    tables,
                 };
-                if self.tx != Tx::Idle || self.has_temp_tables {
-                    return Plan::Nothing;
-                }
-                match self.cache_key(&stmt) {
-                    Some(key) => Plan::Lookup { key, tables, ttl },
+                match self.portal_key(b"Q", &read, &[]) {
+                    Some(pk) => Plan::Lookup(pk),
                     None => Plan::Nothing,
                 }
             }
@@ -175,55 +246,254 @@ impl Session {
         }
     }
 
-    /// The key of a cacheable statement: where it runs and as whom, the settings that
-    /// shape its answer, its normalised text. `None`: it must not be cached here.
-    fn cache_key(&mut self, stmt: &Statement) -> Option<Key> {
+    fn note_temp_tables(&mut self, stmt: &Statement) {
+        if let Statement::CreateTable(ct) = stmt
+            && (ct.temporary || ct.name.to_string().starts_with('#'))
+        {
+            self.cache.has_temp_tables = true;
+        }
+    }
+
+    fn runs_on_lake(&mut self, stmt: &Statement) -> bool {
         self.follow_lake_changes();
-        let scope = match self.forward.as_ref() {
-            Some(fwd) => {
-                if fwd.owed > 0 || fwd.pending_sync || fwd.lost_in_tx || fwd.abort_tx {
-                    return None;
-                }
-                let lake = crate::route::references_lake(stmt, |s| {
-                    fwd.lake_schemas.contains(&s.to_lowercase())
-                });
-                if lake {
-                    self.lake_scope()
-                } else {
-                    format!(
-                        "upstream\0{}\0{}\0{}\0{:?}\0{:?}",
-                        fwd.upstream.name(),
-                        fwd.identity.user,
-                        fwd.identity.groups.join(","),
-                        fwd.params,
-                        self.policy.row_limit,
-                    )
-                }
+        match self.forward.as_ref() {
+            Some(fwd) => crate::route::references_lake(stmt, |s| {
+                fwd.lake_schemas.contains(&s.to_lowercase())
+            }),
+            None => true,
+        }
+    }
+
+    /// The key for running `read` now with the given parameter material, or `None`
+    /// when it must not be cached here (cache off, inside a transaction, …).
+    fn portal_key(
+        &self,
+        protocol: &[u8],
+        read: &CacheableRead,
+        params: &[u8],
+    ) -> Option<PortalKey> {
+        let ttl = self.cache_ttl()?;
+        if self.tx != Tx::Idle || self.cache.has_temp_tables {
+            return None;
+        }
+        let scope = if read.lake {
+            // Lake answers depend on the role policy (which tables exist for it) and
+            // on the catalog generation (Glue refreshes, views created or dropped).
+            format!(
+                "lake\0{:?}\0{}",
+                self.policy,
+                self.shared.engine.lake_generation()
+            )
+        } else {
+            let fwd = self.forward.as_ref()?;
+            if fwd.lost_in_tx || fwd.abort_tx {
+                return None;
             }
-            None => self.lake_scope(),
+            format!(
+                "upstream\0{}\0{}\0{}\0{:?}\0{:?}",
+                fwd.upstream.name(),
+                fwd.identity.user,
+                fwd.identity.groups.join(","),
+                fwd.params,
+                self.policy.row_limit,
+            )
         };
         let mut settings = String::new();
         for name in KEYED_SETTINGS {
             settings.push_str(self.settings.get(name).unwrap_or(""));
             settings.push('\0');
         }
-        let text = stmt.to_string();
-        Some(Key::new([
-            b"Q".as_slice(),
-            scope.as_bytes(),
-            settings.as_bytes(),
-            text.as_bytes(),
-        ]))
+        Some(PortalKey {
+            key: Key::new([
+                protocol,
+                scope.as_bytes(),
+                settings.as_bytes(),
+                read.text.as_bytes(),
+                params,
+            ]),
+            tables: read.tables.clone(),
+            ttl,
+        })
     }
 
-    /// Lake answers depend on the role policy (which tables exist for it) and on the
-    /// catalog generation (Glue refreshes, view refreshes).
-    fn lake_scope(&self) -> String {
-        format!(
-            "lake\0{:?}\0{}",
-            self.policy,
-            self.shared.engine.lake_generation()
-        )
+    /// Parse: remembers whether the statement reads cacheably or writes.
+    pub(super) fn note_parse(&mut self, frame: &Frame) {
+        let Ok(msg) = frame::decode_parse(&frame.body) else {
+            return;
+        };
+        self.cache.reads.remove(&msg.name);
+        self.cache.writes.remove(&msg.name);
+        if self.matview_statement(&msg.query).is_some() {
+            return;
+        }
+        match self.shared.engine.parse(&msg.query) {
+            Ok(statements) if statements.len() == 1 => {
+                let stmt = &statements[0];
+                self.note_temp_tables(stmt);
+                match results::cacheability(stmt) {
+                    Cacheability::Cacheable { tables } => {
+                        let read = CacheableRead {
+                            text: stmt.to_string(),
+                            lake: self.runs_on_lake(stmt),
+                            tables,
+                        };
+                        self.cache.reads.insert(msg.name, Arc::new(read));
+                    }
+                    Cacheability::Writes(tables) => {
+                        self.cache.writes.insert(msg.name, tables);
+                    }
+                    Cacheability::Neither => {}
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if self.forward.is_some() && self.policy.write {
+                    self.cache.writes.insert(msg.name, None);
+                }
+            }
+        }
+    }
+
+    /// Bind: a portal of a cacheable read gets its key (parameters included).
+    pub(super) fn note_bind(&mut self, frame: &Frame) {
+        let Ok(bind) = frame::decode_bind(&frame.body) else {
+            return;
+        };
+        self.cache.portal_keys.remove(&bind.portal);
+        self.cache.portal_writes.remove(&bind.portal);
+        if let Some(w) = self.cache.writes.get(&bind.statement) {
+            let w = w.clone();
+            self.cache.portal_writes.insert(bind.portal, w);
+            return;
+        }
+        let Some(read) = self.cache.reads.get(&bind.statement).cloned() else {
+            return;
+        };
+        let mut params = Vec::with_capacity(64);
+        for f in &bind.param_formats {
+            params.extend_from_slice(&f.to_be_bytes());
+        }
+        params.push(0xff);
+        for p in &bind.params {
+            match p {
+                None => params.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    params.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    params.extend_from_slice(v);
+                }
+            }
+        }
+        params.push(0xff);
+        for f in &bind.result_formats {
+            params.extend_from_slice(&f.to_be_bytes());
+        }
+        if let Some(pk) = self.portal_key(b"E", &read, &params) {
+            self.cache.portal_keys.insert(bind.portal, pk);
+        }
+    }
+
+    /// Execute: answers a cacheable portal from the cache, or runs it recording its
+    /// answer. `Ok(false)`: not the cache's business, dispatch as usual.
+    pub(super) async fn cached_execute(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+        let Ok(msg) = frame::decode_execute(&frame.body) else {
+            return Ok(false);
+        };
+        if let Some(w) = self.cache.portal_writes.get(&msg.portal).cloned() {
+            self.note_write(w);
+            return Ok(false);
+        }
+        let Some(pk) = self.cache.portal_keys.remove(&msg.portal) else {
+            return Ok(false);
+        };
+        let Some(cache) = self.shared.results.clone() else {
+            return Ok(false);
+        };
+        if msg.max_rows != 0 || self.tx != Tx::Idle {
+            return Ok(false);
+        }
+        let upstream = self
+            .forward
+            .as_ref()
+            .is_some_and(|f| f.portals.contains(&msg.portal));
+        if upstream {
+            let idle = self
+                .forward
+                .as_ref()
+                .and_then(|f| f.held.as_ref())
+                .is_some_and(|h| h.conn.status == b'I');
+            if !idle {
+                return Ok(false);
+            }
+        } else {
+            // Only a portal that has not started yet can be answered whole.
+            let fresh = matches!(
+                self.portals.get(&msg.portal).map(|p| &p.state),
+                Some(PortalState::Lake(run)) if run.plan.is_some()
+            );
+            if !fresh {
+                return Ok(false);
+            }
+        }
+        let lookup = match self.lookup(pk.key.clone()).await {
+            Some(l) => l,
+            None => {
+                self.fail(&PgError::canceled());
+                self.skip_until_sync = true;
+                return Ok(true);
+            }
+        };
+        match lookup {
+            Lookup::Bypass => Ok(false),
+            Lookup::Hit(body) => {
+                if upstream {
+                    // Everything forwarded before is answered first, in order.
+                    self.drain_upstream().await?;
+                    if self.skip_until_sync {
+                        return Ok(true);
+                    }
+                } else if let Some(p) = self.portals.get_mut(&msg.portal) {
+                    p.state = PortalState::Done;
+                }
+                self.conn.out.extend_from_slice(&body);
+                self.conn.flush_if_full().await?;
+                Ok(true)
+            }
+            Lookup::Lead(lead) => {
+                if upstream {
+                    self.drain_upstream().await?;
+                    if self.skip_until_sync {
+                        return Ok(true);
+                    }
+                    self.conn.start_recording(cache.max_entry_bytes);
+                    let result = self.forward_execute_now(frame).await;
+                    let recorded = self.conn.finish_recording();
+                    result?;
+                    if !self.skip_until_sync {
+                        store(lead, recorded, pk);
+                    }
+                } else {
+                    self.conn.start_recording(cache.max_entry_bytes);
+                    let result = self.dispatch_frame(frame.clone()).await;
+                    let recorded = self.conn.finish_recording();
+                    result?;
+                    if !self.skip_until_sync {
+                        store(lead, recorded, pk);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Stores a recorded Execute answer (DataRows, CommandComplete) when it is whole.
+fn store(lead: results::Lead, recorded: Option<bytes::BytesMut>, pk: PortalKey) {
+    match recorded {
+        None => lead.store(None, pk.tables, pk.ttl),
+        Some(body) if results::storable(&body) => {
+            lead.store(Some(body.freeze()), pk.tables, pk.ttl)
+        }
+        Some(_) => {}
     }
 }
 

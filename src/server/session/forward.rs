@@ -31,14 +31,14 @@ pub(super) struct Forwarding {
     pub(super) identity: DbIdentity,
     /// Startup parameters the upstream session is opened with.
     pub(super) params: Vec<(String, String)>,
-    held: Option<Held>,
+    pub(super) held: Option<Held>,
     /// Lake schemas (lower case): statements naming them run locally. Re-read when
     /// the engine's `lake_generation` moves (a Glue refresh mounted or dropped one).
     pub(super) lake_schemas: HashSet<String>,
     lake_generation: u64,
     /// Prepared statements and portals that live upstream.
-    statements: HashSet<String>,
-    portals: HashSet<String>,
+    pub(super) statements: HashSet<String>,
+    pub(super) portals: HashSet<String>,
     /// Answers the upstream still owes for forwarded extended-protocol messages.
     pub(super) owed: usize,
     /// Extended-protocol messages were forwarded since the last Sync.
@@ -524,8 +524,23 @@ impl Session {
         Ok(true)
     }
 
+    /// Forwards an Execute and relays its answer now (the result cache records it).
+    pub(super) async fn forward_execute_now(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        if let Err(e) = self.ensure_upstream().await {
+            self.fail(&e);
+            self.skip_until_sync = true;
+            return Ok(());
+        }
+        self.put_upstream(frame);
+        if let Some(fwd) = self.forward.as_mut() {
+            fwd.owed += relay::answers_owed(frame.tag);
+            fwd.pending_sync = true;
+        }
+        self.drain_upstream().await
+    }
+
     /// Makes the upstream answer everything forwarded so far (a Flush), relaying it.
-    async fn drain_upstream(&mut self) -> Result<(), Disconnect> {
+    pub(super) async fn drain_upstream(&mut self) -> Result<(), Disconnect> {
         let Some(fwd) = self.forward.as_mut() else {
             return Ok(());
         };

@@ -138,13 +138,8 @@ pub struct Session {
     policy: Arc<Policy>,
     /// The Redshift upstream statements go to, when this session forwards.
     forward: Option<forward::Forwarding>,
-    /// Tables written in the open transaction (`None`: unknown ones), invalidated in
-    /// the result cache again when it ends.
-    written_in_tx: Option<Vec<String>>,
-    wrote_in_tx: bool,
-    /// The session created temporary tables: its reads are not cached (keys are per
-    /// identity, temporary tables per session).
-    has_temp_tables: bool,
+    /// What the result cache needs to know about this session's statements.
+    cache: cached::CacheBooks,
 }
 
 impl Session {
@@ -172,9 +167,7 @@ impl Session {
             skip_until_sync: false,
             cancel,
             forward: None,
-            written_in_tx: Some(Vec::new()),
-            wrote_in_tx: false,
-            has_temp_tables: false,
+            cache: cached::CacheBooks::default(),
         }
     }
 
@@ -315,8 +308,35 @@ impl Session {
         if self.skip_until_sync && !matches!(frame.tag, b'S' | b'X') {
             return Ok(true);
         }
+        if self.shared.results.is_none() {
+            return self.dispatch_frame(frame).await;
+        }
+        match frame.tag {
+            b'Q' => {
+                self.cached_query_message(&frame).await?;
+                return Ok(true);
+            }
+            b'P' => self.note_parse(&frame),
+            b'B' => self.note_bind(&frame),
+            b'E' => {
+                if self.cached_execute(&frame).await? {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+        let sync = frame.tag == b'S';
+        let result = self.dispatch_frame(frame).await;
+        if sync {
+            self.invalidate_at_transaction_end();
+        }
+        result
+    }
+
+    /// Handles one message without the result cache.
+    async fn dispatch_frame(&mut self, frame: Frame) -> Result<bool, Disconnect> {
         if frame.tag == b'Q' {
-            self.cached_query_message(&frame).await?;
+            self.query_message(&frame).await?;
             return Ok(true);
         }
         if self.forward.is_some() && self.forward_dispatch(&frame).await? {

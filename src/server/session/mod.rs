@@ -318,11 +318,7 @@ impl Session {
             }
             b'P' => self.note_parse(&frame),
             b'B' => self.note_bind(&frame),
-            b'E' => {
-                if self.cached_execute(&frame).await? {
-                    return Ok(true);
-                }
-            }
+            b'E' if self.cached_execute(&frame).await? => return Ok(true),
             _ => {}
         }
         let sync = frame.tag == b'S';

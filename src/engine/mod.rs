@@ -3,6 +3,7 @@
 //! copy of its state (default schema, time zone, who is asking).
 
 pub mod encode;
+mod federated;
 pub mod params;
 pub mod pg_compat;
 pub mod types;
@@ -54,6 +55,9 @@ pub struct QueryContext {
     pub backend_pid: i32,
     /// What the session's roles may read.
     pub policy: Arc<Policy>,
+    /// Upstream tables, for statements that join them with the lake (forwarding
+    /// sessions and view refreshes): found under this identity.
+    pub remote: Option<crate::redshift::table::RemoteCatalog>,
 }
 
 /// A dedicated runtime for query execution. DataFusion operators can run for a long
@@ -344,9 +348,12 @@ impl Engine {
     /// Plans one statement. Only read-only queries are allowed through.
     pub async fn plan(&self, stmt: &Statement, qc: &QueryContext) -> Result<LogicalPlan, PgError> {
         let state = self.state_for(qc).await?;
-        let plan = state
-            .statement_to_plan(DFStatement::Statement(Box::new(stmt.clone())))
-            .await?;
+        let statement = DFStatement::Statement(Box::new(stmt.clone()));
+        let state = match &qc.remote {
+            Some(remote) => self.federate(state, &statement, remote).await?,
+            None => state,
+        };
+        let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -354,6 +361,76 @@ impl Engine {
             .verify_plan(&plan)
             .map_err(|e| PgError::new(SqlState::READ_ONLY_SQL_TRANSACTION, e.to_string()))?;
         Ok(plan)
+    }
+
+    /// Lays the upstream tables a statement names (those that are not lake tables)
+    /// over the lake catalog, for this statement's planning only.
+    async fn federate(
+        &self,
+        state: SessionState,
+        statement: &DFStatement,
+        remote: &crate::redshift::table::RemoteCatalog,
+    ) -> Result<SessionState, PgError> {
+        use datafusion::catalog::{CatalogProviderList, SchemaProvider};
+        use datafusion::common::TableReference;
+        let references = state.resolve_table_references(statement)?;
+        let Some(local) = state.catalog_list().catalog(&self.database) else {
+            return Ok(state);
+        };
+        let default_schema = state.config().options().catalog.default_schema.clone();
+        let lake: Vec<String> = self
+            .schema_names()
+            .into_iter()
+            .filter(|s| s != "public")
+            .collect();
+        let mut found: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
+        for reference in references {
+            let (schema, table, explicit) = match &reference {
+                TableReference::Bare { table } => {
+                    (default_schema.clone(), table.to_string(), false)
+                }
+                TableReference::Partial { schema, table } => {
+                    (schema.to_string(), table.to_string(), true)
+                }
+                TableReference::Full {
+                    catalog,
+                    schema,
+                    table,
+                } => {
+                    if catalog.as_ref() != self.database {
+                        continue;
+                    }
+                    (schema.to_string(), table.to_string(), true)
+                }
+            };
+            if lake.contains(&schema)
+                || matches!(schema.as_str(), "pg_catalog" | "information_schema")
+                || local.schema(&schema).is_some_and(|s| s.table_exist(&table))
+            {
+                continue;
+            }
+            let name = explicit.then_some(schema.as_str());
+            let Some(provider) = remote.table(name, &table).await? else {
+                continue;
+            };
+            let target = found
+                .entry(schema.clone())
+                .or_insert_with(|| Arc::new(MemorySchemaProvider::new()));
+            target.register_table(table, provider)?;
+        }
+        if found.is_empty() {
+            return Ok(state);
+        }
+        let catalogs = Arc::new(datafusion::catalog::MemoryCatalogProviderList::new());
+        catalogs.register_catalog(
+            self.database.clone(),
+            Arc::new(federated::FederatedCatalog::new(local, found)),
+        );
+        Ok(
+            datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
+                .with_catalog_list(catalogs)
+                .build(),
+        )
     }
 
     /// Starts executing a plan on the query runtime. Batches cross to the session

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod pool;
 pub mod relay;
 pub mod rows;
+pub mod table;
 pub mod wire;
 
 use std::collections::BTreeSet;

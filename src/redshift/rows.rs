@@ -101,9 +101,9 @@ pub async fn query_batches(
                     conn.consume(len);
                     match batch {
                         Ok(b) => {
-                            if let Err(e) = sink.accept(b).await {
-                                failure = Some(e);
-                            }
+                            // A sink that stops (its reader went away) stops the read;
+                            // the session is mid-result and must not be reused.
+                            sink.accept(b).await?;
                         }
                         Err(e) => failure = Some(e),
                     }

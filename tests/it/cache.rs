@@ -297,6 +297,78 @@ async fn lake_results_are_cached_per_role_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_engine_joins_push_work_upstream_under_the_users_identity() {
+    let rig = rig().await;
+    rig.pg
+        .sql(
+            "postgres",
+            "ALTER ROLE \"IAM:alice\" SET log_statement = 'all'",
+        )
+        .expect("log alice's statements");
+    let alice = rig.alice().await;
+    let joined = rows(
+        &alice,
+        "SELECT s.region, t.vendor_id, count(*) AS trips \
+         FROM nyc.trips t JOIN public.sales s ON s.id = t.vendor_id \
+         WHERE s.id <= 2 GROUP BY 1, 2 ORDER BY 2",
+    )
+    .await;
+    // By hand: the lake's trips per vendor, the upstream's region per id.
+    let trips = rows(
+        &alice,
+        "SELECT vendor_id, count(*) FROM nyc.trips GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let regions = rig
+        .pg
+        .sql(
+            "dev",
+            "SELECT string_agg(id || '=' || region, ',' ORDER BY id) FROM sales WHERE id <= 2",
+        )
+        .expect("regions");
+    let regions: std::collections::HashMap<String, String> = regions
+        .trim()
+        .split(',')
+        .filter_map(|p| p.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
+    let expected: Vec<Vec<String>> = trips
+        .iter()
+        .filter_map(|t| {
+            regions
+                .get(&t[0])
+                .map(|r| vec![r.clone(), t[0].clone(), t[1].clone()])
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(joined, expected);
+    // The upstream ran a query with the projection and the filter, as alice.
+    let log = rig.pg.log();
+    assert!(
+        log.contains("SELECT \"id\", \"region\" FROM \"public\".\"sales\" WHERE (\"id\" <= 2)"),
+        "pushed-down scan not in the upstream log:\n{}",
+        log.lines()
+            .filter(|l| l.contains("sales"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A table alice may not read upstream fails with the upstream's own error.
+    rig.pg
+        .sql("dev", "CREATE TABLE public.vault (id int)")
+        .expect("vault");
+    let e = alice
+        .simple_query("SELECT count(*) FROM nyc.trips t JOIN public.vault v ON v.id = t.vendor_id")
+        .await
+        .expect_err("no grant on vault");
+    assert_eq!(sqlstate(&e), "42501");
+    // Unknown upstream tables are unknown.
+    let e = alice
+        .simple_query("SELECT * FROM nyc.trips t JOIN public.nothing n ON n.id = t.vendor_id")
+        .await
+        .expect_err("no such table");
+    assert_eq!(sqlstate(&e), "42P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_run_the_statement_once() {
     let rig = rig().await;
     let mut clients = Vec::new();
@@ -525,11 +597,26 @@ async fn materialized_views_refresh_atomically_incrementally_and_survive_restart
         .expect_err("no grant on mv.*");
     assert!(["42501", "42P01"].contains(&sqlstate(&e).as_str()), "{e:?}");
     assert_eq!(scalar(&nyc, "SELECT count(*) FROM pg_matviews").await, "0");
-    let e = curator
-        .batch_execute("CREATE MATERIALIZED VIEW mv.mixed AS SELECT * FROM public.sales s JOIN nyc.trips t ON t.vendor_id = s.id")
+    // A cross-engine view: Redshift rows joined with lake rows on the lake engine.
+    curator
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW mv.vendor_regions AS \
+             SELECT s.region, count(*) AS trips FROM public.sales s \
+             JOIN nyc.trips t ON t.vendor_id = s.id GROUP BY s.region",
+        )
         .await
-        .expect_err("cross-engine views are refused");
-    assert_eq!(sqlstate(&e), "0A000");
+        .expect("cross-engine view");
+    let by_vendor = rows(
+        &alice,
+        "SELECT vendor_id, count(*) FROM nyc.trips GROUP BY 1",
+    )
+    .await;
+    let expected: i64 = by_vendor.iter().map(|r| r[1].parse::<i64>().unwrap()).sum();
+    assert_eq!(
+        scalar(&alice, "SELECT sum(trips) FROM mv.vendor_regions").await,
+        expected.to_string(),
+        "every trip's vendor id is a sales id"
+    );
     let e = curator
         .batch_execute("CREATE MATERIALIZED VIEW mv.region_totals AS SELECT 1")
         .await

@@ -437,13 +437,31 @@ impl MatViews {
 
     /// The identity a refresh runs with on the lake.
     fn refresh_context(&self) -> QueryContext {
+        let remote = self.upstream.as_ref().and_then(|u| {
+            let identity = self.refresh_identity()?;
+            Some(crate::redshift::table::RemoteCatalog::new(
+                u.clone(),
+                identity,
+                &[("application_name".to_owned(), "sluice-matview".to_owned())],
+            ))
+        });
         QueryContext {
             user: self.config.refresh_user.clone(),
             search_path: "public".into(),
             time_zone: "UTC".into(),
             backend_pid: 0,
             policy: self.refresh_policy.clone(),
+            remote,
         }
+    }
+
+    /// The Redshift identity views refresh under.
+    fn refresh_identity(&self) -> Option<crate::redshift::credentials::DbIdentity> {
+        redshift::identity_for(
+            &self.config.refresh_user,
+            &self.config.refresh_roles,
+            &self.roles,
+        )
     }
 
     /// Where a view query runs: the lake when it names only lake tables (or no
@@ -488,14 +506,13 @@ impl MatViews {
             }
             std::ops::ControlFlow::<()>::Continue(())
         });
-        match (lake, other) {
-            (0, _) => Ok(Source::Redshift),
-            (_, 0) => Ok(Source::Lake(Box::new(stmt))),
-            _ => Err(PgError::new(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "a materialized view query cannot join lake tables with Redshift tables yet",
-            )
-            .with_hint("create one view per engine, or a view over the Redshift part and query it together with the lake")),
+        // Naming the lake at all makes it a lake (or cross-engine) query; Redshift
+        // tables in it are read through the refresh identity.
+        let _ = other;
+        if lake == 0 {
+            Ok(Source::Redshift)
+        } else {
+            Ok(Source::Lake(Box::new(stmt)))
         }
     }
 
@@ -520,12 +537,7 @@ impl MatViews {
                 let Some(upstream) = &self.upstream else {
                     return Err(internal("no Redshift upstream is configured"));
                 };
-                let identity = redshift::identity_for(
-                    &self.config.refresh_user,
-                    &self.config.refresh_roles,
-                    &self.roles,
-                )
-                .ok_or_else(|| {
+                let identity = self.refresh_identity().ok_or_else(|| {
                     PgError::new(
                         SqlState::INSUFFICIENT_PRIVILEGE,
                         "materialized_views.refresh_roles give no redshift_user, so views cannot read Redshift",

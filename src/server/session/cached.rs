@@ -279,8 +279,22 @@ impl Session {
         let scope = if read.lake {
             // Lake answers depend on the role policy (which tables exist for it) and
             // on the catalog generation (Glue refreshes, views created or dropped).
+            // Cross-engine statements also read upstream tables as the session's
+            // Redshift identity.
+            let upstream = self
+                .forward
+                .as_ref()
+                .map(|f| {
+                    format!(
+                        "{}\0{}\0{}",
+                        f.upstream.name(),
+                        f.identity.user,
+                        f.identity.groups.join(",")
+                    )
+                })
+                .unwrap_or_default();
             format!(
-                "lake\0{:?}\0{}",
+                "lake\0{:?}\0{}\0{upstream}",
                 self.policy,
                 self.shared.engine.lake_generation()
             )

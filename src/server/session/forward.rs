@@ -36,6 +36,8 @@ pub(super) struct Forwarding {
     /// the engine's `lake_generation` moves (a Glue refresh mounted or dropped one).
     pub(super) lake_schemas: HashSet<String>,
     lake_generation: u64,
+    /// Upstream tables for cross-engine statements, under this session's identity.
+    pub(super) remote: crate::redshift::table::RemoteCatalog,
     /// Prepared statements and portals that live upstream.
     pub(super) statements: HashSet<String>,
     pub(super) portals: HashSet<String>,
@@ -75,7 +77,7 @@ impl Forwarding {
             .unwrap_or(user);
         let upstream = shared.upstreams.for_database(database)?;
         let identity = redshift::identity_for(user, roles, &shared.access_rules().roles)?;
-        let params = startup
+        let params: Vec<(String, String)> = startup
             .iter()
             .filter(|(k, _)| {
                 !matches!(k.as_str(), "user" | "database" | "replication")
@@ -84,6 +86,11 @@ impl Forwarding {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Some(Forwarding {
+            remote: crate::redshift::table::RemoteCatalog::new(
+                upstream.clone(),
+                identity.clone(),
+                &params,
+            ),
             upstream,
             identity,
             params,

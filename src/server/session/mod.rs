@@ -298,6 +298,7 @@ impl Session {
             time_zone: self.settings.get("TimeZone").unwrap_or("UTC").to_owned(),
             backend_pid: self.cancel.pid,
             policy: self.policy.clone(),
+            remote: self.forward.as_ref().map(|f| f.remote.clone()),
         }
     }
 

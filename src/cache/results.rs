@@ -95,8 +95,104 @@ pub struct CacheStats {
     pub oldest_secs: Option<u64>,
 }
 
+/// What a query string means for the cache, independent of who sends it: memoised
+/// per text, so a repeated dashboard query is not parsed again on each hit.
+#[derive(Debug)]
+pub enum Analysis {
+    /// Sluice's parser rejects it.
+    Unparsed,
+    /// One cacheable read: its normalised text, the tables it reads, and the
+    /// schemas it names (lower case; they decide lake vs upstream).
+    Read {
+        text: String,
+        tables: Vec<String>,
+        schemas: Vec<String>,
+        creates_temp: bool,
+    },
+    /// Writes these tables (`None`: unknown ones).
+    Writes {
+        tables: Option<Vec<String>>,
+        creates_temp: bool,
+    },
+    /// Neither (SET, BEGIN, SHOW, volatile reads, several reads, …).
+    Other { creates_temp: bool },
+}
+
+impl Analysis {
+    /// Analyses parsed statements.
+    pub fn of(statements: &[Statement]) -> Analysis {
+        let creates_temp = statements.iter().any(|s| {
+            matches!(s, Statement::CreateTable(ct)
+                if ct.temporary || ct.name.to_string().starts_with('#'))
+        });
+        if let [stmt] = statements
+            && let Cacheability::Cacheable { tables } = cacheability(stmt)
+        {
+            return Analysis::Read {
+                text: stmt.to_string(),
+                tables,
+                schemas: schemas_of(stmt),
+                creates_temp,
+            };
+        }
+        let mut written = Vec::new();
+        let mut writes = false;
+        for s in statements {
+            match cacheability(s) {
+                Cacheability::Writes(None) => {
+                    return Analysis::Writes {
+                        tables: None,
+                        creates_temp,
+                    };
+                }
+                Cacheability::Writes(Some(t)) => {
+                    writes = true;
+                    written.extend(t);
+                }
+                _ => {}
+            }
+        }
+        if writes {
+            Analysis::Writes {
+                tables: Some(written),
+                creates_temp,
+            }
+        } else {
+            Analysis::Other { creates_temp }
+        }
+    }
+
+    pub fn creates_temp(&self) -> bool {
+        match self {
+            Analysis::Unparsed => false,
+            Analysis::Read { creates_temp, .. }
+            | Analysis::Writes { creates_temp, .. }
+            | Analysis::Other { creates_temp } => *creates_temp,
+        }
+    }
+}
+
+/// Schemas a statement's tables are qualified with (lower case).
+fn schemas_of(stmt: &Statement) -> Vec<String> {
+    let mut schemas = Vec::new();
+    let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
+            .collect();
+        if parts.len() >= 2 && !schemas.contains(&parts[parts.len() - 2]) {
+            schemas.push(parts[parts.len() - 2].clone());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    schemas
+}
+
 pub struct ResultCache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
+    /// Analyses of recently seen query strings.
+    analyses: moka::sync::Cache<Arc<str>, Arc<Analysis>>,
     /// Keys being computed right now; waiters watch the leader's channel, which
     /// closes when the leader finishes (stored or not).
     running: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
@@ -167,6 +263,7 @@ impl ResultCache {
             .build();
         Arc::new(ResultCache {
             entries,
+            analyses: moka::sync::Cache::new(10_000),
             running: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             max_bytes,
@@ -225,6 +322,16 @@ impl ResultCache {
                 return Lookup::Bypass;
             }
         }
+    }
+
+    /// The analysis of `sql`, computed by `analyse` on first sight.
+    pub fn analysis(&self, sql: &str, analyse: impl FnOnce() -> Analysis) -> Arc<Analysis> {
+        if let Some(a) = self.analyses.get(sql) {
+            return a;
+        }
+        let a = Arc::new(analyse());
+        self.analyses.insert(Arc::from(sql), a.clone());
+        a
     }
 
     /// Drops every entry that read one of `tables` (lower-case names); `None` drops

@@ -14,10 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::sql::sqlparser::ast::Statement;
-
 use super::{PortalState, Session, Tx};
-use crate::cache::results::{self, Cacheability, Key, Lookup};
+use crate::cache::results::{self, Analysis, Key, Lookup};
 use crate::server::connection::Disconnect;
 use crate::server::error::PgError;
 use crate::server::frame::{self, Frame};
@@ -207,60 +205,71 @@ impl Session {
         }
     }
 
-    /// Decides what the cache does with a query string.
-    fn cache_plan(&mut self, sql: &str) -> Plan {
+    /// What `sql` means for the cache (memoised per text; `None`: a gateway view
+    /// command, which invalidates what it changes itself).
+    fn analysis(&mut self, sql: &str) -> Option<Arc<Analysis>> {
         if self.matview_statement(sql).is_some() {
-            // View commands invalidate what they change themselves.
-            return Plan::Nothing;
+            return None;
         }
-        let Ok(mut statements) = self.shared.engine.parse(sql) else {
-            // Unparsed text only reaches an upstream from a role that may write.
-            return if self.forward.is_some() && self.policy.write {
-                Plan::Invalidate(None)
-            } else {
-                Plan::Nothing
-            };
-        };
-        for s in &statements {
-            self.note_temp_tables(s);
-        }
-        if statements.len() != 1 {
-            let writes: Vec<Cacheability> = statements.iter().map(results::cacheability).collect();
-            return merge_writes(writes);
-        }
-        let stmt = statements.remove(0);
-        match results::cacheability(&stmt) {
-            Cacheability::Cacheable { tables } => {
-                let read = CacheableRead {
-                    text: stmt.to_string(),
-                    lake: self.runs_on_lake(&stmt),
-                    tables,
-                };
-                match self.portal_key(b"Q", &read, &[]) {
-                    Some(pk) => Plan::Lookup(pk),
-                    None => Plan::Nothing,
-                }
-            }
-            Cacheability::Writes(tables) => Plan::Invalidate(tables),
-            Cacheability::Neither => Plan::Nothing,
-        }
-    }
-
-    fn note_temp_tables(&mut self, stmt: &Statement) {
-        if let Statement::CreateTable(ct) = stmt
-            && (ct.temporary || ct.name.to_string().starts_with('#'))
-        {
+        let cache = self.shared.results.clone()?;
+        let engine = self.shared.engine.clone();
+        let a = cache.analysis(sql, || match engine.parse(sql) {
+            Ok(statements) => Analysis::of(&statements),
+            Err(_) => Analysis::Unparsed,
+        });
+        if a.creates_temp() {
             self.cache.has_temp_tables = true;
         }
+        Some(a)
     }
 
-    fn runs_on_lake(&mut self, stmt: &Statement) -> bool {
+    /// A cacheable read as this session runs it (lake or upstream).
+    fn read_of(&mut self, a: &Analysis) -> Option<CacheableRead> {
+        let Analysis::Read {
+            text,
+            tables,
+            schemas,
+            ..
+        } = a
+        else {
+            return None;
+        };
         self.follow_lake_changes();
-        match self.forward.as_ref() {
-            Some(fwd) => crate::route::references_lake(stmt, |s| {
-                fwd.lake_schemas.contains(&s.to_lowercase())
-            }),
+        let lake = match self.forward.as_ref() {
+            Some(fwd) => schemas.iter().any(|s| fwd.lake_schemas.contains(s)),
             None => true,
+        };
+        Some(CacheableRead {
+            text: text.clone(),
+            tables: tables.clone(),
+            lake,
+        })
+    }
+
+    /// Writes an analysed string makes, as this session would send it.
+    fn writes_of(&self, a: &Analysis) -> Option<Option<Vec<String>>> {
+        match a {
+            Analysis::Writes { tables, .. } => Some(tables.clone()),
+            // Unparsed text only reaches an upstream from a role that may write.
+            Analysis::Unparsed if self.forward.is_some() && self.policy.write => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Decides what the cache does with a query string.
+    fn cache_plan(&mut self, sql: &str) -> Plan {
+        let Some(a) = self.analysis(sql) else {
+            return Plan::Nothing;
+        };
+        if let Some(w) = self.writes_of(&a) {
+            return Plan::Invalidate(w);
+        }
+        match self.read_of(&a) {
+            Some(read) => match self.portal_key(b"Q", &read, &[]) {
+                Some(pk) => Plan::Lookup(pk),
+                None => Plan::Nothing,
+            },
+            None => Plan::Nothing,
         }
     }
 
@@ -337,34 +346,13 @@ impl Session {
         };
         self.cache.reads.remove(&msg.name);
         self.cache.writes.remove(&msg.name);
-        if self.matview_statement(&msg.query).is_some() {
+        let Some(a) = self.analysis(&msg.query) else {
             return;
-        }
-        match self.shared.engine.parse(&msg.query) {
-            Ok(statements) if statements.len() == 1 => {
-                let stmt = &statements[0];
-                self.note_temp_tables(stmt);
-                match results::cacheability(stmt) {
-                    Cacheability::Cacheable { tables } => {
-                        let read = CacheableRead {
-                            text: stmt.to_string(),
-                            lake: self.runs_on_lake(stmt),
-                            tables,
-                        };
-                        self.cache.reads.insert(msg.name, Arc::new(read));
-                    }
-                    Cacheability::Writes(tables) => {
-                        self.cache.writes.insert(msg.name, tables);
-                    }
-                    Cacheability::Neither => {}
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                if self.forward.is_some() && self.policy.write {
-                    self.cache.writes.insert(msg.name, None);
-                }
-            }
+        };
+        if let Some(w) = self.writes_of(&a) {
+            self.cache.writes.insert(msg.name, w);
+        } else if let Some(read) = self.read_of(&a) {
+            self.cache.reads.insert(msg.name, Arc::new(read));
         }
     }
 
@@ -508,26 +496,5 @@ fn store(lead: results::Lead, recorded: Option<bytes::BytesMut>, pk: PortalKey) 
             lead.store(Some(body.freeze()), pk.tables, pk.ttl)
         }
         Some(_) => {}
-    }
-}
-
-/// A multi-statement string is never cached; its writes still invalidate.
-fn merge_writes(parts: Vec<Cacheability>) -> Plan {
-    let mut tables = Vec::new();
-    let mut any = false;
-    for p in parts {
-        match p {
-            Cacheability::Writes(None) => return Plan::Invalidate(None),
-            Cacheability::Writes(Some(t)) => {
-                any = true;
-                tables.extend(t);
-            }
-            _ => {}
-        }
-    }
-    if any {
-        Plan::Invalidate(Some(tables))
-    } else {
-        Plan::Nothing
     }
 }

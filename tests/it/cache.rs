@@ -264,6 +264,65 @@ async fn result_cache_serves_repeats_per_identity_and_forgets_what_writes_touch(
     assert_ne!(a, b);
 }
 
+/// libpq's prepared-statement flow (Bind, Describe, Execute, Sync per query), as
+/// pgbench -M prepared sends it: after the first run, hits are answered entirely by
+/// Sluice — the upstream logs a single execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_hits_never_reach_the_upstream() {
+    let rig = rig().await;
+    rig.pg
+        .sql(
+            "postgres",
+            "ALTER ROLE \"IAM:alice\" SET log_min_duration_statement = 0",
+        )
+        .expect("log alice's parse/bind/execute steps");
+    let script = rig.dir.path().join("dashboard.sql");
+    std::fs::write(
+        &script,
+        "SELECT region, sum(amount)::float8 AS total FROM public.sales WHERE id > 10 GROUP BY region;\n",
+    )
+    .expect("script");
+    let out = tokio::process::Command::new(crate::postgres::pg_bin("pgbench").expect("pgbench"))
+        .env("PGPASSWORD", "alice-pw")
+        .env("PGSSLMODE", "disable")
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-t",
+            "200",
+            "-c",
+            "2",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &rig.port.to_string(), "-U", "alice", "-f"])
+        .arg(&script)
+        .arg("sluice")
+        .output()
+        .await
+        .expect("pgbench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("number of failed transactions: 0"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = rig.pg.log();
+    let steps = |step: &str| {
+        log.lines()
+            .filter(|l| l.contains(step) && l.contains("WHERE id > 10 GROUP BY region"))
+            .count()
+    };
+    let (binds, executions) = (steps(" bind "), steps(" execute "));
+    assert!(
+        (1..=2).contains(&executions) && (1..=2).contains(&binds),
+        "400 prepared runs reached the upstream: {binds} binds, {executions} executions"
+    );
+    let ops = rig.connect("ops", "ops-pw").await;
+    assert!(hits(&ops).await >= 398);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lake_results_are_cached_per_role_policy() {
     let rig = rig().await;

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{PortalState, Session, Tx};
 use crate::cache::results::{self, Analysis, Key, Lookup};
 use crate::server::connection::Disconnect;
@@ -51,6 +53,42 @@ struct PortalKey {
     ttl: Duration,
 }
 
+/// A cached extended-protocol answer being served: its RowDescription, and the
+/// DataRows + CommandComplete from `offset` on (Execute with `max_rows` resumes).
+struct CachedAnswer {
+    row_description: Bytes,
+    body: Bytes,
+    offset: usize,
+}
+
+/// Splits a recorded Execute answer into its leading RowDescription (if any) and
+/// the rest.
+fn split_row_description(answer: &Bytes) -> (Option<Bytes>, Bytes) {
+    if answer.first() == Some(&b'T') && answer.len() >= 5 {
+        let len = 1 + i32::from_be_bytes([answer[1], answer[2], answer[3], answer[4]]) as usize;
+        if len <= answer.len() {
+            return (Some(answer.slice(..len)), answer.slice(len..));
+        }
+    }
+    (None, answer.clone())
+}
+
+/// The last message of `bytes` if it is a RowDescription (the answer to the
+/// Describe that came right before an Execute).
+fn trailing_row_description(bytes: &[u8]) -> Option<Bytes> {
+    let mut rest = bytes;
+    let mut last = None;
+    while rest.len() >= 5 {
+        let len = 1 + i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if len < 5 || len > rest.len() {
+            return None;
+        }
+        last = Some(&rest[..len]);
+        rest = &rest[len..];
+    }
+    last.filter(|m| m[0] == b'T').map(Bytes::copy_from_slice)
+}
+
 /// Per-session book-keeping for the result cache.
 pub(super) struct CacheBooks {
     reads: HashMap<String, Arc<CacheableRead>>,
@@ -58,6 +96,9 @@ pub(super) struct CacheBooks {
     writes: HashMap<String, Option<Vec<String>>>,
     portal_keys: HashMap<String, PortalKey>,
     portal_writes: HashMap<String, Option<Vec<String>>>,
+    /// Portals of upstream statements answered wholly from the cache: their Bind,
+    /// Describe and Execute never reach the upstream.
+    local_portals: HashMap<String, CachedAnswer>,
     /// Tables written in the open transaction (`None`: unknown ones), invalidated
     /// again when it ends.
     written_in_tx: Option<Vec<String>>,
@@ -74,6 +115,7 @@ impl Default for CacheBooks {
             writes: HashMap::new(),
             portal_keys: HashMap::new(),
             portal_writes: HashMap::new(),
+            local_portals: HashMap::new(),
             written_in_tx: Some(Vec::new()),
             wrote_in_tx: false,
             has_temp_tables: false,
@@ -357,12 +399,141 @@ impl Session {
     }
 
     /// Bind: a portal of a cacheable read gets its key (parameters included).
+    /// Bind of an upstream statement whose answer is cached (with its
+    /// RowDescription): answered here, and so are the portal's Describe, Execute and
+    /// Close. `true`: handled.
+    pub(super) fn cached_bind(&mut self, frame: &Frame) -> bool {
+        self.note_bind(frame);
+        let Ok((portal, statement)) = frame::bind_names(&frame.body) else {
+            return false;
+        };
+        let upstream_statement = self
+            .forward
+            .as_ref()
+            .is_some_and(|f| f.statements.contains(statement) && f.owed == 0 && !f.pending_sync);
+        if !upstream_statement {
+            return false;
+        }
+        let Some(pk) = self.cache.portal_keys.get(portal) else {
+            return false;
+        };
+        let Some(cache) = self.shared.results.as_ref() else {
+            return false;
+        };
+        let Some(answer) = cache.peek(&pk.key) else {
+            return false;
+        };
+        let (Some(row_description), body) = split_row_description(&answer) else {
+            return false;
+        };
+        let portal = portal.to_owned();
+        self.cache.portal_keys.remove(&portal);
+        if let Some(f) = self.forward.as_mut() {
+            f.portals.remove(&portal);
+        }
+        self.portals.remove(&portal);
+        self.cache.local_portals.insert(
+            portal,
+            CachedAnswer {
+                row_description,
+                body,
+                offset: 0,
+            },
+        );
+        self.conn
+            .send(&pgwire::messages::extendedquery::BindComplete::new());
+        true
+    }
+
+    /// Describe / Close of a portal answered from the cache. `true`: handled.
+    pub(super) fn cached_portal_message(&mut self, frame: &Frame) -> bool {
+        use crate::server::frame::Target;
+        match frame.tag {
+            b'D' => {
+                let Ok(d) = frame::decode_describe(&frame.body) else {
+                    return false;
+                };
+                if d.target != Target::Portal {
+                    return false;
+                }
+                let Some(answer) = self.cache.local_portals.get(&d.name) else {
+                    return false;
+                };
+                let t = answer.row_description.clone();
+                self.conn.out.extend_from_slice(&t);
+                true
+            }
+            b'C' => {
+                let Ok(c) = frame::decode_close(&frame.body) else {
+                    return false;
+                };
+                if c.target != Target::Portal || self.cache.local_portals.remove(&c.name).is_none()
+                {
+                    return false;
+                }
+                self.conn
+                    .send(&pgwire::messages::extendedquery::CloseComplete::new());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Execute of a portal answered from the cache, honouring `max_rows`.
+    fn execute_local_portal(&mut self, portal: &str, max_rows: i32) -> bool {
+        let Some(answer) = self.cache.local_portals.get_mut(portal) else {
+            return false;
+        };
+        let body = &answer.body[answer.offset..];
+        let mut end = 0;
+        let mut rows = 0;
+        let mut suspended = false;
+        while end + 5 <= body.len() {
+            let len = 1 + i32::from_be_bytes([
+                body[end + 1],
+                body[end + 2],
+                body[end + 3],
+                body[end + 4],
+            ]) as usize;
+            if body[end] == b'D' && max_rows > 0 && rows == max_rows {
+                suspended = true;
+                break;
+            }
+            if body[end] == b'D' {
+                rows += 1;
+            }
+            end += len;
+        }
+        let end = end.min(body.len());
+        self.conn.out.extend_from_slice(&body[..end]);
+        answer.offset += end;
+        if suspended {
+            self.conn
+                .send(&pgwire::messages::extendedquery::PortalSuspended::new());
+        } else if end == 0 {
+            // Executed again after completing: no more rows, as PostgreSQL answers.
+            self.conn
+                .send(&pgwire::messages::response::CommandComplete::new(
+                    "SELECT 0".to_string(),
+                ));
+        }
+        true
+    }
+
+    /// Portals answered from the cache end with their implicit transaction.
+    pub(super) fn end_local_portals(&mut self) {
+        if self.tx == Tx::Idle {
+            self.cache.local_portals.clear();
+        }
+    }
+
     pub(super) fn note_bind(&mut self, frame: &Frame) {
         let Ok(bind) = frame::decode_bind(&frame.body) else {
             return;
         };
         self.cache.portal_keys.remove(&bind.portal);
         self.cache.portal_writes.remove(&bind.portal);
+        self.cache.local_portals.remove(&bind.portal);
         if let Some(w) = self.cache.writes.get(&bind.statement) {
             let w = w.clone();
             self.cache.portal_writes.insert(bind.portal, w);
@@ -400,6 +571,10 @@ impl Session {
         let Ok(msg) = frame::decode_execute(&frame.body) else {
             return Ok(false);
         };
+        if self.execute_local_portal(&msg.portal, msg.max_rows) {
+            self.conn.flush_if_full().await?;
+            return Ok(true);
+        }
         if let Some(w) = self.cache.portal_writes.get(&msg.portal).cloned() {
             self.note_write(w);
             return Ok(false);
@@ -456,21 +631,40 @@ impl Session {
                 } else if let Some(p) = self.portals.get_mut(&msg.portal) {
                     p.state = PortalState::Done;
                 }
+                // The client has its RowDescription already (from its Describe).
+                let (_, body) = split_row_description(&body);
                 self.conn.out.extend_from_slice(&body);
                 self.conn.flush_if_full().await?;
                 Ok(true)
             }
             Lookup::Lead(lead) => {
                 if upstream {
-                    self.drain_upstream().await?;
+                    // The answers owed so far end with the portal's RowDescription
+                    // when the client described it: kept with the entry, so later
+                    // hits can answer Bind and Describe here too.
+                    self.conn.start_recording(1024 * 1024);
+                    let drained = self.drain_upstream().await;
+                    let owed = self.conn.finish_recording();
+                    drained?;
                     if self.skip_until_sync {
                         return Ok(true);
                     }
+                    let row_description = owed.and_then(|b| trailing_row_description(&b));
                     self.conn.start_recording(cache.max_entry_bytes);
                     let result = self.forward_execute_now(frame).await;
                     let recorded = self.conn.finish_recording();
                     result?;
                     if !self.skip_until_sync {
+                        let recorded = recorded.map(|body| match &row_description {
+                            Some(t) => {
+                                let mut whole =
+                                    bytes::BytesMut::with_capacity(t.len() + body.len());
+                                whole.extend_from_slice(t);
+                                whole.extend_from_slice(&body);
+                                whole
+                            }
+                            None => body,
+                        });
                         store(lead, recorded, pk);
                     }
                 } else {

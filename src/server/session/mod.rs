@@ -318,7 +318,8 @@ impl Session {
                 return Ok(true);
             }
             b'P' => self.note_parse(&frame),
-            b'B' => self.note_bind(&frame),
+            b'B' if self.cached_bind(&frame) => return Ok(true),
+            b'D' | b'C' if self.cached_portal_message(&frame) => return Ok(true),
             b'E' if self.cached_execute(&frame).await? => return Ok(true),
             _ => {}
         }
@@ -326,6 +327,7 @@ impl Session {
         let result = self.dispatch_frame(frame).await;
         if sync {
             self.invalidate_at_transaction_end();
+            self.end_local_portals();
         }
         result
     }

@@ -121,10 +121,7 @@ pub enum Analysis {
 impl Analysis {
     /// Analyses parsed statements.
     pub fn of(statements: &[Statement]) -> Analysis {
-        let creates_temp = statements.iter().any(|s| {
-            matches!(s, Statement::CreateTable(ct)
-                if ct.temporary || ct.name.to_string().starts_with('#'))
-        });
+        let creates_temp = statements.iter().any(private_state);
         if let [stmt] = statements
             && let Cacheability::Cacheable { tables } = cacheability(stmt)
         {
@@ -172,6 +169,23 @@ impl Analysis {
     }
 }
 
+/// Whether a statement gives the session state a cache key cannot hold: temporary
+/// tables (`CREATE TEMP`, `SELECT … INTO TEMP`, Redshift `#name`), another role
+/// (`SET ROLE`, `SET SESSION AUTHORIZATION`), `set_config(…)`.
+fn private_state(s: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Set, SetExpr};
+    match s {
+        Statement::CreateTable(ct) => ct.temporary || ct.name.to_string().starts_with('#'),
+        Statement::Set(Set::SetRole { .. } | Set::SetSessionAuthorization(_)) => true,
+        Statement::Query(q) => {
+            let into_temp = matches!(q.body.as_ref(), SetExpr::Select(sel)
+                if sel.into.as_ref().is_some_and(|i| i.temporary || i.name.to_string().starts_with('#')));
+            into_temp || s.to_string().to_lowercase().contains("set_config")
+        }
+        _ => false,
+    }
+}
+
 /// Schemas a statement's tables are qualified with (lower case).
 fn schemas_of(stmt: &Statement) -> Vec<String> {
     let mut schemas = Vec::new();
@@ -191,8 +205,10 @@ fn schemas_of(stmt: &Statement) -> Vec<String> {
 
 pub struct ResultCache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
-    /// Analyses of recently seen query strings.
+    /// Analyses of recently seen query strings (weighed by text length).
     analyses: moka::sync::Cache<Arc<str>, Arc<Analysis>>,
+    /// Moves with every invalidation (see [`Lead`]).
+    epoch: std::sync::atomic::AtomicU64,
     /// Keys being computed right now; waiters watch the leader's channel, which
     /// closes when the leader finishes (stored or not).
     running: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
@@ -218,6 +234,9 @@ pub enum Lookup {
 pub struct Lead {
     cache: Arc<ResultCache>,
     key: Key,
+    /// The invalidation epoch when the statement started: an answer computed while
+    /// a write invalidated may be stale, and is not stored.
+    epoch: u64,
     _done: tokio::sync::watch::Sender<()>,
 }
 
@@ -232,6 +251,9 @@ impl Drop for Lead {
 impl Lead {
     /// Stores the recorded answer (`None`: it was too big to record).
     pub fn store(self, body: Option<Bytes>, tables: Vec<String>, ttl: Duration) {
+        if self.cache.epoch.load(Ordering::Acquire) != self.epoch {
+            return;
+        }
         let c = &self.cache.counters;
         match &body {
             Some(_) => c.stored.fetch_add(1, Ordering::Relaxed),
@@ -263,7 +285,11 @@ impl ResultCache {
             .build();
         Arc::new(ResultCache {
             entries,
-            analyses: moka::sync::Cache::new(10_000),
+            analyses: moka::sync::Cache::builder()
+                .max_capacity(32 * 1024 * 1024)
+                .weigher(|k: &Arc<str>, _| u32::try_from(k.len() + 256).unwrap_or(u32::MAX))
+                .build(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             running: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             max_bytes,
@@ -304,6 +330,7 @@ impl ResultCache {
                         return Lookup::Lead(Lead {
                             cache: self.clone(),
                             key,
+                            epoch: self.epoch.load(Ordering::Acquire),
                             _done: tx,
                         });
                     }
@@ -337,7 +364,10 @@ impl ResultCache {
             return a;
         }
         let a = Arc::new(analyse());
-        self.analyses.insert(Arc::from(sql), a.clone());
+        // Huge texts are analysed each time rather than kept.
+        if sql.len() <= 64 * 1024 {
+            self.analyses.insert(Arc::from(sql), a.clone());
+        }
         a
     }
 
@@ -345,6 +375,7 @@ impl ResultCache {
     /// everything (a write Sluice could not analyse).
     pub fn invalidate(&self, tables: Option<&[String]>) {
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         match tables {
             None => self.entries.invalidate_all(),
             Some(tables) => {
@@ -414,6 +445,21 @@ const VOLATILE: &[&str] = &[
     "pg_last_query_id",
     "pg_last_copy_id",
     "pg_last_copy_count",
+    "set_config",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_notify",
+    "pg_current_xact_id",
+    "txid_current_if_assigned",
+];
+
+/// Prefixes of function families with side effects or session state.
+const VOLATILE_PREFIXES: &[&str] = &[
+    "pg_advisory",
+    "pg_try_advisory",
+    "lo_",
+    "dblink",
+    "pg_stat_",
 ];
 
 /// What a statement means for the cache.
@@ -511,6 +557,8 @@ pub fn cacheability(stmt: &Statement) -> Cacheability {
         | Statement::CreateTable(_)
         | Statement::CreateView { .. }
         | Statement::Copy { .. } => Cacheability::Writes(Some(tables_of(stmt))),
+        // EXECUTE of a prepared statement: whatever it was prepared as.
+        Statement::Execute { .. } => Cacheability::Writes(None),
         s if crate::route::is_read_only(s) => Cacheability::Neither,
         // CALL, GRANT, VACUUM, …: whatever they touch, play safe.
         _ => Cacheability::Writes(None),
@@ -535,7 +583,10 @@ fn uncacheable_query(q: &Query) -> bool {
                     && !parts[0]
                         .as_ident()
                         .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"));
-                if qualified || VOLATILE.contains(&name.as_str()) {
+                if qualified
+                    || VOLATILE.contains(&name.as_str())
+                    || VOLATILE_PREFIXES.iter().any(|p| name.starts_with(p))
+                {
                     self.0 = true;
                     return std::ops::ControlFlow::Break(());
                 }

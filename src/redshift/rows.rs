@@ -17,6 +17,14 @@ use postgres_protocol::message::frontend;
 use super::wire::{UpstreamConn, lost, upstream_error};
 use crate::server::error::{PgError, SqlState};
 
+/// Field metadata key holding the upstream type OID.
+pub const OID_KEY: &str = "sluice.pg_oid";
+
+/// The upstream type OID of a field read by this module.
+pub fn field_oid(field: &Field) -> Option<u32> {
+    field.metadata().get(OID_KEY).and_then(|v| v.parse().ok())
+}
+
 /// Rows per record batch.
 pub const BATCH_ROWS: usize = 8192;
 
@@ -58,7 +66,7 @@ pub trait BatchSink: Send {
     ) -> impl std::future::Future<Output = Result<(), PgError>> + Send;
 }
 
-/// Runs one query on `conn` and hands its rows to `sink` batch by batch; returns
+/// Runs one statement on `conn` and hands its rows to `sink` batch by batch; returns
 /// the result schema. An upstream error is returned with the upstream's SQLSTATE.
 /// The connection is left ready for the next query (ReadyForQuery consumed).
 pub async fn query_batches(
@@ -66,7 +74,22 @@ pub async fn query_batches(
     sql: &str,
     sink: &mut impl BatchSink,
 ) -> Result<SchemaRef, PgError> {
-    frontend::query(sql, &mut conn.out).map_err(lost)?;
+    // The extended protocol: exactly one statement runs (text with `;` and a second
+    // statement is refused by the upstream), and results come in text format.
+    frontend::parse("", sql, std::iter::empty(), &mut conn.out).map_err(lost)?;
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty(),
+        std::iter::empty::<Option<&[u8]>>(),
+        |_, _| Ok(postgres_protocol::IsNull::Yes),
+        std::iter::empty(),
+        &mut conn.out,
+    )
+    .map_err(|_| lost(std::io::Error::other("cannot encode Bind")))?;
+    frontend::describe(b'P', "", &mut conn.out).map_err(lost)?;
+    frontend::execute("", 0, &mut conn.out).map_err(lost)?;
+    frontend::sync(&mut conn.out);
     conn.flush().await.map_err(lost)?;
     let mut columns: Option<Columns> = None;
     let mut failure: Option<PgError> = None;
@@ -170,7 +193,13 @@ impl Columns {
                 name = format!("{name}_{}", i + 1);
                 seen.insert(name.clone());
             }
-            fields.push(Field::new(name, arrow_type(oid, typmod), true));
+            // The upstream type travels with the field: cross-engine pushdown
+            // decides by it (text and bpchar both read as Utf8 but compare apart).
+            fields.push(
+                Field::new(name, arrow_type(oid, typmod), true).with_metadata(
+                    std::collections::HashMap::from([(OID_KEY.to_owned(), oid.to_string())]),
+                ),
+            );
         }
         let builders = fields
             .iter()

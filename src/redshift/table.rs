@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
@@ -62,7 +62,11 @@ fn scan_params(params: &[(String, String)]) -> Vec<(String, String)> {
         .filter(|(k, _)| {
             !matches!(
                 k.to_lowercase().as_str(),
-                "timezone" | "datestyle" | "extra_float_digits" | "options"
+                "timezone"
+                    | "datestyle"
+                    | "extra_float_digits"
+                    | "options"
+                    | "standard_conforming_strings"
             )
         })
         .cloned()
@@ -70,6 +74,7 @@ fn scan_params(params: &[(String, String)]) -> Vec<(String, String)> {
     p.push(("TimeZone".into(), "UTC".into()));
     p.push(("DateStyle".into(), "ISO, MDY".into()));
     p.push(("extra_float_digits".into(), "3".into()));
+    p.push(("standard_conforming_strings".into(), "on".into()));
     p
 }
 
@@ -186,45 +191,125 @@ pub struct RedshiftTable {
     catalog: RemoteCatalog,
 }
 
-/// Whether both engines give `e` the same meaning: comparisons of columns with
-/// literals, AND/OR/NOT, NULL tests, IN lists. Ordering comparisons on text are
-/// left out (the upstream's collation may order strings differently).
-fn same_on_both(e: &Expr) -> bool {
-    match e {
-        Expr::Column(_) => true,
-        Expr::Literal(v, _) => !matches!(v, ScalarValue::Float32(_) | ScalarValue::Float64(_)),
-        Expr::Not(inner) | Expr::IsNull(inner) | Expr::IsNotNull(inner) => same_on_both(inner),
-        Expr::Cast(c) => {
-            matches!(
-                c.field.data_type(),
-                DataType::Int16 | DataType::Int32 | DataType::Int64
-            ) && same_on_both(&c.expr)
-        }
-        Expr::BinaryExpr(b) => match b.op {
-            Operator::And | Operator::Or | Operator::Eq | Operator::NotEq => {
-                same_on_both(&b.left) && same_on_both(&b.right)
-            }
-            Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
-                !is_text(&b.left)
-                    && !is_text(&b.right)
-                    && same_on_both(&b.left)
-                    && same_on_both(&b.right)
-            }
-            _ => false,
-        },
-        Expr::InList(l) => same_on_both(&l.expr) && l.list.iter().all(same_on_both),
-        _ => false,
+/// How a filter may go upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    /// Both engines select exactly the same rows.
+    Exact,
+    /// The upstream may return more rows, never fewer: DataFusion filters again.
+    Superset,
+}
+
+/// Upstream types whose comparisons mean the same in both engines.
+fn comparable(oid: u32) -> bool {
+    // bool, int8, int2, int4, numeric, date, timestamp.
+    matches!(oid, 16 | 20 | 21 | 23 | 1700 | 1082 | 1114)
+}
+
+/// Upstream text types: equality is pushed as a superset only (Redshift ignores
+/// trailing blanks in comparisons, so it may find more equal values, never fewer).
+fn texty(oid: u32) -> bool {
+    matches!(oid, 25 | 1043)
+}
+
+impl RedshiftTable {
+    fn pushdown(&self, e: &Expr) -> Option<Push> {
+        Pushdown(&self.schema).pushdown(e)
     }
 }
 
-fn is_text(e: &Expr) -> bool {
-    matches!(
-        e,
-        Expr::Literal(
-            ScalarValue::Utf8(_) | ScalarValue::Utf8View(_) | ScalarValue::LargeUtf8(_),
-            _
-        )
-    )
+/// Pushdown decisions over a table's columns (and their upstream types).
+struct Pushdown<'a>(&'a Schema);
+
+impl Pushdown<'_> {
+    fn column_oid(&self, e: &Expr) -> Option<u32> {
+        let Expr::Column(c) = e else {
+            return None;
+        };
+        let field = self.0.field_with_name(&c.name).ok()?;
+        rows::field_oid(field)
+    }
+
+    /// Whether (and how) a filter can be evaluated upstream.
+    fn pushdown(&self, e: &Expr) -> Option<Push> {
+        match e {
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
+                self.column_oid(inner).map(|_| Push::Exact)
+            }
+            Expr::BinaryExpr(b) if matches!(b.op, Operator::And | Operator::Or) => {
+                let (l, r) = (self.pushdown(&b.left)?, self.pushdown(&b.right)?);
+                Some(if l == Push::Exact && r == Push::Exact {
+                    Push::Exact
+                } else {
+                    Push::Superset
+                })
+            }
+            Expr::BinaryExpr(b) => {
+                let (column, literal) = match (self.column_oid(&b.left), self.column_oid(&b.right))
+                {
+                    (Some(oid), None) => (oid, &*b.right),
+                    (None, Some(oid)) => (oid, &*b.left),
+                    _ => return None,
+                };
+                let Expr::Literal(value, _) = literal else {
+                    return None;
+                };
+                if comparable(column) && safe_literal(value, false) {
+                    return matches!(
+                        b.op,
+                        Operator::Eq
+                            | Operator::NotEq
+                            | Operator::Lt
+                            | Operator::LtEq
+                            | Operator::Gt
+                            | Operator::GtEq
+                    )
+                    .then_some(Push::Exact);
+                }
+                (texty(column) && b.op == Operator::Eq && safe_literal(value, true))
+                    .then_some(Push::Superset)
+            }
+            Expr::InList(l) if !l.negated => {
+                let oid = self.column_oid(&l.expr)?;
+                let literals = l.list.iter().all(|v| match v {
+                    Expr::Literal(value, _) => safe_literal(value, texty(oid)),
+                    _ => false,
+                });
+                if !literals {
+                    return None;
+                }
+                if comparable(oid) {
+                    Some(Push::Exact)
+                } else {
+                    texty(oid).then_some(Push::Superset)
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Literals whose SQL text means the same upstream: integers, decimals, booleans,
+/// dates and timestamps; strings only where `text` allows and without backslashes
+/// (Redshift reads backslashes in literals as escapes). Never floats.
+fn safe_literal(v: &ScalarValue, text: bool) -> bool {
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => text && !s.contains('\\'),
+        ScalarValue::Int8(Some(_))
+        | ScalarValue::Int16(Some(_))
+        | ScalarValue::Int32(Some(_))
+        | ScalarValue::Int64(Some(_))
+        | ScalarValue::Boolean(Some(_))
+        | ScalarValue::Decimal128(Some(_), _, _)
+        | ScalarValue::Date32(Some(_))
+        | ScalarValue::TimestampMicrosecond(Some(_), None)
+        | ScalarValue::TimestampMillisecond(Some(_), None)
+        | ScalarValue::TimestampSecond(Some(_), None)
+        | ScalarValue::TimestampNanosecond(Some(_), None) => !text,
+        _ => false,
+    }
 }
 
 /// A filter as upstream SQL (columns unqualified).
@@ -262,12 +347,10 @@ impl TableProvider for RedshiftTable {
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| {
-                if same_on_both(f) && filter_sql(f).is_some() {
-                    TableProviderFilterPushDown::Exact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
+            .map(|f| match (self.pushdown(f), filter_sql(f)) {
+                (Some(Push::Exact), Some(_)) => TableProviderFilterPushDown::Exact,
+                (Some(Push::Superset), Some(_)) => TableProviderFilterPushDown::Inexact,
+                _ => TableProviderFilterPushDown::Unsupported,
             })
             .collect())
     }
@@ -294,14 +377,13 @@ impl TableProvider for RedshiftTable {
                 .join(", ")
         };
         let mut sql = format!("SELECT {columns} FROM {}", self.relation);
-        let conditions = filters
+        // DataFusion hands over every filter of the query, including ones this table
+        // declined: only the accepted ones go upstream.
+        let conditions: Vec<String> = filters
             .iter()
-            .map(|f| {
-                filter_sql(f).ok_or_else(|| {
-                    DataFusionError::Internal(format!("filter {f} cannot be sent upstream"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .filter(|f| self.pushdown(f).is_some())
+            .filter_map(filter_sql)
+            .collect();
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
@@ -352,7 +434,13 @@ impl PartitionStream for RemoteScan {
         let sql = self.sql.clone();
         tracing::debug!(sql = %sql, "cross-engine scan");
         self.catalog.io.spawn(async move {
-            if let Err(e) = catalog.run(sql, sink).await
+            // A query that stops reading (LIMIT reached, cancelled) stops the scan,
+            // also while it still waits for a pool slot or a connection.
+            let result = tokio::select! {
+                _ = tx.closed() => return,
+                r = catalog.run(sql, sink) => r,
+            };
+            if let Err(e) = result
                 && e.code != SqlState::QUERY_CANCELED
             {
                 let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
@@ -368,21 +456,60 @@ impl PartitionStream for RemoteScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::datatypes::DataType;
     use datafusion::logical_expr::{col, lit};
 
     #[test]
-    fn only_filters_both_engines_agree_on_are_pushed() {
-        let pushed = col("id").gt(lit(5)).and(col("region").eq(lit("east")));
-        assert!(same_on_both(&pushed));
+    fn filters_go_upstream_only_where_both_engines_agree() {
+        let oid = |name: &str, oid: u32, ty: DataType| {
+            datafusion::arrow::datatypes::Field::new(name, ty, true).with_metadata(
+                std::collections::HashMap::from([(rows::OID_KEY.to_owned(), oid.to_string())]),
+            )
+        };
+        let schema = Schema::new(vec![
+            oid("id", 23, DataType::Int32),
+            oid("region", 1043, DataType::Utf8),
+            oid("code", 1042, DataType::Utf8),
+            oid("price", 701, DataType::Float64),
+        ]);
+        let table = Pushdown(&schema);
+        let exact = col("id").gt(lit(5)).and(col("id").not_eq(lit(9)));
+        assert_eq!(table.pushdown(&exact), Some(Push::Exact));
         assert_eq!(
-            filter_sql(&pushed).as_deref(),
-            Some("((\"id\" > 5) AND (\"region\" = 'east'))")
+            filter_sql(&exact).as_deref(),
+            Some("((\"id\" > 5) AND (\"id\" <> 9))")
         );
-        assert!(!same_on_both(&col("region").lt(lit("m"))), "text ordering");
-        assert!(!same_on_both(&col("x").eq(lit(1.5))), "float literals");
-        assert!(same_on_both(
-            &col("id").in_list(vec![lit(1), lit(2)], false)
-        ));
-        assert!(!same_on_both(&col("name").like(lit("a%"))));
+        assert_eq!(
+            table.pushdown(&col("region").eq(lit("east"))),
+            Some(Push::Superset)
+        );
+        assert_eq!(
+            table.pushdown(&col("region").not_eq(lit("east"))),
+            None,
+            "a subset upstream"
+        );
+        assert_eq!(
+            table.pushdown(&col("region").lt(lit("m"))),
+            None,
+            "collation order"
+        );
+        assert_eq!(
+            table.pushdown(&col("region").eq(lit("a\\' OR 1=1"))),
+            None,
+            "backslash"
+        );
+        assert_eq!(table.pushdown(&col("code").eq(lit("x"))), None, "bpchar");
+        assert_eq!(table.pushdown(&col("price").gt(lit(1))), None, "floats");
+        assert_eq!(
+            table.pushdown(&col("id").eq(col("id"))),
+            None,
+            "column to column"
+        );
+        assert_eq!(
+            table.pushdown(&col("id").in_list(vec![lit(1), lit(2)], false)),
+            Some(Push::Exact)
+        );
+        assert_eq!(table.pushdown(&col("region").like(lit("a%"))), None);
+        assert_eq!(table.pushdown(&col("region").is_null()), Some(Push::Exact));
     }
 }

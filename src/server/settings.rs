@@ -113,6 +113,23 @@ impl Settings {
         }
     }
 
+    /// Every value (custom ones included, `sluice.cache` aside) as one string: what
+    /// the result cache keys answers by.
+    pub fn fingerprint(&self) -> String {
+        let mut f = String::with_capacity(512);
+        for (k, v) in self.values.iter().chain(
+            self.custom
+                .iter()
+                .filter(|(k, _)| k.as_str() != "sluice.cache"),
+        ) {
+            f.push_str(k);
+            f.push('=');
+            f.push_str(v);
+            f.push('\0');
+        }
+        f
+    }
+
     /// Every reported parameter with its value, for the startup ParameterStatus burst.
     pub fn reported(&self) -> impl Iterator<Item = (&'static str, &str)> {
         REPORTED

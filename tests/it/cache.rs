@@ -250,6 +250,23 @@ async fn result_cache_serves_repeats_per_identity_and_forgets_what_writes_touch(
         "the prepared write invalidated the entry"
     );
 
+    // Custom settings are part of the key (row-level security reads them).
+    let tenant = "SELECT current_setting('app.tenant') FROM public.sales LIMIT 1";
+    alice
+        .batch_execute("SET app.tenant = 'one'")
+        .await
+        .expect("set");
+    assert_eq!(scalar(&alice, tenant).await, "one");
+    alice
+        .batch_execute("SET app.tenant = 'two'")
+        .await
+        .expect("set");
+    assert_eq!(
+        scalar(&alice, tenant).await,
+        "two",
+        "not the entry keyed by 'one'"
+    );
+
     // Volatile functions are never cached.
     let a = scalar(
         &alice,
@@ -681,6 +698,22 @@ async fn materialized_views_refresh_atomically_incrementally_and_survive_restart
         .await
         .expect_err("exists");
     assert_eq!(sqlstate(&e), "42P07");
+    // Text Sluice cannot check (here: two statements) is refused to a role that may
+    // not write, before anything runs upstream.
+    let e = curator
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW mv.sneaky AS SELECT 1 AS x; DELETE FROM public.sales",
+        )
+        .await
+        .expect_err("not one read-only SELECT");
+    assert!(["42501", "42601"].contains(&sqlstate(&e).as_str()), "{e:?}");
+    assert_eq!(
+        rig.pg
+            .sql("dev", "SELECT count(*) > 0 FROM sales")
+            .expect("count")
+            .trim(),
+        "t"
+    );
 
     // A restart loses nothing: versions, the failed view's old data, the mark.
     rig.restart().await;

@@ -43,6 +43,9 @@ pub struct View {
     refresh_lock: tokio::sync::Mutex<()>,
     next_due: Mutex<Option<DateTime<Utc>>>,
     refreshing: AtomicBool,
+    /// Set (under `refresh_lock`) when the view is dropped: a refresh that was
+    /// waiting its turn must not write it back.
+    dropped: AtomicBool,
 }
 
 impl View {
@@ -215,12 +218,24 @@ impl MatViews {
             refresh_lock: tokio::sync::Mutex::new(()),
             next_due: Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
         });
+        {
+            // Check and insert in one step: two CREATEs of one name cannot both win.
+            let mut views = self
+                .views
+                .write()
+                .map_err(|_| internal("view registry lock poisoned"))?;
+            if views.contains_key(&name) {
+                return Err(PgError::new(
+                    SqlState("42P07"),
+                    format!("relation \"{name}\" already exists"),
+                ));
+            }
+            views.insert(name.clone(), view.clone());
+        }
         if let Some(s) = self.schemas.get(&name.schema) {
             s.insert(&name.name, view.table.clone());
-        }
-        if let Ok(mut views) = self.views.write() {
-            views.insert(name, view.clone());
         }
         Ok(view)
     }
@@ -328,7 +343,27 @@ impl MatViews {
         options: &ViewOptions,
         with_data: bool,
         owner: &str,
+        owner_may_write: bool,
     ) -> Result<Option<RefreshOutcome>, PgError> {
+        // Text Sluice cannot parse runs upstream as written: like any unparsed
+        // statement, only from a role that may write.
+        if !owner_may_write {
+            let parsed = self.engine.parse(query).map_err(|e| {
+                PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "Sluice cannot parse this view query, so it cannot check that it only reads, and your roles are read-only ({})",
+                        e.message
+                    ),
+                )
+            })?;
+            if parsed.len() != 1 || !crate::route::is_read_only(&parsed[0]) {
+                return Err(PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    "a materialized view is defined by one read-only SELECT",
+                ));
+            }
+        }
         if self.get(name).is_some()
             || self
                 .engine
@@ -359,8 +394,12 @@ impl MatViews {
             },
             state: State::default(),
         };
-        self.storage.save(&manifest).await?;
-        let view = self.mount(name.clone(), manifest).await?;
+        // Registered first (the name is taken atomically), stored second.
+        let view = self.mount(name.clone(), manifest.clone()).await?;
+        if let Err(e) = self.storage.save(&manifest).await {
+            self.unmount(name);
+            return Err(e);
+        }
         let outcome = if with_data {
             match self.refresh_view(&view, true).await {
                 Ok(o) => Some(o),
@@ -399,6 +438,7 @@ impl MatViews {
         }
         // Wait for a running refresh, so it cannot store files after the delete.
         let _guard = view.refresh_lock.lock().await;
+        view.dropped.store(true, Ordering::Release);
         self.unmount(name);
         self.storage.remove_view(name).await?;
         if let Some(r) = &self.results {
@@ -553,7 +593,16 @@ impl MatViews {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
                 let mut held = upstream.open(&identity, &params, false).await?;
-                let result = rows::query_batches(&mut held.conn, sql, sink).await;
+                // Read-only: the view query (one statement) cannot change anything,
+                // whatever the refresh identity may do.
+                let result = match held.conn.run_quietly("START TRANSACTION READ ONLY").await {
+                    Ok(()) => {
+                        let r = rows::query_batches(&mut held.conn, sql, sink).await;
+                        let end = held.conn.run_quietly("ROLLBACK").await;
+                        r.and_then(|schema| end.map(|_| schema))
+                    }
+                    Err(e) => Err(e),
+                };
                 let clean = result.is_ok() && held.conn.status == b'I';
                 upstream.release(held, clean).await;
                 Ok((result?, "redshift"))
@@ -572,7 +621,9 @@ impl MatViews {
         view.refreshing.store(true, Ordering::Release);
         let result = self.refresh_locked(view, with_data).await;
         view.refreshing.store(false, Ordering::Release);
-        if let Err(e) = &result {
+        if let Err(e) = &result
+            && !view.dropped.load(Ordering::Acquire)
+        {
             tracing::warn!(view = %view.name, code = e.code.0, error = %e.message, "materialized view refresh failed; the previous version keeps serving");
             let mut m = view.manifest();
             m.state.last_error = Some(format!("{}: {}", e.code.0, e.message));
@@ -592,6 +643,12 @@ impl MatViews {
         view: &Arc<View>,
         with_data: bool,
     ) -> Result<RefreshOutcome, PgError> {
+        if view.dropped.load(Ordering::Acquire) {
+            return Err(PgError::new(
+                SqlState::UNDEFINED_TABLE,
+                format!("materialized view \"{}\" was dropped", view.name),
+            ));
+        }
         let started = Instant::now();
         let now = Utc::now().to_rfc3339();
         let mut manifest = view.manifest();
@@ -634,7 +691,9 @@ impl MatViews {
             None => definition.query.clone(),
         };
         let generation = manifest.state.generation + 1;
-        let relative = format!("data/{generation:08}.parquet");
+        // Unique even across a drop and re-create of the same name (a replaced
+        // version's delayed delete must never hit a new file).
+        let relative = format!("data/{generation:08}-{:08x}.parquet", rand::random::<u32>());
         let path = self.storage.file_path(&view.name, &relative);
         let mut sink = ParquetSink::new(
             self.storage.store.clone(),
@@ -690,9 +749,25 @@ impl MatViews {
             files.push(new_file(rows, bytes));
             replaced = old_files;
         }
-        let high_water = max
-            .map(|v| storage::sql_literal(&v))
-            .or_else(|| increment.as_ref().map(|(_, hw)| hw.clone()));
+        let high_water = match max {
+            Some(v) => match storage::sql_literal(&v) {
+                Some(l) => Some(l),
+                None => {
+                    self.storage
+                        .delete_files(&view.name, &[new_file(rows, bytes)])
+                        .await;
+                    return Err(PgError::new(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "the highest {} value contains a backslash, which cannot be carried safely in the next refresh's filter",
+                            definition.incremental_column.as_deref().unwrap_or("")
+                        ),
+                    )
+                    .with_hint("use a numeric, date or timestamp incremental_column"));
+                }
+            },
+            None => increment.as_ref().map(|(_, hw)| hw.clone()),
+        };
         let total: u64 = files.iter().map(|f| f.rows).sum();
         manifest.state = State {
             populated: true,

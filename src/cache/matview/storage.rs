@@ -80,6 +80,17 @@ pub struct State {
     pub columns: Vec<(String, String)>,
 }
 
+/// `schema` without field metadata.
+fn plain(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// Columns as the manifest stores them.
 pub fn columns_of(schema: &SchemaRef) -> Vec<(String, String)> {
     schema
@@ -300,6 +311,7 @@ impl ParquetSink {
         if self.writer.is_some() {
             return Ok(());
         }
+        let schema = plain(&schema);
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(128 * 1024))
@@ -349,7 +361,10 @@ impl ParquetSink {
         }
         self.rows += batch.num_rows() as u64;
         if let Some(w) = self.writer.as_mut() {
-            w.write(batch).await.map_err(io_error)?;
+            // Stored without field metadata, as the manifest describes the columns.
+            let batch = RecordBatch::try_new(plain(&batch.schema()), batch.columns().to_vec())
+                .map_err(io_error)?;
+            w.write(&batch).await.map_err(io_error)?;
         }
         Ok(())
     }
@@ -380,10 +395,18 @@ impl ParquetSink {
     }
 }
 
-/// A high-water value as a SQL literal both engines compare correctly.
-pub fn sql_literal(v: &ScalarValue) -> String {
-    use datafusion::arrow::datatypes::DataType;
+/// A high-water value as a SQL literal both engines compare correctly; `None` for
+/// text a literal cannot carry safely (backslashes: Redshift reads them as escapes).
+pub fn sql_literal(v: &ScalarValue) -> Option<String> {
     let text = v.to_string();
+    if text.contains('\\') {
+        return None;
+    }
+    Some(literal_text(v, text))
+}
+
+fn literal_text(v: &ScalarValue, text: String) -> String {
+    use datafusion::arrow::datatypes::DataType;
     match v.data_type() {
         DataType::Int8
         | DataType::Int16

@@ -61,6 +61,7 @@ impl Session {
         // The work runs in its own task: a client that cancels or disconnects must
         // not leave a refresh half done (it finishes, or fails and cleans up).
         let user = self.identity.user.clone();
+        let may_write = self.policy.write;
         let job = stmt.clone();
         let task = tokio::spawn(async move {
             match job {
@@ -81,7 +82,9 @@ impl Session {
                     if exists && or_replace {
                         mv.drop_view(&name, true).await?;
                     }
-                    let outcome = mv.create(&name, &query, &options, with_data, &user).await?;
+                    let outcome = mv
+                        .create(&name, &query, &options, with_data, &user, may_write)
+                        .await?;
                     Ok(match outcome {
                         Some(o) => Done::Tag(format!("SELECT {}", o.rows)),
                         None => Done::Tag("CREATE MATERIALIZED VIEW".into()),

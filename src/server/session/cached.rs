@@ -22,18 +22,6 @@ use crate::server::connection::Disconnect;
 use crate::server::error::PgError;
 use crate::server::frame::{self, Frame};
 
-/// Settings that change a result or its text form.
-const KEYED_SETTINGS: &[&str] = &[
-    "search_path",
-    "TimeZone",
-    "DateStyle",
-    "IntervalStyle",
-    "extra_float_digits",
-    "bytea_output",
-    "client_encoding",
-    "standard_conforming_strings",
-];
-
 /// Length of the ReadyForQuery message that ends every recorded simple-query answer.
 const READY_LEN: usize = 6;
 
@@ -103,9 +91,14 @@ pub(super) struct CacheBooks {
     /// again when it ends.
     written_in_tx: Option<Vec<String>>,
     wrote_in_tx: bool,
-    /// The session created temporary tables: its reads are not cached (keys are per
-    /// identity, temporary tables per session).
-    has_temp_tables: bool,
+    /// The session has state Sluice cannot key on (temporary tables, `SET ROLE`,
+    /// `set_config`, text it could not parse): its reads are not cached.
+    private_state: bool,
+    /// An Execute ran since the last Sync: a later read in the same pipeline may see
+    /// what it did (an implicit transaction), so it is not cached.
+    pub(super) executed_since_sync: bool,
+    /// The portal the last Describe named (its RowDescription may be kept).
+    pub(super) last_described_portal: Option<String>,
 }
 
 impl Default for CacheBooks {
@@ -118,7 +111,9 @@ impl Default for CacheBooks {
             local_portals: HashMap::new(),
             written_in_tx: Some(Vec::new()),
             wrote_in_tx: false,
-            has_temp_tables: false,
+            private_state: false,
+            executed_since_sync: false,
+            last_described_portal: None,
         }
     }
 }
@@ -160,8 +155,12 @@ impl Session {
         match plan {
             Plan::Nothing => self.query_message(frame).await?,
             Plan::Invalidate(tables) => {
-                // Now, and again when it has committed (below, or at COMMIT).
-                self.note_write(tables);
+                // Now, and again when it has committed (below, or at COMMIT). Only
+                // statements that can reach an upstream count: the lake is read-only
+                // and read-only roles' writes are refused.
+                if self.forward.is_some() && self.policy.write {
+                    self.note_write(tables);
+                }
                 self.query_message(frame).await?;
             }
             Plan::Lookup(pk) => match self.lookup(pk.key.clone()).await {
@@ -259,8 +258,10 @@ impl Session {
             Ok(statements) => Analysis::of(&statements),
             Err(_) => Analysis::Unparsed,
         });
-        if a.creates_temp() {
-            self.cache.has_temp_tables = true;
+        let unparsed_upstream =
+            matches!(*a, Analysis::Unparsed) && self.forward.is_some() && self.policy.write;
+        if a.creates_temp() || unparsed_upstream {
+            self.cache.private_state = true;
         }
         Some(a)
     }
@@ -324,7 +325,7 @@ impl Session {
         params: &[u8],
     ) -> Option<PortalKey> {
         let ttl = self.cache_ttl()?;
-        if self.tx != Tx::Idle || self.cache.has_temp_tables {
+        if self.tx != Tx::Idle || self.cache.private_state || self.cache.executed_since_sync {
             return None;
         }
         let scope = if read.lake {
@@ -363,11 +364,9 @@ impl Session {
                 self.policy.row_limit,
             )
         };
-        let mut settings = String::new();
-        for name in KEYED_SETTINGS {
-            settings.push_str(self.settings.get(name).unwrap_or(""));
-            settings.push('\0');
-        }
+        // Every setting, custom ones included (row-level security may read
+        // `current_setting('app.tenant')`); `sluice.cache` itself aside.
+        let settings = self.settings.fingerprint();
         Some(PortalKey {
             key: Key::new([
                 protocol,
@@ -393,7 +392,13 @@ impl Session {
         };
         if let Some(w) = self.writes_of(&a) {
             self.cache.writes.insert(msg.name, w);
-        } else if let Some(read) = self.read_of(&a) {
+        } else if let Some(mut read) = self.read_of(&a) {
+            // Declared parameter types change how values are read and results typed.
+            read.text.push('\0');
+            for t in &msg.param_types {
+                read.text.push_str(&t.to_string());
+                read.text.push(',');
+            }
             self.cache.reads.insert(msg.name, Arc::new(read));
         }
     }
@@ -445,8 +450,42 @@ impl Session {
         true
     }
 
-    /// Describe / Close of a portal answered from the cache. `true`: handled.
-    pub(super) fn cached_portal_message(&mut self, frame: &Frame) -> bool {
+    /// Describe / Close of a portal answered from the cache (after everything
+    /// forwarded before it). `true`: handled.
+    pub(super) async fn cached_portal_message(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<bool, Disconnect> {
+        if !self.is_local_portal_message(frame) {
+            return Ok(false);
+        }
+        self.drain_upstream().await?;
+        if self.skip_until_sync {
+            return Ok(true);
+        }
+        Ok(self.local_portal_message(frame))
+    }
+
+    fn is_local_portal_message(&self, frame: &Frame) -> bool {
+        use crate::server::frame::Target;
+        if self.cache.local_portals.is_empty() {
+            return false;
+        }
+        let named = match frame.tag {
+            b'D' => frame::decode_describe(&frame.body)
+                .ok()
+                .filter(|d| d.target == Target::Portal)
+                .map(|d| d.name),
+            b'C' => frame::decode_close(&frame.body)
+                .ok()
+                .filter(|c| c.target == Target::Portal)
+                .map(|c| c.name),
+            _ => None,
+        };
+        named.is_some_and(|n| self.cache.local_portals.contains_key(&n))
+    }
+
+    fn local_portal_message(&mut self, frame: &Frame) -> bool {
         use crate::server::frame::Target;
         match frame.tag {
             b'D' => {
@@ -571,12 +610,18 @@ impl Session {
         let Ok(msg) = frame::decode_execute(&frame.body) else {
             return Ok(false);
         };
-        if self.execute_local_portal(&msg.portal, msg.max_rows) {
+        if self.cache.local_portals.contains_key(&msg.portal) {
+            self.drain_upstream().await?;
+            if !self.skip_until_sync {
+                self.execute_local_portal(&msg.portal, msg.max_rows);
+            }
             self.conn.flush_if_full().await?;
             return Ok(true);
         }
         if let Some(w) = self.cache.portal_writes.get(&msg.portal).cloned() {
-            self.note_write(w);
+            if self.forward.is_some() && self.policy.write {
+                self.note_write(w);
+            }
             return Ok(false);
         }
         let Some(pk) = self.cache.portal_keys.remove(&msg.portal) else {
@@ -585,7 +630,7 @@ impl Session {
         let Some(cache) = self.shared.results.clone() else {
             return Ok(false);
         };
-        if msg.max_rows != 0 || self.tx != Tx::Idle {
+        if msg.max_rows != 0 || self.tx != Tx::Idle || self.cache.executed_since_sync {
             return Ok(false);
         }
         let upstream = self
@@ -614,11 +659,19 @@ impl Session {
         let lookup = match self.lookup(pk.key.clone()).await {
             Some(l) => l,
             None => {
+                self.drain_upstream().await?;
                 self.fail(&PgError::canceled());
                 self.skip_until_sync = true;
                 return Ok(true);
             }
         };
+        if !upstream && !matches!(lookup, Lookup::Bypass) {
+            // A local answer comes after everything forwarded before it.
+            self.drain_upstream().await?;
+            if self.skip_until_sync {
+                return Ok(true);
+            }
+        }
         match lookup {
             Lookup::Bypass => Ok(false),
             Lookup::Hit(body) => {
@@ -649,7 +702,11 @@ impl Session {
                     if self.skip_until_sync {
                         return Ok(true);
                     }
-                    let row_description = owed.and_then(|b| trailing_row_description(&b));
+                    let described =
+                        self.cache.last_described_portal.as_deref() == Some(msg.portal.as_str());
+                    let row_description = owed
+                        .filter(|_| described)
+                        .and_then(|b| trailing_row_description(&b));
                     self.conn.start_recording(cache.max_entry_bytes);
                     let result = self.forward_execute_now(frame).await;
                     let recorded = self.conn.finish_recording();

@@ -319,13 +319,24 @@ impl Session {
             }
             b'P' => self.note_parse(&frame),
             b'B' if self.cached_bind(&frame) => return Ok(true),
-            b'D' | b'C' if self.cached_portal_message(&frame) => return Ok(true),
+            b'D' | b'C' if self.cached_portal_message(&frame).await? => return Ok(true),
             b'E' if self.cached_execute(&frame).await? => return Ok(true),
+            _ => {}
+        }
+        match frame.tag {
+            b'E' => self.cache.executed_since_sync = true,
+            b'D' => {
+                self.cache.last_described_portal = frame::decode_describe(&frame.body)
+                    .ok()
+                    .filter(|d| d.target == Target::Portal)
+                    .map(|d| d.name);
+            }
             _ => {}
         }
         let sync = frame.tag == b'S';
         let result = self.dispatch_frame(frame).await;
         if sync {
+            self.cache.executed_since_sync = false;
             self.invalidate_at_transaction_end();
             self.end_local_portals();
         }

@@ -141,6 +141,14 @@ fn pgbench(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| format!("no tps in pgbench output:\n{out}"))?;
+    let failed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("0");
+    if failed != "0" || out.contains("aborted") {
+        return Err(format!("pgbench had failures:\n{out}").into());
+    }
     let mut latencies: Vec<u64> = Vec::new();
     for entry in std::fs::read_dir(logs.path())? {
         let text = std::fs::read_to_string(entry?.path())?;

@@ -767,3 +767,91 @@ async fn hits(c: &Client) -> u64 {
         .parse()
         .expect("hits is a number")
 }
+
+/// Views stored in S3 (moto) through `object_store`: written, read, and found again
+/// after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_views_in_s3_survive_restarts() {
+    let extra = r#"
+[lake.glue]
+region = "us-east-1"
+aws_endpoint = "{aws}"
+databases = ["no-such-database"]
+[lake.glue.s3]
+endpoint = "{aws}"
+path_style = true
+
+[materialized_views]
+schemas = ["mv"]
+storage = "s3://views/sluice"
+refresh_roles = ["mv_refresh"]
+
+[[roles]]
+name = "mv_refresh"
+read = ["*"]
+redshift_user = "{user}"
+
+[[roles]]
+name = "mv_manager"
+read = ["*"]
+manage_materialized_views = true
+
+[[auth.users]]
+name = "curator"
+password = "curator-pw"
+roles = ["mv_manager"]
+"#;
+    let mut rig = Rig::start(Options {
+        extra: extra.into(),
+        buckets: vec!["views"],
+        ..Options::default()
+    })
+    .await;
+    let bucket = rig.moto.bucket("views").expect("bucket");
+    let curator = rig.connect("curator", "curator-pw").await;
+    curator
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW mv.by_region AS \
+             SELECT region, count(*) AS n FROM public.sales GROUP BY region",
+        )
+        .await
+        .expect("create a view stored in S3");
+    use futures::TryStreamExt;
+    let stored: Vec<String> = object_store::ObjectStore::list(bucket.as_ref(), None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .expect("list the bucket");
+    assert!(
+        stored.contains(&"sluice/mv/by_region/view.json".to_string()),
+        "{stored:?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|p| p.starts_with("sluice/mv/by_region/data/") && p.ends_with(".parquet")),
+        "{stored:?}"
+    );
+    assert_eq!(
+        scalar(&curator, "SELECT sum(n) FROM mv.by_region").await,
+        "1000"
+    );
+    rig.restart().await;
+    let curator = rig.connect("curator", "curator-pw").await;
+    assert_eq!(
+        scalar(&curator, "SELECT sum(n) FROM mv.by_region").await,
+        "1000"
+    );
+    curator
+        .batch_execute("REFRESH MATERIALIZED VIEW mv.by_region")
+        .await
+        .expect("refresh in S3");
+    assert_eq!(
+        scalar(
+            &curator,
+            "SELECT count(*) FROM pg_matviews WHERE schemaname = 'mv'"
+        )
+        .await,
+        "1"
+    );
+}

@@ -28,7 +28,7 @@ const CLUSTER: &str = "analytics";
 /// PostgreSQL + moto + a `sluice serve` process configured to forward to them.
 pub(crate) struct Rig {
     pub(crate) pg: Postgres,
-    moto: Moto,
+    pub(crate) moto: Moto,
     sluice: tokio::process::Child,
     pub(crate) port: u16,
     pub(crate) dir: tempfile::TempDir,
@@ -45,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) host: bool,
     /// More TOML at the end (`{pgport}` = the PostgreSQL port).
     pub(crate) extra: String,
+    /// S3 buckets to create in moto before the gateway starts.
+    pub(crate) buckets: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             create_cluster: true,
             host: true,
             extra: String::new(),
+            buckets: Vec::new(),
         }
     }
 }
@@ -83,6 +86,9 @@ impl Rig {
         pg.sql("postgres", "CREATE DATABASE dev").expect("database");
         pg.sql("dev", DEV_SQL).expect("tables");
         let moto = Moto::start().expect("moto starts");
+        for b in &opts.buckets {
+            moto.bucket(b).expect("bucket");
+        }
         if opts.create_cluster {
             moto.redshift()
                 .create_cluster()

@@ -209,6 +209,8 @@ pub struct ResultCache {
     analyses: moka::sync::Cache<Arc<str>, Arc<Analysis>>,
     /// Moves with every invalidation (see [`Lead`]).
     epoch: std::sync::atomic::AtomicU64,
+    /// The latest invalidations: (epoch, tables; `None` = everything).
+    recent: Mutex<std::collections::VecDeque<(u64, Option<Vec<String>>)>>,
     /// Keys being computed right now; waiters watch the leader's channel, which
     /// closes when the leader finishes (stored or not).
     running: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
@@ -251,7 +253,7 @@ impl Drop for Lead {
 impl Lead {
     /// Stores the recorded answer (`None`: it was too big to record).
     pub fn store(self, body: Option<Bytes>, tables: Vec<String>, ttl: Duration) {
-        if self.cache.epoch.load(Ordering::Acquire) != self.epoch {
+        if self.cache.invalidated_since(self.epoch, &tables) {
             return;
         }
         let c = &self.cache.counters;
@@ -290,6 +292,7 @@ impl ResultCache {
                 .weigher(|k: &Arc<str>, _| u32::try_from(k.len() + 256).unwrap_or(u32::MAX))
                 .build(),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             running: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             max_bytes,
@@ -358,6 +361,27 @@ impl ResultCache {
         Some(body)
     }
 
+    /// Whether a write that touches `tables` invalidated since `epoch` (or whether
+    /// that can no longer be told): an answer computed meanwhile may be stale.
+    fn invalidated_since(&self, epoch: u64, tables: &[String]) -> bool {
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            return false;
+        }
+        let Ok(recent) = self.recent.lock() else {
+            return true;
+        };
+        if recent.front().is_none_or(|(e, _)| *e > epoch + 1) {
+            return true;
+        }
+        recent
+            .iter()
+            .filter(|(e, _)| *e > epoch)
+            .any(|(_, written)| match written {
+                None => true,
+                Some(w) => w.iter().any(|t| tables.contains(t)),
+            })
+    }
+
     /// The analysis of `sql`, computed by `analyse` on first sight.
     pub fn analysis(&self, sql: &str, analyse: impl FnOnce() -> Analysis) -> Arc<Analysis> {
         if let Some(a) = self.analyses.get(sql) {
@@ -375,7 +399,13 @@ impl ResultCache {
     /// everything (a write Sluice could not analyse).
     pub fn invalidate(&self, tables: Option<&[String]>) {
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut recent) = self.recent.lock() {
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            recent.push_back((epoch, tables.map(<[String]>::to_vec)));
+            if recent.len() > RECENT_INVALIDATIONS {
+                recent.pop_front();
+            }
+        }
         match tables {
             None => self.entries.invalidate_all(),
             Some(tables) => {
@@ -409,6 +439,9 @@ impl ResultCache {
         }
     }
 }
+
+/// How many invalidations are remembered for [`ResultCache::invalidated_since`].
+const RECENT_INVALIDATIONS: usize = 4096;
 
 /// Functions whose value changes between two runs of the same statement, or with
 /// the session: a statement calling one is never cached.
@@ -754,6 +787,30 @@ mod tests {
         assert_eq!((stats.hits, stats.misses, stats.coalesced), (1, 1, 1));
         cache.invalidate(Some(&["t".to_string()]));
         assert!(matches!(cache.lookup(key).await, Lookup::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn answers_computed_across_a_write_to_their_tables_are_not_stored() {
+        let cache = ResultCache::new(&CacheConfig::default());
+        let ttl = Duration::from_secs(60);
+        let key = |k: &[u8]| Key::new([k]);
+        let Lookup::Lead(a) = cache.lookup(key(b"a")).await else {
+            panic!("leads");
+        };
+        let Lookup::Lead(b) = cache.lookup(key(b"b")).await else {
+            panic!("leads");
+        };
+        cache.invalidate(Some(&["orders".to_string()]));
+        a.store(Some(Bytes::from_static(b"x")), vec!["orders".into()], ttl);
+        b.store(Some(Bytes::from_static(b"y")), vec!["regions".into()], ttl);
+        assert!(
+            matches!(cache.lookup(key(b"a")).await, Lookup::Lead(_)),
+            "stale: not stored"
+        );
+        assert!(
+            matches!(cache.lookup(key(b"b")).await, Lookup::Hit(_)),
+            "other tables: stored"
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::sqlstate;
+use crate::harness::{rows, sqlstate};
 use crate::redshift::{Options, Rig, scalar};
 
 const EXTRA: &str = r#"
@@ -57,24 +57,6 @@ async fn rig() -> Rig {
         ..Options::default()
     })
     .await
-}
-
-/// All rows of a simple query as text.
-async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
-    let msgs = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// One named value of a single-row SHOW.

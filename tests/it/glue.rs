@@ -13,9 +13,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::harness::sqlstate;
+use crate::harness::{rows, sqlstate};
 use crate::moto::Moto;
 
 const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
@@ -552,24 +552,6 @@ path_style = true
     async fn admin(&self) -> Client {
         self.connect("admin", "admin-pw").await
     }
-}
-
-/// All rows of a simple query, as text (NULL as "NULL").
-async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
-    let msgs = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 const HOURLY_FARE: &str = "SELECT EXTRACT(HOUR FROM pickup_datetime) AS hour, avg(fare_amount) \

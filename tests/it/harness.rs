@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use sluice::config::Config;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 pub const USER: &str = "demo";
 pub const PASSWORD: &str = "demo";
@@ -222,4 +222,22 @@ pub async fn spawn_sluice(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     sluice
+}
+
+/// All rows of a simple query, as text (NULL as "NULL").
+pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }

@@ -27,6 +27,18 @@ query = "SELECT count(*) AS n, max(id) AS last_id FROM public.sales"
 refresh_every_secs = 1
 
 [[roles]]
+name = "nyc_only"
+read = ["nyc.*"]
+
+[[auth.users]]
+name = "nycfan"
+password = "nycfan-pw"
+roles = ["nyc_only"]
+"#;
+
+/// The refresh role, and a view manager (`curator`) without a Redshift identity.
+const VIEW_ROLES: &str = r#"
+[[roles]]
 name = "mv_refresh"
 read = ["*"]
 redshift_user = "{user}"
@@ -36,24 +48,15 @@ name = "mv_manager"
 read = ["*"]
 manage_materialized_views = true
 
-[[roles]]
-name = "nyc_only"
-read = ["nyc.*"]
-
 [[auth.users]]
 name = "curator"
 password = "curator-pw"
 roles = ["mv_manager"]
-
-[[auth.users]]
-name = "nycfan"
-password = "nycfan-pw"
-roles = ["nyc_only"]
 "#;
 
 async fn rig() -> Rig {
     Rig::start(Options {
-        extra: EXTRA.into(),
+        extra: format!("{EXTRA}{VIEW_ROLES}"),
         ..Options::default()
     })
     .await
@@ -767,24 +770,9 @@ path_style = true
 schemas = ["mv"]
 storage = "s3://views/sluice"
 refresh_roles = ["mv_refresh"]
-
-[[roles]]
-name = "mv_refresh"
-read = ["*"]
-redshift_user = "{user}"
-
-[[roles]]
-name = "mv_manager"
-read = ["*"]
-manage_materialized_views = true
-
-[[auth.users]]
-name = "curator"
-password = "curator-pw"
-roles = ["mv_manager"]
 "#;
     let mut rig = Rig::start(Options {
-        extra: extra.into(),
+        extra: format!("{extra}{VIEW_ROLES}"),
         buckets: vec!["views"],
         ..Options::default()
     })

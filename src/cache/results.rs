@@ -121,7 +121,13 @@ pub enum Analysis {
 impl Analysis {
     /// Analyses parsed statements.
     pub fn of(statements: &[Statement]) -> Analysis {
-        let creates_temp = statements.iter().any(private_state);
+        // A SET among several statements may be undone by a ROLLBACK in the same
+        // string, which the session's copy of the settings would not see.
+        let sets_in_batch = statements.len() > 1
+            && statements
+                .iter()
+                .any(|s| matches!(s, Statement::Set(_) | Statement::Reset(_)));
+        let creates_temp = sets_in_batch || statements.iter().any(private_state);
         if let [stmt] = statements
             && let Cacheability::Cacheable { tables } = cacheability(stmt)
         {

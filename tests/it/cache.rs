@@ -251,6 +251,25 @@ async fn result_cache_serves_repeats_per_identity_and_forgets_what_writes_touch(
         "two",
         "not the entry keyed by 'one'"
     );
+    // A SET that a ROLLBACK undoes upstream: Sluice stops trusting its copy of the
+    // settings for that session, so no answer is stored under the wrong setting.
+    alice.batch_execute("BEGIN").await.expect("begin");
+    alice
+        .batch_execute("SET app.tenant = 'three'")
+        .await
+        .expect("set");
+    alice.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(scalar(&alice, tenant).await, "two", "the upstream's value");
+    let other = rig.alice().await;
+    other
+        .batch_execute("SET app.tenant = 'three'")
+        .await
+        .expect("set");
+    assert_eq!(
+        scalar(&other, tenant).await,
+        "three",
+        "nothing stored under 'three'"
+    );
 
     // Volatile functions are never cached.
     let a = scalar(

@@ -559,6 +559,12 @@ impl Session {
         true
     }
 
+    /// The session's settings may differ from the upstream's: nothing it reads is
+    /// cached any more.
+    pub(super) fn cache_loses_track_of_settings(&mut self) {
+        self.cache.private_state = true;
+    }
+
     /// Portals answered from the cache end with their implicit transaction.
     pub(super) fn end_local_portals(&mut self) {
         if self.tx == Tx::Idle {

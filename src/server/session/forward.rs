@@ -274,6 +274,21 @@ impl Session {
                 {
                     let _ = self.settings.set(&name, value.as_deref());
                 }
+                // A ROLLBACK may undo it upstream without Sluice's copy following:
+                // from now on the session's settings cannot key cached answers.
+                if self.tx != Tx::Idle {
+                    self.cache_loses_track_of_settings();
+                }
+            }
+            Statement::Reset(_) => {
+                if let Ok(route::Route::Session(route::Command::Reset(name))) =
+                    route::classify(stmt.clone())
+                {
+                    let _ = self.settings.reset(name.as_deref());
+                }
+                if self.tx != Tx::Idle {
+                    self.cache_loses_track_of_settings();
+                }
             }
             // A cursor declared upstream is a portal there: clients (psycopg's named
             // cursors) Describe it by name.

@@ -286,7 +286,7 @@ impl Columns {
 /// PostgreSQL writes UTC offsets as `+00` (hours only); arrow's timestamp parser
 /// wants `+00:00`.
 fn normalize_offsets(text: &ArrayRef, target: &DataType) -> ArrayRef {
-    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::array::AsArray;
     if !matches!(target, DataType::Timestamp(_, Some(_))) {
         return text.clone();
     }
@@ -309,7 +309,6 @@ fn normalize_offsets(text: &ArrayRef, target: &DataType) -> ArrayRef {
             })
         })
         .collect();
-    let _ = strings.len();
     Arc::new(fixed)
 }
 

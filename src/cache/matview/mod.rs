@@ -253,10 +253,9 @@ impl MatViews {
                 },
             )
         };
-        let Some(first) = state.files.first().filter(|_| state.populated) else {
+        if !state.populated || state.files.is_empty() {
             return Ok(unpopulated());
-        };
-        let _ = first;
+        }
         let schema = storage::schema_of(&state.columns)?;
         let urls: Vec<String> = state
             .files
@@ -530,25 +529,20 @@ impl MatViews {
         if self.upstream.is_none() {
             return Ok(Source::Lake(Box::new(stmt)));
         }
-        let (mut lake, mut other) = (0, 0);
+        let mut lake = 0;
         let _ = datafusion::sql::sqlparser::ast::visit_relations(&stmt, |name| {
             let parts: Vec<String> = name
                 .0
                 .iter()
                 .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
                 .collect();
-            if parts.len() >= 2 {
-                if lake_schemas.contains(&parts[parts.len() - 2]) {
-                    lake += 1;
-                } else {
-                    other += 1;
-                }
+            if parts.len() >= 2 && lake_schemas.contains(&parts[parts.len() - 2]) {
+                lake += 1;
             }
             std::ops::ControlFlow::<()>::Continue(())
         });
         // Naming the lake at all makes it a lake (or cross-engine) query; Redshift
         // tables in it are read through the refresh identity.
-        let _ = other;
         if lake == 0 {
             Ok(Source::Redshift)
         } else {
@@ -982,16 +976,14 @@ async fn scheduler(views: std::sync::Weak<MatViews>) {
             tokio::spawn(async move {
                 let result = all.refresh_view(&view, true).await;
                 view.plan_next(Utc::now());
-                if let Err(e) = result {
-                    // Already logged and recorded; a view that never loaded retries
-                    // on its schedule or, without one, in a minute.
-                    if view.schedule().is_none()
-                        && !view.manifest().state.populated
-                        && let Ok(mut n) = view.next_due.lock()
-                    {
-                        *n = Some(Utc::now() + chrono::Duration::seconds(60));
-                    }
-                    let _ = e;
+                // A failure is already logged and recorded; a view that never loaded
+                // retries on its schedule or, without one, in a minute.
+                if result.is_err()
+                    && view.schedule().is_none()
+                    && !view.manifest().state.populated
+                    && let Ok(mut n) = view.next_due.lock()
+                {
+                    *n = Some(Utc::now() + chrono::Duration::seconds(60));
                 }
             });
         }

@@ -9,3 +9,4 @@ pub mod demo;
 pub mod glue;
 pub mod local;
 pub mod stores;
+pub mod tables;

@@ -3,13 +3,12 @@
 //! refresh swaps the version atomically ([`MatViewTable::swap`]); plans already
 //! made keep reading the files of the version they started with.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -108,49 +107,4 @@ impl TableProvider for MatViewTable {
 }
 
 /// A schema holding gateway views (`materialized_views.schemas`).
-#[derive(Debug, Default)]
-pub struct MatViewSchema {
-    tables: RwLock<BTreeMap<String, Arc<MatViewTable>>>,
-}
-
-impl MatViewSchema {
-    pub fn insert(&self, name: &str, table: Arc<MatViewTable>) {
-        if let Ok(mut t) = self.tables.write() {
-            t.insert(name.to_owned(), table);
-        }
-    }
-
-    pub fn remove(&self, name: &str) {
-        if let Ok(mut t) = self.tables.write() {
-            t.remove(name);
-        }
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for MatViewSchema {
-    fn table_names(&self) -> Vec<String> {
-        self.tables
-            .read()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let tables = self
-            .tables
-            .read()
-            .map_err(|_| DataFusionError::Internal("view schema lock poisoned".into()))?;
-        Ok(tables
-            .get(name)
-            .or_else(|| tables.get(&name.to_lowercase()))
-            .map(|t| t.clone() as Arc<dyn TableProvider>))
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.tables
-            .read()
-            .map(|t| t.contains_key(name) || t.contains_key(&name.to_lowercase()))
-            .unwrap_or(false)
-    }
-}
+pub type MatViewSchema = crate::lake::tables::TableMap<MatViewTable>;

@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -365,40 +364,9 @@ fn is_data_file(prefix: &object_store::path::Path, meta: &ObjectMeta) -> bool {
     })
 }
 
-/// One Glue database as a schema.
-#[derive(Debug)]
-pub struct GlueSchema {
-    tables: RwLock<BTreeMap<String, Arc<GlueTable>>>,
-}
-
-#[async_trait]
-impl SchemaProvider for GlueSchema {
-    fn table_names(&self) -> Vec<String> {
-        self.tables
-            .read()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.get(name).map(|t| t as Arc<dyn TableProvider>))
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-}
-
-impl GlueSchema {
-    /// Glue names are lower case; a quoted mixed-case name finds its table too.
-    fn get(&self, name: &str) -> Option<Arc<GlueTable>> {
-        let tables = self.tables.read().ok()?;
-        tables
-            .get(name)
-            .or_else(|| tables.get(&name.to_lowercase()))
-            .cloned()
-    }
-}
+/// One Glue database as a schema. Glue names are lower case; a quoted mixed-case
+/// name finds its table too.
+pub type GlueSchema = crate::lake::tables::TableMap<GlueTable>;
 
 /// The Glue part of the lake: which databases are mounted, and their refresh.
 pub struct GlueCatalog {
@@ -470,11 +438,7 @@ impl GlueCatalog {
         let mut v: Vec<(String, usize)> = self
             .mounted
             .read()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, s)| (k.clone(), s.table_names().len()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, s)| (k.clone(), s.len())).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -579,15 +543,9 @@ impl GlueCatalog {
         for (name, tables) in loaded.iter_mut() {
             let tables = std::mem::take(tables);
             match mounted.get(name) {
-                Some(schema) => {
-                    if let Ok(mut t) = schema.tables.write() {
-                        *t = tables;
-                    }
-                }
+                Some(schema) => schema.replace(tables),
                 None => {
-                    let schema = Arc::new(GlueSchema {
-                        tables: RwLock::new(tables),
-                    });
+                    let schema = Arc::new(GlueSchema::new(tables));
                     self.lake
                         .register_schema(name, schema.clone())
                         .map_err(|e| e.to_string())?;

@@ -651,22 +651,16 @@ fn uncacheable_query(q: &Query) -> bool {
 /// Whether an answer recorded from the wire may be stored: one complete result, no
 /// error, no setting changed on the way (ParameterStatus), no COPY.
 pub fn storable(body: &[u8]) -> bool {
-    let mut rest = body;
+    let mut messages = crate::server::frame::messages(body);
     let mut completed = false;
-    while rest.len() >= 5 {
-        let tag = rest[0];
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-        if len < 4 || rest.len() < 1 + len as usize {
-            return false;
-        }
-        match tag {
+    for m in messages.by_ref() {
+        match m[0] {
             b'T' | b'D' | b'N' | b'n' => {}
             b'C' => completed = true,
             _ => return false,
         }
-        rest = &rest[1 + len as usize..];
     }
-    rest.is_empty() && completed
+    messages.rest().is_empty() && completed
 }
 
 #[cfg(test)]

@@ -298,6 +298,42 @@ pub fn decode_cancel(body: &[u8]) -> Option<(i32, i32)> {
     Some((c.i32().ok()?, c.i32().ok()?))
 }
 
+/// Walks the backend messages in a buffer, yielding each whole (tag, length word and
+/// body); it stops at the first incomplete or malformed one, which stays in
+/// [`Messages::rest`].
+pub struct Messages<'a> {
+    rest: &'a [u8],
+}
+
+pub fn messages(bytes: &[u8]) -> Messages<'_> {
+    Messages { rest: bytes }
+}
+
+impl<'a> Messages<'a> {
+    /// What was not walked (empty after a buffer of whole messages).
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let b = self.rest;
+        if b.len() < 5 {
+            return None;
+        }
+        let len = i32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+        if len < 4 || b.len() < 1 + len as usize {
+            return None;
+        }
+        let (message, rest) = b.split_at(1 + len as usize);
+        self.rest = rest;
+        Some(message)
+    }
+}
+
 /// Appends a complete backend message built by `body` to `out`, filling in the length.
 pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.extend_from_slice(&[tag, 0, 0, 0, 0]);

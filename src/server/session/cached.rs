@@ -52,27 +52,19 @@ struct CachedAnswer {
 /// Splits a recorded Execute answer into its leading RowDescription (if any) and
 /// the rest.
 fn split_row_description(answer: &Bytes) -> (Option<Bytes>, Bytes) {
-    if answer.first() == Some(&b'T') && answer.len() >= 5 {
-        let len = 1 + i32::from_be_bytes([answer[1], answer[2], answer[3], answer[4]]) as usize;
-        if len <= answer.len() {
-            return (Some(answer.slice(..len)), answer.slice(len..));
-        }
+    match frame::messages(answer).next() {
+        Some(t) if t[0] == b'T' => (Some(answer.slice(..t.len())), answer.slice(t.len()..)),
+        _ => (None, answer.clone()),
     }
-    (None, answer.clone())
 }
 
 /// The last message of `bytes` if it is a RowDescription (the answer to the
 /// Describe that came right before an Execute).
 fn trailing_row_description(bytes: &[u8]) -> Option<Bytes> {
-    let mut rest = bytes;
-    let mut last = None;
-    while rest.len() >= 5 {
-        let len = 1 + i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        if len < 5 || len > rest.len() {
-            return None;
-        }
-        last = Some(&rest[..len]);
-        rest = &rest[len..];
+    let mut messages = frame::messages(bytes);
+    let last = messages.by_ref().last();
+    if !messages.rest().is_empty() {
+        return None;
     }
     last.filter(|m| m[0] == b'T').map(Bytes::copy_from_slice)
 }
@@ -527,23 +519,16 @@ impl Session {
         let mut end = 0;
         let mut rows = 0;
         let mut suspended = false;
-        while end + 5 <= body.len() {
-            let len = 1 + i32::from_be_bytes([
-                body[end + 1],
-                body[end + 2],
-                body[end + 3],
-                body[end + 4],
-            ]) as usize;
-            if body[end] == b'D' && max_rows > 0 && rows == max_rows {
-                suspended = true;
-                break;
-            }
-            if body[end] == b'D' {
+        for m in frame::messages(body) {
+            if m[0] == b'D' {
+                if max_rows > 0 && rows == max_rows {
+                    suspended = true;
+                    break;
+                }
                 rows += 1;
             }
-            end += len;
+            end += m.len();
         }
-        let end = end.min(body.len());
         self.conn.out.extend_from_slice(&body[..end]);
         answer.offset += end;
         if suspended {

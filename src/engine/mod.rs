@@ -289,9 +289,16 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Lake schemas (databases), whoever may see them.
-    pub fn schema_names(&self) -> Vec<String> {
-        self.lake.schema_names()
+    /// Lake databases and gateway view schemas (lower case), whoever may see them:
+    /// the names that make a statement the lake engine's. PostgreSQL's own schemas
+    /// belong to the upstream in a forwarding session.
+    pub fn lake_schemas(&self) -> std::collections::HashSet<String> {
+        self.lake
+            .schema_names()
+            .into_iter()
+            .map(|s| s.to_lowercase())
+            .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
+            .collect()
     }
 
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
@@ -378,11 +385,7 @@ impl Engine {
             return Ok(state);
         };
         let default_schema = state.config().options().catalog.default_schema.clone();
-        let lake: Vec<String> = self
-            .schema_names()
-            .into_iter()
-            .filter(|s| s != "public")
-            .collect();
+        let lake = self.lake_schemas();
         let mut found: HashMap<String, Arc<MemorySchemaProvider>> = HashMap::new();
         for reference in references {
             let (schema, table, explicit) = match &reference {

@@ -507,13 +507,6 @@ impl MatViews {
     /// upstream exists), Redshift when it names no lake table. Text Sluice cannot
     /// parse is Redshift's.
     fn source_of(&self, query: &str) -> Result<Source, PgError> {
-        let lake_schemas: Vec<String> = self
-            .engine
-            .schema_names()
-            .into_iter()
-            .map(|s| s.to_lowercase())
-            .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
-            .collect();
         let mut statements = match self.engine.parse(query) {
             Ok(s) => s,
             Err(e) if self.upstream.is_none() => return Err(e),
@@ -529,24 +522,13 @@ impl MatViews {
         if self.upstream.is_none() {
             return Ok(Source::Lake(Box::new(stmt)));
         }
-        let mut lake = 0;
-        let _ = datafusion::sql::sqlparser::ast::visit_relations(&stmt, |name| {
-            let parts: Vec<String> = name
-                .0
-                .iter()
-                .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
-                .collect();
-            if parts.len() >= 2 && lake_schemas.contains(&parts[parts.len() - 2]) {
-                lake += 1;
-            }
-            std::ops::ControlFlow::<()>::Continue(())
-        });
         // Naming the lake at all makes it a lake (or cross-engine) query; Redshift
         // tables in it are read through the refresh identity.
-        if lake == 0 {
-            Ok(Source::Redshift)
-        } else {
+        let lake = self.engine.lake_schemas();
+        if crate::route::references_lake(&stmt, |s| lake.contains(&s.to_lowercase())) {
             Ok(Source::Lake(Box::new(stmt)))
+        } else {
+            Ok(Source::Redshift)
         }
     }
 

@@ -96,7 +96,7 @@ impl Forwarding {
             params,
             held: None,
             lake_generation: shared.engine.lake_generation(),
-            lake_schemas: lake_schemas(shared),
+            lake_schemas: shared.engine.lake_schemas(),
             statements: HashSet::new(),
             portals: HashSet::new(),
             owed: 0,
@@ -213,18 +213,6 @@ fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
     true
 }
 
-/// The engine's lake schemas as a forwarding session routes by them. PostgreSQL's
-/// own schemas belong to the upstream in a forwarding session.
-fn lake_schemas(shared: &Shared) -> HashSet<String> {
-    shared
-        .engine
-        .schema_names()
-        .into_iter()
-        .map(|s| s.to_lowercase())
-        .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
-        .collect()
-}
-
 fn is_sluice_name(name: &str) -> bool {
     name.to_lowercase().starts_with("sluice.")
 }
@@ -329,7 +317,7 @@ impl Session {
             && fwd.lake_generation != generation
         {
             fwd.lake_generation = generation;
-            fwd.lake_schemas = lake_schemas(&self.shared);
+            fwd.lake_schemas = self.shared.engine.lake_schemas();
         }
     }
 

@@ -557,7 +557,7 @@ impl Session {
         }
     }
 
-    pub(super) fn note_bind(&mut self, frame: &Frame) {
+    fn note_bind(&mut self, frame: &Frame) {
         let Ok(bind) = frame::decode_bind(&frame.body) else {
             return;
         };

@@ -1004,7 +1004,7 @@ impl Session {
     }
 
     fn show_schema(name: &str) -> SchemaRef {
-        if let Some(columns) = forward::admin_columns(name) {
+        if let Some(columns) = forward::admin_columns(name).or_else(|| admin::columns(name)) {
             let text = |n: &&str| Field::new(*n, DataType::Utf8, true);
             Arc::new(Schema::new(columns.iter().map(text).collect::<Vec<_>>()))
         } else if name == IDENTITY {
@@ -1030,9 +1030,6 @@ impl Session {
                 text("partitions_fetched"),
                 text("listings"),
             ]))
-        } else if let Some(columns) = admin::columns(name) {
-            let text = |n: &&str| Field::new(*n, DataType::Utf8, true);
-            Arc::new(Schema::new(columns.iter().map(text).collect::<Vec<_>>()))
         } else if name == "all" {
             Arc::new(Schema::new(vec![
                 Field::new("name", DataType::Utf8, false),

@@ -451,8 +451,7 @@ impl Session {
         if !self.is_local_portal_message(frame) {
             return Ok(false);
         }
-        self.drain_upstream().await?;
-        if self.skip_until_sync {
+        if !self.upstream_answered().await? {
             return Ok(true);
         }
         Ok(self.local_portal_message(frame))
@@ -544,6 +543,13 @@ impl Session {
         true
     }
 
+    /// Makes the upstream answer everything forwarded so far, so a local answer
+    /// comes after them; `false` when one failed (the pipeline is void until Sync).
+    async fn upstream_answered(&mut self) -> Result<bool, Disconnect> {
+        self.drain_upstream().await?;
+        Ok(!self.skip_until_sync)
+    }
+
     /// The session's settings may differ from the upstream's: nothing it reads is
     /// cached any more.
     pub(super) fn cache_loses_track_of_settings(&mut self) {
@@ -602,8 +608,7 @@ impl Session {
             return Ok(false);
         };
         if self.cache.local_portals.contains_key(&msg.portal) {
-            self.drain_upstream().await?;
-            if !self.skip_until_sync {
+            if self.upstream_answered().await? {
                 self.execute_local_portal(&msg.portal, msg.max_rows);
             }
             self.conn.flush_if_full().await?;
@@ -658,8 +663,7 @@ impl Session {
         };
         if !upstream && !matches!(lookup, Lookup::Bypass) {
             // A local answer comes after everything forwarded before it.
-            self.drain_upstream().await?;
-            if self.skip_until_sync {
+            if !self.upstream_answered().await? {
                 return Ok(true);
             }
         }
@@ -668,8 +672,7 @@ impl Session {
             Lookup::Hit(body) => {
                 if upstream {
                     // Everything forwarded before is answered first, in order.
-                    self.drain_upstream().await?;
-                    if self.skip_until_sync {
+                    if !self.upstream_answered().await? {
                         return Ok(true);
                     }
                 } else if let Some(p) = self.portals.get_mut(&msg.portal) {

@@ -4,11 +4,17 @@
 //! 10-million-row result directly and through Sluice; then pg8000's own test suite
 //! (a real driver's tests) directly and through Sluice.
 //!
+//! Sluice runs twice: with its default session threads (one per core) and with one
+//! session thread, PgBouncer's own model. Each measurement is repeated in rounds that
+//! rotate the order of the four targets, and the medians are compared, because on a
+//! small shared machine one run of a few seconds varies by ±10%.
+//!
 //! All hops are plaintext on loopback, so the numbers compare the proxies, not TLS.
 //! Sluice uses `credentials = "static"` (no AWS API in the measured path: minted
 //! credentials are cached and only matter at connect time).
 //!
-//! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--skip-suite`).
+//! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--rounds N`,
+//! `--skip-suite`).
 //! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
 //! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
 
@@ -26,18 +32,21 @@ const CLIENT_COUNTS: [usize; 3] = [1, 8, 32];
 
 struct Args {
     seconds: u64,
+    rounds: usize,
     skip_suite: bool,
 }
 
 fn args() -> Args {
     let mut a = Args {
         seconds: 5,
+        rounds: 3,
         skip_suite: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
+            "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).unwrap_or(3).max(1),
             "--skip-suite" => a.skip_suite = true,
             _ => {}
         }
@@ -107,8 +116,11 @@ fn wait_listening(port: u16) -> Result<()> {
 }
 
 /// Sluice in-process, forwarding database `bench` (and `postgres`, for the driver
-/// suite) to PostgreSQL with static credentials.
-async fn start_sluice(pg_port: u16, dir: &Path) -> Result<u16> {
+/// suite) to PostgreSQL with static credentials; `threads`: `server.worker_threads`.
+async fn start_sluice(pg_port: u16, dir: &Path, threads: Option<usize>) -> Result<u16> {
+    let threads = threads
+        .map(|n| format!("worker_threads = {n}\n"))
+        .unwrap_or_default();
     std::fs::write(dir.join("bench.pw"), "bench\n")?;
     std::fs::write(dir.join("postgres.pw"), "pw\n")?;
     std::fs::create_dir_all(dir.join("lake"))?;
@@ -118,7 +130,7 @@ async fn start_sluice(pg_port: u16, dir: &Path) -> Result<u16> {
 listen = "127.0.0.1:0"
 database = "sluice"
 max_connections = 1000
-[server.tls]
+{threads}[server.tls]
 allow_plaintext = "loopback"
 [log]
 level = "warn"
@@ -173,6 +185,7 @@ password_file = "postgres.pw"
     Ok(port)
 }
 
+#[derive(Default)]
 struct PgbenchResult {
     tps: f64,
     latency_ms: f64,
@@ -197,6 +210,16 @@ fn pgbench(port: u16, clients: usize, mode: &str, seconds: u64) -> Result<Pgbenc
         tps: number("tps = ").ok_or_else(|| format!("no tps in pgbench output:\n{out}"))?,
         latency_ms: number("latency average = ").unwrap_or(f64::NAN),
     })
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Rows/s reading `rows` generated rows through a tokio-postgres client.
@@ -307,60 +330,74 @@ fn main() -> Result<()> {
         .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "bench"])
         .args(["-p", &pg.port.to_string(), "bench"]))?;
     let bouncer = Bouncer::start(pg.port)?;
-    // Sluice's own runtime: as many workers as cores by default (SLUICE_WORKERS overrides).
-    let workers = std::env::var("SLUICE_WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(2);
-    // As `server.worker_threads` does: one worker is a current-thread runtime.
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let runtime = builder.enable_all().build()?;
+    // The benchmark's runtime only hosts the accept loops: sessions run on each
+    // server's own session threads, as in `sluice serve`.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let dir = tempfile::tempdir()?;
-    let sluice = runtime.block_on(start_sluice(pg.port, dir.path()))?;
+    let one_dir = tempfile::tempdir()?;
+    let sluice = runtime.block_on(start_sluice(pg.port, dir.path(), None))?;
+    let sluice_one = runtime.block_on(start_sluice(pg.port, one_dir.path(), Some(1)))?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
 
     println!(
-        "pgbench -S, {} s per run (PostgreSQL 15, scale 10; all hops plaintext on loopback)",
-        args.seconds
+        "pgbench -S, median of {} rounds of {} s (PostgreSQL 15, scale 10; all hops plaintext on loopback; {cores} cores)",
+        args.rounds, args.seconds
     );
     println!(
-        "{:<9} {:>7} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "sluice: default session threads ({cores}); sluice-1: one session thread (PgBouncer's model)"
+    );
+    println!(
+        "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "mode",
         "clients",
-        "direct tps",
+        "direct",
         "bouncer",
         "sluice",
+        "sluice-1",
+        "b/direct",
         "s/direct",
-        "s/bouncer",
-        "lat direct",
-        "lat bouncer",
-        "lat sluice"
+        "s/bounc",
+        "s1/bounc",
+        "lat d",
+        "lat b",
+        "lat s",
+        "lat s1"
     );
+    let targets = [pg.port, bouncer.port, sluice, sluice_one];
     for mode in ["simple", "prepared"] {
         for clients in CLIENT_COUNTS {
-            let d = pgbench(pg.port, clients, mode, args.seconds)?;
-            let b = pgbench(bouncer.port, clients, mode, args.seconds)?;
-            let s = runtime.block_on(async {
-                tokio::task::spawn_blocking(move || pgbench(sluice, clients, mode, args.seconds))
-                    .await
-            })??;
+            let mut runs: [Vec<PgbenchResult>; 4] = Default::default();
+            for round in 0..args.rounds {
+                // Rotate the order so no target always runs first (or right after
+                // another target's load).
+                for i in 0..targets.len() {
+                    let t = (i + round) % targets.len();
+                    runs[t].push(pgbench(targets[t], clients, mode, args.seconds)?);
+                }
+            }
+            let tps = runs.each_ref().map(|r| median(r.iter().map(|x| x.tps)));
+            let lat = runs
+                .each_ref()
+                .map(|r| median(r.iter().map(|x| x.latency_ms)));
             println!(
-                "{:<9} {:>7} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>8.3}ms {:>8.3}ms {:>8.3}ms",
+                "{:<9} {:>7} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.3}ms {:>6.3}ms {:>6.3}ms {:>6.3}ms",
                 mode,
                 clients,
-                d.tps,
-                b.tps,
-                s.tps,
-                s.tps / d.tps,
-                s.tps / b.tps,
-                d.latency_ms,
-                b.latency_ms,
-                s.latency_ms
+                tps[0],
+                tps[1],
+                tps[2],
+                tps[3],
+                tps[1] / tps[0],
+                tps[2] / tps[0],
+                tps[2] / tps[1],
+                tps[3] / tps[1],
+                lat[0],
+                lat[1],
+                lat[2],
+                lat[3]
             );
         }
     }
@@ -397,10 +434,7 @@ fn main() -> Result<()> {
         } else {
             let tests = pg8000_tests()?;
             let (direct_pass, direct_fail) = pg8000_suite(&tests, pg.port)?;
-            let sluice_port = sluice;
-            let (sluice_pass, sluice_fail) = runtime.block_on(async move {
-                tokio::task::spawn_blocking(move || pg8000_suite(&tests, sluice_port)).await
-            })??;
+            let (sluice_pass, sluice_fail) = pg8000_suite(&tests, sluice)?;
             println!("\npg8000 1.31.6 own tests (native + dbapi, without benchmarks/GSS/SSL):");
             println!(
                 "direct:  {direct_pass} passed, {} failed",

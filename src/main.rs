@@ -247,20 +247,13 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             sluice::admin::init_logging(&config.log.level);
-            // Generous stacks (virtual memory, committed only when used): SQL parsing
-            // and planning recurse with the depth of the statement.
-            // One worker: a current-thread runtime (no work-stealing machinery; on
-            // small machines this relays the most per CPU second).
-            let mut builder = match config.server.worker_threads {
-                Some(1) => tokio::runtime::Builder::new_current_thread(),
-                Some(n) => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(n);
-                    b
-                }
-                None => tokio::runtime::Builder::new_multi_thread(),
-            };
-            let runtime = match builder
+            // The control runtime: accepting, background refreshes, AWS calls. Sessions
+            // run on the server's own session threads (`server.worker_threads`).
+            // Generous stacks (virtual memory, committed only when used): view
+            // refreshes parse and plan SQL, which recurses with the statement's depth.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("sluice-control")
                 .enable_all()
                 .thread_stack_size(16 * 1024 * 1024)
                 .build()
@@ -271,55 +264,36 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let current_thread = config.server.worker_threads == Some(1);
-            let serve = move || {
-                runtime.block_on(async move {
-                    let server = match sluice::server::Server::bind(config).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!("cannot start: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    };
-                    match server.local_addr() {
-                        Ok(addr) => tracing::info!(%addr, "Sluice is listening"),
-                        Err(e) => tracing::warn!(error = %e, "listening (address unknown)"),
+            runtime.block_on(async move {
+                let server = match sluice::server::Server::bind(config).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot start: {e}");
+                        return ExitCode::FAILURE;
                     }
-                    #[cfg(unix)]
-                    {
-                        use tokio::signal::unix::{SignalKind, signal};
-                        let shared = server.shared();
-                        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-                            tokio::spawn(async move {
-                                while hup.recv().await.is_some() {
-                                    sluice::server::reload_and_log(&shared, "SIGHUP");
-                                }
-                            });
-                        }
-                    }
-                    tokio::select! {
-                        _ = server.run() => {}
-                        _ = shutdown_signal() => tracing::info!("shutting down"),
-                    }
-                    ExitCode::SUCCESS
-                })
-            };
-            if !current_thread {
-                return serve();
-            }
-            // A current-thread runtime runs every session on the thread that calls
-            // block_on: give it the same generous stack as worker threads.
-            match std::thread::Builder::new()
-                .name("sluice-worker".into())
-                .stack_size(16 * 1024 * 1024)
-                .spawn(serve)
-            {
-                Ok(thread) => thread.join().unwrap_or(ExitCode::FAILURE),
-                Err(e) => {
-                    eprintln!("sluice: cannot start the worker thread: {e}");
-                    ExitCode::FAILURE
+                };
+                match server.local_addr() {
+                    Ok(addr) => tracing::info!(%addr, "Sluice is listening"),
+                    Err(e) => tracing::warn!(error = %e, "listening (address unknown)"),
                 }
-            }
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let shared = server.shared();
+                    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                        tokio::spawn(async move {
+                            while hup.recv().await.is_some() {
+                                sluice::server::reload_and_log(&shared, "SIGHUP");
+                            }
+                        });
+                    }
+                }
+                tokio::select! {
+                    _ = server.run() => {}
+                    _ = shutdown_signal() => tracing::info!("shutting down"),
+                }
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -79,8 +79,8 @@ pub struct ServerConfig {
     /// Seconds a client may take from connect to finished authentication.
     #[serde(default = "default_auth_timeout")]
     pub auth_timeout_secs: u64,
-    /// Threads serving connections (wire, TLS, relay); default: one per core. Lake
-    /// queries run on their own threads whatever this says.
+    /// Threads serving connections (wire, TLS, relay), each session pinned to one;
+    /// default: one per core. Lake queries run on their own threads whatever this says.
     pub worker_threads: Option<usize>,
 }
 

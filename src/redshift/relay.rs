@@ -7,12 +7,10 @@
 //! client goes the other way the same way.
 
 use std::io;
-use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::sync::Notify;
 
-use crate::redshift::wire::{self, UpstreamConn};
+use crate::redshift::wire::UpstreamConn;
 use crate::server::connection::{Connection, Disconnect, FLUSH_THRESHOLD};
 use crate::server::frame;
 
@@ -61,8 +59,8 @@ pub fn answers_owed(tag: u8) -> usize {
     }
 }
 
-/// Relays until `until`; `owed` counts down as answers arrive. A CancelRequest for
-/// the client's session (`cancel`) is passed on to the upstream backend.
+/// Relays until `until`; `owed` counts down as answers arrive. (A CancelRequest for
+/// the client's session goes to the upstream backend through the cancel registry.)
 ///
 /// `extended`: the statement came through the extended protocol, where a client
 /// follows COPY data with a Sync (the upstream ignored any Sync sent during COPY).
@@ -71,11 +69,8 @@ pub async fn relay(
     up: &mut UpstreamConn,
     mut until: Until,
     owed: &mut usize,
-    cancel: &Arc<Notify>,
     extended: bool,
 ) -> Result<Outcome, RelayError> {
-    let canceled = cancel.notified();
-    tokio::pin!(canceled);
     let mut fatal = false;
     loop {
         if until == Until::Answered && *owed == 0 {
@@ -85,22 +80,7 @@ pub async fn relay(
             // About to wait for the upstream: let the client have what we have.
             client.flush().await.map_err(Disconnect::from)?;
         }
-        let next = tokio::select! {
-            biased;
-            _ = &mut canceled => {
-                canceled.set(cancel.notified());
-                if let Some(target) = up.cancel.clone() {
-                    tokio::spawn(async move {
-                        if let Err(e) = wire::send_cancel(&target).await {
-                            tracing::warn!(error = %e.message, "forwarding a cancel request failed");
-                        }
-                    });
-                }
-                continue;
-            }
-            next = up.read_message() => next,
-        };
-        let (tag, len) = match next {
+        let (tag, len) = match up.read_message().await {
             Ok(m) => {
                 tracing::trace!(tag = %(m.0 as char), owed = *owed, "upstream message");
                 m
@@ -116,6 +96,7 @@ pub async fn relay(
             b'Z' => {
                 let status = up.message(len).get(5).copied().unwrap_or(b'I');
                 up.status = status;
+                up.provoked_errors = 0;
                 up.move_to(len, &mut client.out);
                 return Ok(Outcome::Ready(status));
             }
@@ -128,6 +109,11 @@ pub async fn relay(
                     let body = body.to_vec();
                     up.consume(len);
                     write_as_error(&body, &mut client.out);
+                    continue;
+                }
+                if up.provoked_errors > 0 {
+                    up.provoked_errors -= 1;
+                    up.consume(len);
                     continue;
                 }
                 up.move_to(len, &mut client.out);

@@ -106,6 +106,9 @@ pub struct UpstreamConn {
     pub parameters: Vec<(String, String)>,
     /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
+    /// Errors Sluice provoked itself before the next ReadyForQuery (to fail an
+    /// implicit transaction, see `session::forward`): consumed, never relayed.
+    pub provoked_errors: usize,
 }
 
 /// A failure to open an upstream session, already phrased for the client.
@@ -133,6 +136,7 @@ impl UpstreamConn {
             cancel: None,
             parameters: Vec::new(),
             status: b'I',
+            provoked_errors: 0,
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", user)];
         startup.extend(params.iter().copied().filter(|(k, _)| *k != "user"));

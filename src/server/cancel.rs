@@ -1,6 +1,10 @@
 //! CancelRequest support: every session registers a (process id, secret key) pair;
 //! a cancel arriving on another connection with the right pair interrupts the
 //! statement that session is running, and nothing else.
+//!
+//! A forwarding session also publishes its upstream backend's cancel key while it
+//! holds an upstream session; a cancel is then passed straight on to that backend
+//! (as PgBouncer does), so the relay never has to watch for cancels itself.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -10,9 +14,20 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
+use crate::redshift::wire::{self, CancelTarget};
+
+/// The upstream backend a session's cancel goes to, while it holds one.
+pub type UpstreamCancel = Arc<Mutex<Option<CancelTarget>>>;
+
+struct Registered {
+    secret: i32,
+    signal: Arc<Notify>,
+    upstream: UpstreamCancel,
+}
+
 #[derive(Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, (i32, Arc<Notify>)>>,
+    sessions: Mutex<HashMap<i32, Registered>>,
     next_pid: AtomicI32,
 }
 
@@ -22,6 +37,18 @@ pub struct CancelHandle {
     pub pid: i32,
     pub secret: i32,
     pub signal: Arc<Notify>,
+    /// Set while the session holds an upstream session (see the module docs).
+    pub upstream: UpstreamCancel,
+}
+
+impl CancelHandle {
+    /// Publishes (or, with `None`, withdraws) the upstream backend to cancel.
+    pub fn set_upstream(&self, target: Option<CancelTarget>) {
+        match self.upstream.lock() {
+            Ok(mut t) => *t = target,
+            Err(p) => *p.into_inner() = target,
+        }
+    }
 }
 
 impl Drop for CancelHandle {
@@ -43,6 +70,7 @@ impl CancelRegistry {
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         let secret: i32 = rand::thread_rng().r#gen();
         let signal = Arc::new(Notify::new());
+        let upstream = UpstreamCancel::default();
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
             let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
@@ -50,25 +78,47 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        map.insert(pid, (secret, signal.clone()));
+        map.insert(
+            pid,
+            Registered {
+                secret,
+                signal: signal.clone(),
+                upstream: upstream.clone(),
+            },
+        );
         CancelHandle {
             registry: self.clone(),
             pid,
             secret,
             signal,
+            upstream,
         }
     }
 
-    /// Interrupts the statement running in session `pid` if `secret` matches.
+    /// Interrupts the statement running in session `pid` if `secret` matches: the
+    /// session's own work, and its upstream backend's if it holds one.
     pub fn cancel(&self, pid: i32, secret: i32) -> bool {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&pid) {
-            Some((s, signal)) if bool::from(s.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
-                signal.notify_waiters();
-                true
-            }
-            _ => false,
+        let Some(session) = map.get(&pid) else {
+            return false;
+        };
+        if !bool::from(session.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
+            return false;
         }
+        session.signal.notify_waiters();
+        let target = session
+            .upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let (Some(target), Ok(runtime)) = (target, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                if let Err(e) = wire::send_cancel(&target).await {
+                    tracing::warn!(error = %e.message, "forwarding a cancel request failed");
+                }
+            });
+        }
+        true
     }
 
     pub fn len(&self) -> usize {

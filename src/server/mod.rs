@@ -10,6 +10,7 @@ pub mod frame;
 pub mod session;
 pub mod settings;
 pub mod startup;
+pub mod threads;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ impl Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    threads: threads::SessionThreads,
 }
 
 impl Server {
@@ -114,8 +116,17 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("server.listen: cannot listen on {addr}: {e}"))?;
+        let count = config.server.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        let threads = threads::SessionThreads::start(count)
+            .map_err(|e| format!("cannot start {count} session threads: {e}"))?;
+        tracing::debug!(threads = threads.len(), "session threads started");
         Ok(Server {
             listener,
+            threads,
             shared: Arc::new(Shared {
                 access: std::sync::RwLock::new(Arc::new(config.access_rules())),
                 config,
@@ -140,8 +151,9 @@ impl Server {
         self.shared.clone()
     }
 
-    /// Accepts clients until the task is dropped. Each connection runs in its own task,
-    /// so a failing or misbehaving client never affects another.
+    /// Accepts clients until the task is dropped. Each connection runs in its own task
+    /// on one of the session threads, so a failing or misbehaving client never
+    /// affects another.
     pub async fn run(self) {
         let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
         tokio::spawn(watch_config(Arc::downgrade(&self.shared)));
@@ -157,7 +169,22 @@ impl Server {
             };
             let shared = self.shared.clone();
             let permit = limit.clone().try_acquire_owned();
-            tokio::spawn(async move {
+            // The socket moves to the session's thread and registers there.
+            let tcp = match tcp.into_std() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+                    continue;
+                }
+            };
+            self.threads.spawn(async move {
+                let tcp = match TcpStream::from_std(tcp) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot register a connection");
+                        return;
+                    }
+                };
                 match permit {
                     Ok(_permit) => serve_connection(tcp, peer, shared).await,
                     Err(_) => refuse_busy(tcp, &shared).await,

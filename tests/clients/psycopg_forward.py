@@ -72,3 +72,21 @@ with psycopg.connect(conninfo, autocommit=True) as conn:
     assert conn.execute("SELECT 41 + 1").fetchone()[0] == 42
     assert conn.execute("SELECT count(*) > 0 FROM nyc.vendors").fetchone()[0] is True
     print("OK pipeline error")
+
+    # A lake statement failing in a pipeline rolls back the upstream statements that
+    # ran before it in the same implicit transaction (up to the Sync), as PostgreSQL
+    # does with any failing statement.
+    try:
+        with conn.pipeline():
+            conn.execute("INSERT INTO items VALUES (9001, 'ghost', 1)")
+            conn.execute("SELECT * FROM nyc.no_such_table")
+        raise AssertionError("the pipeline should have failed")
+    except psycopg.errors.UndefinedTable:
+        pass
+    assert conn.execute("SELECT count(*) FROM items WHERE id = 9001").fetchone()[0] == 0
+    # …while the same pipeline without the failure commits.
+    with conn.pipeline():
+        conn.execute("INSERT INTO items VALUES (9002, 'kept', 1)")
+        conn.execute("SELECT count(*) FROM nyc.vendors")
+    assert conn.execute("SELECT count(*) FROM items WHERE id = 9002").fetchone()[0] == 1
+    print("OK pipeline lake error rolls back")

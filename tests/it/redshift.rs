@@ -895,7 +895,7 @@ async fn psycopg_pipelines_copies_and_cursors_through_forwarding() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("OK ")).count(),
-        8,
+        9,
         "{stdout}"
     );
 }

@@ -39,8 +39,10 @@ pub(super) struct Forwarding {
     /// Upstream tables for cross-engine statements, under this session's identity.
     pub(super) remote: crate::redshift::table::RemoteCatalog,
     /// Prepared statements and portals that live upstream.
-    pub(super) statements: HashSet<String>,
-    pub(super) portals: HashSet<String>,
+    // Looked up on every Bind and Execute: foldhash, not SipHash (a client can only
+    // slow its own session with colliding names).
+    pub(super) statements: foldhash::HashSet<String>,
+    pub(super) portals: foldhash::HashSet<String>,
     /// Answers the upstream still owes for forwarded extended-protocol messages.
     pub(super) owed: usize,
     /// Extended-protocol messages were forwarded since the last Sync.
@@ -53,6 +55,10 @@ pub(super) struct Forwarding {
     /// The upstream session broke inside a transaction: until the client ends it,
     /// forwarded statements fail with 25P02 rather than silently autocommit.
     pub(super) lost_in_tx: bool,
+    /// A statement Sluice answered failed after upstream statements of the same
+    /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
+    /// back, as PostgreSQL does, instead of committing them.
+    pub(super) void_pipeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +103,14 @@ impl Forwarding {
             held: None,
             lake_generation: shared.engine.lake_generation(),
             lake_schemas: shared.engine.lake_schemas(),
-            statements: HashSet::new(),
-            portals: HashSet::new(),
+            statements: foldhash::HashSet::default(),
+            portals: foldhash::HashSet::default(),
             owed: 0,
             pending_sync: false,
             in_flight: false,
             abort_tx: false,
             lost_in_tx: false,
+            void_pipeline: false,
         })
     }
 }
@@ -135,14 +142,16 @@ const LOCAL_LEADING_WORDS: &[&str] = &[
 fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
     // Non-ASCII text may hold Unicode whitespace the parser skips (`nyc\u{2003}.t`),
     // and \x0B is whitespace to the parser but not to `is_ascii_whitespace`.
-    if sql.contains("--")
-        || sql.contains("/*")
-        || sql.contains('$')
-        || sql.contains('\\')
-        || !sql.is_ascii()
-        || sql.contains('\x0B')
-    {
-        return false;
+    // One pass over the bytes (this runs for every simple query a writer sends).
+    let b = sql.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'$' | b'\\' | 0x0B | 0x80..=0xFF => return false,
+            b'-' | b'/' if b.get(i + 1) == Some(if c == b'-' { &b'-' } else { &b'*' }) => {
+                return false;
+            }
+            _ => {}
+        }
     }
     // A `;` inside a string starts a fake statement here: only ever more cautious.
     for statement in sql.split(';') {
@@ -159,7 +168,6 @@ fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
             return false;
         }
     }
-    let b = sql.as_bytes();
     let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
     let followed_by_dot = |mut i: usize| {
         while b.get(i).is_some_and(u8::is_ascii_whitespace) {
@@ -400,8 +408,7 @@ impl Session {
                 let Ok(sql) = frame::decode_query(&frame.body) else {
                     return Ok(false);
                 };
-                let sql = sql.to_owned();
-                match self.text_target(&sql) {
+                match self.text_target(sql) {
                     Ok(t) => t == Target::Upstream,
                     Err(e) => {
                         self.fail(&e);
@@ -493,6 +500,7 @@ impl Session {
             b'Q' => self.forward_simple(frame).await?,
             b'S' => {
                 self.skip_until_sync = false;
+                self.fail_upstream_pipeline();
                 self.put_upstream(frame);
                 if let Some(Outcome::Ready(_)) = self.relay_upstream(Until::Ready, true).await? {
                     // The upstream's ReadyForQuery is already relayed.
@@ -595,6 +603,8 @@ impl Session {
                 upstream.open(&identity, &params, write).await
             })
             .await?;
+            // From now on a cancel for this session goes to this upstream backend.
+            self.cancel.set_upstream(held.conn.cancel.clone());
             self.forward.as_mut().expect("forwarding session").held = Some(held);
         }
         Ok(())
@@ -637,7 +647,6 @@ impl Session {
                     &mut held.conn,
                     until,
                     &mut fwd.owed,
-                    &self.cancel.signal,
                     extended,
                 )
                 .await
@@ -684,6 +693,9 @@ impl Session {
         };
         tracing::warn!(upstream = %fwd.upstream.name(), error = %error, "upstream session lost");
         let in_tx = fwd.held.as_ref().is_some_and(|h| h.conn.status != b'I');
+        // Withdrawn before the session can go back to the pool: a late cancel must
+        // not reach the next client's statements.
+        self.cancel.set_upstream(None);
         if let Some(held) = fwd.held.take() {
             let upstream = fwd.upstream.clone();
             tokio::spawn(async move { upstream.release(held, false).await });
@@ -692,6 +704,7 @@ impl Session {
         fwd.portals.clear();
         fwd.owed = 0;
         fwd.pending_sync = false;
+        fwd.void_pipeline = false;
         if in_tx {
             fwd.lost_in_tx = true;
         }
@@ -713,6 +726,40 @@ impl Session {
         }
     }
 
+    /// Called when a statement Sluice answers fails outside a transaction block: if
+    /// upstream statements of this pipeline ran since the last Sync, they are in the
+    /// upstream's implicit transaction, which must not commit.
+    pub(super) fn void_upstream_pipeline(&mut self) {
+        if let Some(fwd) = self.forward.as_mut()
+            && fwd.pending_sync
+        {
+            fwd.void_pipeline = true;
+        }
+    }
+
+    /// Before forwarding a Sync for a voided pipeline: an Execute of a portal that
+    /// does not exist makes the upstream fail (34000, swallowed by the relay), so the
+    /// Sync rolls the implicit transaction back. The portal name is checked against
+    /// the client's upstream portals, so no real portal can run.
+    fn fail_upstream_pipeline(&mut self) {
+        let Some(fwd) = self.forward.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut fwd.void_pipeline) {
+            return;
+        }
+        let Some(held) = fwd.held.as_mut() else {
+            return;
+        };
+        let mut portal = String::from("sluice: roll back this pipeline");
+        while fwd.portals.contains(&portal) {
+            portal.push('_');
+        }
+        if postgres_protocol::message::frontend::execute(&portal, 0, &mut held.conn.out).is_ok() {
+            held.conn.provoked_errors += 1;
+        }
+    }
+
     /// Rolls the upstream transaction back; the client's block stays failed (25P02)
     /// until it ends it, and its COMMIT then reports ROLLBACK, as PostgreSQL's does.
     async fn roll_back_upstream(&mut self) {
@@ -724,6 +771,7 @@ impl Session {
             && held.conn.run_quietly("ROLLBACK").await.is_err()
         {
             tracing::warn!(upstream = %fwd.upstream.name(), "rolling back the upstream transaction failed; closing its session");
+            self.cancel.set_upstream(None);
             if let Some(held) = fwd.held.take() {
                 let upstream = fwd.upstream.clone();
                 tokio::spawn(async move { upstream.release(held, false).await });
@@ -739,6 +787,7 @@ impl Session {
         let Some(mut fwd) = self.forward.take() else {
             return;
         };
+        self.cancel.set_upstream(None);
         if let Some(held) = fwd.held.take() {
             // Mid-statement or mid-transaction sessions are closed, never reused.
             let clean =

@@ -399,10 +399,7 @@ impl Session {
             return Ok(());
         }
         match frame::decode_query(&frame.body) {
-            Ok(sql) => {
-                let sql = sql.to_owned();
-                self.simple_query(&sql).await?;
-            }
+            Ok(sql) => self.simple_query(sql).await?,
             Err(e) if e.severity == Severity::Fatal => return Err(Disconnect::Protocol(e)),
             // e.g. invalid UTF-8: the statement fails, the session carries on.
             Err(e) => self.fail(&e),
@@ -421,6 +418,9 @@ impl Session {
             self.tx = Tx::Failed;
             // A failed lake statement fails the upstream's transaction block too.
             self.abort_upstream_transaction();
+        } else if self.tx == Tx::Idle {
+            // …and the upstream's implicit transaction of the same pipeline.
+            self.void_upstream_pipeline();
         }
     }
 

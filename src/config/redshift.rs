@@ -29,6 +29,12 @@ pub struct RedshiftConfig {
     /// PEM bundle of CAs trusted for the upstream's certificate; default: the
     /// system's trust store (Redshift certificates chain to public Amazon roots).
     pub ca_file: Option<PathBuf>,
+    /// Answer an upstream that asks for a cleartext or MD5 password although its
+    /// certificate is not verified (`tls = "require"` or `"disable"`). Off by
+    /// default: whoever sits between Sluice and such an upstream could read the
+    /// password (cleartext) or attack it offline (MD5). SCRAM is always allowed.
+    #[serde(default)]
+    pub allow_unverified_password: bool,
     pub credentials: CredentialMode,
     /// GetClusterCredentials `AutoCreate`: create the database user on first login.
     #[serde(default)]

@@ -89,6 +89,7 @@ impl Upstream {
                 host: h.clone(),
                 port: p,
                 tls: tls.clone(),
+                weak_password_ok: weak_password_ok(&config),
             }),
             _ => None,
         };
@@ -116,6 +117,7 @@ impl Upstream {
             host,
             port,
             tls: self.tls.clone(),
+            weak_password_ok: weak_password_ok(&self.config),
         };
         *known = Some(e.clone());
         Ok(e)
@@ -264,6 +266,13 @@ fn client_tls(
             .with_no_client_auth(),
     };
     Ok(config)
+}
+
+/// Cleartext and MD5 passwords go only to upstreams whose certificate is verified,
+/// unless the config says the network is trusted.
+fn weak_password_ok(config: &RedshiftConfig) -> bool {
+    config.allow_unverified_password
+        || matches!(config.tls, UpstreamTls::VerifyFull | UpstreamTls::VerifyCa)
 }
 
 /// `verify-ca`: the chain must verify; the name need not match (like libpq).

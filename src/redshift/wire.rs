@@ -30,6 +30,9 @@ pub struct Endpoint {
     pub port: u16,
     /// `None`: plaintext (tls = "disable").
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether a cleartext or MD5 password may be sent here: the certificate is
+    /// verified, or the config allows it (`allow_unverified_password`).
+    pub weak_password_ok: bool,
 }
 
 impl std::fmt::Display for Endpoint {
@@ -109,6 +112,32 @@ pub struct UpstreamConn {
     /// Errors Sluice provoked itself before the next ReadyForQuery (to fail an
     /// implicit transaction, see `session::forward`): consumed, never relayed.
     pub provoked_errors: usize,
+}
+
+/// The upstream asked for a password form that exposes it to whoever is in between,
+/// and nothing proves the upstream is who it claims to be.
+fn weak_password_refused(endpoint: &Endpoint, code: i32) -> PgError {
+    let (how, risk) = if code == 3 {
+        (
+            "in cleartext",
+            "would hand the password to anyone in between",
+        )
+    } else {
+        ("as an MD5 hash", "would expose it to offline guessing")
+    };
+    let tls = if endpoint.tls.is_some() {
+        "its certificate is not verified (tls = \"require\")"
+    } else {
+        "the connection is not encrypted (tls = \"disable\")"
+    };
+    connect_error(
+        endpoint,
+        format!("the upstream asked for the password {how} but {tls}; sending it {risk}"),
+    )
+    .with_hint(
+        "use tls = \"verify-full\" (or \"verify-ca\") with the upstream's CA, SCRAM authentication \
+         on the upstream, or set allow_unverified_password = true for a trusted network",
+    )
 }
 
 /// A failure to open an upstream session, already phrased for the client.
@@ -194,6 +223,9 @@ impl UpstreamConn {
                     let data = &body[4..];
                     match code {
                         0 => return Ok(()),
+                        3 | 5 if !endpoint.weak_password_ok => {
+                            return Err(weak_password_refused(endpoint, code));
+                        }
                         3 => frontend::password_message(password.as_bytes(), &mut self.out)
                             .map_err(io_err)?,
                         5 if data.len() >= 4 => {

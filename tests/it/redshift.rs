@@ -67,7 +67,10 @@ const SETUP_SQL: &str = "\
     CREATE ROLE \"IAM:alice\" LOGIN IN ROLE iam_users;\
     CREATE ROLE \"IAM:bob\" LOGIN IN ROLE iam_users;\
     CREATE ROLE \"IAM:sluice_refresh\" LOGIN IN ROLE iam_users;\
-    CREATE ROLE etl LOGIN PASSWORD 'etl-secret';";
+    CREATE ROLE etl LOGIN PASSWORD 'etl-secret';\
+    CREATE ROLE etl_plain LOGIN PASSWORD 'etl-secret';\
+    SET password_encryption = 'md5';\
+    CREATE ROLE etl_md5 LOGIN PASSWORD 'etl-secret';";
 
 const DEV_SQL: &str = "\
     CREATE TABLE public.sales (id int PRIMARY KEY, region text NOT NULL, amount numeric(10,2));\
@@ -79,7 +82,10 @@ const DEV_SQL: &str = "\
 impl Rig {
     pub(crate) async fn start(opts: Options) -> Rig {
         let pg = Postgres::start(
-            "hostssl all +iam_users 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256",
+            "hostssl all +iam_users 127.0.0.1/32 trust\n\
+             host all etl_plain 127.0.0.1/32 password\n\
+             host all etl_md5 127.0.0.1/32 md5\n\
+             host all all 127.0.0.1/32 scram-sha-256",
         )
         .expect("PostgreSQL starts");
         pg.sql("postgres", SETUP_SQL).expect("roles");
@@ -818,15 +824,66 @@ async fn a_glue_database_mounted_by_a_refresh_routes_to_the_lake_in_open_session
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_credentials_log_in_with_scram_and_psql_works_through() {
     // A second upstream in static mode (SCRAM login, TLS without verification),
-    // chosen by connecting to database "etl".
+    // chosen by connecting to database "etl"; three more whose logins ask for a
+    // cleartext or MD5 password over that unverified TLS.
+    let static_upstream = |name: &str, user: &str, more: &str| {
+        format!(
+            "[[redshift]]\nname = \"{name}\"\ndatabase = \"dev\"\nhost = \"127.0.0.1\"\n\
+             port = {{pgport}}\ncredentials = \"static\"\nuser = \"{user}\"\n\
+             password_env = \"ETL_PASSWORD\"\ntls = \"require\"\n{more}"
+        )
+    };
     let rig = Rig::start(Options {
-        extra: "[[redshift]]\nname = \"etl\"\ndatabase = \"dev\"\nhost = \"127.0.0.1\"\n\
-                port = {pgport}\ncredentials = \"static\"\nuser = \"etl\"\n\
-                password_env = \"ETL_PASSWORD\"\ntls = \"require\"\n"
-            .into(),
+        extra: [
+            static_upstream("etl", "etl", ""),
+            static_upstream("plain", "etl_plain", ""),
+            static_upstream("md5", "etl_md5", ""),
+            static_upstream("md5ok", "etl_md5", "allow_unverified_password = true\n"),
+        ]
+        .concat(),
         ..Options::default()
     })
     .await;
+    let connect_to = |db: &str| {
+        let url = format!(
+            "host=127.0.0.1 port={} dbname={db} user=bob password=bob-pw sslmode=disable",
+            rig.port
+        );
+        async move {
+            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("login");
+            tokio::spawn(conn);
+            client
+        }
+    };
+    // Cleartext and MD5 passwords are not sent to an upstream nobody verified…
+    for (db, how) in [("plain", "in cleartext"), ("md5", "as an MD5 hash")] {
+        let client = connect_to(db).await;
+        let err = client
+            .simple_query("SELECT current_user")
+            .await
+            .expect_err("refused");
+        assert_eq!(sqlstate(&err), "08001", "{err:?}");
+        let db_err = err.as_db_error().expect("server error");
+        assert!(
+            db_err.message().contains(how) && db_err.message().contains("not verified"),
+            "{}",
+            db_err.message()
+        );
+        assert!(
+            db_err
+                .hint()
+                .is_some_and(|h| h.contains("allow_unverified_password")),
+            "{db_err:?}"
+        );
+        assert!(!db_err.message().contains("etl-secret"));
+        // The session stays up for lake queries.
+        assert_ne!(scalar(&client, "SELECT count(*) FROM nyc.zones").await, "0");
+    }
+    // …unless the config says the network is trusted.
+    assert_eq!(
+        scalar(&connect_to("md5ok").await, "SELECT current_user").await,
+        "etl_md5"
+    );
     let url = format!(
         "host=127.0.0.1 port={} dbname=etl user=bob password=bob-pw sslmode=require",
         rig.port

@@ -99,6 +99,10 @@ impl Bouncer {
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        // The child is `runuser`; PgBouncer itself is stopped through its pidfile.
+        if let Ok(pid) = std::fs::read_to_string(self._dir.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -85,6 +85,16 @@ pub struct PoolStats {
 /// How long an idle session may sit before it is checked with a round trip on reuse.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(30);
 
+/// A parked session opened on this thread if there is one (its socket's wake-ups stay
+/// on this thread), else the most recently parked.
+fn take_local_first(parked: &mut Vec<Idle>) -> Option<Idle> {
+    let here = std::thread::current().id();
+    match parked.iter().rposition(|i| i.conn.home == here) {
+        Some(i) => Some(parked.remove(i)),
+        None => parked.pop(),
+    }
+}
+
 impl Pool {
     pub fn new(upstream: &str, config: PoolConfig) -> Arc<Pool> {
         let pool = Arc::new(Pool {
@@ -148,7 +158,7 @@ impl Pool {
             // acquire gives it back).
             let (reused, reserved, evicted) = {
                 let mut s = self.lock();
-                if let Some(idle) = s.idle.get_mut(key).and_then(Vec::pop) {
+                if let Some(idle) = s.idle.get_mut(key).and_then(take_local_first) {
                     s.idle.retain(|_, v| !v.is_empty());
                     (Some((idle, self.slot(key))), None, None)
                 } else {

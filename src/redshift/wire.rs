@@ -101,6 +101,9 @@ pub struct CancelTarget {
 /// An authenticated upstream connection, ready for queries.
 pub struct UpstreamConn {
     stream: Stream,
+    /// The thread whose runtime the socket is registered with (the session thread
+    /// that opened it): the pool hands parked sessions back to that thread first.
+    pub home: std::thread::ThreadId,
     input: BytesMut,
     /// Messages to send; written by [`UpstreamConn::flush`].
     pub out: BytesMut,
@@ -160,6 +163,7 @@ impl UpstreamConn {
         let stream = open_stream(endpoint).await?;
         let mut conn = UpstreamConn {
             stream,
+            home: std::thread::current().id(),
             input: BytesMut::with_capacity(16 * 1024),
             out: BytesMut::with_capacity(4096),
             cancel: None,

@@ -398,7 +398,7 @@ impl Session {
             .as_ref()
             .is_some_and(|f| f.abort_tx && !f.pending_sync && f.owed == 0)
         {
-            self.roll_back_upstream().await;
+            Box::pin(self.roll_back_upstream()).await;
         }
         let Some(fwd) = self.forward.as_mut() else {
             return Ok(false);
@@ -599,9 +599,11 @@ impl Session {
             let cancel = self.cancel.signal.clone();
             let write = self.policy.write;
             // Waiting for a pool slot or a mint is interruptible by a cancel request.
-            let held = super::cancellable(cancel, async move {
+            // Boxed: opening (minting, TLS, login) is a large future that would
+            // otherwise be part of every forwarded message's future.
+            let held = Box::pin(super::cancellable(cancel, async move {
                 upstream.open(&identity, &params, write).await
-            })
+            }))
             .await?;
             // From now on a cancel for this session goes to this upstream backend.
             self.cancel.set_upstream(held.conn.cancel.clone());

@@ -369,10 +369,12 @@ impl Session {
             b'd' | b'c' | b'f' => {}
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 let result = match frame.tag {
-                    b'P' => self.parse(&frame).await,
+                    // Local work is boxed so the forwarding path's futures stay
+                    // small (they are built for every message a client sends).
+                    b'P' => Box::pin(self.parse(&frame)).await,
                     b'B' => self.bind(&frame),
                     b'D' => self.describe(&frame),
-                    b'E' => self.execute(&frame).await,
+                    b'E' => Box::pin(self.execute(&frame)).await,
                     _ => self.close(&frame),
                 };
                 if let Err(e) = result {
@@ -399,7 +401,7 @@ impl Session {
             return Ok(());
         }
         match frame::decode_query(&frame.body) {
-            Ok(sql) => self.simple_query(sql).await?,
+            Ok(sql) => Box::pin(self.simple_query(sql)).await?,
             Err(e) if e.severity == Severity::Fatal => return Err(Disconnect::Protocol(e)),
             // e.g. invalid UTF-8: the statement fails, the session carries on.
             Err(e) => self.fail(&e),

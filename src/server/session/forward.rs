@@ -671,6 +671,10 @@ impl Session {
                     };
                     if self.tx == Tx::Idle {
                         self.portals.retain(|_, p| p.hold);
+                        // Before the client sees this ReadyForQuery: once it knows
+                        // the transaction committed, no session may still be served
+                        // what the transaction changed.
+                        self.invalidate_at_transaction_end();
                     }
                 }
                 Ok(Some(outcome))

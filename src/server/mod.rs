@@ -123,7 +123,7 @@ impl Server {
         });
         let threads = threads::SessionThreads::start(count)
             .map_err(|e| format!("cannot start {count} session threads: {e}"))?;
-        tracing::debug!(threads = threads.len(), "session threads started");
+        tracing::debug!(threads = count, "session threads started");
         Ok(Server {
             listener,
             threads,

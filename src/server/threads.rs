@@ -66,15 +66,6 @@ impl SessionThreads {
         })
     }
 
-    /// How many threads serve sessions.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Runs `session` to completion on the thread with the fewest sessions. Sockets
     /// the future creates when first polled (`TcpStream::from_std`) register with
     /// that thread's I/O driver, so their wake-ups stay on it.

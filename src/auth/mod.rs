@@ -3,6 +3,7 @@
 
 pub mod graph;
 pub mod http;
+pub mod jws;
 pub mod login;
 pub mod oidc;
 pub mod policy;

@@ -146,22 +146,12 @@ impl OidcValidator {
         if token.len() > MAX_TOKEN_LEN {
             return Err(reject("token is too large"));
         }
-        // Read the header's `alg` ourselves first: the JWT library cannot even parse
-        // `none`, and the user deserves "algorithm not accepted", not "not a JWT".
-        if let Some(alg) = token
-            .split('.')
-            .next()
-            .and_then(|h| {
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).ok()
-            })
-            .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
-            .and_then(|h| h.get("alg").and_then(Value::as_str).map(str::to_owned))
-            && parse_algorithm(&alg).is_err()
-        {
-            return Err(reject(format!("algorithm {alg} is not accepted")));
-        }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| reject("the password is not a JWT access token"))?;
+        // The shape checks jsonwebtoken does not make (crit, duplicate members, keys
+        // named by the token itself); the header's `alg` is judged here too, so the
+        // user reads "algorithm none is not accepted", not "not a JWT".
+        let header = crate::auth::jws::check(token).map_err(reject)?;
+        let alg = parse_algorithm(&header.alg)
+            .map_err(|_| reject(format!("algorithm {} is not accepted", header.alg)))?;
         // Read `iss` unverified only to pick the issuer; everything is verified below.
         let unverified: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|_| reject("the token's payload is not valid JSON claims"))?;
@@ -174,16 +164,20 @@ impl OidcValidator {
             .iter()
             .find(|i| i.config.issuer == iss)
             .ok_or_else(|| reject(format!("issuer `{iss}` is not trusted")))?;
-        if !issuer.algorithms.contains(&header.alg) {
+        if !issuer.algorithms.contains(&alg) {
+            return Err(reject(format!("algorithm {alg:?} is not accepted")));
+        }
+        let kid = header.kid.unwrap_or_default();
+        let (key, key_alg) = self.key_for(issuer, &kid).await?;
+        // A key published for one algorithm is never used with another (RFC 8725 §3.1:
+        // an RSA key declared RS256 must not verify a PS256 signature).
+        if key_alg.is_some_and(|k| k != alg) {
             return Err(reject(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
+                "the token's algorithm {alg:?} is not the one its key `{kid}` is published for"
             )));
         }
-        let kid = header.kid.clone().unwrap_or_default();
-        let key = self.key_for(issuer, &kid).await?;
 
-        let mut validation = Validation::new(header.alg);
+        let mut validation = Validation::new(alg);
         validation.algorithms = issuer.algorithms.clone();
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
@@ -210,6 +204,15 @@ impl OidcValidator {
                 })
             })?;
         let claims = data.claims;
+        // `iat` is optional, but one in the future means a wrong clock or a forgery.
+        if let Some(iat) = claims.get("iat") {
+            let now = jsonwebtoken::get_current_timestamp();
+            match iat.as_f64() {
+                Some(t) if t <= (now + self.leeway) as f64 => {}
+                Some(_) => return Err(reject("the token was issued in the future (iat)")),
+                None => return Err(reject("the token's `iat` is not a number")),
+            }
+        }
 
         if !issuer.config.tenants.is_empty() {
             let tid = claims.get("tid").and_then(Value::as_str).unwrap_or("");
@@ -283,13 +286,17 @@ impl OidcValidator {
 
     /// The key for `kid`, fetching the JWKS when it is unknown (at most once per
     /// `min_refresh`); cached keys keep working when the issuer is unreachable.
-    async fn key_for(&self, issuer: &Issuer, kid: &str) -> Result<DecodingKey, TokenRejected> {
-        if let Some((key, _)) = issuer.keys.read().await.get(kid) {
+    async fn key_for(
+        &self,
+        issuer: &Issuer,
+        kid: &str,
+    ) -> Result<(DecodingKey, Option<Algorithm>), TokenRejected> {
+        if let Some(key) = issuer.keys.read().await.get(kid) {
             return Ok(key.clone());
         }
         let mut last_fetch = issuer.last_fetch.lock().await;
         // Another login may have fetched while this one waited.
-        if let Some((key, _)) = issuer.keys.read().await.get(kid) {
+        if let Some(key) = issuer.keys.read().await.get(kid) {
             return Ok(key.clone());
         }
         if last_fetch.is_none_or(|t| t.elapsed() >= self.min_refresh) {
@@ -302,18 +309,12 @@ impl OidcValidator {
             }
         }
         drop(last_fetch);
-        issuer
-            .keys
-            .read()
-            .await
-            .get(kid)
-            .map(|(k, _)| k.clone())
-            .ok_or_else(|| {
-                reject(format!(
-                    "signing key `{kid}` is unknown to issuer {}",
-                    issuer.config.issuer
-                ))
-            })
+        issuer.keys.read().await.get(kid).cloned().ok_or_else(|| {
+            reject(format!(
+                "signing key `{kid}` is unknown to issuer {}",
+                issuer.config.issuer
+            ))
+        })
     }
 
     async fn fetch_keys(&self, c: &IssuerConfig) -> Result<KeySet, String> {
@@ -336,6 +337,10 @@ impl OidcValidator {
             let Some(kid) = jwk.common.key_id.clone() else {
                 continue;
             };
+            // Encryption keys never verify signatures.
+            if jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) {
+                continue;
+            }
             match DecodingKey::from_jwk(jwk) {
                 Ok(key) => {
                     let alg = jwk

@@ -69,7 +69,7 @@ pub fn row_description(out: &mut BytesMut, schema: &Schema, formats: &[Format]) 
     crate::server::frame::put_message(out, b'T', |b| {
         b.put_i16(schema.fields().len() as i16);
         for (i, field) in schema.fields().iter().enumerate() {
-            let t: PgType = pg_type(field.data_type());
+            let t: PgType = crate::engine::types::pg_type_of_field(field);
             b.extend_from_slice(field.name().as_bytes());
             b.put_u8(0);
             b.put_i32(0); // table oid

@@ -6,6 +6,7 @@ pub mod encode;
 mod federated;
 pub mod params;
 pub mod pg_compat;
+pub mod session_vars;
 pub mod types;
 pub mod visibility;
 
@@ -18,7 +19,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
+use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
 use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -58,6 +59,8 @@ pub struct QueryContext {
     /// Upstream tables, for statements that join them with the lake (forwarding
     /// sessions and view refreshes): found under this identity.
     pub remote: Option<crate::redshift::table::RemoteCatalog>,
+    /// The session's settings, for `current_setting` and `set_config`.
+    pub vars: Arc<session_vars::SessionVars>,
 }
 
 /// A dedicated runtime for query execution. DataFusion operators can run for a long
@@ -304,6 +307,7 @@ impl Engine {
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
     /// with the rewrites that let common client catalog queries run on DataFusion.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, PgError> {
+        let sql = pg_compat::known_query(sql).map_or(sql, |k| k.sql);
         check_complexity(sql)?;
         let statements = self
             .parser
@@ -341,6 +345,12 @@ impl Engine {
         let _ = state.register_udf(constant("current_user", qc.user.clone()));
         let _ = state.register_udf(constant("current_schema", schema));
         let _ = state.register_udf(constant("version", version_string()));
+        let _ = state.register_udf(Arc::new(ScalarUDF::new_from_impl(
+            session_vars::CurrentSetting::new(qc.vars.clone()),
+        )));
+        let _ = state.register_udf(Arc::new(ScalarUDF::new_from_impl(
+            session_vars::SetConfig::new(qc.vars.clone()),
+        )));
         let pid = ScalarValue::Int32(Some(qc.backend_pid));
         let _ = state.register_udf(Arc::new(create_udf(
             "pg_backend_pid",

@@ -10,7 +10,7 @@ use datafusion::logical_expr::expr::{Cast, Placeholder, TryCast};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::scalar::ScalarValue;
 
-use crate::engine::types::{arrow_type_for_oid, oid, pg_type, type_name};
+use crate::engine::types::{array_element_oid, arrow_type_for_oid, oid, pg_type, type_name};
 use crate::server::error::{PgError, SqlState};
 
 /// One parameter's wire type and the Arrow type the plan wants.
@@ -131,6 +131,9 @@ fn decode_one(
             None => ScalarValue::Utf8(None),
         });
     };
+    if let Some(DataType::List(element)) = &t.arrow {
+        return decode_array(n, t.oid, element.data_type(), bytes, binary);
+    }
     let scalar = if binary {
         decode_binary(n, t.oid, bytes)?
     } else {
@@ -248,6 +251,134 @@ fn decode_binary(n: usize, type_oid: u32, b: &Bytes) -> Result<ScalarValue, PgEr
     })
 }
 
+/// An array parameter (asyncpg binds `oid[]` this way for its type lookups): the
+/// binary format (dimensions, flags, element oid, then length-prefixed elements) or
+/// a text literal `{a,"b c",NULL}`. One dimension only: Sluice's arrays are lists.
+fn decode_array(
+    n: usize,
+    type_oid: u32,
+    element: &DataType,
+    b: &Bytes,
+    binary: bool,
+) -> Result<ScalarValue, PgError> {
+    let bad = |why: &str| {
+        PgError::new(
+            if binary {
+                SqlState::INVALID_BINARY_REPRESENTATION
+            } else {
+                SqlState::INVALID_TEXT_REPRESENTATION
+            },
+            format!("malformed array literal in parameter ${n}: {why}"),
+        )
+    };
+    let mut values = Vec::new();
+    if binary {
+        let mut c = crate::server::frame::Cursor::new(b, "array parameter");
+        let ndims = c.i32().map_err(|_| bad("truncated"))?;
+        let _flags = c.i32().map_err(|_| bad("truncated"))?;
+        let element_oid = c.i32().map_err(|_| bad("truncated"))? as u32;
+        if ndims > 1 {
+            return Err(bad("multidimensional arrays are not supported"));
+        }
+        let count = if ndims == 1 {
+            let len = c.i32().map_err(|_| bad("truncated"))?;
+            let _lower_bound = c.i32().map_err(|_| bad("truncated"))?;
+            usize::try_from(len).map_err(|_| bad("negative dimension"))?
+        } else {
+            0
+        };
+        let element_oid = array_element_oid(type_oid).unwrap_or(element_oid);
+        for _ in 0..count {
+            let len = c.i32().map_err(|_| bad("truncated"))?;
+            if len < 0 {
+                values.push(ScalarValue::try_from(element).unwrap_or(ScalarValue::Null));
+                continue;
+            }
+            let raw = Bytes::copy_from_slice(c.take(len as usize).map_err(|_| bad("truncated"))?);
+            values.push(cast_element(
+                n,
+                decode_binary(n, element_oid, &raw)?,
+                element,
+            )?);
+        }
+    } else {
+        let text = std::str::from_utf8(b).map_err(|_| bad("not UTF-8"))?;
+        for item in parse_array_literal(text).ok_or_else(|| bad(text))? {
+            values.push(match item {
+                None => ScalarValue::try_from(element).unwrap_or(ScalarValue::Null),
+                Some(s) => cast_element(n, ScalarValue::Utf8(Some(s)), element)?,
+            });
+        }
+    }
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+        &values, element,
+    )))
+}
+
+fn cast_element(n: usize, v: ScalarValue, element: &DataType) -> Result<ScalarValue, PgError> {
+    if &v.data_type() == element {
+        return Ok(v);
+    }
+    v.cast_to(element).map_err(|_| {
+        PgError::new(
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            format!(
+                "invalid input syntax for type {} in an element of parameter ${n}",
+                type_name(pg_type(element).oid)
+            ),
+        )
+    })
+}
+
+/// The elements of a one-dimensional PostgreSQL array literal; `None` for NULL.
+fn parse_array_literal(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => s.push(chars.next()?),
+                    '"' => break,
+                    c => s.push(c),
+                }
+            }
+            items.push(Some(s));
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            let mut s = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '"' {
+                    return None;
+                }
+                s.push(c);
+                chars.next();
+            }
+            let s = s.trim();
+            items.push((!s.eq_ignore_ascii_case("null")).then(|| s.to_owned()));
+        }
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
 /// numeric binary → Decimal128 (precision 38) or Float64 for NaN/Infinity.
 fn decode_numeric(b: &[u8]) -> Option<ScalarValue> {
     if b.len() < 8 {
@@ -320,6 +451,57 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, SqlState::INVALID_TEXT_REPRESENTATION);
+    }
+
+    #[test]
+    fn array_params_decode_in_both_formats() {
+        let list = DataType::new_list(DataType::Int32, true);
+        let want = ScalarValue::List(ScalarValue::new_list_nullable(
+            &[
+                ScalarValue::Int32(Some(1000)),
+                ScalarValue::Int32(None),
+                ScalarValue::Int32(Some(22)),
+            ],
+            &DataType::Int32,
+        ));
+        let text = decode_all(
+            &[pt(oid::OID_ARRAY, Some(list.clone()))],
+            &[],
+            &[Some(Bytes::from_static(b"{1000, NULL,\"22\"}"))],
+        )
+        .unwrap();
+        assert_eq!(text, vec![want.clone()]);
+        // asyncpg's binary oid[]: 1 dimension, no flags, element oid 26, [3 from 1].
+        let mut b = vec![];
+        for x in [1i32, 0, 26, 3, 1, 4, 1000, -1, 4, 22] {
+            b.extend_from_slice(&x.to_be_bytes());
+        }
+        let binary = decode_all(
+            &[pt(oid::OID_ARRAY, Some(list.clone()))],
+            &[1],
+            &[Some(Bytes::from(b))],
+        )
+        .unwrap();
+        assert_eq!(binary, vec![want]);
+        let bad = decode_all(
+            &[pt(oid::OID_ARRAY, Some(list.clone()))],
+            &[],
+            &[Some(Bytes::from_static(b"{1,{2}}"))],
+        )
+        .unwrap_err();
+        assert_eq!(bad.code, SqlState::INVALID_TEXT_REPRESENTATION);
+        let short = decode_all(
+            &[pt(oid::OID_ARRAY, Some(list))],
+            &[1],
+            &[Some(Bytes::from_static(&[0, 0, 0, 1, 0]))],
+        )
+        .unwrap_err();
+        assert_eq!(short.code, SqlState::INVALID_BINARY_REPRESENTATION);
+        assert_eq!(parse_array_literal("{}"), Some(vec![]));
+        assert_eq!(
+            parse_array_literal("{\"a\\\"b\",c}"),
+            Some(vec![Some("a\"b".into()), Some("c".into())])
+        );
     }
 
     #[test]

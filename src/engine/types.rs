@@ -43,6 +43,30 @@ pub mod oid {
     pub const INTERVAL_ARRAY: u32 = 1187;
     pub const NUMERIC_ARRAY: u32 = 1231;
     pub const JSON_ARRAY: u32 = 199;
+    pub const OID_ARRAY: u32 = 1028;
+    pub const VARCHAR_ARRAY: u32 = 1015;
+    pub const NAME_ARRAY: u32 = 1003;
+}
+
+/// The element type of a PostgreSQL array type (for decoding array parameters).
+pub fn array_element_oid(array_oid: u32) -> Option<u32> {
+    Some(match array_oid {
+        oid::BOOL_ARRAY => oid::BOOL,
+        oid::INT2_ARRAY => oid::INT2,
+        oid::INT4_ARRAY => oid::INT4,
+        oid::INT8_ARRAY => oid::INT8,
+        oid::OID_ARRAY => oid::OID,
+        oid::TEXT_ARRAY => oid::TEXT,
+        oid::VARCHAR_ARRAY => oid::VARCHAR,
+        oid::NAME_ARRAY => oid::NAME,
+        oid::FLOAT4_ARRAY => oid::FLOAT4,
+        oid::FLOAT8_ARRAY => oid::FLOAT8,
+        oid::NUMERIC_ARRAY => oid::NUMERIC,
+        oid::DATE_ARRAY => oid::DATE,
+        oid::TIMESTAMP_ARRAY => oid::TIMESTAMP,
+        oid::TIMESTAMPTZ_ARRAY => oid::TIMESTAMPTZ,
+        _ => return None,
+    })
 }
 
 /// How a column is described in RowDescription.
@@ -63,6 +87,47 @@ impl PgType {
             modifier: -1,
         }
     }
+}
+
+/// Field metadata naming the PostgreSQL type oid a column is reported as, where the
+/// Arrow type alone would say otherwise (see `pg_compat::KnownQuery`).
+pub const PG_OID_METADATA: &str = "sluice.pg_type_oid";
+
+/// The PostgreSQL type a column is described as: its metadata's oid if set, else
+/// the mapping of its Arrow type.
+pub fn pg_type_of_field(field: &Field) -> PgType {
+    let mapped = pg_type(field.data_type());
+    match field
+        .metadata()
+        .get(PG_OID_METADATA)
+        .and_then(|o| o.parse::<u32>().ok())
+    {
+        Some(oid) => PgType { oid, ..mapped },
+        None => mapped,
+    }
+}
+
+/// `schema` with the named columns described as the given PostgreSQL types.
+pub fn with_column_oids(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    oids: &[(&str, u32)],
+) -> datafusion::arrow::datatypes::SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match oids.iter().find(|(n, _)| *n == f.name()) {
+            Some((_, oid)) => {
+                let mut metadata = f.metadata().clone();
+                metadata.insert(PG_OID_METADATA.to_owned(), oid.to_string());
+                f.as_ref().clone().with_metadata(metadata)
+            }
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
 }
 
 /// The PostgreSQL type a value of this Arrow type is sent as.

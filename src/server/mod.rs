@@ -187,7 +187,7 @@ impl Server {
                 };
                 match permit {
                     Ok(_permit) => serve_connection(tcp, peer, shared).await,
-                    Err(_) => refuse_busy(tcp, &shared).await,
+                    Err(_) => refuse_busy(tcp, peer, shared).await,
                 }
             });
         }
@@ -229,7 +229,11 @@ pub fn reload_and_log(shared: &Shared, why: &str) {
 
 async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let timeout = Duration::from_secs(shared.config.server.auth_timeout_secs);
-    let handshake = tokio::time::timeout(timeout, startup::handshake(tcp, peer, &shared)).await;
+    let handshake = tokio::time::timeout(
+        timeout,
+        startup::handshake(tcp, peer, &shared, startup::Admission::Open),
+    )
+    .await;
     let (conn, identity, params) = match handshake {
         Ok(Ok(startup::Handshake::Ready {
             conn,
@@ -264,39 +268,35 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     }
 }
 
-/// Past `server.max_connections`: answer the startup with 53300, as PostgreSQL does.
-/// A CancelRequest is still honoured: a full server is exactly when a runaway query
-/// needs cancelling.
-async fn refuse_busy(mut tcp: TcpStream, shared: &Shared) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = [0u8; 16];
-    let peeked = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match tcp.peek(&mut head).await {
-                Ok(n) if n >= 16 || n == 0 => return n,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Err(_) => return 0,
-            }
-        }
-    })
-    .await
-    .unwrap_or(0);
-    let is_cancel = peeked == 16
-        && head[..4] == 16i32.to_be_bytes()
-        && head[4..8] == frame::CANCEL_REQUEST_CODE.to_be_bytes();
-    if is_cancel {
-        let _ = tcp.read_exact(&mut head).await;
-        if let Some((pid, secret)) = frame::decode_cancel(&head[8..]) {
-            shared.cancels.cancel(pid, secret);
-        }
+/// Past `server.max_connections`: the client is refused with 53300 after TLS and the
+/// startup packet (`startup::Admission::Full`), within a short deadline. Refusals in
+/// progress are bounded too (`MAX_REFUSALS`); past that bound a connection flood is
+/// answered with the error in plaintext at once, which is what PostgreSQL's
+/// postmaster does when even its refusal slots are exhausted.
+async fn refuse_busy(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    use tokio::io::AsyncWriteExt;
+    static REFUSALS: Semaphore = Semaphore::const_new(MAX_REFUSALS);
+    let Ok(_slot) = REFUSALS.try_acquire() else {
+        let mut tcp = tcp;
+        let mut out = bytes::BytesMut::new();
+        PgError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .encode(&mut out);
+        let _ = tcp.write_all(&out).await;
+        let _ = tcp.shutdown().await;
         return;
-    }
-    let mut out = bytes::BytesMut::new();
-    PgError::fatal(
-        SqlState::TOO_MANY_CONNECTIONS,
-        "sorry, too many clients already",
+    };
+    let refused = tokio::time::timeout(
+        REFUSAL_DEADLINE,
+        startup::handshake(tcp, peer, &shared, startup::Admission::Full),
     )
-    .encode(&mut out);
-    let _ = tcp.write_all(&out).await;
-    let _ = tcp.shutdown().await;
+    .await;
+    tracing::debug!(%peer, done = refused.is_ok(), "refused: too many connections");
 }
+
+/// Refusals past `max_connections` that may be negotiating TLS at once.
+const MAX_REFUSALS: usize = 256;
+/// How long a refused client may take to reach its startup packet.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);

@@ -130,6 +130,15 @@ impl Settings {
         f
     }
 
+    /// Every setting by lower-cased name (custom ones included), for `current_setting`.
+    pub fn all_lowercase(&self) -> std::collections::HashMap<String, String> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .chain(self.custom.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+
     /// Every reported parameter with its value, for the startup ParameterStatus burst.
     pub fn reported(&self) -> impl Iterator<Item = (&'static str, &str)> {
         REPORTED
@@ -206,17 +215,17 @@ impl Settings {
             .with_hint(hint.to_owned())
         };
         Ok(match name {
-            "client_encoding" => {
-                let v = value.to_ascii_uppercase().replace(['-', '_'], "");
-                if matches!(v.as_str(), "UTF8" | "UNICODE" | "SQLASCII") {
-                    "UTF8".into()
-                } else {
+            "client_encoding" => match encoding_name(value) {
+                Some("UTF8" | "SQL_ASCII") => "UTF8".into(),
+                Some(other) => {
                     return Err(PgError::new(
                         SqlState::FEATURE_NOT_SUPPORTED,
-                        format!("client_encoding \"{value}\" is not supported; Sluice speaks UTF8"),
-                    ));
+                        format!("client_encoding \"{other}\" is not supported: Sluice sends and receives UTF8 only"),
+                    )
+                    .with_hint("set client_encoding to UTF8 and convert in the client"));
                 }
-            }
+                None => return Err(invalid("an encoding name such as UTF8")),
+            },
             "DateStyle" => {
                 let upper = value.to_ascii_uppercase();
                 if upper
@@ -307,6 +316,63 @@ impl Settings {
     }
 }
 
+/// PostgreSQL's canonical name for an encoding as clients may spell it: like its
+/// `clean_encoding_name`, only letters and digits count, case-insensitively, so
+/// `UTF8`, `utf-8`, `'utf-8'` (asyncpg's spelling) and `Unicode` are all UTF8.
+pub fn encoding_name(value: &str) -> Option<&'static str> {
+    let key: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    // PostgreSQL's encoding-name table (src/common/encnames.c), aliases included.
+    Some(match key.as_str() {
+        "utf8" | "unicode" => "UTF8",
+        "sqlascii" => "SQL_ASCII",
+        "abc" | "tcvn" | "tcvn5712" | "vscii" | "win1258" | "windows1258" => "WIN1258",
+        "alt" | "win866" | "windows866" => "WIN866",
+        "big5" | "win950" | "windows950" => "BIG5",
+        "euccn" => "EUC_CN",
+        "eucjis2004" => "EUC_JIS_2004",
+        "eucjp" => "EUC_JP",
+        "euckr" => "EUC_KR",
+        "euctw" => "EUC_TW",
+        "gb18030" => "GB18030",
+        "gbk" | "win936" | "windows936" => "GBK",
+        "iso88591" | "latin1" => "LATIN1",
+        "iso88592" | "latin2" => "LATIN2",
+        "iso88593" | "latin3" => "LATIN3",
+        "iso88594" | "latin4" => "LATIN4",
+        "iso88599" | "latin5" => "LATIN5",
+        "iso885910" | "latin6" => "LATIN6",
+        "iso885913" | "latin7" => "LATIN7",
+        "iso885914" | "latin8" => "LATIN8",
+        "iso885915" | "latin9" => "LATIN9",
+        "iso885916" | "latin10" => "LATIN10",
+        "iso88595" => "ISO_8859_5",
+        "iso88596" => "ISO_8859_6",
+        "iso88597" => "ISO_8859_7",
+        "iso88598" => "ISO_8859_8",
+        "johab" => "JOHAB",
+        "koi8" | "koi8r" => "KOI8R",
+        "koi8u" => "KOI8U",
+        "mskanji" | "shiftjis" | "sjis" | "win932" | "windows932" => "SJIS",
+        "shiftjis2004" => "SHIFT_JIS_2004",
+        "muleinternal" => "MULE_INTERNAL",
+        "uhc" | "win949" | "windows949" => "UHC",
+        "win" | "win1251" | "windows1251" => "WIN1251",
+        "win1250" | "windows1250" => "WIN1250",
+        "win1252" | "windows1252" => "WIN1252",
+        "win1253" | "windows1253" => "WIN1253",
+        "win1254" | "windows1254" => "WIN1254",
+        "win1255" | "windows1255" => "WIN1255",
+        "win1256" | "windows1256" => "WIN1256",
+        "win1257" | "windows1257" => "WIN1257",
+        "win874" | "windows874" => "WIN874",
+        _ => return None,
+    })
+}
+
 /// `None` inside `Some` means UTC (no conversion needed).
 fn parse_time_zone(value: &str) -> Option<Option<Tz>> {
     let v = value.trim();
@@ -389,7 +455,21 @@ mod tests {
             s.set("DateStyle", Some("ISO")).unwrap().unwrap().1,
             "ISO, MDY"
         );
-        assert!(s.set("client_encoding", Some("LATIN1")).is_err());
+        assert_eq!(
+            s.set("client_encoding", Some("LATIN1")).unwrap_err().code,
+            SqlState::FEATURE_NOT_SUPPORTED
+        );
+        assert_eq!(
+            s.set("client_encoding", Some("klingon")).unwrap_err().code,
+            SqlState::INVALID_PARAMETER_VALUE
+        );
+        for utf8 in ["UTF8", "utf-8", "'utf-8'", "Unicode", "utf_8"] {
+            assert_eq!(
+                s.set("client_encoding", Some(utf8)).unwrap(),
+                Some(("client_encoding", "UTF8".into())),
+                "{utf8}"
+            );
+        }
         assert!(s.set("server_version", Some("1")).is_err());
     }
 }

@@ -65,10 +65,21 @@ async fn refuse(stream: &mut ClientStream, e: PgError) -> Disconnect {
     Disconnect::Protocol(e)
 }
 
+/// Whether the server has room for this client. A full server still negotiates TLS and
+/// reads the startup packet before refusing, as PostgreSQL does: a client that asked
+/// for TLS must read "too many clients" inside TLS, not as an answer to its
+/// SSLRequest. Cancel requests are honoured either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Open,
+    Full,
+}
+
 pub async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
+    admission: Admission,
 ) -> Result<Handshake, Disconnect> {
     let _ = tcp.set_nodelay(true);
     // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): the first byte is a TLS record.
@@ -135,6 +146,19 @@ pub async fn handshake(
         Err(e) => return Err(refuse(&mut stream, e).await),
     };
     let mut conn = Connection::new(stream);
+    if admission == Admission::Full {
+        let e = PgError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .with_hint(format!(
+            "this Sluice serves at most {} connections (server.max_connections)",
+            shared.config.server.max_connections
+        ));
+        conn.send_error(&e);
+        conn.shutdown().await;
+        return Err(Disconnect::Protocol(e));
+    }
     // Newer minor versions and `_pq_.` protocol options are negotiated down to 3.0.
     let unsupported: Vec<String> = params
         .keys()

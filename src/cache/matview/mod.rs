@@ -491,6 +491,7 @@ impl MatViews {
             backend_pid: 0,
             policy: self.refresh_policy.clone(),
             remote,
+            vars: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::ast::{
     VisitorMut,
 };
 
-use super::functions::EXPAND_ARRAY_UDF;
+use super::functions::{EXPAND_ARRAY_UDF, LIKE_ESCAPE_UDF, SUBSCRIPTS_UDF};
 
 /// All rewrites, in order.
 pub fn rewrite(mut stmt: Statement) -> Statement {
@@ -32,7 +32,10 @@ impl VisitorMut for ExprRewriter {
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         unqualify_proname_literal(expr);
+        like_escape_to_backslash(expr);
         array_subquery_to_array_agg(expr);
+        subquery_over_empty_catalog(expr);
+        hoist_outer_only_predicates(expr);
         if let Expr::Subquery(query) = expr {
             aggregate_correlated_subquery(query);
         }
@@ -41,6 +44,8 @@ impl VisitorMut for ExprRewriter {
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         expand_array(expr);
+        generate_subscripts(expr);
+        regtype_to_text(expr);
         field_access_to_subscript(expr);
         ControlFlow::Continue(())
     }
@@ -90,6 +95,38 @@ fn unqualify_proname_literal(expr: &mut Expr) {
     }
 }
 
+/// `x LIKE p ESCAPE '/'` → `x LIKE pg_compat_like_escape(p, '/')`: DataFusion only
+/// knows the backslash as LIKE's escape character, so the pattern is re-escaped
+/// with backslashes (SQLAlchemy's schema listing uses `ESCAPE '/'`).
+fn like_escape_to_backslash(expr: &mut Expr) {
+    let (Expr::Like {
+        pattern,
+        escape_char,
+        ..
+    }
+    | Expr::ILike {
+        pattern,
+        escape_char,
+        ..
+    }) = expr
+    else {
+        return;
+    };
+    let Some(ValueWithSpan {
+        value: Value::SingleQuotedString(c),
+        ..
+    }) = escape_char
+    else {
+        return;
+    };
+    if c == "\\" {
+        return;
+    }
+    let escape = Expr::Value(Value::SingleQuotedString(c.clone()).with_empty_span());
+    **pattern = function(LIKE_ESCAPE_UDF, vec![(**pattern).clone(), escape], vec![]);
+    *escape_char = None;
+}
+
 /// `information_schema._pg_expandarray(a)` (a set-returning function of `(x, n)`
 /// rows) → `unnest(pg_compat_expandarray(a))`; field access on the result,
 /// `(…).n`, then works on the unnested struct.
@@ -100,6 +137,56 @@ fn expand_array(expr: &mut Expr) {
         && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_slice()
     {
         let inner = function(EXPAND_ARRAY_UDF, vec![arg.clone()], vec![]);
+        *expr = function("unnest", vec![inner], vec![]);
+    }
+}
+
+/// `x::regtype::text` → `format_type(x, NULL)`: PostgreSQL prints a regtype as the
+/// type's name (`boolean`, `integer[]`, `-` for 0); DataFusion plans `regtype` as a
+/// plain integer. psycopg's and asyncpg's type lookups read these names.
+fn regtype_to_text(expr: &mut Expr) {
+    let Expr::Cast {
+        expr: inner,
+        data_type: DataType::Text | DataType::Varchar(_) | DataType::String(_),
+        ..
+    } = expr
+    else {
+        return;
+    };
+    let mut inner = inner.as_ref();
+    while let Expr::Nested(e) = inner {
+        inner = e;
+    }
+    if let Expr::Cast {
+        expr: value,
+        data_type: DataType::Custom(name, _),
+        ..
+    } = inner
+        && last_name(name).as_deref() == Some("regtype")
+    {
+        *expr = function(
+            "format_type",
+            vec![
+                (**value).clone(),
+                Expr::Value(Value::Null.with_empty_span()),
+            ],
+            vec![],
+        );
+    }
+}
+
+/// `generate_subscripts(a, d)` (set-returning) → `unnest(pg_compat_subscripts(a, d))`
+/// (SQLAlchemy's constraint and index reflection pairs it with `unnest(indkey)`).
+fn generate_subscripts(expr: &mut Expr) {
+    if let Expr::Function(f) = expr
+        && last_name(&f.name).as_deref() == Some("generate_subscripts")
+        && let FunctionArguments::List(list) = &f.args
+        && let [
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(array)),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(dim)),
+        ] = list.args.as_slice()
+    {
+        let inner = function(SUBSCRIPTS_UDF, vec![array.clone(), dim.clone()], vec![]);
         *expr = function("unnest", vec![inner], vec![]);
     }
 }
@@ -273,6 +360,134 @@ fn is_correlated(select: &Select) -> bool {
     let mut outer = Outer(&local);
     Visit::visit(&select.selection, &mut outer).is_break()
         || Visit::visit(&select.projection, &mut outer).is_break()
+}
+
+/// Catalog tables that are always empty in Sluice: a lake has no sequences.
+const ALWAYS_EMPTY: &[&str] = &["pg_sequence"];
+
+/// A scalar subquery that reads only an always-empty catalog table is NULL.
+/// SQLAlchemy's identity-column lookup selects outer columns inside such a
+/// subquery, which DataFusion cannot decorrelate; its answer is NULL anyway.
+fn subquery_over_empty_catalog(expr: &mut Expr) {
+    let Expr::Subquery(query) = expr else { return };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return;
+    };
+    let [from] = select.from.as_slice() else {
+        return;
+    };
+    if !from.joins.is_empty() {
+        return;
+    }
+    if let TableFactor::Table { name, .. } = &from.relation
+        && last_name(name).is_some_and(|n| ALWAYS_EMPTY.contains(&n.as_str()))
+    {
+        *expr = Expr::Value(Value::Null.with_empty_span());
+    }
+}
+
+/// `(SELECT x FROM t WHERE outer.flag AND t.k = outer.k)` →
+/// `CASE WHEN outer.flag THEN (SELECT x FROM t WHERE t.k = outer.k) END`: a conjunct
+/// that names only outer columns cannot be decorrelated into a join by DataFusion
+/// ("Physical plan does not support logical expression ScalarSubquery"), and a
+/// false one means no row, which is NULL either way (SQLAlchemy's column defaults).
+fn hoist_outer_only_predicates(expr: &mut Expr) {
+    let Expr::Subquery(query) = expr else { return };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let Some(selection) = select.selection.take() else {
+        return;
+    };
+    let local = relation_names(&select.from);
+    let mut conjuncts = Vec::new();
+    split_and(selection, &mut conjuncts);
+    let (outer, inner): (Vec<Expr>, Vec<Expr>) = conjuncts
+        .into_iter()
+        .partition(|c| names_only_outer(c, &local));
+    select.selection = join_and(inner);
+    let Some(condition) = join_and(outer) else {
+        return;
+    };
+    let subquery = std::mem::replace(expr, Expr::Value(Value::Null.with_empty_span()));
+    *expr = Expr::Case {
+        case_token: datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(
+        ),
+        end_token: datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+        operand: None,
+        conditions: vec![datafusion::sql::sqlparser::ast::CaseWhen {
+            condition,
+            result: subquery,
+        }],
+        else_result: None,
+    };
+}
+
+fn split_and(expr: Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+            right,
+        } => {
+            split_and(*left, out);
+            split_and(*right, out);
+        }
+        Expr::Nested(inner)
+            if matches!(
+                inner.as_ref(),
+                Expr::BinaryOp {
+                    op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+                    ..
+                }
+            ) =>
+        {
+            split_and(*inner, out)
+        }
+        other => out.push(other),
+    }
+}
+
+fn join_and(conjuncts: Vec<Expr>) -> Option<Expr> {
+    conjuncts.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+        right: Box::new(b),
+    })
+}
+
+/// Whether `expr` names columns, all of them qualified by a relation that is not
+/// in `local` (so they belong to an enclosing query), and holds no subquery.
+fn names_only_outer(expr: &Expr, local: &HashSet<String>) -> bool {
+    struct Check<'a> {
+        local: &'a HashSet<String>,
+        outer: usize,
+    }
+    impl Visitor for Check<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Identifier(_)
+                | Expr::Subquery(_)
+                | Expr::Exists { .. }
+                | Expr::InSubquery { .. } => ControlFlow::Break(()),
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    if self
+                        .local
+                        .contains(&parts[parts.len() - 2].value.to_ascii_lowercase())
+                    {
+                        ControlFlow::Break(())
+                    } else {
+                        self.outer += 1;
+                        ControlFlow::Continue(())
+                    }
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    let mut check = Check { local, outer: 0 };
+    !Visit::visit(expr, &mut check).is_break() && check.outer > 0
 }
 
 /// DataFusion only plans correlated scalar subqueries whose output is an

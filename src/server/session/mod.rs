@@ -140,6 +140,8 @@ pub struct Session {
     forward: Option<forward::Forwarding>,
     /// What the result cache needs to know about this session's statements.
     cache: cached::CacheBooks,
+    /// `set_config` calls of the running lake statement (see `apply_setting_changes`).
+    setting_changes: Arc<std::sync::Mutex<Vec<crate::engine::session_vars::SettingChange>>>,
 }
 
 impl Session {
@@ -168,6 +170,7 @@ impl Session {
             cancel,
             forward: None,
             cache: cached::CacheBooks::default(),
+            setting_changes: Default::default(),
         }
     }
 
@@ -299,6 +302,31 @@ impl Session {
             backend_pid: self.cancel.pid,
             policy: self.policy.clone(),
             remote: self.forward.as_ref().map(|f| f.remote.clone()),
+            vars: Arc::new(crate::engine::session_vars::SessionVars {
+                values: self.settings.all_lowercase(),
+                changes: self.setting_changes.clone(),
+            }),
+        }
+    }
+
+    /// Applies what `set_config` did during a lake statement, as `SET` would (with
+    /// ParameterStatus for reported settings). A value the setting refuses is
+    /// reported as a WARNING: the statement itself already succeeded.
+    fn apply_setting_changes(&mut self) {
+        let changes: Vec<_> = match self.setting_changes.lock() {
+            Ok(mut c) if !c.is_empty() => c.drain(..).collect(),
+            _ => return,
+        };
+        for (name, value, _local) in changes {
+            match self.settings.set(&name, value.as_deref()) {
+                Ok(Some((n, v))) => self.conn.send(&ParameterStatus::new(n.to_string(), v)),
+                Ok(None) => {}
+                Err(e) => self.notice_with(
+                    SqlState::WARNING,
+                    "WARNING",
+                    &format!("set_config({name}) was not applied: {}", e.message),
+                ),
+            }
         }
     }
 
@@ -639,6 +667,7 @@ impl Session {
     }
 
     fn complete_query(&mut self, run: &LakeRun) {
+        self.apply_setting_changes();
         let tag = if run.explain {
             "EXPLAIN".to_string()
         } else {
@@ -1170,8 +1199,16 @@ impl Session {
                     }
                     Route::Lake(stmt) => {
                         let plan = self.plan(&stmt).await?;
-                        let params = params::param_types(&plan, &msg.param_types)?;
-                        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                        let known = crate::engine::pg_compat::known_query(&msg.query);
+                        let declared = match known {
+                            Some(k) if msg.param_types.is_empty() => k.param_oids,
+                            _ => &msg.param_types[..],
+                        };
+                        let params = params::param_types(&plan, declared)?;
+                        let mut schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                        if let Some(k) = known {
+                            schema = crate::engine::types::with_column_oids(&schema, k.column_oids);
+                        }
                         let explain =
                             matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
                         Prepared::Lake {

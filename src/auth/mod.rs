@@ -4,6 +4,7 @@
 pub mod graph;
 pub mod http;
 pub mod jws;
+pub mod ldap;
 pub mod login;
 pub mod oidc;
 pub mod policy;
@@ -33,6 +34,8 @@ pub enum AuthMethod {
     Local,
     /// An OIDC access token: the issuer and the stable subject (`tid/oid`).
     Token { issuer: String, subject: String },
+    /// A password checked by the LDAP directory: the user's DN.
+    Ldap { dn: String },
 }
 
 impl Identity {
@@ -51,6 +54,28 @@ impl Identity {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+        }
+    }
+}
+
+impl Identity {
+    /// The identity of a user the LDAP directory accepted: its groups (DNs) are
+    /// matched by `[[role_mapping]]` `group` rules like token groups.
+    pub fn from_ldap(user: &str, found: &ldap::LdapUser, rules: &AccessRules) -> Identity {
+        let claims = serde_json::json!({ "groups": found.groups });
+        let as_token = oidc::TokenIdentity {
+            username: user.to_owned(),
+            subject: found.dn.clone(),
+            issuer: "ldap".into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        };
+        Identity {
+            user: user.to_owned(),
+            roles: map_roles(&rules.role_mapping, &rules.base_role, &as_token),
+            method: AuthMethod::Ldap {
+                dn: found.dn.clone(),
+            },
+            groups: found.groups.clone(),
         }
     }
 }

@@ -143,6 +143,19 @@ impl OidcValidator {
 
     /// Validates `token` for a client that logged in as `user`.
     pub async fn validate(&self, token: &str, user: &str) -> Result<TokenIdentity, TokenRejected> {
+        self.validate_for(token, Some(user), None).await
+    }
+
+    /// Validates `token`. `user`: the startup user the token must belong to (`None`:
+    /// the user comes from the token, as in a Redshift native-IdP sign-in).
+    /// `provider`: the Redshift `provider_name` the driver sent; only issuers that
+    /// list it in `redshift_provider_names` are considered.
+    pub async fn validate_for(
+        &self,
+        token: &str,
+        user: Option<&str>,
+        provider: Option<&str>,
+    ) -> Result<TokenIdentity, TokenRejected> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(reject("token is too large"));
         }
@@ -159,11 +172,32 @@ impl OidcValidator {
             .get("iss")
             .and_then(Value::as_str)
             .ok_or_else(|| reject("the token has no `iss` claim"))?;
+        let serves = |i: &&Issuer| {
+            provider.is_none_or(|p| {
+                i.config
+                    .redshift_provider_names
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(p))
+            })
+        };
+        if let Some(p) = provider
+            && !self.issuers.iter().any(|i| serves(&i))
+        {
+            return Err(reject(format!(
+                "provider_name `{p}` is not served here (auth.oidc.issuers[].redshift_provider_names)"
+            )));
+        }
         let issuer = self
             .issuers
             .iter()
+            .filter(serves)
             .find(|i| i.config.issuer == iss)
-            .ok_or_else(|| reject(format!("issuer `{iss}` is not trusted")))?;
+            .ok_or_else(|| match provider {
+                Some(p) => reject(format!(
+                    "issuer `{iss}` is not trusted for provider_name `{p}`"
+                )),
+                None => reject(format!("issuer `{iss}` is not trusted")),
+            })?;
         if !issuer.algorithms.contains(&alg) {
             return Err(reject(format!("algorithm {alg:?} is not accepted")));
         }
@@ -241,7 +275,9 @@ impl OidcValidator {
                     issuer.config.username_claims.join(", ")
                 ))
             })?;
-        if !username.eq_ignore_ascii_case(user) {
+        if let Some(user) = user
+            && !username.eq_ignore_ascii_case(user)
+        {
             return Err(reject(format!(
                 "the token belongs to `{username}` (claim `{claim}`), not to the login user `{user}`"
             )));

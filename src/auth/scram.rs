@@ -2,7 +2,9 @@
 //!
 //! Verifiers use PostgreSQL's stored format, `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`,
 //! so an admin can copy one from `pg_authid` or generate it with any PostgreSQL tool.
-//! Channel binding (`-PLUS`) is not offered; clients fall back to plain SCRAM-SHA-256.
+//! Over TLS, `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel binding
+//! (RFC 5929) is offered too: the client proves it sees the certificate Sluice sent,
+//! so a man in the middle holding another certificate cannot relay the login.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -14,6 +16,8 @@ use subtle::ConstantTimeEq;
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+const CHANNEL_BINDING_TYPE: &str = "tls-server-end-point";
 const DEFAULT_ITERATIONS: u32 = 4096;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -55,6 +59,13 @@ impl Verifier {
             stored_key,
             server_key,
         }
+    }
+
+    /// Checks a cleartext password against this verifier, as PostgreSQL does for
+    /// `password` authentication of a SCRAM-stored role (constant-time compare).
+    pub fn verify_password(&self, password: &str) -> bool {
+        let candidate = Verifier::derive(password, self.salt.clone(), self.iterations);
+        candidate.stored_key.ct_eq(&self.stored_key).into()
     }
 
     /// Parses PostgreSQL's stored verifier format.
@@ -113,6 +124,10 @@ fn mock_secret() -> &'static [u8; 32] {
 pub enum ScramError {
     Protocol(String),
     WrongProof,
+    /// A channel-binding downgrade or mismatch (28000).
+    Refused(String),
+    /// A SCRAM feature PostgreSQL does not support either (0A000).
+    Unsupported(String),
 }
 
 /// One server-side exchange, driven by the session's startup code.
@@ -121,13 +136,25 @@ pub struct ScramExchange {
     /// Unknown users run a full exchange against a fake verifier, so the reply time
     /// and messages do not reveal which user names exist.
     known_user: bool,
+    /// The server certificate's `tls-server-end-point` hash, when PLUS is offered.
+    channel_binding: Option<Vec<u8>>,
+    /// The client chose SCRAM-SHA-256-PLUS.
+    plus: bool,
+    /// gs2-header of client-first-message, echoed (base64) in client-final's `c=`.
+    gs2_header: String,
     nonce: String,
     client_first_bare: String,
     server_first: String,
 }
 
 impl ScramExchange {
-    pub fn new(verifier: Option<&Verifier>, user: &str) -> ScramExchange {
+    /// `channel_binding`: the certificate hash when the connection is TLS and PLUS is
+    /// offered (see `mechanisms`).
+    pub fn new(
+        verifier: Option<&Verifier>,
+        user: &str,
+        channel_binding: Option<Vec<u8>>,
+    ) -> ScramExchange {
         let (verifier, known_user) = match verifier {
             Some(v) => (v.clone(), true),
             None => {
@@ -140,31 +167,96 @@ impl ScramExchange {
         ScramExchange {
             verifier,
             known_user,
+            channel_binding,
+            plus: false,
+            gs2_header: String::new(),
             nonce: String::new(),
             client_first_bare: String::new(),
             server_first: String::new(),
         }
     }
 
-    /// Consumes client-first-message and returns server-first-message.
+    /// The mechanisms to advertise, PLUS first when channel binding is possible.
+    pub fn mechanisms(&self) -> Vec<String> {
+        let mut m = Vec::with_capacity(2);
+        if self.channel_binding.is_some() {
+            m.push(MECHANISM_PLUS.to_owned());
+        }
+        m.push(MECHANISM.to_owned());
+        m
+    }
+
+    /// Records the mechanism the client selected (SASLInitialResponse).
+    pub fn select(&mut self, mechanism: &str) -> Result<(), ScramError> {
+        match mechanism {
+            MECHANISM => self.plus = false,
+            MECHANISM_PLUS if self.channel_binding.is_some() => self.plus = true,
+            other => {
+                return Err(ScramError::Protocol(format!(
+                    "client selected an invalid SASL authentication mechanism \"{other}\""
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes client-first-message and returns server-first-message. The gs2
+    /// header's channel-binding flag is checked as PostgreSQL checks it.
     pub fn client_first(&mut self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
         let message = std::str::from_utf8(message)
             .map_err(|_| ScramError::Protocol("SCRAM message is not UTF-8".into()))?;
-        // gs2-header: "n,," (no binding) or "y,," (client could bind, server did not offer).
-        let bare = if let Some(rest) = message.strip_prefix("n,,") {
-            rest
-        } else if let Some(rest) = message.strip_prefix("y,,") {
-            rest
-        } else if message.starts_with("p=") {
-            return Err(ScramError::Protocol(
-                "SCRAM channel binding was requested but the server did not offer SCRAM-SHA-256-PLUS"
-                    .into(),
-            ));
-        } else {
-            return Err(ScramError::Protocol(
-                "malformed SCRAM client-first-message".into(),
-            ));
+        let malformed =
+            |detail: &str| ScramError::Protocol(format!("malformed SCRAM message: {detail}"));
+        let mut parts = message.splitn(3, ',');
+        let (Some(flag), Some(authzid), Some(bare)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("no gs2 header"));
         };
+        if !authzid.is_empty() {
+            return Err(ScramError::Unsupported(
+                "client uses authorization identity, but it is not supported".into(),
+            ));
+        }
+        match flag {
+            "n" | "y" if self.plus => {
+                return Err(malformed(
+                    "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
+                ));
+            }
+            "n" => {}
+            // The client could bind but believes the server cannot: over TLS with
+            // PLUS offered that is a downgrade by someone in the middle.
+            "y" if self.channel_binding.is_some() => {
+                return Err(ScramError::Refused(
+                    "SCRAM channel binding negotiation error: the client supports SCRAM channel binding but thinks the server does not, yet this server does support channel binding".into(),
+                ));
+            }
+            "y" => {}
+            p if p.starts_with("p=") => {
+                if !self.plus {
+                    return Err(malformed(
+                        "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+                    ));
+                }
+                if &p[2..] != CHANNEL_BINDING_TYPE {
+                    return Err(ScramError::Protocol(format!(
+                        "unsupported SCRAM channel-binding type \"{}\"",
+                        &p[2..]
+                    )));
+                }
+            }
+            other => {
+                return Err(malformed(&format!(
+                    "unexpected channel-binding flag \"{other}\""
+                )));
+            }
+        }
+        self.gs2_header = format!("{flag},{authzid},");
+        if bare.starts_with("m=") {
+            return Err(ScramError::Unsupported(
+                "client requires an unsupported SCRAM extension".into(),
+            ));
+        }
         let client_nonce = bare
             .split(',')
             .find_map(|attr| attr.strip_prefix("r="))
@@ -205,10 +297,25 @@ impl ScramExchange {
                 nonce = Some(v);
             }
         }
-        if !matches!(binding, Some("biws") | Some("eSws")) {
-            return Err(ScramError::Protocol(
-                "unexpected SCRAM channel binding".into(),
-            ));
+        let mut expected = self.gs2_header.clone().into_bytes();
+        if self.plus
+            && let Some(hash) = &self.channel_binding
+        {
+            expected.extend_from_slice(hash);
+        }
+        let expected = B64.encode(expected);
+        match binding {
+            Some(b) if b == expected => {}
+            Some(_) if self.plus => {
+                return Err(ScramError::Refused(
+                    "SCRAM channel binding check failed".into(),
+                ));
+            }
+            _ => {
+                return Err(ScramError::Protocol(
+                    "unexpected SCRAM channel-binding attribute in client-final-message".into(),
+                ));
+            }
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Protocol("SCRAM nonce mismatch".into()));
@@ -262,17 +369,101 @@ mod tests {
     fn right_password_passes_and_wrong_fails() {
         let v = Verifier::from_password("s3cret");
         for (password, ok) in [("s3cret", true), ("wrong", false)] {
-            let mut ex = ScramExchange::new(Some(&v), "u");
+            let mut ex = ScramExchange::new(Some(&v), "u", None);
             let sf = ex.client_first(b"n,,n=,r=abcdef").unwrap();
             let cf = client_final_for(password, "n=,r=abcdef", std::str::from_utf8(&sf).unwrap());
             assert_eq!(ex.client_final(cf.as_bytes()).is_ok(), ok);
         }
     }
 
+    /// The client side with channel binding: `c=` carries gs2 header + hash.
+    fn client_final_plus(password: &str, bare: &str, server_first: &str, hash: &[u8]) -> String {
+        let with_n = client_final_for(password, bare, server_first);
+        let mut cbind = b"p=tls-server-end-point,,".to_vec();
+        cbind.extend_from_slice(hash);
+        let c = B64.encode(cbind);
+        // Recompute the proof over the PLUS `c=` attribute.
+        let parts: Vec<&str> = server_first.split(',').collect();
+        let nonce = &parts[0][2..];
+        let salt = B64.decode(&parts[1][2..]).unwrap();
+        let iters: u32 = parts[2][2..].parse().unwrap();
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iters, &mut salted);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c={c},r={nonce}");
+        let auth = format!("{bare},{server_first},{without_proof}");
+        let sig = hmac(&stored, auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        let _ = with_n;
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
+    #[test]
+    fn channel_binding_is_checked_and_downgrades_refused() {
+        let v = Verifier::from_password("pw");
+        let hash = vec![7u8; 32];
+        // PLUS with the right certificate hash passes; a different one is refused.
+        for (seen, ok) in [(hash.clone(), true), (vec![8u8; 32], false)] {
+            let mut ex = ScramExchange::new(Some(&v), "u", Some(hash.clone()));
+            assert_eq!(ex.mechanisms(), vec![MECHANISM_PLUS, MECHANISM]);
+            ex.select(MECHANISM_PLUS).unwrap();
+            let sf = ex
+                .client_first(b"p=tls-server-end-point,,n=,r=abc")
+                .unwrap();
+            let cf = client_final_plus("pw", "n=,r=abc", std::str::from_utf8(&sf).unwrap(), &seen);
+            let r = ex.client_final(cf.as_bytes());
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+            if !ok {
+                assert!(matches!(r, Err(ScramError::Refused(_))));
+            }
+        }
+        // "y" (client could bind, thinks the server cannot) while PLUS is offered.
+        let mut ex = ScramExchange::new(Some(&v), "u", Some(hash.clone()));
+        ex.select(MECHANISM).unwrap();
+        assert!(matches!(
+            ex.client_first(b"y,,n=,r=abc"),
+            Err(ScramError::Refused(_))
+        ));
+        // "n" with plain SCRAM is fine over TLS (asyncpg never binds).
+        let mut ex = ScramExchange::new(Some(&v), "u", Some(hash.clone()));
+        ex.select(MECHANISM).unwrap();
+        let sf = ex.client_first(b"n,,n=,r=abc").unwrap();
+        let cf = client_final_for("pw", "n=,r=abc", std::str::from_utf8(&sf).unwrap());
+        assert!(ex.client_final(cf.as_bytes()).is_ok());
+        // PLUS selected without binding data, binding data without PLUS, PLUS without TLS.
+        let mut ex = ScramExchange::new(Some(&v), "u", Some(hash.clone()));
+        ex.select(MECHANISM_PLUS).unwrap();
+        assert!(matches!(
+            ex.client_first(b"n,,n=,r=abc"),
+            Err(ScramError::Protocol(_))
+        ));
+        let mut ex = ScramExchange::new(Some(&v), "u", Some(hash));
+        ex.select(MECHANISM).unwrap();
+        assert!(matches!(
+            ex.client_first(b"p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::Protocol(_))
+        ));
+        let mut ex = ScramExchange::new(Some(&v), "u", None);
+        assert!(ex.select(MECHANISM_PLUS).is_err());
+        assert!(matches!(
+            ex.client_first(b"n,a=bob,n=,r=abc"),
+            Err(ScramError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn cleartext_passwords_check_against_the_verifier() {
+        let v = Verifier::from_password("s3cret");
+        assert!(v.verify_password("s3cret"));
+        assert!(!v.verify_password("s3cret "));
+        assert!(!v.verify_password(""));
+    }
+
     #[test]
     fn unknown_users_get_a_stable_salt() {
         let salt = |u: &str| {
-            let mut ex = ScramExchange::new(None, u);
+            let mut ex = ScramExchange::new(None, u, None);
             String::from_utf8(ex.client_first(b"n,,n=,r=abc").unwrap())
                 .unwrap()
                 .split(',')
@@ -286,7 +477,7 @@ mod tests {
 
     #[test]
     fn unknown_user_always_fails() {
-        let mut ex = ScramExchange::new(None, "ghost");
+        let mut ex = ScramExchange::new(None, "ghost", None);
         let sf = ex.client_first(b"n,,n=,r=abc").unwrap();
         let cf = client_final_for("", "n=,r=abc", std::str::from_utf8(&sf).unwrap());
         assert_eq!(ex.client_final(cf.as_bytes()), Err(ScramError::WrongProof));
@@ -309,7 +500,7 @@ mod tests {
     #[test]
     fn garbage_messages_are_protocol_errors() {
         let v = Verifier::from_password("x");
-        let mut ex = ScramExchange::new(Some(&v), "u");
+        let mut ex = ScramExchange::new(Some(&v), "u", None);
         assert!(matches!(
             ex.client_first(b"\xff\xfe"),
             Err(ScramError::Protocol(_))

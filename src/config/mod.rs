@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 mod cache;
 mod lake;
+mod ldap;
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use lake::{GlueLakeConfig, S3Config};
+pub use ldap::LdapConfig;
 mod redshift;
 pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
 
@@ -141,6 +143,8 @@ pub struct AuthConfig {
     pub users: Vec<LocalUser>,
     /// Token (OIDC / Azure AD) logins; absent = local accounts only.
     pub oidc: Option<OidcConfig>,
+    /// Password logins checked against an LDAP directory.
+    pub ldap: Option<LdapConfig>,
     /// The role of a token user whom no `[[role_mapping]]` rule matches.
     #[serde(default = "default_base_role")]
     pub base_role: String,
@@ -151,6 +155,7 @@ impl Default for AuthConfig {
         AuthConfig {
             users: Vec::new(),
             oidc: None,
+            ldap: None,
             base_role: default_base_role(),
         }
     }
@@ -261,6 +266,11 @@ pub struct IssuerConfig {
     /// Claims that together identify the user stably (Azure: tenant + object id).
     #[serde(default = "default_identity_claims")]
     pub identity_claims: Vec<String>,
+    /// The `provider_name` values Amazon's Redshift drivers send (their "Provider
+    /// Name" / `provider_name` setting) that this issuer serves in a Redshift
+    /// native-IdP sign-in. A sign-in naming a provider no issuer lists is refused.
+    #[serde(default)]
+    pub redshift_provider_names: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -682,6 +692,10 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(ldap) = &self.auth.ldap {
+            ldap.validate()
+                .map_err(|(k, m)| invalid(format!("auth.ldap.{k}"), m))?;
         }
         self.validate_roles(path)?;
         if let Some(graph) = self.auth.oidc.as_ref().and_then(|o| o.graph.as_ref())

@@ -307,7 +307,12 @@ impl Engine {
     /// Parses a query string (possibly several statements) in PostgreSQL's dialect,
     /// with the rewrites that let common client catalog queries run on DataFusion.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, PgError> {
-        let sql = pg_compat::known_query(sql).map_or(sql, |k| k.sql);
+        let show = pg_compat::redshift_show(sql);
+        let sql = match (&show, pg_compat::known_query(sql)) {
+            (Some(query), _) => query.as_str(),
+            (None, Some(known)) => known.sql,
+            (None, None) => sql,
+        };
         check_complexity(sql)?;
         let statements = self
             .parser

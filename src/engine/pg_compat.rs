@@ -7,7 +7,9 @@ mod functions;
 mod info_schema;
 mod matviews;
 mod overlay;
+mod redshift_show;
 mod rewrite;
+pub use redshift_show::rewrite as redshift_show;
 
 use std::sync::Arc;
 

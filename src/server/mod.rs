@@ -3,6 +3,7 @@
 //! `frame` decodes client messages, `connection` buffers a socket, `startup` takes a
 //! connection from first byte to authenticated, and `session` runs its statements.
 
+pub mod authenticate;
 pub mod cancel;
 pub mod connection;
 pub mod error;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub accounts: LocalAccounts,
     /// Token validation, when `[auth.oidc]` is configured.
     pub oidc: Option<OidcValidator>,
+    /// LDAP password checks, when `[auth.ldap]` is configured.
+    pub ldap: Option<crate::auth::ldap::LdapAuthenticator>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: tls::Tls,
     /// Redshift upstreams (`[[redshift]]`), possibly none.
@@ -96,6 +99,7 @@ impl Server {
             .as_ref()
             .map(|o| OidcValidator::new(o, &config.base_dir))
             .transpose()?;
+        let ldap = crate::auth::ldap::LdapAuthenticator::new(&config)?;
         let upstreams =
             crate::redshift::Upstreams::from_config(&config).map_err(|e| e.to_string())?;
         let engine = Arc::new(Engine::new(&config).await?);
@@ -133,6 +137,7 @@ impl Server {
                 engine,
                 accounts,
                 oidc,
+                ldap,
                 cancels: CancelRegistry::new(),
                 tls,
                 upstreams,
@@ -228,18 +233,21 @@ pub fn reload_and_log(shared: &Shared, why: &str) {
 }
 
 async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let timeout = Duration::from_secs(shared.config.server.auth_timeout_secs);
+    // The handshake times authentication out itself (and tells the client); this is
+    // the backstop for a client that never finishes TLS or its startup packet.
+    let timeout = Duration::from_secs(shared.config.server.auth_timeout_secs + 5);
     let handshake = tokio::time::timeout(
         timeout,
         startup::handshake(tcp, peer, &shared, startup::Admission::Open),
     )
     .await;
-    let (conn, identity, params) = match handshake {
+    let (conn, identity, params, client) = match handshake {
         Ok(Ok(startup::Handshake::Ready {
             conn,
             identity,
             params,
-        })) => (conn, identity, params),
+            client,
+        })) => (conn, identity, params, client),
         Ok(Ok(startup::Handshake::Done)) => return,
         Ok(Err(Disconnect::Protocol(e))) => {
             tracing::debug!(%peer, error = %e, "connection refused during startup");
@@ -256,7 +264,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     let cancel = shared.cancels.register();
     let user = identity.user.clone();
-    let session = session::Session::new(*conn, shared.clone(), identity, cancel);
+    let session = session::Session::new(*conn, shared.clone(), identity, cancel, client);
     match session.run(&params).await {
         Ok(()) => tracing::debug!(%peer, %user, "session ended"),
         Err(Disconnect::Protocol(e)) => {

@@ -26,6 +26,47 @@ const REPORTED: &[&str] = &[
     "TimeZone",
 ];
 
+/// Startup parameters Amazon's Redshift drivers send that are not settings: they
+/// describe the driver and its IdP plugin, and are accepted and not applied (nor
+/// forwarded to an upstream, which would expect a native-IdP exchange).
+pub const REDSHIFT_DRIVER_PARAMS: &[&str] = &[
+    "client_protocol_version",
+    "driver_version",
+    "os_version",
+    "driver_discovery_version",
+    "plugin_name",
+    "idp_type",
+    "provider_name",
+    "token_type",
+    "identity_namespace",
+    "idc_client_display_name",
+];
+
+/// The `server_version` Redshift reports; its drivers parse it (Python as a PEP 440
+/// version) and pick their code paths by it.
+pub const REDSHIFT_SERVER_VERSION: &str = "8.0.2";
+
+/// The startup ParameterStatus set a Redshift driver expects (ANCHORS, drivers'
+/// sources): Redshift's `server_version`; `datashare_enabled`/`external_database`
+/// as on/off (the JDBC driver refuses other values; off = single-database
+/// metadata); no `server_protocol_version`, so every driver stays on the standard
+/// RowDescription and PostgreSQL's binary formats. `show_discovery` 4 selects the
+/// drivers' `SHOW SCHEMAS/TABLES/COLUMNS` metadata path, which Sluice answers for
+/// the lake; forwarding sessions leave it out, so metadata queries go to the
+/// upstream's own catalog.
+pub fn redshift_shape(reported: &mut Vec<(String, String)>, forwarding: bool) {
+    for (k, v) in reported.iter_mut() {
+        if k == "server_version" {
+            *v = REDSHIFT_SERVER_VERSION.to_owned();
+        }
+    }
+    reported.push(("datashare_enabled".into(), "off".into()));
+    reported.push(("external_database".into(), "off".into()));
+    if !forwarding {
+        reported.push(("show_discovery".into(), "4".into()));
+    }
+}
+
 /// Known parameters and their defaults; the canonical spelling is what SHOW prints as
 /// column name and ParameterStatus carries.
 const DEFAULTS: &[(&str, &str)] = &[

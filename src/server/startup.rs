@@ -3,17 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire::messages::startup::Authentication;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
-use crate::auth::oidc::OidcValidator;
-use crate::auth::scram::{MECHANISM, ScramError, ScramExchange};
-use crate::config::Plaintext;
 use crate::server::Shared;
+use crate::server::authenticate::{ClientKind, authenticate};
 use crate::server::connection::{ClientStream, Connection, Disconnect};
 use crate::server::error::{PgError, SqlState};
 use crate::server::frame::{self, MAX_STARTUP_PACKET};
@@ -29,6 +27,7 @@ pub enum Handshake {
         conn: Box<Connection>,
         identity: Identity,
         params: BTreeMap<String, String>,
+        client: ClientKind,
     },
     /// A cancel request (already handled) or a client that left: nothing more to do.
     Done,
@@ -87,12 +86,19 @@ pub async fn handshake(
     let direct_tls = tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE_RECORD;
     let mut stream = if direct_tls {
         let tls = shared.tls.acceptor.accept(tcp).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"postgresql") {
-            return Err(Disconnect::Protocol(PgError::protocol(
-                "direct TLS connection without ALPN \"postgresql\"",
-            )));
+        let alpn_ok = tls.get_ref().1.alpn_protocol() == Some(b"postgresql");
+        let mut stream = ClientStream::Tls(Box::new(tls));
+        if !alpn_ok {
+            // As PostgreSQL 17: direct TLS must name the protocol (ALPACA), and the
+            // client is told so inside the TLS session.
+            let e = PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "received direct SSL connection request without ALPN protocol negotiation extension",
+            )
+            .with_hint("use sslnegotiation=postgres, or a client that sends ALPN \"postgresql\"");
+            return Err(refuse(&mut stream, e).await);
         }
-        ClientStream::Tls(Box::new(tls))
+        stream
     } else {
         ClientStream::Plain(tcp)
     };
@@ -145,6 +151,7 @@ pub async fn handshake(
         Ok(p) => p.into_iter().collect(),
         Err(e) => return Err(refuse(&mut stream, e).await),
     };
+    let client = ClientKind::of(&params);
     let mut conn = Connection::new(stream);
     if admission == Admission::Full {
         let e = PgError::fatal(
@@ -165,7 +172,9 @@ pub async fn handshake(
         .filter(|k| k.starts_with("_pq_."))
         .cloned()
         .collect();
-    if minor > 0 || !unsupported.is_empty() {
+    // Redshift drivers fail on NegotiateProtocolVersion (none of them handles 'v');
+    // they never ask for a newer minor version, and `_pq_.` options are ignored.
+    if (minor > 0 || !unsupported.is_empty()) && !client.is_redshift() {
         frame::put_message(&mut conn.out, b'v', |b| {
             b.extend_from_slice(&0i32.to_be_bytes());
             b.extend_from_slice(&(unsupported.len() as i32).to_be_bytes());
@@ -176,11 +185,25 @@ pub async fn handshake(
         });
     }
 
-    match authenticate(&mut conn, peer, &params, shared).await {
+    let limit = Duration::from_secs(shared.config.server.auth_timeout_secs);
+    let authenticated = match tokio::time::timeout(
+        limit,
+        authenticate(&mut conn, peer, &params, client, shared),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Disconnect::Protocol(PgError::fatal(
+            SqlState::QUERY_CANCELED,
+            "canceling authentication due to timeout",
+        ))),
+    };
+    match authenticated {
         Ok(identity) => Ok(Handshake::Ready {
             conn: Box::new(conn),
             identity,
             params,
+            client,
         }),
         Err(Disconnect::Protocol(e)) => {
             conn.send_error(&e);
@@ -188,207 +211,5 @@ pub async fn handshake(
             Err(Disconnect::Protocol(e))
         }
         Err(e) => Err(e),
-    }
-}
-
-async fn authenticate(
-    conn: &mut Connection,
-    peer: SocketAddr,
-    params: &BTreeMap<String, String>,
-    shared: &Shared,
-) -> Result<Identity, Disconnect> {
-    let fatal = |code, msg: String| Disconnect::Protocol(PgError::fatal(code, msg));
-    if params
-        .get("replication")
-        .is_some_and(|v| v != "false" && v != "0" && v != "off")
-    {
-        return Err(fatal(
-            SqlState::FEATURE_NOT_SUPPORTED,
-            "replication connections are not supported".into(),
-        ));
-    }
-    let user = params
-        .get("user")
-        .filter(|u| !u.is_empty())
-        .cloned()
-        .ok_or_else(|| {
-            fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                "no user name specified in startup packet".into(),
-            )
-        })?;
-    if !conn.is_tls() {
-        let allowed = match shared.config.server.tls.allow_plaintext {
-            Plaintext::Always => true,
-            Plaintext::Loopback => peer.ip().is_loopback(),
-            Plaintext::Never => false,
-        };
-        if !allowed {
-            return Err(Disconnect::Protocol(
-                PgError::fatal(
-                    SqlState::INVALID_AUTHORIZATION,
-                    format!("connection without TLS refused for user \"{user}\": this server requires encryption"),
-                )
-                .with_hint("connect with sslmode=require (or verify-full)"),
-            ));
-        }
-    }
-    let database = params
-        .get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user);
-    if database != &shared.config.server.database
-        && shared.upstreams.for_database(database).is_none()
-    {
-        return Err(Disconnect::Protocol(
-            PgError::fatal(
-                SqlState::INVALID_CATALOG_NAME,
-                format!("database \"{database}\" does not exist"),
-            )
-            .with_hint(format!(
-                "this Sluice serves database \"{}\"",
-                shared.config.server.database
-            )),
-        ));
-    }
-
-    let verifier = shared.accounts.verifier(&user);
-    if verifier.is_none()
-        && let Some(oidc) = &shared.oidc
-    {
-        return token_login(conn, peer, &user, oidc, shared).await;
-    }
-    let mut exchange = ScramExchange::new(verifier, &user);
-    conn.send(&Authentication::SASL(vec![MECHANISM.to_string()]));
-    conn.flush().await?;
-    let auth_frame = |f: Option<frame::Frame>| -> Result<Bytes, Disconnect> {
-        match f {
-            Some(f) if f.tag == b'p' => Ok(f.body),
-            Some(f) => Err(Disconnect::Protocol(PgError::protocol(format!(
-                "expected SASL response, got message type {:?}",
-                f.tag as char
-            )))),
-            None => Err(Disconnect::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "client left during authentication",
-            ))),
-        }
-    };
-    let body = auth_frame(conn.read_frame(|_| frame::MAX_AUTH_MESSAGE).await?)?;
-    let (mechanism, client_first) =
-        frame::decode_sasl_initial(&body).map_err(Disconnect::Protocol)?;
-    if mechanism != MECHANISM {
-        return Err(fatal(
-            SqlState::PROTOCOL_VIOLATION,
-            format!("client selected an invalid SASL authentication mechanism \"{mechanism}\""),
-        ));
-    }
-    let scram_err = |e: ScramError, user: &str| match e {
-        ScramError::Protocol(m) => {
-            Disconnect::Protocol(PgError::fatal(SqlState::PROTOCOL_VIOLATION, m))
-        }
-        ScramError::WrongProof => Disconnect::Protocol(PgError::fatal(
-            SqlState::INVALID_PASSWORD,
-            format!("password authentication failed for user \"{user}\""),
-        )),
-    };
-    let server_first = exchange
-        .client_first(client_first)
-        .map_err(|e| scram_err(e, &user))?;
-    conn.send(&Authentication::SASLContinue(Bytes::from(server_first)));
-    conn.flush().await?;
-    let body = auth_frame(conn.read_frame(|_| frame::MAX_AUTH_MESSAGE).await?)?;
-    match exchange.client_final(&body) {
-        Ok(server_final) => {
-            if let Some(identity) = shared.accounts.identity(&user) {
-                conn.send(&Authentication::SASLFinal(Bytes::from(server_final)));
-                conn.send(&Authentication::Ok);
-                tracing::info!(user = %identity.user, roles = ?identity.roles, %peer, tls = conn.is_tls(), "login succeeded");
-                return Ok(identity);
-            }
-            Err(scram_err(ScramError::WrongProof, &user))
-        }
-        Err(e) => {
-            let reason = match &e {
-                ScramError::WrongProof => "wrong password or unknown user".to_string(),
-                ScramError::Protocol(m) => m.clone(),
-            };
-            tracing::warn!(user = %user, %peer, %reason, "login failed");
-            Err(scram_err(e, &user))
-        }
-    }
-}
-
-/// A user without a local account logs in with an OIDC access token as password.
-async fn token_login(
-    conn: &mut Connection,
-    peer: SocketAddr,
-    user: &str,
-    oidc: &OidcValidator,
-    shared: &Shared,
-) -> Result<Identity, Disconnect> {
-    let plaintext_ok = shared
-        .config
-        .auth
-        .oidc
-        .as_ref()
-        .is_some_and(|o| o.allow_plaintext_loopback)
-        && peer.ip().is_loopback();
-    if !conn.is_tls() && !plaintext_ok {
-        tracing::warn!(%user, %peer, "token login refused: no TLS");
-        return Err(Disconnect::Protocol(
-            PgError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                format!("token login for user \"{user}\" requires TLS: access tokens are never sent in plaintext"),
-            )
-            .with_hint("connect with sslmode=require (or verify-full)"),
-        ));
-    }
-    conn.send(&Authentication::CleartextPassword);
-    conn.flush().await?;
-    let frame = conn
-        .read_frame(|_| frame::MAX_AUTH_MESSAGE)
-        .await?
-        .ok_or_else(|| {
-            Disconnect::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "client left during authentication",
-            ))
-        })?;
-    if frame.tag != b'p' {
-        return Err(Disconnect::Protocol(PgError::protocol(format!(
-            "expected password response, got message type {:?}",
-            frame.tag as char
-        ))));
-    }
-    let token = frame::decode_password(&frame.body).map_err(Disconnect::Protocol)?;
-    match oidc.validate(token, user).await {
-        Ok(validated) => {
-            let identity = Identity::from_token(&validated, &shared.access_rules());
-            tracing::info!(
-                user = %identity.user,
-                subject = %validated.subject,
-                issuer = %validated.issuer,
-                groups = identity.groups.len(),
-                roles = ?identity.roles,
-                %peer,
-                tls = conn.is_tls(),
-                "login succeeded (token)"
-            );
-            conn.send(&Authentication::Ok);
-            Ok(identity)
-        }
-        Err(reason) => {
-            tracing::warn!(%user, %peer, %reason, "login failed (token)");
-            let looks_like_token = OidcValidator::looks_like_jwt(token);
-            let mut e = PgError::fatal(
-                SqlState::INVALID_PASSWORD,
-                format!("token authentication failed for user \"{user}\": {reason}"),
-            );
-            if !looks_like_token {
-                e = e.with_hint("this user has no local account: send an access token as the password (see `sluice login`)");
-            }
-            Err(Disconnect::Protocol(e))
-        }
     }
 }

@@ -16,6 +16,31 @@ pub struct Tls {
     /// SHA-256 of the leaf certificate, hex with colons, for logs and pinning.
     pub fingerprint: String,
     pub self_signed: bool,
+    /// `tls-server-end-point` channel-binding data (RFC 5929): the leaf
+    /// certificate's hash with its signature's hash function (SHA-256 for MD5 and
+    /// SHA-1). `None` when that hash is undefined (Ed25519, RSA-PSS): SCRAM-PLUS is
+    /// then not offered.
+    pub end_point_hash: Option<Vec<u8>>,
+}
+
+/// RFC 5929 §4.1: the hash of the DER certificate with the hash function of its
+/// signature algorithm, SHA-256 when that is MD5 or SHA-1.
+pub fn end_point_hash(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use sha2::{Sha384, Sha512};
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let oid = parsed.signature_algorithm.algorithm.to_id_string();
+    let der = cert.as_ref();
+    Some(match oid.as_str() {
+        // md5/sha1/sha256 WithRSAEncryption, ecdsa-with-SHA1/SHA256
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.2" => Sha256::digest(der).to_vec(),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Sha384::digest(der).to_vec(),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Sha512::digest(der).to_vec(),
+        _ => return None,
+    })
 }
 
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
@@ -39,6 +64,12 @@ pub fn load(config: &Config) -> Result<Tls, String> {
         }
     };
     let fingerprint = certs.first().map(fingerprint).unwrap_or_default();
+    let end_point_hash = certs.first().and_then(end_point_hash);
+    if end_point_hash.is_none() {
+        tracing::warn!(
+            "TLS: the certificate's signature algorithm defines no channel-binding hash; SCRAM-SHA-256-PLUS is not offered"
+        );
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -52,6 +83,7 @@ pub fn load(config: &Config) -> Result<Tls, String> {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         fingerprint,
         self_signed,
+        end_point_hash,
     })
 }
 
@@ -89,4 +121,16 @@ fn generate_self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'sta
     let key = PrivateKeyDer::try_from(certified.key_pair.serialize_der())
         .map_err(|e| format!("cannot encode generated key: {e}"))?;
     Ok((certified.cert.der().clone(), key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_have_a_sha256_end_point_hash() {
+        let (cert, _) = generate_self_signed().unwrap();
+        let hash = end_point_hash(&cert).expect("ECDSA P-256 SHA-256");
+        assert_eq!(hash, Sha256::digest(cert.as_ref()).to_vec());
+    }
 }

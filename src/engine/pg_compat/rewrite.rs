@@ -17,11 +17,67 @@ use super::functions::{EXPAND_ARRAY_UDF, LIKE_ESCAPE_UDF, SUBSCRIPTS_UDF};
 /// All rewrites, in order.
 pub fn rewrite(mut stmt: Statement) -> Statement {
     let _ = VisitMut::visit(&mut stmt, &mut ExprRewriter);
+    let _ = VisitMut::visit(&mut stmt, &mut TableFunctionRewriter);
     if let Statement::Query(query) = &mut stmt {
         name_output_columns(query);
         let _ = VisitMut::visit(query, &mut DedupProjection);
     }
     stmt
+}
+
+/// `FROM current_database()` (and the other session-information functions) as a
+/// one-row table whose column has the function's name, as PostgreSQL allows any
+/// function in FROM; Amazon's Redshift Python driver lists catalogs with
+/// `select current_database as TABLE_CAT FROM current_database()`.
+struct TableFunctionRewriter;
+
+const ONE_ROW_FUNCTIONS: &[&str] = &[
+    "current_database",
+    "current_schema",
+    "current_user",
+    "session_user",
+    "version",
+];
+
+impl VisitorMut for TableFunctionRewriter {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } = factor
+            && args.args.is_empty()
+            && let Some(f) = last_name(name).filter(|n| ONE_ROW_FUNCTIONS.contains(&n.as_str()))
+        {
+            let sql = format!("SELECT {f}() AS {f}");
+            let parsed = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+                &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+                &sql,
+            );
+            if let Ok(mut statements) = parsed
+                && let Some(Statement::Query(query)) = statements.pop()
+            {
+                let alias = alias
+                    .clone()
+                    .unwrap_or(datafusion::sql::sqlparser::ast::TableAlias {
+                        explicit: true,
+                        name: Ident::new(f.as_str()),
+                        columns: vec![],
+                        at: None,
+                    });
+                *factor = TableFactor::Derived {
+                    lateral: false,
+                    subquery: query,
+                    alias: Some(alias),
+                    sample: None,
+                };
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Expression-level rewrites, applied everywhere in the statement.

@@ -88,6 +88,11 @@ impl Forwarding {
             .filter(|(k, _)| {
                 !matches!(k.as_str(), "user" | "database" | "replication")
                     && !k.starts_with("_pq_.")
+                    // The upstream session is opened with minted credentials: a
+                    // driver's IdP parameters would ask it for a token exchange, and
+                    // its client_protocol_version for Redshift's extended row
+                    // descriptions, which Sluice told the client not to expect.
+                    && !crate::server::settings::REDSHIFT_DRIVER_PARAMS.contains(&k.as_str())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

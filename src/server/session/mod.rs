@@ -30,6 +30,8 @@ use tokio::time::Instant;
 
 use crate::auth::policy::Policy;
 use crate::auth::{AuthMethod, Identity};
+use crate::server::authenticate::ClientKind;
+use crate::server::settings;
 
 /// `SHOW sluice.identity`: who the session is, as Sluice resolved it.
 const IDENTITY: &str = "sluice.identity";
@@ -140,6 +142,8 @@ pub struct Session {
     forward: Option<forward::Forwarding>,
     /// What the result cache needs to know about this session's statements.
     cache: cached::CacheBooks,
+    /// Which driver family connected: Redshift drivers get a Redshift-shaped session.
+    client: ClientKind,
     /// `set_config` calls of the running lake statement (see `apply_setting_changes`).
     setting_changes: Arc<std::sync::Mutex<Vec<crate::engine::session_vars::SettingChange>>>,
 }
@@ -150,6 +154,7 @@ impl Session {
         shared: Arc<Shared>,
         identity: Identity,
         cancel: CancelHandle,
+        client: ClientKind,
     ) -> Session {
         let settings = Settings::new(&identity.user);
         let policy = Arc::new(Policy::resolve(
@@ -171,6 +176,7 @@ impl Session {
             forward: None,
             cache: cached::CacheBooks::default(),
             setting_changes: Default::default(),
+            client,
         }
     }
 
@@ -192,6 +198,7 @@ impl Session {
             let applied = match key.as_str() {
                 "user" | "database" | "replication" => Ok(()),
                 k if k.starts_with("_pq_.") => Ok(()),
+                k if settings::REDSHIFT_DRIVER_PARAMS.contains(&k) => Ok(()),
                 "options" => self.apply_options(value),
                 _ => self.settings.set(key, Some(value)).map(|_| ()),
             };
@@ -206,11 +213,14 @@ impl Session {
                 return Ok(());
             }
         }
-        let reported: Vec<(String, String)> = self
+        let mut reported: Vec<(String, String)> = self
             .settings
             .reported()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if self.client.is_redshift() {
+            settings::redshift_shape(&mut reported, forwarding);
+        }
         for (k, v) in reported {
             self.conn.send(&ParameterStatus::new(k, v));
         }
@@ -1086,6 +1096,7 @@ impl Session {
             let (method, issuer, subject) = match &id.method {
                 AuthMethod::Local => ("local", String::new(), String::new()),
                 AuthMethod::Token { issuer, subject } => ("token", issuer.clone(), subject.clone()),
+                AuthMethod::Ldap { dn } => ("ldap", String::new(), dn.clone()),
             };
             vec![vec![
                 id.user.clone(),

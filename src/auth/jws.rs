@@ -36,9 +36,6 @@ pub fn check(token: &str) -> Result<CheckedHeader, String> {
     else {
         return Err("the password is not a JWT access token (expected three dot-separated parts; encrypted tokens are not accepted)".into());
     };
-    if signature.is_empty() {
-        return Err("the token is unsigned".into());
-    }
     let header = decode_object(header, "header")?;
     decode_object(payload, "payload")?;
 
@@ -58,6 +55,11 @@ pub fn check(token: &str) -> Result<CheckedHeader, String> {
         Some(Value::String(a)) => a.clone(),
         _ => return Err("the token's header has no `alg`".into()),
     };
+    if signature.is_empty() {
+        return Err(format!(
+            "the token is unsigned (algorithm {alg} is not accepted)"
+        ));
+    }
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) if k.len() <= MAX_KID_LEN && k.chars().all(|c| !c.is_control()) => {

@@ -4,133 +4,113 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
+use openidconnect::core::CoreClient;
+use openidconnect::{
+    ClientId, DeviceAuthorizationResponse, DeviceCodeErrorResponseType,
+    ExtraDeviceAuthorizationFields, IssuerUrl, JsonWebKeySet, OAuth2TokenResponse,
+    RequestTokenError, Scope, TokenUrl,
+};
 
-use crate::auth::http;
+use crate::auth::http::{self, OidcHttp};
 use crate::config::LoginConfig;
 
-/// Runs the device-code flow and returns the access token. Progress and the sign-in
-/// instructions go to `prompt` (standard error), never the token.
+/// Azure adds a ready-made instruction (`message`) to the device authorization reply.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+struct DeviceMessage {
+    message: Option<String>,
+}
+
+impl ExtraDeviceAuthorizationFields for DeviceMessage {}
+
+/// The longest the flow waits for the user when the issuer sets no expiry.
+const DEFAULT_WAIT: Duration = Duration::from_secs(900);
+
+/// Runs the device-code flow (with `openidconnect`) and returns the access token.
+/// Progress and the sign-in instructions go to `prompt` (standard error), never the
+/// token.
 pub async fn device_code_login(
     cfg: &LoginConfig,
     prompt: &mut dyn Write,
 ) -> Result<String, String> {
     let client = http::client(Duration::from_secs(30))?;
-    let discovery = http::discovery_url(&cfg.issuer, cfg.discovery_url.as_deref());
-    let doc: Value = http::get_json(&client, &discovery).await?;
-    let endpoint = |name: &str| {
-        doc.get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                format!("{discovery} has no {name}: this issuer does not offer device-code sign-in")
-            })
-    };
-    let device_endpoint = endpoint("device_authorization_endpoint")?;
-    let token_endpoint = endpoint("token_endpoint")?;
-
-    let start: Value = post_form(
-        &client,
-        &device_endpoint,
-        &[
-            ("client_id", cfg.client_id.as_str()),
-            ("scope", cfg.scope.as_str()),
-        ],
+    let metadata = http::discover(&client, &cfg.issuer, cfg.discovery_url.as_deref()).await?;
+    let device_url = metadata
+        .additional_metadata()
+        .device_authorization_endpoint
+        .clone()
+        .ok_or_else(|| {
+            format!(
+                "{} does not offer device-code sign-in (no device_authorization_endpoint)",
+                cfg.issuer
+            )
+        })?;
+    let token_url: TokenUrl = metadata
+        .token_endpoint()
+        .cloned()
+        .ok_or_else(|| format!("{} publishes no token_endpoint", cfg.issuer))?;
+    let issuer =
+        IssuerUrl::new(cfg.issuer.clone()).map_err(|e| format!("auth.oidc.login.issuer: {e}"))?;
+    // The access token is only handed on as a password, never verified here, so the
+    // client needs no keys.
+    let oidc = CoreClient::new(
+        ClientId::new(cfg.client_id.clone()),
+        issuer,
+        JsonWebKeySet::default(),
     )
-    .await?
-    .map_err(|e| format!("device authorization refused: {e}"))?;
-    let field = |name: &str| {
-        start
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let device_code = field("device_code");
-    if device_code.is_empty() {
-        return Err("the device authorization reply has no device_code".into());
+    .set_token_uri(token_url)
+    .set_device_authorization_url(device_url);
+    let http = OidcHttp(client);
+    let mut request = oidc.exchange_device_code();
+    for scope in cfg.scope.split_whitespace() {
+        request = request.add_scope(Scope::new(scope.to_owned()));
     }
-    let message = field("message");
-    if message.is_empty() {
-        let _ = writeln!(
-            prompt,
-            "To sign in, open {} and enter the code {}",
-            field("verification_uri"),
-            field("user_code")
-        );
-    } else {
-        let _ = writeln!(prompt, "{message}");
-    }
-    let _ = prompt.flush();
-    let mut interval =
-        Duration::from_secs(start.get("interval").and_then(Value::as_u64).unwrap_or(5));
-    let deadline = Instant::now()
-        + Duration::from_secs(
-            start
-                .get("expires_in")
-                .and_then(Value::as_u64)
-                .unwrap_or(900),
-        );
-    loop {
-        if Instant::now() >= deadline {
-            return Err(
-                "the sign-in code expired before it was used; run `sluice login` again".into(),
+    let details: DeviceAuthorizationResponse<DeviceMessage> = request
+        .request_async(&http)
+        .await
+        .map_err(|e| format!("device authorization refused: {}", describe(&e)))?;
+    match &details.extra_fields().message {
+        Some(message) if !message.is_empty() => {
+            let _ = writeln!(prompt, "{message}");
+        }
+        _ => {
+            let _ = writeln!(
+                prompt,
+                "To sign in, open {} and enter the code {}",
+                details.verification_uri().as_str(),
+                details.user_code().secret()
             );
         }
-        tokio::time::sleep(interval).await;
-        let reply = post_form(
-            &client,
-            &token_endpoint,
-            &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                ("client_id", cfg.client_id.as_str()),
-                ("device_code", device_code.as_str()),
-            ],
-        )
-        .await?;
-        match reply {
-            Ok(body) => {
-                return body
-                    .get("access_token")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .ok_or_else(|| "the token reply has no access_token".into());
-            }
-            Err(error) if error == "authorization_pending" => {}
-            Err(error) if error == "slow_down" => interval += Duration::from_secs(5),
-            Err(error) => return Err(format!("sign-in failed: {error}")),
-        }
     }
+    let _ = prompt.flush();
+    let wait = details.expires_in().min(DEFAULT_WAIT);
+    let token = oidc
+        .exchange_device_access_token(&details)
+        .request_async(&http, tokio::time::sleep, Some(wait))
+        .await
+        .map_err(|e| match &e {
+            RequestTokenError::ServerResponse(r)
+                if *r.error() == DeviceCodeErrorResponseType::ExpiredToken =>
+            {
+                "the sign-in code expired before it was used; run `sluice login` again".to_string()
+            }
+            _ => format!("sign-in failed: {}", describe(&e)),
+        })?;
+    Ok(token.access_token().secret().clone())
 }
 
-/// POSTs a form; `Ok(Err(code))` carries an OAuth error code (`authorization_pending`, …).
-async fn post_form(
-    http: &reqwest::Client,
-    url: &str,
-    form: &[(&str, &str)],
-) -> Result<Result<Value, String>, String> {
-    let resp = http
-        .post(url)
-        .form(form)
-        .send()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let ok = resp.status().is_success();
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("POST {url}: HTTP {status}, not JSON: {e}"))?;
-    if ok {
-        return Ok(Ok(body));
+/// A token-endpoint failure in words: the OAuth error code and description, never
+/// a response body that might echo secrets.
+fn describe<RE: std::error::Error + 'static, T: openidconnect::ErrorResponse + 'static>(
+    e: &RequestTokenError<RE, T>,
+) -> String {
+    match e {
+        RequestTokenError::ServerResponse(r) => r.to_string(),
+        RequestTokenError::Request(inner) => format!("request failed: {inner}"),
+        RequestTokenError::Parse(inner, _) => format!("unexpected reply: {inner}"),
+        RequestTokenError::Other(m) => m.clone(),
     }
-    Ok(Err(body
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP {status}"))))
 }
 
 /// The `~/.pgpass` path libpq reads (`PGPASSFILE` wins).

@@ -6,6 +6,12 @@
 //! allow-list and the login name all check out. Keys are cached; an unknown `kid`
 //! triggers a rate-limited refetch (key rotation), and when the issuer is unreachable
 //! the cached keys keep working.
+//!
+//! Discovery documents are read with `openidconnect`'s metadata types
+//! (`auth::http::discover`); signatures and claims are checked with `jsonwebtoken`.
+//! `openidconnect` verifies ID tokens only: its verifier requires `sub` and `iat`,
+//! refuses `typ: at+jwt` access tokens, has no `nbf` check or clock leeway, and keeps
+//! its general JWT verifier private, so it cannot check Azure access tokens.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -359,11 +365,12 @@ impl OidcValidator {
             None => {
                 let discovery =
                     crate::auth::http::discovery_url(&c.issuer, c.discovery_url.as_deref());
-                let doc: Value = self.get_json(&discovery).await?;
-                doc.get("jwks_uri")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| format!("{discovery} has no jwks_uri"))?
-                    .to_owned()
+                self.check_scheme(&discovery)?;
+                crate::auth::http::discover(&self.http, &c.issuer, c.discovery_url.as_deref())
+                    .await?
+                    .jwks_uri()
+                    .url()
+                    .to_string()
             }
         };
         let set: JwkSet = serde_json::from_value(self.get_json(&jwks_uri).await?)
@@ -392,13 +399,19 @@ impl OidcValidator {
         Ok(keys)
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, String> {
-        // A discovery document may point anywhere: keys only ever come over TLS.
+    /// Keys and discovery documents only ever come over TLS (a discovery document
+    /// may point anywhere), unless `allow_insecure_http` says this is development.
+    fn check_scheme(&self, url: &str) -> Result<(), String> {
         let secure =
             url.starts_with("https://") || (self.allow_insecure_http && url.starts_with("http://"));
         if !secure {
             return Err(format!("refusing to fetch {url}: not https"));
         }
+        Ok(())
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        self.check_scheme(url)?;
         crate::auth::http::get_json(&self.http, url).await
     }
 }

@@ -4,6 +4,7 @@
 mod cache;
 mod glue;
 mod harness;
+mod idp;
 mod jdbc;
 #[path = "../support/moto.rs"]
 mod moto;

@@ -1,257 +1,20 @@
-//! Token (OIDC / Azure AD) logins against an identity provider made by the test: RSA
-//! keys from the openssl CLI, a discovery document and JWKS served over real HTTP,
-//! Azure-shaped v1 and v2 access tokens.
+//! Token (OIDC / Azure AD) logins against the identity provider in `idp.rs`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, sqlstate};
-
-const TID: &str = "11111111-2222-3333-4444-555555555555";
-const CLIENT_ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
-const USER: &str = "ann@contoso.com";
-
-fn v1_issuer() -> String {
-    format!("https://sts.windows.net/{TID}/")
-}
-fn v2_issuer() -> String {
-    format!("https://login.microsoftonline.com/{TID}/v2.0")
-}
-
-/// An RSA signing key and its public JWK.
-struct Key {
-    kid: String,
-    pem: Vec<u8>,
-    jwk: Value,
-    public_pem: Vec<u8>,
-}
-
-impl Key {
-    fn generate(kid: &str) -> Key {
-        let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .current_dir(dir.path())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        };
-        run(&["genrsa", "-traditional", "-out", "k.pem", "2048"]);
-        let modulus =
-            String::from_utf8(run(&["rsa", "-in", "k.pem", "-noout", "-modulus"])).unwrap();
-        let hex = modulus.trim().trim_start_matches("Modulus=");
-        let n: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        run(&["rsa", "-in", "k.pem", "-pubout", "-out", "pub.pem"]);
-        Key {
-            kid: kid.into(),
-            pem: std::fs::read(dir.path().join("k.pem")).unwrap(),
-            public_pem: std::fs::read(dir.path().join("pub.pem")).unwrap(),
-            jwk: json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": B64URL.encode(n), "e": "AQAB"}),
-        }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(
-            &header,
-            claims,
-            &EncodingKey::from_rsa_pem(&self.pem).unwrap(),
-        )
-        .unwrap()
-    }
-}
-
-/// A minimal OIDC provider: discovery and JWKS over HTTP, counting JWKS fetches.
-struct Idp {
-    port: u16,
-    keys: Arc<Mutex<Vec<Value>>>,
-    jwks_fetches: Arc<AtomicUsize>,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    /// Calls to the stand-in for Microsoft Graph's getMemberObjects.
-    graph_calls: Arc<AtomicUsize>,
-    /// The token the device-code flow hands out, once the "user" has signed in.
-    device_token: Arc<Mutex<String>>,
-}
-
-impl Idp {
-    async fn start(keys: Vec<Value>) -> Idp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let keys = Arc::new(Mutex::new(keys));
-        let jwks_fetches = Arc::new(AtomicUsize::new(0));
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let graph_calls = Arc::new(AtomicUsize::new(0));
-        let device_token = Arc::new(Mutex::new(String::new()));
-        let polls = Arc::new(AtomicUsize::new(0));
-        let (k, f, u, g, d) = (
-            keys.clone(),
-            jwks_fetches.clone(),
-            up.clone(),
-            graph_calls.clone(),
-            device_token.clone(),
-        );
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let (k, f, u, g, d, p) = (
-                    k.clone(),
-                    f.clone(),
-                    u.clone(),
-                    g.clone(),
-                    d.clone(),
-                    polls.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut n = 0;
-                    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(m) => n += m,
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let (status, body) = if !u.load(Ordering::SeqCst) {
-                        ("503 Service Unavailable", "{}".to_string())
-                    } else if path == "/.well-known/openid-configuration" {
-                        (
-                            "200 OK",
-                            json!({
-                                "jwks_uri": format!("http://127.0.0.1:{port}/keys"),
-                                "device_authorization_endpoint": format!("http://127.0.0.1:{port}/device"),
-                                "token_endpoint": format!("http://127.0.0.1:{port}/oauth-token"),
-                            })
-                            .to_string(),
-                        )
-                    } else if path == "/device" {
-                        (
-                            "200 OK",
-                            json!({"device_code": "dc-1", "user_code": "ABCD-EFGH", "verification_uri": "https://example.test/device",
-                                   "expires_in": 60, "interval": 1})
-                            .to_string(),
-                        )
-                    } else if path == "/oauth-token" {
-                        // The first poll finds the user still signing in.
-                        if !request.contains("device_code=dc-1") {
-                            (
-                                "400 Bad Request",
-                                json!({"error": "invalid_grant"}).to_string(),
-                            )
-                        } else if p.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
-                            (
-                                "400 Bad Request",
-                                json!({"error": "authorization_pending"}).to_string(),
-                            )
-                        } else {
-                            (
-                                "200 OK",
-                                json!({"access_token": *d.lock().unwrap(), "token_type": "Bearer"})
-                                    .to_string(),
-                            )
-                        }
-                    } else if path == "/keys" {
-                        f.fetch_add(1, Ordering::SeqCst);
-                        ("200 OK", json!({"keys": *k.lock().unwrap()}).to_string())
-                    } else if path == "/graph-token" {
-                        // Client credentials: the app's secret must arrive in the form.
-                        if request.contains("client_secret=graph-secret")
-                            && request.contains("grant_type=client_credentials")
-                        {
-                            (
-                                "200 OK",
-                                json!({"access_token": "graph-app-token", "expires_in": 3600})
-                                    .to_string(),
-                            )
-                        } else {
-                            ("401 Unauthorized", "{}".to_string())
-                        }
-                    } else if path == "/graph/v1.0/users/oid-many/getMemberObjects" {
-                        g.fetch_add(1, Ordering::SeqCst);
-                        if request
-                            .to_ascii_lowercase()
-                            .contains("authorization: bearer graph-app-token")
-                        {
-                            (
-                                "200 OK",
-                                json!({"value": ["g-x", "g-sales", "g-y"]}).to_string(),
-                            )
-                        } else {
-                            ("401 Unauthorized", "{}".to_string())
-                        }
-                    } else {
-                        ("404 Not Found", "{}".to_string())
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        Idp {
-            port,
-            keys,
-            jwks_fetches,
-            up,
-            graph_calls,
-            device_token,
-        }
-    }
-
-    fn discovery(&self) -> String {
-        format!(
-            "http://127.0.0.1:{}/.well-known/openid-configuration",
-            self.port
-        )
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn v1_claims() -> Value {
-    json!({
-        "iss": v1_issuer(), "aud": "api://sluice", "tid": TID, "oid": "oid-ann",
-        "upn": USER, "unique_name": USER, "appid": CLIENT_ID,
-        "groups": ["g-sales", "g-other"], "iat": now(), "nbf": now() - 10, "exp": now() + 3600,
-    })
-}
-
-fn v2_claims() -> Value {
-    json!({
-        "iss": v2_issuer(), "aud": CLIENT_ID, "tid": TID, "oid": "oid-ann", "azp": CLIENT_ID,
-        "preferred_username": USER, "roles": ["Lake.Admin"], "iat": now(), "nbf": now() - 10, "exp": now() + 3600,
-    })
-}
+use crate::idp::{CLIENT_ID, Idp, Key, TID, USER, now, v1_claims, v1_issuer, v2_claims, v2_issuer};
 
 async fn gateway(idp: &Idp, tls: &str, plaintext_loopback: bool) -> Gateway {
     let issuer = |iss: String, aud: &str| {
         format!(
             "[[auth.oidc.issuers]]\nissuer = \"{iss}\"\ndiscovery_url = \"{}\"\naudiences = [\"{aud}\"]\ntenants = [\"{TID}\"]\n",
-            idp.discovery()
+            idp.discovery(iss.contains("v2.0"))
         )
     };
     let secret = tempfile::NamedTempFile::new().unwrap();
@@ -443,6 +206,74 @@ async fn bad_tokens_are_refused_cleanly() {
             "belongs to",
         ),
     ];
+    // Tokens signed with the real key whose JOSE header or JSON RFC 7515/7519/8725
+    // says to refuse: each is otherwise valid.
+    let claims_text = v1_claims().to_string();
+    let header = |extra: &str| format!(r#"{{"alg":"RS256","typ":"JWT","kid":"k1"{extra}}}"#);
+    let mut cases = cases;
+    let forged: Vec<(&str, String, &str)> = vec![
+        (
+            "crit naming an unknown extension",
+            key.sign_raw(&header(r#","crit":["exp-x"],"exp-x":1"#), &claims_text),
+            "critical",
+        ),
+        (
+            "jku pointing at the attacker's keys",
+            key.sign_raw(
+                &header(r#","jku":"https://evil.example/keys""#),
+                &claims_text,
+            ),
+            "jku",
+        ),
+        (
+            "x5u pointing at the attacker's certificate",
+            key.sign_raw(
+                &header(r#","x5u":"https://evil.example/cert""#),
+                &claims_text,
+            ),
+            "x5u",
+        ),
+        (
+            "embedded jwk",
+            key.sign_raw(&header(&format!(r#","jwk":{}"#, key.jwk)), &claims_text),
+            "jwk",
+        ),
+        (
+            "duplicate alg in the header",
+            key.sign_raw(r#"{"alg":"RS256","kid":"k1","alg":"none"}"#, &claims_text),
+            "not valid JSON",
+        ),
+        (
+            "duplicate aud in the claims",
+            key.sign_raw(
+                &header(""),
+                &claims_text.replacen('{', r#"{"aud":"api://other","#, 1),
+            ),
+            "not valid JSON",
+        ),
+        (
+            "kid path traversal",
+            key.sign_raw(
+                r#"{"alg":"RS256","typ":"JWT","kid":"../../../../dev/null"}"#,
+                &claims_text,
+            ),
+            "unknown",
+        ),
+        (
+            "kid with a NUL",
+            key.sign_raw(
+                r#"{"alg":"RS256","typ":"JWT","kid":"k1\u0000x"}"#,
+                &claims_text,
+            ),
+            "kid",
+        ),
+        (
+            "issued in the future",
+            with(&|c| c["iat"] = json!(now() + 3600)),
+            "future",
+        ),
+    ];
+    cases.extend(forged);
     for (name, token, reason) in cases {
         let err = login(&gw, USER, &token)
             .await
@@ -576,7 +407,7 @@ async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
         format!(
             "[auth.oidc]\nallow_insecure_http = true\n[[auth.oidc.issuers]]\nissuer = \"{iss}\"\naudiences = [\"api://sluice\"]\n\
              [auth.oidc.login]\nissuer = \"{iss}\"\ndiscovery_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nscope = \"api://sluice/.default\"\n",
-            idp.discovery(),
+            idp.discovery(false),
             iss = v1_issuer(),
         ),
     )

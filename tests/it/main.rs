@@ -16,5 +16,6 @@ mod protocol;
 mod psql;
 mod python;
 mod redshift;
+mod redshift_drivers;
 mod robustness;
 mod security;

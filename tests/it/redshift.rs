@@ -119,6 +119,8 @@ impl Rig {
 [server]
 listen = "127.0.0.1:{port}"
 [server.tls]
+cert = "{pgdir}/server.crt"
+key = "{pgdir}/server.key"
 allow_plaintext = "loopback"
 
 [[auth.users]]
@@ -175,6 +177,7 @@ credentials = "get_cluster_credentials"
 {extra}
 "#,
             root = demo_dir().display(),
+            pgdir = pg.dir.path().display(),
             aws = moto.endpoint(),
             ca = pg.ca.display(),
             upstream = opts.upstream,

@@ -1297,7 +1297,7 @@ impl Session {
                     ));
                 }
                 let columns = match cmd {
-                    Command::Show(_) => 1,
+                    Command::Show(name) => Self::show_schema(name).fields().len(),
                     Command::Fetch { cursor, .. } => self
                         .cursor_schema(cursor)
                         .map(|s| s.fields().len())

@@ -119,6 +119,9 @@ pub async fn relay(
                 up.move_to(len, &mut client.out);
                 if until == Until::Answered {
                     *owed = 0;
+                    // The client may be waiting on this error alone (it sent Flush,
+                    // or nothing, and its next messages are skipped until Sync).
+                    client.flush().await.map_err(Disconnect::from)?;
                     return Ok(Outcome::Failed);
                 }
             }

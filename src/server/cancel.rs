@@ -59,11 +59,16 @@ impl Drop for CancelHandle {
     }
 }
 
+/// Session numbers start above Linux's largest possible pid (2^22), so a client can
+/// never mistake one for a real backend's pid (e.g. the upstream's, seen in
+/// `pg_backend_pid()` or a NOTIFY).
+const FIRST_PID: i32 = 4_194_305;
+
 impl CancelRegistry {
     pub fn new() -> Arc<CancelRegistry> {
         Arc::new(CancelRegistry {
             sessions: Mutex::new(HashMap::new()),
-            next_pid: AtomicI32::new(rand::thread_rng().gen_range(10_000..1_000_000)),
+            next_pid: AtomicI32::new(rand::thread_rng().gen_range(0..1_000_000)),
         })
     }
 
@@ -73,8 +78,9 @@ impl CancelRegistry {
         let upstream = UpstreamCancel::default();
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
-            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
-            if pid != 0 && !map.contains_key(&pid) {
+            let n = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
+            let pid = FIRST_PID + n % (0x3fff_ffff - FIRST_PID);
+            if !map.contains_key(&pid) {
                 break pid;
             }
         };

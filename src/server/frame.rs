@@ -32,6 +32,77 @@ pub fn max_len(tag: u8, authenticating: bool) -> usize {
     }
 }
 
+/// What the framing layer makes of the bytes buffered so far.
+#[derive(Debug)]
+pub enum Split {
+    /// One whole message, removed from the buffer.
+    Whole(Frame),
+    /// Fewer than the 5 header bytes (tag and length) are buffered.
+    NeedHeader,
+    /// The header is valid; this many body bytes are still missing.
+    NeedBody(usize),
+}
+
+/// Takes the first whole message off `input`, checking its length word against
+/// `max_len(tag)` before any of the body is awaited: a hostile length is refused
+/// here, never allocated.
+pub fn split_frame(input: &mut BytesMut, max_len: impl Fn(u8) -> usize) -> Result<Split, PgError> {
+    if input.len() < 5 {
+        return Ok(Split::NeedHeader);
+    }
+    let tag = input[0];
+    let len = i32::from_be_bytes([input[1], input[2], input[3], input[4]]);
+    if len < 4 {
+        return Err(PgError::protocol(format!(
+            "invalid message length {len} for message type {:?}",
+            tag as char
+        )));
+    }
+    let body_len = len as usize - 4;
+    let max = max_len(tag);
+    if body_len > max {
+        return Err(PgError::protocol(format!(
+            "message of type {:?} is {body_len} bytes, over the limit of {max} bytes",
+            tag as char
+        )));
+    }
+    let total = 5 + body_len;
+    if input.len() < total {
+        return Ok(Split::NeedBody(total - input.len()));
+    }
+    let mut frame = input.split_to(total).freeze();
+    let body = frame.split_off(5);
+    Ok(Split::Whole(Frame { tag, body }))
+}
+
+/// Whether `input` starts with a whole message (valid length word, body buffered).
+pub fn has_whole_frame(input: &[u8]) -> bool {
+    if input.len() < 5 {
+        return false;
+    }
+    let len = i32::from_be_bytes([input[1], input[2], input[3], input[4]]);
+    len >= 4 && input.len() > len as usize
+}
+
+/// The body length of a startup-phase packet (after its 4-byte length word), or why
+/// the length word is refused: a packet must hold at least its request code.
+pub fn startup_body_len(len: [u8; 4]) -> Result<usize, PgError> {
+    let len = i32::from_be_bytes(len);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(PgError::protocol(format!(
+            "invalid length of startup packet: {len}"
+        )));
+    }
+    Ok(len as usize - 4)
+}
+
+/// A startup-phase packet body: its request code (or protocol version) and the rest.
+pub fn startup_code(body: &[u8]) -> Result<(i32, &[u8]), PgError> {
+    let mut c = Cursor::new(body, "startup");
+    let code = c.i32()?;
+    Ok((code, c.rest()))
+}
+
 /// A bounds-checked reader over one message body.
 pub struct Cursor<'a> {
     buf: &'a [u8],
@@ -160,6 +231,19 @@ fn target(b: u8, what: &'static str) -> Result<Target, PgError> {
 
 pub fn decode_query(body: &[u8]) -> Result<&str, PgError> {
     Cursor::new(body, "Query").cstr()
+}
+
+/// The statement name of a Parse whose query text is not UTF-8 (a client using
+/// another client_encoding): the name is still needed to route the statement's
+/// later Bind/Describe/Close. `None` when the message is malformed otherwise.
+pub fn parse_name_of_foreign_text(body: &[u8]) -> Option<&str> {
+    let mut c = Cursor::new(body, "Parse");
+    let name = c.cstr().ok()?;
+    // The text is terminated (else the message is malformed) but not UTF-8.
+    let text_end = c.buf.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&c.buf[..text_end])
+        .is_err()
+        .then_some(name)
 }
 
 pub fn decode_parse(body: &[u8]) -> Result<Parse, PgError> {

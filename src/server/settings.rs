@@ -187,6 +187,22 @@ impl Settings {
             .map(|&n| (n, self.values.get(n).map(String::as_str).unwrap_or("")))
     }
 
+    /// A forwarding session reports what its upstream will apply, not the lake
+    /// engine's limits: a role that may write is not in a read-only session
+    /// (libpq's `target_session_attrs` trusts this), and the upstream converts to the
+    /// client_encoding the client asked for.
+    pub fn forwarding(&mut self, write: bool, client_encoding: Option<&str>) {
+        if write {
+            for name in ["default_transaction_read_only", "transaction_read_only"] {
+                self.values.insert(name.to_owned(), "off".to_owned());
+            }
+        }
+        if let Some(name) = client_encoding.and_then(encoding_name) {
+            self.values
+                .insert("client_encoding".to_owned(), name.to_owned());
+        }
+    }
+
     /// Applies `SET name = value` (`None` = DEFAULT). Returns the canonical name and new
     /// value when the parameter is reported, so the caller can send ParameterStatus.
     pub fn set(

@@ -2,6 +2,7 @@
 prepared statements, named (server-side) cursors, transactions, binary results.
 Usage: psycopg_forward.py <conninfo>. Prints OK lines; exits non-zero on failure."""
 
+import asyncio
 import sys
 
 import psycopg
@@ -90,3 +91,41 @@ with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT count(*) FROM nyc.vendors")
     assert conn.execute("SELECT count(*) FROM items WHERE id = 9002").fetchone()[0] == 1
     print("OK pipeline lake error rolls back")
+
+# What a write role's forwarding session reports: not read-only (libpq's
+# target_session_attrs=read-write must accept it), and the client_encoding the
+# upstream applies.
+with psycopg.connect(conninfo, autocommit=True, target_session_attrs="read-write") as rw:
+    assert rw.info.parameter_status("default_transaction_read_only") == "off"
+    assert rw.execute("SELECT 1").fetchone()[0] == 1
+with psycopg.connect(conninfo, autocommit=True, client_encoding="LATIN9") as latin:
+    assert latin.info.parameter_status("client_encoding") == "LATIN9"
+    # Text in that encoding reaches the upstream as the client wrote it.
+    assert latin.execute("SELECT %s::text", ("prix 5€",)).fetchone()[0] == "prix 5€"
+    assert latin.execute("SELECT 'café ' || '€'").fetchone()[0] == "café €"
+    latin.execute("SET client_encoding TO UTF8")
+print("OK settings and encodings")
+
+# An error inside a transaction inside a pipeline, async client: the error reaches
+# the client as soon as it asks (Flush), without a Sync; also for an error Sluice
+# itself raises. A hang fails the test through the timeout.
+async def pipeline_errors():
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as aconn:
+        for failing, error in (
+            ("SELECT 1 / %s", psycopg.errors.DivisionByZero),
+            ("SHOW sluice.no_such_setting", psycopg.errors.UndefinedObject),
+        ):
+            try:
+                async with aconn.pipeline():
+                    async with aconn.transaction():
+                        cur = await aconn.execute(failing, (0,) if "%s" in failing else None)
+                        await cur.fetchone()
+                raise AssertionError("the pipeline should have failed")
+            except error:
+                pass
+            cur = await aconn.execute("SELECT 1")
+            assert (await cur.fetchone())[0] == 1
+
+
+asyncio.run(asyncio.wait_for(pipeline_errors(), 20))
+print("OK async pipeline errors are not held back")

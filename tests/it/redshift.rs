@@ -955,7 +955,7 @@ async fn psycopg_pipelines_copies_and_cursors_through_forwarding() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("OK ")).count(),
-        9,
+        11,
         "{stdout}"
     );
 }

@@ -656,8 +656,7 @@ impl Session {
             Some(l) => l,
             None => {
                 self.drain_upstream().await?;
-                self.fail(&PgError::canceled());
-                self.skip_until_sync = true;
+                self.fail_pipeline(&PgError::canceled()).await?;
                 return Ok(true);
             }
         };

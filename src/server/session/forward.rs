@@ -411,7 +411,14 @@ impl Session {
         let upstream = match frame.tag {
             b'Q' => {
                 let Ok(sql) = frame::decode_query(&frame.body) else {
-                    return Ok(false);
+                    // Text in a non-UTF-8 client_encoding (set upstream): Sluice cannot
+                    // read it, so, like a statement it cannot parse, it goes upstream
+                    // only for a role that may write.
+                    if !(self.policy.write && frame.body.last() == Some(&0)) {
+                        return Ok(false);
+                    }
+                    self.forward_simple(frame).await?;
+                    return Ok(true);
                 };
                 match self.text_target(sql) {
                     Ok(t) => t == Target::Upstream,
@@ -425,7 +432,16 @@ impl Session {
             }
             b'P' => {
                 let Ok(msg) = frame::decode_parse(&frame.body) else {
-                    return Ok(false);
+                    // Non-UTF-8 text, as for a simple query above.
+                    match frame::parse_name_of_foreign_text(&frame.body) {
+                        Some(name) if self.policy.write => {
+                            let name = name.to_owned();
+                            fwd.statements.insert(name.clone());
+                            self.statements.remove(&name);
+                            return self.forward_message(frame).await;
+                        }
+                        _ => return Ok(false),
+                    }
                 };
                 match self.text_target(&msg.query) {
                     Ok(Target::Upstream) => {
@@ -443,8 +459,7 @@ impl Session {
                         self.drain_upstream().await?;
                         // An upstream error already voids the pipeline up to Sync.
                         if !self.skip_until_sync {
-                            self.fail(&e);
-                            self.skip_until_sync = true;
+                            self.fail_pipeline(&e).await?;
                         }
                         return Ok(true);
                     }
@@ -523,26 +538,29 @@ impl Session {
                 }
                 self.conn.flush().await?;
             }
-            _ => {
-                if let Err(e) = self.ensure_upstream().await {
-                    self.fail(&e);
-                    self.skip_until_sync = true;
-                    return Ok(true);
-                }
-                self.put_upstream(frame);
-                let fwd = self.forward.as_mut().expect("forwarding session");
-                fwd.owed += relay::answers_owed(frame.tag);
-                fwd.pending_sync = true;
-                let big = fwd
-                    .held
-                    .as_ref()
-                    .is_some_and(|h| h.conn.out.len() >= FLUSH_THRESHOLD);
-                // A client that waits after Execute (or a pipeline too big to hold)
-                // needs the answers now; otherwise they come with the Sync.
-                if big || (frame.tag == b'E' && !self.conn.has_buffered_frame()) {
-                    self.drain_upstream().await?;
-                }
-            }
+            _ => return self.forward_message(frame).await,
+        }
+        Ok(true)
+    }
+
+    /// Forwards one extended-protocol message (Parse, Bind, Describe, Execute, Close).
+    async fn forward_message(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+        if let Err(e) = self.ensure_upstream().await {
+            self.fail_pipeline(&e).await?;
+            return Ok(true);
+        }
+        self.put_upstream(frame);
+        let fwd = self.forward.as_mut().expect("forwarding session");
+        fwd.owed += relay::answers_owed(frame.tag);
+        fwd.pending_sync = true;
+        let big = fwd
+            .held
+            .as_ref()
+            .is_some_and(|h| h.conn.out.len() >= FLUSH_THRESHOLD);
+        // A client that waits after Execute (or a pipeline too big to hold)
+        // needs the answers now; otherwise they come with the Sync.
+        if big || (frame.tag == b'E' && !self.conn.has_buffered_frame()) {
+            self.drain_upstream().await?;
         }
         Ok(true)
     }
@@ -550,9 +568,7 @@ impl Session {
     /// Forwards an Execute and relays its answer now (the result cache records it).
     pub(super) async fn forward_execute_now(&mut self, frame: &Frame) -> Result<(), Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
-            self.fail(&e);
-            self.skip_until_sync = true;
-            return Ok(());
+            return self.fail_pipeline(&e).await;
         }
         self.put_upstream(frame);
         if let Some(fwd) = self.forward.as_mut() {
@@ -688,8 +704,10 @@ impl Session {
             Err(RelayError::Upstream { error, reported }) => {
                 self.upstream_lost(error, reported);
                 if until == Until::Answered {
-                    // The client's pipeline is void until its Sync, as after any error.
+                    // The client's pipeline is void until its Sync, as after any
+                    // error, and it hears so now.
                     self.skip_until_sync = true;
+                    self.conn.flush().await?;
                 }
                 Ok(None)
             }

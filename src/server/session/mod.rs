@@ -213,6 +213,10 @@ impl Session {
                 return Ok(());
             }
         }
+        if forwarding {
+            let encoding = startup.get("client_encoding").map(String::as_str);
+            self.settings.forwarding(self.policy.write, encoding);
+        }
         let mut reported: Vec<(String, String)> = self
             .settings
             .reported()
@@ -419,10 +423,10 @@ impl Session {
                     if e.severity == Severity::Fatal {
                         return Err(Disconnect::Protocol(e));
                     }
-                    self.fail(&e);
-                    self.skip_until_sync = true;
+                    self.fail_pipeline(&e).await?;
+                } else {
+                    self.conn.flush_if_full().await?;
                 }
-                self.conn.flush_if_full().await?;
             }
             other => {
                 return Err(Disconnect::Protocol(PgError::protocol(format!(
@@ -462,6 +466,16 @@ impl Session {
             // …and the upstream's implicit transaction of the same pipeline.
             self.void_upstream_pipeline();
         }
+    }
+
+    /// An extended-protocol message failed: the error goes out at once, as
+    /// PostgreSQL sends it, because a client that sent Flush (or nothing) after the
+    /// message is waiting for it and any Flush it sends next is skipped with the rest
+    /// of the pipeline, up to Sync.
+    async fn fail_pipeline(&mut self, e: &PgError) -> Result<(), Disconnect> {
+        self.fail(e);
+        self.skip_until_sync = true;
+        Ok(self.conn.flush().await?)
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<(), Disconnect> {

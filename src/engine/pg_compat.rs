@@ -5,6 +5,7 @@
 mod catalog;
 mod functions;
 mod info_schema;
+mod literals;
 mod matviews;
 mod overlay;
 mod redshift_show;

@@ -10,6 +10,8 @@ use datafusion::sql::sqlparser::ast::{
 
 use crate::server::error::{PgError, SqlState};
 
+pub mod cursor_motion;
+
 /// A statement the session answers without an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -35,10 +37,12 @@ pub enum Command {
     Savepoint(String),
     Release(String),
     RollbackTo(String),
-    /// `FETCH [FORWARD] n | ALL FROM cursor`; `None` means ALL.
+    /// `FETCH [FORWARD] n | ALL FROM cursor`; `None` means ALL. `discard`: `MOVE`,
+    /// which advances the same way without sending the rows.
     Fetch {
         cursor: String,
         count: Option<u64>,
+        discard: bool,
     },
     /// `CLOSE cursor | ALL`; `None` means ALL.
     CloseCursor(Option<String>),
@@ -64,7 +68,8 @@ impl Command {
             Command::Savepoint(_) => "SAVEPOINT",
             Command::Release(_) => "RELEASE",
             Command::RollbackTo(_) => "ROLLBACK",
-            Command::Fetch { .. } => "FETCH",
+            Command::Fetch { discard: false, .. } => "FETCH",
+            Command::Fetch { discard: true, .. } => "MOVE",
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
             Command::RefreshLake(_) => "CALL",
@@ -204,6 +209,7 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
             Route::Session(Command::Fetch {
                 cursor: name.value,
                 count: count.filter(|&c| c > 0),
+                discard: false,
             })
         }
         Statement::Close { cursor } => Route::Session(Command::CloseCursor(match cursor {

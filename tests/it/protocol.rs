@@ -314,7 +314,35 @@ async fn sql_cursors_fetch_forward_in_chunks() {
         .map(|r| r[0].as_ref().unwrap().parse().unwrap())
         .collect();
     assert_eq!(ids, (1..=7).collect::<Vec<i64>>());
-    client.simple_query("CLOSE c; COMMIT").await.unwrap();
+    client.simple_query("CLOSE c").await.unwrap();
+
+    // PostgreSQL's other spellings: FROM/IN optional, MOVE (asyncpg's
+    // Cursor.forward), and a clear refusal for backward motion.
+    client
+        .simple_query("DECLARE d CURSOR FOR SELECT trip_id FROM nyc.trips WHERE month = '2024-01' ORDER BY trip_id")
+        .await
+        .unwrap();
+    let first = |msgs: Vec<SimpleQueryMessage>| -> Vec<String> {
+        simple_values(&msgs)
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        first(client.simple_query("FETCH 2 d").await.unwrap()),
+        ["1", "2"]
+    );
+    let moved = client.simple_query("MOVE FORWARD 10 \"d\"").await.unwrap();
+    assert!(matches!(
+        moved.last(),
+        Some(SimpleQueryMessage::CommandComplete(10))
+    ));
+    assert!(simple_values(&moved).is_empty(), "MOVE sends no rows");
+    assert_eq!(first(client.simple_query("FETCH d").await.unwrap()), ["13"]);
+    let err = client.simple_query("MOVE BACKWARD 1 d").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    client.simple_query("ROLLBACK; BEGIN").await.unwrap();
+    client.simple_query("COMMIT").await.unwrap();
     let err = client
         .simple_query("BEGIN; FETCH 1 FROM c")
         .await
@@ -345,4 +373,21 @@ async fn rollback_to_savepoint_recovers_a_failed_transaction() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err), "25P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_list_integer_literals_are_typed_as_postgres_types_them() {
+    let gw = Gateway::start().await;
+    let client = gw.connect().await;
+    let row = client
+        .query_one("SELECT 1 AS one, -7, 2147483648 AS big, 1 + 1 AS sum", &[])
+        .await
+        .unwrap();
+    let types: Vec<&str> = row.columns().iter().map(|c| c.type_().name()).collect();
+    // `1 + 1` stays bigint: DataFusion's 32-bit arithmetic wraps where PostgreSQL
+    // raises "integer out of range".
+    assert_eq!(types, ["int4", "int4", "int8", "int8"]);
+    assert_eq!(row.columns()[1].name(), "?column?");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, i32>(1), -7);
 }

@@ -20,6 +20,7 @@ pub fn rewrite(mut stmt: Statement) -> Statement {
     let _ = VisitMut::visit(&mut stmt, &mut TableFunctionRewriter);
     if let Statement::Query(query) = &mut stmt {
         name_output_columns(query);
+        super::literals::type_output_literals(query);
         let _ = VisitMut::visit(query, &mut DedupProjection);
     }
     stmt

@@ -356,6 +356,15 @@ impl Session {
         if self.matview_statement(sql).is_some() {
             return Ok(Target::Local);
         }
+        // FETCH/MOVE forms the parser lacks: to whichever side holds the cursor.
+        if let Some(Ok(route::Command::Fetch { cursor, .. })) = route::cursor_motion::parse(sql) {
+            let local = self.portals.contains_key(&cursor);
+            return Ok(if local {
+                Target::Local
+            } else {
+                Target::Upstream
+            });
+        }
         if let Some(t) = self.quick_target(sql) {
             return Ok(t);
         }

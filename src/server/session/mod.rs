@@ -101,7 +101,11 @@ struct Portal {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ExecMode {
     Execute,
-    Fetch { describe: bool },
+    /// FETCH (or MOVE, `discard`: the rows are skipped, not sent).
+    Fetch {
+        describe: bool,
+        discard: bool,
+    },
 }
 
 enum PortalState {
@@ -492,6 +496,29 @@ impl Session {
             }
             return Ok(());
         }
+        if let Some(motion) = route::cursor_motion::parse(sql) {
+            let result = match motion.map(Route::Session) {
+                Ok(route) => match self.check_failed_tx(&route) {
+                    Ok(()) => {
+                        let Route::Session(Command::Fetch {
+                            cursor,
+                            count,
+                            discard,
+                        }) = route
+                        else {
+                            unreachable!("cursor_motion only returns FETCH/MOVE")
+                        };
+                        self.fetch(&cursor, count, None, !discard, discard).await?
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                self.fail(&e);
+            }
+            return Ok(());
+        }
         let statements = match self.shared.engine.parse(sql) {
             Ok(s) => s,
             Err(e) => {
@@ -526,9 +553,11 @@ impl Session {
             return Ok(Err(e));
         }
         match route {
-            Route::Session(Command::Fetch { cursor, count }) => {
-                self.fetch(&cursor, count, None, true).await
-            }
+            Route::Session(Command::Fetch {
+                cursor,
+                count,
+                discard,
+            }) => self.fetch(&cursor, count, None, !discard, discard).await,
             Route::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true).await),
             Route::DeclareCursor {
                 name,
@@ -556,7 +585,7 @@ impl Session {
                     rows: 0,
                     explain,
                 };
-                match self.pump(&mut run, &formats, 0).await? {
+                match self.pump(&mut run, &formats, 0, false).await? {
                     Ok(_) => {
                         self.complete_query(&run);
                         Ok(Ok(()))
@@ -645,6 +674,7 @@ impl Session {
         count: Option<u64>,
         formats: Option<Vec<Format>>,
         describe: bool,
+        discard: bool,
     ) -> Result<Result<(), PgError>, Disconnect> {
         let Some(mut portal) = self.portals.remove(cursor) else {
             return Ok(Err(PgError::new(
@@ -655,7 +685,7 @@ impl Session {
         let saved = formats.map(|f| std::mem::replace(&mut portal.formats, f));
         let max_rows = count.map(|c| c.min(i32::MAX as u64) as i32).unwrap_or(0);
         let result = self
-            .execute_portal(&mut portal, max_rows, ExecMode::Fetch { describe })
+            .execute_portal(&mut portal, max_rows, ExecMode::Fetch { describe, discard })
             .await;
         if let Some(f) = saved {
             portal.formats = f;
@@ -722,6 +752,7 @@ impl Session {
         run: &mut LakeRun,
         formats: &[Format],
         max_rows: u64,
+        discard: bool,
     ) -> Result<Result<bool, PgError>, Disconnect> {
         let signal = self.cancel.signal.clone();
         let canceled = signal.notified();
@@ -797,7 +828,9 @@ impl Session {
                             )
                             .with_hint("add a filter or LIMIT, or ask for a role with a higher row_limit")));
                         }
-                        encoder.write_row(row, &mut self.conn.out, &opts);
+                        if !discard {
+                            encoder.write_row(row, &mut self.conn.out, &opts);
+                        }
                         row += 1;
                         sent_now += 1;
                         run.rows += 1;
@@ -1200,6 +1233,21 @@ impl Session {
             self.conn.send(&ParseComplete::new());
             return Ok(());
         }
+        if let Some(motion) = route::cursor_motion::parse(&msg.query) {
+            let route = Route::Session(motion?);
+            self.check_failed_tx(&route)?;
+            let Route::Session(cmd) = route else {
+                unreachable!("built above")
+            };
+            self.statements.insert(
+                msg.name,
+                Arc::new(PreparedStatement {
+                    prepared: Prepared::Command(cmd),
+                }),
+            );
+            self.conn.send(&ParseComplete::new());
+            return Ok(());
+        }
         let mut statements = self.shared.engine.parse(&msg.query)?;
         let prepared = match statements.len() {
             0 => Prepared::Empty,
@@ -1312,7 +1360,11 @@ impl Session {
                 }
                 let columns = match cmd {
                     Command::Show(name) => Self::show_schema(name).fields().len(),
-                    Command::Fetch { cursor, .. } => self
+                    Command::Fetch {
+                        cursor,
+                        discard: false,
+                        ..
+                    } => self
                         .cursor_schema(cursor)
                         .map(|s| s.fields().len())
                         .unwrap_or(0),
@@ -1430,7 +1482,11 @@ impl Session {
                 let schema = Self::show_schema(name);
                 encode::row_description(&mut self.conn.out, &schema, formats);
             }
-            Command::Fetch { cursor, .. } => match self.cursor_schema(cursor) {
+            Command::Fetch {
+                cursor,
+                discard: false,
+                ..
+            } => match self.cursor_schema(cursor) {
                 Some(schema) => self.describe_schema(&schema, formats),
                 None => self.conn.send(&NoData::new()),
             },
@@ -1467,11 +1523,16 @@ impl Session {
             ));
         }
         let result = match &portal.state {
-            PortalState::Command(Command::Fetch { cursor, count }) => {
-                let (cursor, count) = (cursor.clone(), *count);
+            PortalState::Command(Command::Fetch {
+                cursor,
+                count,
+                discard,
+            }) => {
+                let (cursor, count, discard) = (cursor.clone(), *count, *discard);
                 portal.state = PortalState::Done;
                 let formats = portal.formats.clone();
-                self.fetch(&cursor, count, Some(formats), false).await
+                self.fetch(&cursor, count, Some(formats), false, discard)
+                    .await
             }
             _ => {
                 self.execute_portal(&mut portal, msg.max_rows, ExecMode::Execute)
@@ -1501,12 +1562,18 @@ impl Session {
     ) -> Result<Result<(), PgError>, Disconnect> {
         let max_rows = if max_rows <= 0 { 0 } else { max_rows as u64 };
         let formats = portal.formats.clone();
-        if mode == (ExecMode::Fetch { describe: true })
+        if mode
+            == (ExecMode::Fetch {
+                describe: true,
+                discard: false,
+            })
             && let Prepared::Lake { schema, .. } = &portal.statement.prepared
         {
             encode::row_description(&mut self.conn.out, schema, &formats);
         }
-        let fetch_tag = |rows: u64| CommandComplete::new(format!("FETCH {rows}"));
+        let discard = matches!(mode, ExecMode::Fetch { discard: true, .. });
+        let verb = if discard { "MOVE" } else { "FETCH" };
+        let fetch_tag = |rows: u64| CommandComplete::new(format!("{verb} {rows}"));
         match &mut portal.state {
             PortalState::Empty => {
                 self.conn.send(&EmptyQueryResponse::new());
@@ -1555,7 +1622,7 @@ impl Session {
                     },
                 );
                 let before = taken.rows;
-                let outcome = self.pump(&mut taken, &formats, max_rows).await?;
+                let outcome = self.pump(&mut taken, &formats, max_rows, discard).await?;
                 let sent = taken.rows - before;
                 match outcome {
                     Ok(true) => {

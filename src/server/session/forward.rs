@@ -25,6 +25,7 @@ use crate::server::Shared;
 use crate::server::connection::{Disconnect, FLUSH_THRESHOLD};
 use crate::server::error::{PgError, SqlState};
 use crate::server::frame::{self, Frame, Target as Named};
+use pgwire::messages::startup::ParameterStatus;
 
 pub(super) struct Forwarding {
     pub(super) upstream: Arc<Upstream>,
@@ -612,6 +613,30 @@ impl Session {
         }
     }
 
+    /// The session reported its own parameter values at login, before any upstream
+    /// was open; once one is, a PostgreSQL client learns the values that differ
+    /// (TimeZone's spelling, is_superuser, the exact server_version), as it would
+    /// from the server itself. Redshift drivers keep the Redshift-shaped values.
+    fn report_upstream_parameters(&mut self, upstream: &[(String, String)]) {
+        if self.client.is_redshift() {
+            return;
+        }
+        for (name, value) in upstream {
+            // Sluice, not the upstream, keeps a read-only role's session read-only.
+            if !self.policy.write && name.ends_with("transaction_read_only") {
+                continue;
+            }
+            let differs = self
+                .settings
+                .reported()
+                .any(|(n, ours)| n == name && ours != value);
+            if differs {
+                self.conn
+                    .send(&ParameterStatus::new(name.clone(), value.clone()));
+            }
+        }
+    }
+
     /// Opens the upstream session on first use.
     async fn ensure_upstream(&mut self) -> Result<(), PgError> {
         let fwd = self.forward.as_mut().expect("forwarding session");
@@ -637,6 +662,7 @@ impl Session {
             .await?;
             // From now on a cancel for this session goes to this upstream backend.
             self.cancel.set_upstream(held.conn.cancel.clone());
+            self.report_upstream_parameters(&held.conn.parameters);
             self.forward.as_mut().expect("forwarding session").held = Some(held);
         }
         Ok(())

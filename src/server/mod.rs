@@ -8,6 +8,8 @@ pub mod cancel;
 pub mod connection;
 pub mod error;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod session;
 pub mod settings;
 pub mod startup;
@@ -86,6 +88,7 @@ impl Server {
     /// Validates everything that can fail before accepting the first client.
     pub async fn bind(config: Config) -> Result<Server, String> {
         let config = Arc::new(config);
+        raise_file_limit(config.server.max_connections);
         let tls = tls::load(&config)?;
         if tls.self_signed {
             tracing::info!(sha256 = %tls.fingerprint, "TLS: generated a self-signed certificate (configure server.tls.cert/key for a trusted one)");
@@ -196,6 +199,30 @@ impl Server {
                 }
             });
         }
+    }
+}
+
+/// Every client is a socket: a process limited to fewer open files than
+/// `max_connections` cannot even accept the clients beyond it (accept fails with
+/// EMFILE and they wait, unanswered, in the listen backlog). The soft limit is
+/// raised to the hard one, as Go's runtime does for every server, and a limit that is
+/// still too low is reported at start.
+fn raise_file_limit(max_connections: usize) {
+    // Files besides client sockets: listener, runtimes, logs, upstream and HTTP
+    // connections, lake files being read.
+    const HEADROOM: u64 = 256;
+    let wanted = max_connections as u64 + HEADROOM;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "this process may open only {limit} files, too few for server.max_connections = \
+             {max_connections}: clients past about {} connections will wait unanswered; raise \
+             the hard limit (ulimit -n, systemd LimitNOFILE, docker --ulimit nofile)",
+            limit.saturating_sub(HEADROOM)
+        ),
+        Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
 }
 

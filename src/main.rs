@@ -93,7 +93,12 @@ fn main() -> ExitCode {
             let path = config_path(config);
             match load(&path) {
                 Ok(c) => {
-                    if let Err(e) = sluice::server::tls::load(&c) {
+                    // What `serve` reads besides the file itself: certificates, and the
+                    // LDAP CA and service-account secret.
+                    let files = sluice::server::tls::load(&c)
+                        .map(|_| ())
+                        .and_then(|()| sluice::auth::ldap::LdapAuthenticator::new(&c).map(|_| ()));
+                    if let Err(e) = files {
                         eprintln!("sluice: invalid configuration: {}: {e}", path.display());
                         return ExitCode::from(2);
                     }

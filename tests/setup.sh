@@ -9,6 +9,10 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 [ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# OpenLDAP for the [auth.ldap] tests: slapd in /usr/sbin (not on every PATH), and
+# the ldapsearch/ldapadd clients for poking at it by hand.
+[ -x /usr/sbin/slapd ] || need_apt+=(slapd)
+command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
@@ -25,4 +29,31 @@ fi
 if ! command -v moto_server >/dev/null 2>&1; then
   echo "setup: installing moto (AWS API stand-in)"
   "$PY" -m pip install -q 'moto[server]>=5.0'
+fi
+# Client libraries of tests/it/clients.rs and redshift_drivers.rs, pinned: the tests
+# assert exact reflection and type answers, which move between releases.
+if ! "$PY" -c 'import asyncpg; assert asyncpg.__version__ == "0.32.0"' >/dev/null 2>&1; then
+  echo "setup: installing asyncpg"
+  "$PY" -m pip install -q 'asyncpg==0.32.0'
+fi
+if ! "$PY" -c 'import sqlalchemy, greenlet; assert sqlalchemy.__version__ == "2.1.9"' >/dev/null 2>&1; then
+  echo "setup: installing SQLAlchemy"
+  "$PY" -m pip install -q 'sqlalchemy[asyncio]==2.1.9'
+fi
+if ! "$PY" -c 'import redshift_connector; assert redshift_connector.__version__ == "2.2.0"' >/dev/null 2>&1; then
+  echo "setup: installing redshift_connector"
+  "$PY" -m pip install -q 'redshift_connector==2.2.0'
+fi
+
+# node-postgres for tests/it/clients.rs, at the version package-lock.json pins.
+CLIENTS="$(cd "$(dirname "$0")" && pwd)/clients"
+if [ ! -f "$CLIENTS/node_modules/pg/package.json" ]; then
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing Debian packages: nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "setup: installing node-postgres"
+  npm ci --prefix "$CLIENTS" --no-audit --no-fund --loglevel=error
 fi

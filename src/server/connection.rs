@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::server::error::{PgError, SqlState};
-use crate::server::frame::Frame;
+use crate::server::frame::{self, Frame, Split};
 
 /// Plain TCP or TLS; both are Unpin so delegation is direct.
 pub enum ClientStream {
@@ -157,41 +157,10 @@ impl Connection {
         max_len: impl Fn(u8) -> usize,
     ) -> Result<Option<Frame>, Disconnect> {
         loop {
-            if self.input.len() >= 5 {
-                let tag = self.input[0];
-                let len = i32::from_be_bytes([
-                    self.input[1],
-                    self.input[2],
-                    self.input[3],
-                    self.input[4],
-                ]);
-                if len < 4 {
-                    return Err(Disconnect::Protocol(PgError::protocol(format!(
-                        "invalid message length {len} for message type {:?}",
-                        tag as char
-                    ))));
-                }
-                let body_len = len as usize - 4;
-                if body_len > max_len(tag) {
-                    return Err(Disconnect::Protocol(PgError::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!(
-                            "message of type {:?} is {body_len} bytes, over the limit of {} bytes",
-                            tag as char,
-                            max_len(tag)
-                        ),
-                    )));
-                }
-                let total = 5 + body_len;
-                if self.input.len() >= total {
-                    let mut frame = self.input.split_to(total).freeze();
-                    let body = frame.split_off(5);
-                    return Ok(Some(Frame { tag, body }));
-                }
-                let missing = total - self.input.len();
-                self.input.reserve(missing.min(READ_CHUNK));
-            } else {
-                self.input.reserve(4096);
+            match frame::split_frame(&mut self.input, &max_len).map_err(Disconnect::Protocol)? {
+                Split::Whole(frame) => return Ok(Some(frame)),
+                Split::NeedBody(missing) => self.input.reserve(missing.min(READ_CHUNK)),
+                Split::NeedHeader => self.input.reserve(4096),
             }
             let n = self.stream.read_buf(&mut self.input).await?;
             if n == 0 {
@@ -208,11 +177,7 @@ impl Connection {
 
     /// Whether a whole frame is already buffered, so reading would not wait.
     pub fn has_buffered_frame(&self) -> bool {
-        if self.input.len() < 5 {
-            return false;
-        }
-        let len = i32::from_be_bytes([self.input[1], self.input[2], self.input[3], self.input[4]]);
-        len >= 4 && self.input.len() > len as usize
+        frame::has_whole_frame(&self.input)
     }
 
     /// Appends a pgwire backend message to the output buffer.

@@ -14,7 +14,7 @@ use crate::server::Shared;
 use crate::server::authenticate::{ClientKind, authenticate};
 use crate::server::connection::{ClientStream, Connection, Disconnect};
 use crate::server::error::{PgError, SqlState};
-use crate::server::frame::{self, MAX_STARTUP_PACKET};
+use crate::server::frame;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -44,15 +44,10 @@ async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = i32::from_be_bytes(len);
-    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
-        return Err(Disconnect::Protocol(PgError::protocol(format!(
-            "invalid length of startup packet: {len}"
-        ))));
-    }
-    let mut body = vec![0u8; len as usize - 4];
+    let body_len = frame::startup_body_len(len).map_err(Disconnect::Protocol)?;
+    let mut body = vec![0u8; body_len];
     s.read_exact(&mut body).await?;
-    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let (code, _) = frame::startup_code(&body).map_err(Disconnect::Protocol)?;
     Ok(Some((code, Bytes::from(body).slice(4..))))
 }
 
@@ -166,24 +161,7 @@ pub async fn handshake(
         conn.shutdown().await;
         return Err(Disconnect::Protocol(e));
     }
-    // Newer minor versions and `_pq_.` protocol options are negotiated down to 3.0.
-    let unsupported: Vec<String> = params
-        .keys()
-        .filter(|k| k.starts_with("_pq_."))
-        .cloned()
-        .collect();
-    // Redshift drivers fail on NegotiateProtocolVersion (none of them handles 'v');
-    // they never ask for a newer minor version, and `_pq_.` options are ignored.
-    if (minor > 0 || !unsupported.is_empty()) && !client.is_redshift() {
-        frame::put_message(&mut conn.out, b'v', |b| {
-            b.extend_from_slice(&0i32.to_be_bytes());
-            b.extend_from_slice(&(unsupported.len() as i32).to_be_bytes());
-            for o in &unsupported {
-                b.extend_from_slice(o.as_bytes());
-                b.extend_from_slice(&[0]);
-            }
-        });
-    }
+    negotiate(&mut conn.out, minor, &params, client);
 
     let limit = Duration::from_secs(shared.config.server.auth_timeout_secs);
     let authenticated = match tokio::time::timeout(
@@ -211,5 +189,28 @@ pub async fn handshake(
             Err(Disconnect::Protocol(e))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Newer minor versions and `_pq_.` protocol options are negotiated down to 3.0
+/// (NegotiateProtocolVersion, appended to `out`). Redshift drivers fail on it (none
+/// of them handles 'v'); they never ask for a newer minor version, and their `_pq_.`
+/// options are ignored.
+pub(crate) fn negotiate(
+    out: &mut bytes::BytesMut,
+    minor: u16,
+    params: &BTreeMap<String, String>,
+    client: ClientKind,
+) {
+    let unsupported: Vec<&String> = params.keys().filter(|k| k.starts_with("_pq_.")).collect();
+    if (minor > 0 || !unsupported.is_empty()) && !client.is_redshift() {
+        frame::put_message(out, b'v', |b| {
+            b.extend_from_slice(&0i32.to_be_bytes());
+            b.extend_from_slice(&(unsupported.len() as i32).to_be_bytes());
+            for o in &unsupported {
+                b.extend_from_slice(o.as_bytes());
+                b.extend_from_slice(&[0]);
+            }
+        });
     }
 }

@@ -128,6 +128,69 @@ pub fn clients_dir() -> PathBuf {
         .join("clients")
 }
 
+/// The Python interpreter the client programs run under (`PYTHON` overrides).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A `[server.tls]` section serving `certs` and refusing plaintext, so every client
+/// that gets in has negotiated TLS.
+pub fn tls_only(certs: &crate::postgres::Certs) -> String {
+    format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nallow_plaintext = \"never\"\n",
+        certs.cert.display(),
+        certs.key.display()
+    )
+}
+
+/// How a client program ended: success, and its stdout and stderr together.
+pub struct ClientRun {
+    pub ok: bool,
+    pub text: String,
+}
+
+/// Runs a client program, killing it after `limit`: a client stuck waiting on the
+/// server then fails its test with everything it printed so far, instead of
+/// hanging the suite. Output goes through a file so nothing is lost on the kill.
+pub async fn run_client(
+    cmd: &mut tokio::process::Command,
+    limit: std::time::Duration,
+) -> ClientRun {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().expect("output file");
+    let mut child = cmd
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out.try_clone().expect("dup"))
+        .env("PYTHONUNBUFFERED", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start ({e}): run tests/setup.sh"));
+    let (ok, killed) = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => (status.expect("wait").success(), false),
+        Err(_) => {
+            let _ = child.kill().await;
+            (false, true)
+        }
+    };
+    let mut bytes = Vec::new();
+    out.rewind().expect("rewind");
+    out.read_to_end(&mut bytes).expect("client output");
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if killed {
+        text.push_str(&format!("\n[killed: still running after {limit:?}]"));
+    }
+    ClientRun { ok, text }
+}
+
+/// The value of the `RESULT <name> <json>` line a client program printed.
+pub fn result_line(text: &str, name: &str) -> serde_json::Value {
+    let prefix = format!("RESULT {name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no `RESULT {name}` line in:\n{text}"))
+}
+
 /// Error code of a tokio-postgres error, for assertions.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()

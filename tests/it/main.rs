@@ -2,10 +2,12 @@
 //! One test binary (modules below) keeps link time down.
 
 mod cache;
+mod clients;
 mod glue;
 mod harness;
 mod idp;
 mod jdbc;
+mod ldap;
 #[path = "../support/moto.rs"]
 mod moto;
 mod oidc;
@@ -19,3 +21,6 @@ mod redshift;
 mod redshift_drivers;
 mod robustness;
 mod security;
+#[path = "../support/slapd.rs"]
+mod slapd;
+mod wire_fuzz;

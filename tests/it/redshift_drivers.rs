@@ -48,7 +48,12 @@ fn certs() -> (tempfile::TempDir, crate::postgres::Certs) {
 }
 
 /// Runs `redshift_connector_check.py` and returns its output.
-async fn redshift_connector(port: u16, ca: &Path, mode: &str, args: &[&str]) -> (bool, i32, String) {
+async fn redshift_connector(
+    port: u16,
+    ca: &Path,
+    mode: &str,
+    args: &[&str],
+) -> (bool, i32, String) {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let out = tokio::process::Command::new(python)
         .arg(clients_dir().join("redshift_connector_check.py"))
@@ -83,8 +88,12 @@ async fn redshift_connector_signs_in_with_idp_tokens_and_passwords() {
     assert!(ok, "{text}");
     assert!(text.contains("ALL OK"), "{text}");
     assert_eq!(identity_line(&text)["identity"][1], "local");
-    assert!(text.contains(r#"TABLES ["trips", "vendors", "zones"]"#), "{text}");
-    let (ok, code, text) = redshift_connector(gw.port, &certs.ca, "password", &["demo", "wrong"]).await;
+    assert!(
+        text.contains(r#"TABLES ["trips", "vendors", "zones"]"#),
+        "{text}"
+    );
+    let (ok, code, text) =
+        redshift_connector(gw.port, &certs.ca, "password", &["demo", "wrong"]).await;
     assert!(!ok && code == 3 && text.contains("28P01"), "{text}");
 
     // IdpTokenAuthPlugin (idp_type AwsIdc, no user): the user comes from the token.
@@ -94,7 +103,10 @@ async fn redshift_connector_signs_in_with_idp_tokens_and_passwords() {
     let id = identity_line(&text);
     assert_eq!(id["current_user"], USER);
     assert_eq!(id["identity"][1], "token");
-    assert_eq!(id["identity"][6], "admin", "app role Lake.Admin maps to admin");
+    assert_eq!(
+        id["identity"][6], "admin",
+        "app role Lake.Admin maps to admin"
+    );
 
     // An Azure plugin with provider_name: only the issuer serving that provider.
     let sales_token = key.sign(&v1_claims());
@@ -108,8 +120,16 @@ async fn redshift_connector_signs_in_with_idp_tokens_and_passwords() {
     // Refusals name their reason: an unknown provider, a token of the wrong issuer
     // for the provider, an expired token.
     for (token, provider, want) in [
-        (sales_token.clone(), "other_provider", "provider_name `other_provider`"),
-        (admin_token.clone(), PROVIDER, "not trusted for provider_name"),
+        (
+            sales_token.clone(),
+            "other_provider",
+            "provider_name `other_provider`",
+        ),
+        (
+            admin_token.clone(),
+            PROVIDER,
+            "not trusted for provider_name",
+        ),
         (
             key.sign(&{
                 let mut c = v1_claims();
@@ -123,13 +143,18 @@ async fn redshift_connector_signs_in_with_idp_tokens_and_passwords() {
         let (ok, code, text) =
             redshift_connector(gw.port, &certs.ca, "azure", &[&token, provider]).await;
         assert!(!ok && code == 3, "{text}");
-        assert!(text.contains(want) && text.contains("28P01"), "want `{want}`:\n{text}");
+        assert!(
+            text.contains(want) && text.contains("28P01"),
+            "want `{want}`:\n{text}"
+        );
     }
 }
 
 /// A TLS client trusting the test CA.
 async fn tls_connect(port: u16, ca: &Path) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     // SSLRequest, as every driver sends it first.
     tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
     let mut answer = [0u8; 1];
@@ -193,14 +218,23 @@ struct Replay {
     current_user: String,
 }
 
-async fn replay(port: u16, ca: &Path, startup_packet: &[u8], idp_message: &[u8]) -> Result<Replay, String> {
+async fn replay(
+    port: u16,
+    ca: &Path,
+    startup_packet: &[u8],
+    idp_message: &[u8],
+) -> Result<Replay, String> {
     let mut s = tls_connect(port, ca).await;
     s.write_all(startup_packet).await.unwrap();
     let (tag, body) = read_message(&mut s).await;
     if tag == b'E' {
         return Err(String::from_utf8_lossy(&body).into_owned());
     }
-    assert_eq!((tag, body.as_slice()), (b'R', &14i32.to_be_bytes()[..]), "AuthenticationRequest 14");
+    assert_eq!(
+        (tag, body.as_slice()),
+        (b'R', &14i32.to_be_bytes()[..]),
+        "AuthenticationRequest 14"
+    );
     s.write_all(idp_message).await.unwrap();
     let mut r = Replay {
         statuses: vec![],
@@ -224,7 +258,9 @@ async fn replay(port: u16, ca: &Path, startup_packet: &[u8], idp_message: &[u8])
             _ => {}
         }
     }
-    s.write_all(&message(b'Q', b"SELECT current_user\0")).await.unwrap();
+    s.write_all(&message(b'Q', b"SELECT current_user\0"))
+        .await
+        .unwrap();
     loop {
         let (tag, body) = read_message(&mut s).await;
         match tag {
@@ -265,26 +301,45 @@ async fn jdbc_and_odbc_idp_handshakes_replayed_byte_for_byte() {
         ("application_name", "[main]Main.main(Main.java:5)"),
         ("driver_version", "Redshift JDBC Driver 2.2.6.0"),
         ("os_version", "Linux 6.1.0 amd64"),
-        ("plugin_name", "com.amazon.redshift.plugin.BasicJwtCredentialsProvider"),
+        (
+            "plugin_name",
+            "com.amazon.redshift.plugin.BasicJwtCredentialsProvider",
+        ),
         ("client_protocol_version", "3"),
         ("idp_type", "AzureAD"),
         ("provider_name", PROVIDER),
     ]);
-    let r = replay(gw.port, &certs.ca, &jdbc, &i_message).await.expect("JDBC sign-in");
+    let r = replay(gw.port, &certs.ca, &jdbc, &i_message)
+        .await
+        .expect("JDBC sign-in");
     assert_eq!(r.current_user, USER, "the user comes from the token");
-    let status = |k: &str| r.statuses.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let status = |k: &str| {
+        r.statuses
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
     // What the JDBC driver checks (QueryExecutorImpl): anything else aborts it.
     assert_eq!(status("server_version").as_deref(), Some("8.0.2"));
     assert_eq!(status("client_encoding").as_deref(), Some("UTF8"));
     assert!(status("DateStyle").is_some_and(|d| d.starts_with("ISO")));
-    for on_off in ["standard_conforming_strings", "integer_datetimes", "datashare_enabled", "external_database"] {
+    for on_off in [
+        "standard_conforming_strings",
+        "integer_datetimes",
+        "datashare_enabled",
+        "external_database",
+    ] {
         assert!(
             matches!(status(on_off).as_deref(), Some("on" | "off")),
             "{on_off}: {:?}",
             status(on_off)
         );
     }
-    assert_eq!(status("server_protocol_version"), None, "plain row descriptions");
+    assert_eq!(
+        status("server_protocol_version"),
+        None,
+        "plain row descriptions"
+    );
     assert_eq!(r.key_data_len, 12, "BackendKeyData is exactly 12 bytes");
     assert!(!r.tags.contains(&b'v'), "no NegotiateProtocolVersion");
     assert!(r.tags.iter().all(|t| b"RSKZN".contains(t)), "{:?}", r.tags);
@@ -302,7 +357,9 @@ async fn jdbc_and_odbc_idp_handshakes_replayed_byte_for_byte() {
         ("provider_name", PROVIDER),
         ("application_name", "/usr/bin/isql"),
     ]);
-    let r = replay(gw.port, &certs.ca, &odbc, &i_message).await.expect("ODBC sign-in");
+    let r = replay(gw.port, &certs.ca, &odbc, &i_message)
+        .await
+        .expect("ODBC sign-in");
     assert_eq!(r.current_user, USER);
 
     // The same exchange with the Python driver's framing (no NUL) works too, and a
@@ -321,7 +378,10 @@ async fn jdbc_and_odbc_idp_handshakes_replayed_byte_for_byte() {
     let (tag, body) = read_message(&mut plain).await;
     let text = String::from_utf8_lossy(&body);
     assert_eq!(tag, b'E', "{text}");
-    assert!(text.contains("28000") && text.contains("requires TLS"), "{text}");
+    assert!(
+        text.contains("28000") && text.contains("requires TLS"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +392,8 @@ async fn redshift_connector_forwards_under_the_minted_identity() {
     rig.pg
         .sql("dev", "CREATE VIEW public.svv_external_schemas AS SELECT CAST(NULL AS name) AS schemaname WHERE false; GRANT SELECT ON public.svv_external_schemas TO iam_users;")
         .expect("stand-in view");
-    let (ok, _, text) = redshift_connector(rig.port, &rig.pg.ca, "forward", &["alice", "alice-pw"]).await;
+    let (ok, _, text) =
+        redshift_connector(rig.port, &rig.pg.ca, "forward", &["alice", "alice-pw"]).await;
     assert!(ok, "{text}");
     assert_eq!(identity_line(&text)["current_user"], "IAM:alice", "{text}");
 }

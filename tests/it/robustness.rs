@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::{Gateway, PASSWORD, USER, sqlstate};
 
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     m.extend_from_slice(body);
@@ -36,7 +36,7 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// A protocol 3.0 startup packet for the demo user.
-fn startup_packet() -> Vec<u8> {
+pub(crate) fn startup_packet() -> Vec<u8> {
     let mut body = vec![0, 3, 0, 0];
     for (k, v) in [("user", USER), ("database", "sluice")] {
         body.extend_from_slice(k.as_bytes());
@@ -52,7 +52,7 @@ fn startup_packet() -> Vec<u8> {
 
 /// A hand-rolled client that logs in with SCRAM over plaintext loopback and stops at
 /// ReadyForQuery, so the test can then send whatever bytes it likes.
-async fn raw_login(port: u16) -> TcpStream {
+pub(crate) async fn raw_login(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let startup = startup_packet();
     s.write_all(&startup).await.unwrap();

@@ -181,6 +181,19 @@ impl Connection {
     }
 
     /// Appends a pgwire backend message to the output buffer.
+    /// Sends a message that is not part of the answer being recorded (a
+    /// ParameterStatus the session adds while an upstream answer is recorded for
+    /// the result cache): a later hit must not replay it.
+    pub fn send_unrecorded<M: Message>(&mut self, message: &M) {
+        if let Some(r) = self.recording.as_mut() {
+            r.capture(&self.out);
+        }
+        self.send(message);
+        if let Some(r) = self.recording.as_mut() {
+            r.from = self.out.len();
+        }
+    }
+
     pub fn send<M: Message>(&mut self, message: &M) {
         if let Err(e) = message.encode(&mut self.out) {
             // Only size limits can fail here; report instead of sending a broken frame.

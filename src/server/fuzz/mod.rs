@@ -283,13 +283,19 @@ fn fuzz_wire_decoders() {
         .map(|c| c.iterations)
         .sum();
     let distinct: usize = reports.iter().map(|r| r.distinct).sum();
+    // Past MAX_SEEN per thread the count is a lower bound.
+    let at_least = if reports.iter().any(|r| r.distinct >= MAX_SEEN) {
+        "at least "
+    } else {
+        ""
+    };
     let failures: Vec<&Failure> = reports
         .iter()
         .flat_map(|r| &r.campaigns)
         .flat_map(|c| &c.failures)
         .collect();
     println!(
-        "fuzz: seed {seed:#x}, {threads} thread(s), {total} iterations in {elapsed:.1} s ({:.0}/s), {distinct} distinct inputs, {} failure(s)",
+        "fuzz: seed {seed:#x}, {threads} thread(s), {total} iterations in {elapsed:.1} s ({:.0}/s), {at_least}{distinct} distinct inputs, {} failure(s)",
         total as f64 / elapsed.max(1e-9),
         failures.len()
     );

@@ -632,7 +632,7 @@ impl Session {
                 .any(|(n, ours)| n == name && ours != value);
             if differs {
                 self.conn
-                    .send(&ParameterStatus::new(name.clone(), value.clone()));
+                    .send_unrecorded(&ParameterStatus::new(name.clone(), value.clone()));
             }
         }
     }

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::{Gateway, clients_dir, stderr, stdout};
 use crate::idp::{Idp, Key, TID, USER, now, v1_claims, v1_issuer, v2_claims, v2_issuer};
+use crate::robustness::{message, startup_with as startup};
 
 const PROVIDER: &str = "azure_provider";
 
@@ -177,28 +178,6 @@ async fn tls_connect(port: u16, ca: &Path) -> tokio_rustls::client::TlsStream<Tc
         .connect(name, tcp)
         .await
         .expect("TLS")
-}
-
-/// A startup packet with parameters in the given order (the drivers' own order).
-fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 async fn read_message<S: AsyncReadExt + Unpin>(s: &mut S) -> (u8, Vec<u8>) {

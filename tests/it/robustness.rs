@@ -37,8 +37,14 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// A protocol 3.0 startup packet for the demo user.
 pub(crate) fn startup_packet() -> Vec<u8> {
+    startup_with(&[("user", USER), ("database", "sluice")])
+}
+
+/// A protocol 3.0 startup packet with parameters in the given order (drivers' own
+/// order matters to the replay tests).
+pub(crate) fn startup_with(params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", USER), ("database", "sluice")] {
+    for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());

@@ -244,6 +244,14 @@ async fn connections_past_the_limit_get_53300() {
         .err()
         .expect("connection must be refused");
     assert_eq!(sqlstate(&err), "53300");
+    // Over TLS the SSLRequest is answered and the refusal comes inside the
+    // negotiated session, so libpq reports it as such (not "server sent an error
+    // response during SSL exchange").
+    let refused = gw.psql(&["-c", "SELECT 1"]).await;
+    let text = crate::harness::stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(text.contains("sorry, too many clients already"), "{text}");
+    assert!(!text.contains("SSL exchange"), "{text}");
     drop(a);
     // A slot frees up once a client leaves.
     let mut ok = false;
@@ -352,4 +360,30 @@ async fn cancel_works_when_the_server_is_full() {
     let err = client.simple_query(long).await.unwrap_err();
     assert_eq!(sqlstate(&err), "57014");
     let _ = canceller.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_authentication_is_told_why() {
+    let gw = Gateway::start_full(
+        "auth_timeout_secs = 1\n",
+        crate::harness::LOOPBACK_PLAINTEXT,
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(&startup_packet()).await.unwrap();
+    // The server asks for SASL; the client never answers.
+    let (tag, _) = read_message(&mut s).await.expect("authentication request");
+    assert_eq!(tag, b'R');
+    let reply = tokio::time::timeout(Duration::from_secs(10), read_message(&mut s))
+        .await
+        .expect("answered within the timeout");
+    let (tag, body) = reply.expect("an ErrorResponse, not a silent close");
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("C57014"), "{text}");
+    assert!(
+        text.contains("canceling authentication due to timeout"),
+        "{text}"
+    );
 }

@@ -497,21 +497,8 @@ impl Session {
             return Ok(());
         }
         if let Some(motion) = route::cursor_motion::parse(sql) {
-            let result = match motion.map(Route::Session) {
-                Ok(route) => match self.check_failed_tx(&route) {
-                    Ok(()) => {
-                        let Route::Session(Command::Fetch {
-                            cursor,
-                            count,
-                            discard,
-                        }) = route
-                        else {
-                            unreachable!("cursor_motion only returns FETCH/MOVE")
-                        };
-                        self.fetch(&cursor, count, None, !discard, discard).await?
-                    }
-                    Err(e) => Err(e),
-                },
+            let result = match motion {
+                Ok(cmd) => self.simple_route(Route::Session(cmd)).await?,
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
@@ -545,10 +532,14 @@ impl Session {
         &mut self,
         stmt: Statement,
     ) -> Result<Result<(), PgError>, Disconnect> {
-        let route = match route::classify(stmt) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        match route::classify(stmt) {
+            Ok(route) => self.simple_route(route).await,
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Runs one routed statement of a simple query.
+    async fn simple_route(&mut self, route: Route) -> Result<Result<(), PgError>, Disconnect> {
         if let Err(e) = self.check_failed_tx(&route) {
             return Ok(Err(e));
         }
@@ -1222,23 +1213,22 @@ impl Session {
                 format!("prepared statement \"{}\" already exists", msg.name),
             ));
         }
-        if let Some(mv) = self.matview_statement(&msg.query) {
-            let cmd = Command::MatView(mv?);
-            self.statements.insert(
-                msg.name,
-                Arc::new(PreparedStatement {
-                    prepared: Prepared::Command(cmd),
-                }),
-            );
-            self.conn.send(&ParseComplete::new());
-            return Ok(());
-        }
-        if let Some(motion) = route::cursor_motion::parse(&msg.query) {
-            let route = Route::Session(motion?);
-            self.check_failed_tx(&route)?;
-            let Route::Session(cmd) = route else {
-                unreachable!("built above")
-            };
+        // Statements the parser does not know: gateway view DDL, FETCH/MOVE forms.
+        let command = match self.matview_statement(&msg.query) {
+            Some(mv) => Some(Command::MatView(mv?)),
+            None => match route::cursor_motion::parse(&msg.query) {
+                Some(motion) => {
+                    let route = Route::Session(motion?);
+                    self.check_failed_tx(&route)?;
+                    let Route::Session(cmd) = route else {
+                        unreachable!("built above")
+                    };
+                    Some(cmd)
+                }
+                None => None,
+            },
+        };
+        if let Some(cmd) = command {
             self.statements.insert(
                 msg.name,
                 Arc::new(PreparedStatement {

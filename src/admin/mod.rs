@@ -1,4 +1,64 @@
-//! Operations: logging set-up today; metrics and audit build here.
+//! Operations: the admin views (`SHOW sluice.*`, `CALL sluice.refresh_lake`) and
+//! logging set-up. Metrics and audit build here.
+//!
+//! Each view is one file implementing [`AdminView`]; [`VIEWS`] lists them. A session
+//! answers `SHOW <name>` for any listed name with the view's columns and rows, after
+//! checking `admin_only`. To add a view: a file with a unit struct implementing the
+//! trait, and one line in [`VIEWS`].
+
+pub mod credentials;
+pub mod identity;
+pub mod lake;
+pub mod materialized_views;
+pub mod pools;
+pub mod refresh_lake;
+pub mod result_cache;
+
+use crate::auth::Identity;
+use crate::auth::policy::Policy;
+use crate::cache::matview::MatViews;
+use crate::cache::results::ResultCache;
+use crate::engine::Engine;
+use crate::redshift::Upstreams;
+
+/// What a view may read: the asking session's identity and policy, and the
+/// gateway's parts.
+pub struct ViewContext<'a> {
+    pub identity: &'a Identity,
+    pub policy: &'a Policy,
+    pub engine: &'a Engine,
+    pub results: Option<&'a ResultCache>,
+    pub matviews: Option<&'a MatViews>,
+    pub upstreams: &'a Upstreams,
+}
+
+/// One `SHOW sluice.<name>` view: text columns, rows computed when shown.
+pub trait AdminView: Sync {
+    /// The name after SHOW, lower case (`sluice.pools`).
+    fn name(&self) -> &'static str;
+    fn columns(&self) -> &'static [&'static str];
+    /// Only roles with `admin = true` may see it.
+    fn admin_only(&self) -> bool {
+        false
+    }
+    /// The rows this session may see (a view filters by the session's policy).
+    fn rows(&self, cx: &ViewContext<'_>) -> Vec<Vec<String>>;
+}
+
+/// Every admin view.
+pub static VIEWS: &[&dyn AdminView] = &[
+    &identity::IdentityView,
+    &lake::LakeView,
+    &result_cache::ResultCacheView,
+    &materialized_views::MaterializedViewsView,
+    &pools::PoolsView,
+    &credentials::CredentialsView,
+];
+
+/// The view `SHOW name` names, if any.
+pub fn find(name: &str) -> Option<&'static dyn AdminView> {
+    VIEWS.iter().copied().find(|v| v.name() == name)
+}
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the configured filter.
 pub fn init_logging(level: &str) {
@@ -9,4 +69,24 @@ pub fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_names_are_unique_and_lower_case() {
+        let mut names: Vec<&str> = VIEWS.iter().map(|v| v.name()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("sluice.") && *n == n.to_lowercase())
+        );
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), VIEWS.len());
+        assert!(find("sluice.pools").is_some_and(|v| v.admin_only()));
+        assert!(find("sluice.identity").is_some_and(|v| !v.admin_only()));
+    }
 }

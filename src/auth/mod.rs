@@ -1,5 +1,5 @@
-//! Who a client is: local service accounts (SCRAM-SHA-256) today; OIDC tokens and
-//! group → role mapping build on the same [`Identity`].
+//! Who a client is: local service accounts (SCRAM-SHA-256), OIDC access tokens,
+//! LDAP binds, and the group → role mapping, all resolved into one [`Identity`].
 
 pub mod graph;
 pub mod http;

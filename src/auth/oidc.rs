@@ -26,27 +26,7 @@ use crate::config::{IssuerConfig, OidcConfig};
 /// Longest token accepted; PostgreSQL's auth message limit is 65,535 bytes.
 pub const MAX_TOKEN_LEN: usize = 65_000;
 
-/// Only asymmetric algorithms: a symmetric one would let anyone holding the public key
-/// forge tokens.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    let alg = match name {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        other => {
-            return Err(format!(
-                "`{other}` is not an accepted algorithm (asymmetric only: RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
-            ));
-        }
-    };
-    Ok(alg)
-}
+pub use crate::config::values::parse_algorithm;
 
 /// A validated token's identity.
 #[derive(Debug, Clone)]

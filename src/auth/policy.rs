@@ -94,26 +94,7 @@ impl Policy {
     }
 }
 
-/// `*` matches any run of characters; everything else literally.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = s.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    if parts.is_empty() {
-        return rest.is_empty();
-    }
-    let (last, middle) = parts.split_last().unwrap_or((&"", &[]));
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
+pub use crate::config::values::glob;
 
 #[cfg(test)]
 mod tests {

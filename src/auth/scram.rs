@@ -70,30 +70,12 @@ impl Verifier {
 
     /// Parses PostgreSQL's stored verifier format.
     pub fn parse(text: &str) -> Result<Verifier, String> {
-        let err = || {
-            "expected a SCRAM-SHA-256 verifier `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`"
-                .to_string()
-        };
-        let rest = text.strip_prefix("SCRAM-SHA-256$").ok_or_else(err)?;
-        let (params, keys) = rest.split_once('$').ok_or_else(err)?;
-        let (iter, salt) = params.split_once(':').ok_or_else(err)?;
-        let (stored, server) = keys.split_once(':').ok_or_else(err)?;
-        let iterations: u32 = iter.parse().map_err(|_| err())?;
-        if iterations == 0 {
-            return Err(err());
-        }
-        let salt = B64.decode(salt).map_err(|_| err())?;
-        let key = |s: &str| -> Result<[u8; 32], String> {
-            B64.decode(s)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
-                .ok_or_else(err)
-        };
+        let p = crate::config::values::parse_scram_verifier(text)?;
         Ok(Verifier {
-            iterations,
-            salt,
-            stored_key: key(stored)?,
-            server_key: key(server)?,
+            iterations: p.iterations,
+            salt: p.salt,
+            stored_key: p.stored_key,
+            server_key: p.server_key,
         })
     }
 

@@ -192,8 +192,7 @@ impl MatViewsConfig {
                 ));
             }
             if let Some(c) = &v.refresh_cron {
-                crate::cache::matview::schedule::parse_cron(c)
-                    .map_err(|e| (key("refresh_cron"), e))?;
+                super::values::parse_cron(c).map_err(|e| (key("refresh_cron"), e))?;
             }
         }
         Ok(())

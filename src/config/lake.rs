@@ -93,7 +93,7 @@ impl GlueLakeConfig {
     /// Whether a Glue database is exposed.
     pub fn exposes(&self, database: &str) -> bool {
         let db = database.to_lowercase();
-        let matches = |p: &String| crate::auth::policy::glob(&p.to_lowercase(), &db);
+        let matches = |p: &String| super::values::glob(&p.to_lowercase(), &db);
         self.databases.iter().any(matches) && !self.exclude.iter().any(matches)
     }
 }

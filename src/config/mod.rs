@@ -14,6 +14,7 @@ pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use lake::{GlueLakeConfig, S3Config};
 pub use ldap::LdapConfig;
 mod redshift;
+pub mod values;
 pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
 
 /// A configuration problem, always naming the offending key.
@@ -624,8 +625,7 @@ impl Config {
                     ));
                 }
                 (None, Some(verifier)) => {
-                    crate::auth::scram::Verifier::parse(verifier)
-                        .map_err(|m| invalid(key("scram"), m))?;
+                    values::parse_scram_verifier(verifier).map_err(|m| invalid(key("scram"), m))?;
                 }
                 (Some(p), None) if p.is_empty() => {
                     return Err(invalid(key("password"), "must not be empty".into()));
@@ -682,8 +682,7 @@ impl Config {
                     ));
                 }
                 for alg in &iss.algorithms {
-                    crate::auth::oidc::parse_algorithm(alg)
-                        .map_err(|m| invalid(key("algorithms"), m))?;
+                    values::parse_algorithm(alg).map_err(|m| invalid(key("algorithms"), m))?;
                 }
                 if iss.username_claims.is_empty() {
                     return Err(invalid(

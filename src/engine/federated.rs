@@ -9,6 +9,21 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::error::Result;
 
+use crate::error::PgError;
+
+/// Tables of another engine a cross-engine statement may name (Redshift's, in
+/// `redshift::table`): the engine plans against them without knowing what they are.
+#[async_trait]
+pub trait RemoteTables: Send + Sync + std::fmt::Debug {
+    /// `schema.table` (or `table` on the remote's search path), or `None` when the
+    /// remote has no such table.
+    async fn table(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> std::result::Result<Option<Arc<dyn TableProvider>>, PgError>;
+}
+
 #[derive(Debug)]
 pub struct FederatedCatalog {
     local: Arc<dyn CatalogProvider>,

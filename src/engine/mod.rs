@@ -2,12 +2,11 @@
 //! `pg_catalog` and `information_schema`; each statement gets a cheap per-session
 //! copy of its state (default schema, time zone, who is asking).
 
-pub mod encode;
 mod federated;
+pub use federated::RemoteTables;
 pub mod params;
 pub mod pg_compat;
 pub mod session_vars;
-pub mod types;
 pub mod visibility;
 
 use std::collections::HashMap;
@@ -33,14 +32,14 @@ use futures::StreamExt;
 
 use crate::auth::policy::Policy;
 use crate::config::Config;
+use crate::error::{PgError, SqlState};
 use crate::lake;
-use crate::server::error::{PgError, SqlState};
 
 /// The version string `version()` returns; clients parse the leading "PostgreSQL x.y".
 pub fn version_string() -> String {
     format!(
         "PostgreSQL {} (Sluice {}) on {}-linux, compiled by rustc",
-        crate::server::settings::SERVER_VERSION,
+        crate::wire::SERVER_VERSION,
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH
     )
@@ -58,7 +57,7 @@ pub struct QueryContext {
     pub policy: Arc<Policy>,
     /// Upstream tables, for statements that join them with the lake (forwarding
     /// sessions and view refreshes): found under this identity.
-    pub remote: Option<crate::redshift::table::RemoteCatalog>,
+    pub remote: Option<Arc<dyn RemoteTables>>,
     /// The session's settings, for `current_setting` and `set_config`.
     pub vars: Arc<session_vars::SessionVars>,
 }
@@ -391,7 +390,7 @@ impl Engine {
         &self,
         state: SessionState,
         statement: &DFStatement,
-        remote: &crate::redshift::table::RemoteCatalog,
+        remote: &Arc<dyn RemoteTables>,
     ) -> Result<SessionState, PgError> {
         use datafusion::catalog::{CatalogProviderList, SchemaProvider};
         use datafusion::common::TableReference;

@@ -10,8 +10,8 @@ use datafusion::logical_expr::expr::{Cast, Placeholder, TryCast};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::scalar::ScalarValue;
 
-use crate::engine::types::{array_element_oid, arrow_type_for_oid, oid, pg_type, type_name};
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
+use crate::wire::types::{array_element_oid, arrow_type_for_oid, oid, pg_type, type_name};
 
 /// One parameter's wire type and the Arrow type the plan wants.
 #[derive(Debug, Clone)]
@@ -273,7 +273,7 @@ fn decode_array(
     };
     let mut values = Vec::new();
     if binary {
-        let mut c = crate::server::frame::Cursor::new(b, "array parameter");
+        let mut c = crate::wire::frame::Cursor::new(b, "array parameter");
         let ndims = c.i32().map_err(|_| bad("truncated"))?;
         let _flags = c.i32().map_err(|_| bad("truncated"))?;
         let element_oid = c.i32().map_err(|_| bad("truncated"))? as u32;

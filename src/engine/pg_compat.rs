@@ -65,13 +65,13 @@ pub struct KnownQuery {
 
 const ASYNCPG_TYPES: KnownQuery = KnownQuery {
     sql: ASYNCPG_INTROSPECTION,
-    param_oids: &[crate::engine::types::oid::OID_ARRAY],
+    param_oids: &[crate::wire::types::oid::OID_ARRAY],
     column_oids: &[
-        ("oid", crate::engine::types::oid::OID),
-        ("basetype", crate::engine::types::oid::OID),
-        ("elemtype", crate::engine::types::oid::OID),
-        ("range_subtype", crate::engine::types::oid::OID),
-        ("attrtypoids", crate::engine::types::oid::OID_ARRAY),
+        ("oid", crate::wire::types::oid::OID),
+        ("basetype", crate::wire::types::oid::OID),
+        ("elemtype", crate::wire::types::oid::OID),
+        ("range_subtype", crate::wire::types::oid::OID),
+        ("attrtypoids", crate::wire::types::oid::OID_ARRAY),
     ],
 };
 

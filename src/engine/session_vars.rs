@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::scalar::ScalarValue;
 
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// A setting change made by `set_config`: name, value (`None`: back to the default),
 /// and whether it is local to the transaction.

@@ -12,7 +12,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 
 use crate::auth::policy::Policy;
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// The lake catalog as one policy sees it.
 #[derive(Debug)]

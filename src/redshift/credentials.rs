@@ -16,7 +16,7 @@ use moka::Expiry;
 
 use crate::aws::describe_error;
 use crate::config::{CredentialMode, RedshiftConfig};
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// The database identity a session uses upstream, before minting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::{Config, RedshiftConfig, RoleConfig, UpstreamTls};
-use crate::server::error::{PgError, SqlState};
+use crate::error::PgError;
 use credentials::{Credentials, DbIdentity};
 use pool::{Lease, Pool, PoolKey, Slot};
 use wire::{Endpoint, UpstreamConn};
@@ -364,17 +364,6 @@ impl ServerCertVerifier for Unverified {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// Why a statement may not be forwarded, for read-only roles.
-pub fn refuse_write(kind: &str) -> PgError {
-    PgError::new(
-        SqlState::INSUFFICIENT_PRIVILEGE,
-        format!(
-            "permission denied: your Sluice roles are read-only, so {kind} is not sent to Redshift"
-        ),
-    )
-    .with_hint("ask for a role with write = true")
 }
 
 #[cfg(test)]

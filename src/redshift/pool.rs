@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::config::PoolConfig;
+use crate::error::{PgError, SqlState};
 use crate::redshift::credentials::DbIdentity;
 use crate::redshift::wire::UpstreamConn;
-use crate::server::error::{PgError, SqlState};
 
 /// Who an upstream session belongs to: reusable only by an equal key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -11,8 +11,8 @@ use std::io;
 use bytes::BytesMut;
 
 use crate::redshift::wire::UpstreamConn;
-use crate::server::connection::{Connection, Disconnect, FLUSH_THRESHOLD};
-use crate::server::frame;
+use crate::wire::connection::{Connection, Disconnect, FLUSH_THRESHOLD};
+use crate::wire::frame;
 
 /// When the relay stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +212,7 @@ async fn copy_in(
                             })?;
                         if !matches!(next.tag, b'S' | b'H') {
                             return Err(RelayError::Client(Disconnect::Protocol(
-                                crate::server::error::PgError::protocol(format!(
+                                crate::error::PgError::protocol(format!(
                                     "expected Sync after COPY data, got message type {:?}",
                                     next.tag as char
                                 )),
@@ -239,7 +239,7 @@ async fn copy_in(
                 put_copy_fail(&mut up.out, &message);
                 let _ = up.flush().await;
                 return Err(RelayError::Client(Disconnect::Protocol(
-                    crate::server::error::PgError::protocol(message),
+                    crate::error::PgError::protocol(message),
                 )));
             }
         }

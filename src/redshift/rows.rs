@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use postgres_protocol::message::frontend;
 
 use super::wire::{UpstreamConn, lost, upstream_error};
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// Field metadata key holding the upstream type OID.
 pub const OID_KEY: &str = "sluice.pg_oid";

@@ -32,7 +32,7 @@ use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use super::credentials::DbIdentity;
 use super::rows::{self, BatchSink};
 use super::{Held, Upstream};
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// Where a session's upstream tables come from: its upstream and identity.
 #[derive(Clone)]
@@ -42,6 +42,17 @@ pub struct RemoteCatalog {
     params: Vec<(String, String)>,
     /// The network runtime: upstream sessions live there, not on the query runtime.
     io: tokio::runtime::Handle,
+}
+
+#[async_trait]
+impl crate::engine::RemoteTables for RemoteCatalog {
+    async fn table(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>, PgError> {
+        RemoteCatalog::table(self, schema, table).await
+    }
 }
 
 impl std::fmt::Debug for RemoteCatalog {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// Largest upstream message accepted (PostgreSQL's own limit for a field is 1 GB).
 const MAX_MESSAGE: usize = 1 << 30;

@@ -3,7 +3,7 @@
 //! `MOVE FORWARD n "portal"`), and `FETCH` without `FROM`/`IN` (`FETCH 2 c`,
 //! `FETCH c`). Cursors are NO SCROLL, so only forward motion is accepted.
 
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 use super::Command;
 

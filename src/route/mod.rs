@@ -1,16 +1,30 @@
 //! Where a statement goes: answered by the session itself (SET, SHOW, BEGIN, …),
-//! planned and run by the lake engine (queries), or refused with a reason.
+//! planned and run by the lake engine (queries), relayed to the upstream, or refused
+//! with a reason.
 //!
-//! The decision is made per parsed statement, and for the extended protocol once per
-//! prepared statement at Parse; Bind/Execute follow the route chosen there.
+//! [`Router::decide`] makes the decision once per query string (for the extended
+//! protocol once per prepared statement, at Parse; Bind/Execute follow it). This
+//! file holds the statement-level pieces it is built from: [`classify`] (what a
+//! statement is to Sluice), [`is_read_only`], [`references_lake`].
+//!
+//! - `decide`: the decision and its memo. `scan`: the forwarding fast path.
+//! - `facts`: what a text reads and writes (the result cache's analysis).
+//! - `view_ddl`: gateway view statements, recognised before parsing.
+//! - `cursor_motion`: FETCH/MOVE forms DataFusion's parser lacks.
 
 use datafusion::sql::sqlparser::ast::{
     DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
 };
 
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 pub mod cursor_motion;
+pub mod decide;
+pub mod facts;
+pub mod scan;
+pub mod view_ddl;
+
+pub use decide::{CacheUse, Context, Decision, Effect, Forwarding, Plan, Router, Step};
 
 /// A statement the session answers without an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +62,6 @@ pub enum Command {
     CloseCursor(Option<String>),
     /// `CALL sluice.refresh_lake(['database'])`: reload lake metadata now.
     RefreshLake(Option<String>),
-    /// `CREATE / REFRESH / DROP MATERIALIZED VIEW` on a gateway view schema.
-    MatView(crate::cache::matview::sql::MatViewStatement),
 }
 
 impl Command {
@@ -73,23 +85,8 @@ impl Command {
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
             Command::RefreshLake(_) => "CALL",
-            Command::MatView(m) => m.tag(),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub enum Route {
-    Session(Command),
-    /// A read-only query for the lake engine (DataFusion).
-    Lake(Box<Statement>),
-    /// `DECLARE name [BINARY] CURSOR [WITH HOLD] FOR query`: a named portal over a lake query.
-    DeclareCursor {
-        name: String,
-        binary: bool,
-        hold: bool,
-        query: Box<Statement>,
-    },
 }
 
 /// The optional database name of `CALL sluice.refresh_lake('db')`.
@@ -120,12 +117,14 @@ fn refresh_argument(
     }
 }
 
-/// Classifies one parsed statement.
-pub fn classify(stmt: Statement) -> Result<Route, PgError> {
+/// Classifies one parsed statement as a session without an upstream sees it: a
+/// session command, a lake query, a cursor over one, or an error (writes → 25006,
+/// unsupported statements → 0A000).
+pub fn classify(stmt: Statement) -> Result<Step, PgError> {
     Ok(match stmt {
-        Statement::Query(_) | Statement::Explain { .. } => Route::Lake(Box::new(stmt)),
-        Statement::Set(set) => Route::Session(classify_set(set)?),
-        Statement::Reset(r) => Route::Session(Command::Reset(match r.reset {
+        Statement::Query(_) | Statement::Explain { .. } => Step::Lake(Box::new(stmt)),
+        Statement::Set(set) => Step::Session(classify_set(set)?),
+        Statement::Reset(r) => Step::Session(Command::Reset(match r.reset {
             Reset::ALL => None,
             Reset::ConfigurationParameter(name) => Some(object_name(&name)),
         })),
@@ -139,25 +138,25 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
                 "session authorization" => "session_authorization".to_owned(),
                 _ => parts.join("."),
             };
-            Route::Session(Command::Show(name))
+            Step::Session(Command::Show(name))
         }
         Statement::Discard { object_type } => match object_type {
             DiscardObject::ALL
             | DiscardObject::PLANS
             | DiscardObject::SEQUENCES
-            | DiscardObject::TEMP => Route::Session(Command::Discard),
+            | DiscardObject::TEMP => Step::Session(Command::Discard),
         },
-        Statement::StartTransaction { .. } => Route::Session(Command::Begin),
-        Statement::Commit { .. } => Route::Session(Command::Commit),
+        Statement::StartTransaction { .. } => Step::Session(Command::Begin),
+        Statement::Commit { .. } => Step::Session(Command::Commit),
         Statement::Rollback {
             savepoint: None, ..
-        } => Route::Session(Command::Rollback),
+        } => Step::Session(Command::Rollback),
         Statement::Rollback {
             savepoint: Some(name),
             ..
-        } => Route::Session(Command::RollbackTo(name.value)),
-        Statement::Savepoint { name } => Route::Session(Command::Savepoint(name.value)),
-        Statement::ReleaseSavepoint { name } => Route::Session(Command::Release(name.value)),
+        } => Step::Session(Command::RollbackTo(name.value)),
+        Statement::Savepoint { name } => Step::Session(Command::Savepoint(name.value)),
+        Statement::ReleaseSavepoint { name } => Step::Session(Command::Release(name.value)),
         Statement::Declare { mut stmts } if stmts.len() == 1 => {
             let d = stmts.remove(0);
             let (Some(name), Some(query)) = (d.names.first(), d.for_query) else {
@@ -172,7 +171,7 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
                     "SCROLL cursors are not supported: declare the cursor NO SCROLL and fetch forward",
                 ));
             }
-            Route::DeclareCursor {
+            Step::DeclareCursor {
                 name: name.value.clone(),
                 binary: d.binary == Some(true),
                 hold: d.hold == Some(true),
@@ -206,17 +205,17 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
                     ));
                 }
             };
-            Route::Session(Command::Fetch {
+            Step::Session(Command::Fetch {
                 cursor: name.value,
                 count: count.filter(|&c| c > 0),
                 discard: false,
             })
         }
-        Statement::Close { cursor } => Route::Session(Command::CloseCursor(match cursor {
+        Statement::Close { cursor } => Step::Session(Command::CloseCursor(match cursor {
             datafusion::sql::sqlparser::ast::CloseCursor::All => None,
             datafusion::sql::sqlparser::ast::CloseCursor::Specific { name } => Some(name.value),
         })),
-        Statement::Deallocate { name, .. } => Route::Session(Command::Deallocate(
+        Statement::Deallocate { name, .. } => Step::Session(Command::Deallocate(
             if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
                 None
             } else {
@@ -228,7 +227,7 @@ pub fn classify(stmt: Statement) -> Result<Route, PgError> {
                 .to_string()
                 .eq_ignore_ascii_case("sluice.refresh_lake") =>
         {
-            Route::Session(Command::RefreshLake(refresh_argument(&f)?))
+            Step::Session(Command::RefreshLake(refresh_argument(&f)?))
         }
         Statement::Insert(_)
         | Statement::Update { .. }
@@ -444,14 +443,14 @@ mod tests {
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
-    fn route(sql: &str) -> Result<Route, PgError> {
+    fn route(sql: &str) -> Result<Step, PgError> {
         let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
         classify(stmts.remove(0))
     }
 
     fn command(sql: &str) -> Command {
         match route(sql).unwrap() {
-            Route::Session(c) => c,
+            Step::Session(c) => c,
             other => panic!("{sql}: {other:?}"),
         }
     }
@@ -580,7 +579,7 @@ mod tests {
 
     #[test]
     fn queries_go_to_the_lake_and_writes_are_refused() {
-        assert!(matches!(route("SELECT 1").unwrap(), Route::Lake(_)));
+        assert!(matches!(route("SELECT 1").unwrap(), Step::Lake(_)));
         let e = route("INSERT INTO t VALUES (1)").unwrap_err();
         assert_eq!(e.code, SqlState::READ_ONLY_SQL_TRANSACTION);
         let e = route("CREATE TABLE t (a int)").unwrap_err();

@@ -26,10 +26,10 @@ use crate::auth::ldap::LdapFailure;
 use crate::auth::oidc::OidcValidator;
 use crate::auth::scram::{ScramError, ScramExchange};
 use crate::config::Plaintext;
+use crate::error::{PgError, SqlState};
 use crate::server::Shared;
-use crate::server::connection::{Connection, Disconnect};
-use crate::server::error::{PgError, SqlState};
-use crate::server::frame;
+use crate::wire::connection::{Connection, Disconnect};
+use crate::wire::frame;
 
 /// AuthenticationRequest code of Redshift's IdP-token exchange.
 const AUTH_REQ_IDP_TOKEN: i32 = 14;

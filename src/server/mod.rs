@@ -5,9 +5,6 @@
 
 pub mod authenticate;
 pub mod cancel;
-pub mod connection;
-pub mod error;
-pub mod frame;
 #[cfg(test)]
 mod fuzz;
 pub mod session;
@@ -27,11 +24,13 @@ use crate::auth::LocalAccounts;
 use crate::auth::oidc::OidcValidator;
 use crate::config::{AccessRules, Config};
 use crate::engine::Engine;
+use crate::error::{PgError, SqlState};
+use crate::wire::Disconnect;
 use cancel::CancelRegistry;
-use connection::Disconnect;
-use error::{PgError, SqlState};
 
-/// What every session shares: read-only after start-up.
+/// What every session shares. Fixed at start-up except the role mapping and roles
+/// (`access`, swapped whole on reload); the parts it holds (engine, caches, pools,
+/// views) change inside, under their own locks.
 pub struct Shared {
     /// The config as loaded at start; see `access` for the parts that reload.
     pub config: Arc<Config>,
@@ -50,6 +49,8 @@ pub struct Shared {
     pub results: Option<Arc<crate::cache::results::ResultCache>>,
     /// Gateway materialized views, when `[materialized_views]` is configured.
     pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
+    /// Decides where statements go (and memoises their parses).
+    pub router: crate::route::Router,
 }
 
 impl Shared {
@@ -137,6 +138,7 @@ impl Server {
             shared: Arc::new(Shared {
                 access: std::sync::RwLock::new(Arc::new(config.access_rules())),
                 config,
+                router: crate::route::Router::new(engine.clone()),
                 engine,
                 accounts,
                 oidc,
@@ -314,11 +316,11 @@ async fn refuse_busy(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Ok(_slot) = REFUSALS.try_acquire() else {
         let mut tcp = tcp;
         let mut out = bytes::BytesMut::new();
-        PgError::fatal(
+        let e = PgError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already",
-        )
-        .encode(&mut out);
+        );
+        crate::wire::messages::error_response(&mut out, &e);
         let _ = tcp.write_all(&out).await;
         let _ = tcp.shutdown().await;
         return;

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::engine::encode::Tz;
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
+use crate::wire::rows::Tz;
 
-pub const SERVER_VERSION: &str = "15.0";
+pub use crate::wire::SERVER_VERSION;
 
 /// Parameters PostgreSQL reports with ParameterStatus at startup and on change.
 const REPORTED: &[&str] = &[

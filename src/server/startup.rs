@@ -10,11 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
+use crate::error::{PgError, SqlState};
 use crate::server::Shared;
 use crate::server::authenticate::{ClientKind, authenticate};
-use crate::server::connection::{ClientStream, Connection, Disconnect};
-use crate::server::error::{PgError, SqlState};
-use crate::server::frame;
+use crate::wire::connection::{ClientStream, Connection, Disconnect};
+use crate::wire::frame;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
@@ -53,7 +53,7 @@ async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
 
 async fn refuse(stream: &mut ClientStream, e: PgError) -> Disconnect {
     let mut out = bytes::BytesMut::new();
-    e.encode(&mut out);
+    crate::wire::messages::error_response(&mut out, &e);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
     Disconnect::Protocol(e)

@@ -9,7 +9,6 @@
 //! `incremental_column` append only rows past the stored high-water mark.
 
 pub mod schedule;
-pub mod sql;
 pub mod storage;
 pub mod table;
 
@@ -20,17 +19,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use crate::auth::policy::Policy;
 use crate::cache::results::ResultCache;
 use crate::config::{Config, MatViewsConfig, RoleConfig};
 use crate::engine::{Engine, MatViewListing, QueryContext};
+use crate::error::{PgError, SqlState};
 use crate::redshift::{self, Upstream, rows};
-use crate::server::error::{PgError, SqlState};
+use crate::route::decide::ViewSource;
+use crate::route::view_ddl::{ViewName, ViewOptions};
 use schedule::Schedule;
-use sql::{ViewName, ViewOptions};
 use storage::{DataFile, Definition, Manifest, ParquetSink, State, Storage};
 use table::{MatViewSchema, MatViewTable, Version};
 
@@ -93,10 +92,14 @@ pub struct RefreshOutcome {
     pub duration: Duration,
 }
 
-/// Where a view query runs.
-enum Source {
-    Lake(Box<Statement>),
-    Redshift,
+impl crate::route::decide::ViewNames for MatViews {
+    fn schemas(&self) -> &[String] {
+        MatViews::schemas(self)
+    }
+
+    fn resolve_unqualified(&self, name: &str) -> Option<String> {
+        MatViews::resolve_unqualified(self, name)
+    }
 }
 
 pub struct MatViews {
@@ -375,7 +378,7 @@ impl MatViews {
             ));
         }
         // Fail early on a query that cannot run (a lake query is planned now).
-        if let Source::Lake(stmt) = self.source_of(query)? {
+        if let ViewSource::Lake(stmt) = self.source_of(query)? {
             let qc = self.refresh_context();
             self.engine.plan(&stmt, &qc).await?;
         }
@@ -478,11 +481,13 @@ impl MatViews {
     fn refresh_context(&self) -> QueryContext {
         let remote = self.upstream.as_ref().and_then(|u| {
             let identity = self.refresh_identity()?;
-            Some(crate::redshift::table::RemoteCatalog::new(
-                u.clone(),
-                identity,
-                &[("application_name".to_owned(), "sluice-matview".to_owned())],
-            ))
+            let remote: Arc<dyn crate::engine::RemoteTables> =
+                Arc::new(crate::redshift::table::RemoteCatalog::new(
+                    u.clone(),
+                    identity,
+                    &[("application_name".to_owned(), "sluice-matview".to_owned())],
+                ));
+            Some(remote)
         });
         QueryContext {
             user: self.config.refresh_user.clone(),
@@ -507,30 +512,9 @@ impl MatViews {
     /// Where a view query runs: the lake when it names only lake tables (or no
     /// upstream exists), Redshift when it names no lake table. Text Sluice cannot
     /// parse is Redshift's.
-    fn source_of(&self, query: &str) -> Result<Source, PgError> {
-        let mut statements = match self.engine.parse(query) {
-            Ok(s) => s,
-            Err(e) if self.upstream.is_none() => return Err(e),
-            Err(_) => return Ok(Source::Redshift),
-        };
-        if statements.len() != 1 || !matches!(statements[0], Statement::Query(_)) {
-            return Err(PgError::new(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "a materialized view is defined by one SELECT",
-            ));
-        }
-        let stmt = statements.remove(0);
-        if self.upstream.is_none() {
-            return Ok(Source::Lake(Box::new(stmt)));
-        }
-        // Naming the lake at all makes it a lake (or cross-engine) query; Redshift
-        // tables in it are read through the refresh identity.
-        let lake = self.engine.lake_schemas();
-        if crate::route::references_lake(&stmt, |s| lake.contains(&s.to_lowercase())) {
-            Ok(Source::Lake(Box::new(stmt)))
-        } else {
-            Ok(Source::Redshift)
-        }
+    fn source_of(&self, query: &str) -> Result<ViewSource, PgError> {
+        let lake = self.upstream.as_ref().map(|_| self.engine.lake_schemas());
+        crate::route::decide::view_source(self.engine.parse(query), lake.as_ref())
     }
 
     /// Runs the view query into `sink`; returns the result schema and the engine.
@@ -540,7 +524,7 @@ impl MatViews {
         sink: &mut ParquetSink,
     ) -> Result<(SchemaRef, &'static str), PgError> {
         match self.source_of(sql)? {
-            Source::Lake(stmt) => {
+            ViewSource::Lake(stmt) => {
                 let qc = self.refresh_context();
                 let plan = self.engine.plan(&stmt, &qc).await?;
                 let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
@@ -550,7 +534,7 @@ impl MatViews {
                 }
                 Ok((schema, "lake"))
             }
-            Source::Redshift => {
+            ViewSource::Upstream => {
                 let Some(upstream) = &self.upstream else {
                     return Err(internal("no Redshift upstream is configured"));
                 };

@@ -1,27 +1,16 @@
 //! When scheduled refreshes are due: a fixed interval or a cron expression (UTC).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+pub use crate::config::values::parse_cron;
 
 /// A view's refresh schedule.
 #[derive(Debug, Clone)]
 pub enum Schedule {
     Every(Duration),
     Cron(Box<cron::Schedule>),
-}
-
-/// Parses a cron expression with seconds (`sec min hour day-of-month month
-/// day-of-week [year]`); a classic five-field expression gets `0` seconds.
-pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
-    let fields = text.split_whitespace().count();
-    let full = if fields == 5 {
-        format!("0 {text}")
-    } else {
-        text.to_owned()
-    };
-    cron::Schedule::from_str(&full).map_err(|e| format!("`{text}` is not a cron expression: {e}"))
 }
 
 impl Schedule {

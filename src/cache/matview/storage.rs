@@ -27,8 +27,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use super::sql::ViewName;
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
+use crate::route::view_ddl::ViewName;
 
 /// The persisted definition of a view.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use super::overlay::OverlaySchema;
-use crate::engine::types;
+use crate::wire::types;
 
 pub fn install(ctx: &SessionContext, catalog: &Arc<dyn CatalogProvider>) -> Result<()> {
     let state = ctx.state();

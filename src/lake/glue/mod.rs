@@ -26,7 +26,7 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
 use crate::config::GlueLakeConfig;
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 use partitions::{GluePartition, PartitionKey};
 use table::GlueTable;
 

@@ -36,7 +36,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::GlueShared;
 use super::partitions::{PartitionKey, is_partition_filter};
 use super::types::hive_to_arrow;
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// How a table's files are read.
 #[derive(Debug, Clone, PartialEq)]

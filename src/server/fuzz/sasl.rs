@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::targets::Outcome;
 use crate::auth::scram::{ScramError, ScramExchange, Verifier};
-use crate::server::error::{PgError, SqlState};
-use crate::server::frame::{self, Frame, Split};
+use crate::error::{PgError, SqlState};
+use crate::wire::frame::{self, Frame, Split};
 
 pub const PASSWORD: &str = "pencil";
 /// The certificate hash a TLS connection would bind to.

@@ -18,7 +18,7 @@ use pgwire::messages::startup::{
 };
 
 use crate::engine::params::ParamType;
-use crate::engine::types::{arrow_type_for_oid, oid};
+use crate::wire::types::{arrow_type_for_oid, oid};
 
 fn enc<M: Message>(m: &M) -> Vec<u8> {
     let mut b = BytesMut::new();

@@ -10,10 +10,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use bytes::{Bytes, BytesMut};
 
 use super::mutate::Framing;
+use crate::error::PgError;
 use crate::server::authenticate::ClientKind;
-use crate::server::error::PgError;
-use crate::server::frame::{self, Split};
 use crate::server::startup;
+use crate::wire::frame::{self, Split};
 
 /// One fuzz target: how its inputs are framed, grammar tokens for the mutator, the
 /// seed corpus, and the function under test.
@@ -103,7 +103,7 @@ impl Outcome {
 /// ErrorResponse, whatever client bytes went into its text.
 pub fn check_error_wire(e: &PgError) {
     let mut out = BytesMut::new();
-    e.encode(&mut out);
+    crate::wire::messages::error_response(&mut out, e);
     let mut walk = frame::messages(&out);
     let m = walk.next().expect("an ErrorResponse frames as one message");
     assert!(

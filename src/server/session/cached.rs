@@ -17,10 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{PortalState, Session, Tx};
-use crate::cache::results::{self, Analysis, Key, Lookup};
-use crate::server::connection::Disconnect;
-use crate::server::error::PgError;
-use crate::server::frame::{self, Frame};
+use crate::cache::results::{self, Key, Lookup};
+use crate::error::PgError;
+use crate::route::{CacheUse, Decision};
+use crate::wire::Disconnect;
+use crate::wire::frame::{self, Frame};
 
 /// Length of the ReadyForQuery message that ends every recorded simple-query answer.
 const READY_LEN: usize = 6;
@@ -134,18 +135,18 @@ impl Session {
         (!ttl.is_zero()).then_some(ttl)
     }
 
-    /// Handles a simple query message through the result cache (when one is
-    /// configured); otherwise exactly like [`Session::query_message`].
-    pub(super) async fn cached_query_message(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+    /// The run stage of a simple query with the result cache on: answered from the
+    /// cache, or run (recording the answer when it may be stored).
+    pub(super) async fn cached_query(
+        &mut self,
+        frame: &Frame,
+        decision: &Decision,
+    ) -> Result<(), Disconnect> {
         let Some(cache) = self.shared.results.clone() else {
-            return self.query_message(frame).await;
+            return self.answer_query(frame, decision).await;
         };
-        let plan = match frame::decode_query(&frame.body) {
-            Ok(sql) => self.cache_plan(sql),
-            Err(_) => Plan::Nothing,
-        };
-        match plan {
-            Plan::Nothing => self.query_message(frame).await?,
+        match self.cache_plan(decision) {
+            Plan::Nothing => self.answer_query(frame, decision).await?,
             Plan::Invalidate(tables) => {
                 // Now, and again when it has committed (below, or at COMMIT). Only
                 // statements that can reach an upstream count: the lake is read-only
@@ -153,7 +154,7 @@ impl Session {
                 if self.forward.is_some() && self.policy.write {
                     self.note_write(tables);
                 }
-                self.query_message(frame).await?;
+                self.answer_query(frame, decision).await?;
             }
             Plan::Lookup(pk) => match self.lookup(pk.key.clone()).await {
                 None => {
@@ -167,10 +168,10 @@ impl Session {
                     self.conn.flush().await?;
                     self.conn.shrink_idle();
                 }
-                Some(Lookup::Bypass) => self.query_message(frame).await?,
+                Some(Lookup::Bypass) => self.answer_query(frame, decision).await?,
                 Some(Lookup::Lead(lead)) => {
                     self.conn.start_recording(cache.max_entry_bytes + READY_LEN);
-                    let result = self.query_message(frame).await;
+                    let result = self.answer_query(frame, decision).await;
                     let recorded = self.conn.finish_recording();
                     result?;
                     match recorded {
@@ -190,7 +191,6 @@ impl Session {
                 }
             },
         }
-        self.invalidate_at_transaction_end();
         Ok(())
     }
 
@@ -238,73 +238,30 @@ impl Session {
         }
     }
 
-    /// What `sql` means for the cache (memoised per text; `None`: a gateway view
-    /// command, which invalidates what it changes itself).
-    fn analysis(&mut self, sql: &str) -> Option<Arc<Analysis>> {
-        if self.matview_statement(sql).is_some() {
-            return None;
-        }
-        let cache = self.shared.results.clone()?;
-        let engine = self.shared.engine.clone();
-        let a = cache.analysis(sql, || match engine.parse(sql) {
-            Ok(statements) => Analysis::of(&statements),
-            Err(_) => Analysis::Unparsed,
-        });
-        let unparsed_upstream =
-            matches!(*a, Analysis::Unparsed) && self.forward.is_some() && self.policy.write;
-        if a.creates_temp() || unparsed_upstream {
+    /// What the cache does with a decided query string.
+    fn cache_plan(&mut self, decision: &Decision) -> Plan {
+        let forwards_writes = self.forward.is_some() && self.policy.write;
+        if decision.private_state(forwards_writes) {
             self.cache.private_state = true;
         }
-        Some(a)
-    }
-
-    /// A cacheable read as this session runs it (lake or upstream).
-    fn read_of(&mut self, a: &Analysis) -> Option<CacheableRead> {
-        let Analysis::Read {
-            text,
-            tables,
-            schemas,
-            ..
-        } = a
-        else {
-            return None;
-        };
-        self.follow_lake_changes();
-        let lake = match self.forward.as_ref() {
-            Some(fwd) => schemas.iter().any(|s| fwd.lake_schemas.contains(s)),
-            None => true,
-        };
-        Some(CacheableRead {
-            text: text.clone(),
-            tables: tables.clone(),
-            lake,
-        })
-    }
-
-    /// Writes an analysed string makes, as this session would send it.
-    fn writes_of(&self, a: &Analysis) -> Option<Option<Vec<String>>> {
-        match a {
-            Analysis::Writes { tables, .. } => Some(tables.clone()),
-            // Unparsed text only reaches an upstream from a role that may write.
-            Analysis::Unparsed if self.forward.is_some() && self.policy.write => Some(None),
-            _ => None,
-        }
-    }
-
-    /// Decides what the cache does with a query string.
-    fn cache_plan(&mut self, sql: &str) -> Plan {
-        let Some(a) = self.analysis(sql) else {
-            return Plan::Nothing;
-        };
-        if let Some(w) = self.writes_of(&a) {
-            return Plan::Invalidate(w);
-        }
-        match self.read_of(&a) {
-            Some(read) => match self.portal_key(b"Q", &read, &[]) {
-                Some(pk) => Plan::Lookup(pk),
-                None => Plan::Nothing,
-            },
-            None => Plan::Nothing,
+        match decision.cache_use(forwards_writes) {
+            CacheUse::Write(tables) => Plan::Invalidate(tables),
+            CacheUse::Read {
+                text,
+                tables,
+                on_lake,
+            } => {
+                let read = CacheableRead {
+                    text: text.to_owned(),
+                    tables: tables.to_vec(),
+                    lake: on_lake,
+                };
+                match self.portal_key(b"Q", &read, &[]) {
+                    Some(pk) => Plan::Lookup(pk),
+                    None => Plan::Nothing,
+                }
+            }
+            CacheUse::Nothing => Plan::Nothing,
         }
     }
 
@@ -373,25 +330,37 @@ impl Session {
     }
 
     /// Parse: remembers whether the statement reads cacheably or writes.
-    pub(super) fn note_parse(&mut self, frame: &Frame) {
-        let Ok(msg) = frame::decode_parse(&frame.body) else {
-            return;
-        };
+    pub(super) fn note_parse(&mut self, msg: &frame::Parse, decision: &Decision) {
         self.cache.reads.remove(&msg.name);
         self.cache.writes.remove(&msg.name);
-        let Some(a) = self.analysis(&msg.query) else {
-            return;
-        };
-        if let Some(w) = self.writes_of(&a) {
-            self.cache.writes.insert(msg.name, w);
-        } else if let Some(mut read) = self.read_of(&a) {
-            // Declared parameter types change how values are read and results typed.
-            read.text.push('\0');
-            for t in &msg.param_types {
-                read.text.push_str(&t.to_string());
-                read.text.push(',');
+        let forwards_writes = self.forward.is_some() && self.policy.write;
+        if decision.private_state(forwards_writes) {
+            self.cache.private_state = true;
+        }
+        match decision.cache_use(forwards_writes) {
+            CacheUse::Write(tables) => {
+                self.cache.writes.insert(msg.name.clone(), tables);
             }
-            self.cache.reads.insert(msg.name, Arc::new(read));
+            CacheUse::Read {
+                text,
+                tables,
+                on_lake,
+            } => {
+                // Declared parameter types change how values are read and results typed.
+                let mut text = text.to_owned();
+                text.push('\0');
+                for t in &msg.param_types {
+                    text.push_str(&t.to_string());
+                    text.push(',');
+                }
+                let read = CacheableRead {
+                    text,
+                    tables: tables.to_vec(),
+                    lake: on_lake,
+                };
+                self.cache.reads.insert(msg.name.clone(), Arc::new(read));
+            }
+            CacheUse::Nothing => {}
         }
     }
 
@@ -437,8 +406,7 @@ impl Session {
                 offset: 0,
             },
         );
-        self.conn
-            .send(&pgwire::messages::extendedquery::BindComplete::new());
+        self.conn.send(&crate::wire::messages::BindComplete::new());
         true
     }
 
@@ -458,7 +426,7 @@ impl Session {
     }
 
     fn is_local_portal_message(&self, frame: &Frame) -> bool {
-        use crate::server::frame::Target;
+        use crate::wire::frame::Target;
         if self.cache.local_portals.is_empty() {
             return false;
         }
@@ -477,7 +445,7 @@ impl Session {
     }
 
     fn local_portal_message(&mut self, frame: &Frame) -> bool {
-        use crate::server::frame::Target;
+        use crate::wire::frame::Target;
         match frame.tag {
             b'D' => {
                 let Ok(d) = frame::decode_describe(&frame.body) else {
@@ -501,8 +469,7 @@ impl Session {
                 {
                     return false;
                 }
-                self.conn
-                    .send(&pgwire::messages::extendedquery::CloseComplete::new());
+                self.conn.send(&crate::wire::messages::CloseComplete::new());
                 true
             }
             _ => false,
@@ -532,13 +499,12 @@ impl Session {
         answer.offset += end;
         if suspended {
             self.conn
-                .send(&pgwire::messages::extendedquery::PortalSuspended::new());
+                .send(&crate::wire::messages::PortalSuspended::new());
         } else if end == 0 {
             // Executed again after completing: no more rows, as PostgreSQL answers.
-            self.conn
-                .send(&pgwire::messages::response::CommandComplete::new(
-                    "SELECT 0".to_string(),
-                ));
+            self.conn.send(&crate::wire::messages::CommandComplete::new(
+                "SELECT 0".to_string(),
+            ));
         }
         true
     }

@@ -14,18 +14,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::sql::sqlparser::ast::{CloseCursor, Reset, Set, Statement};
-
 use super::{Session, Tx};
+use crate::error::{PgError, SqlState};
 use crate::redshift::credentials::DbIdentity;
 use crate::redshift::relay::{self, Outcome, RelayError, Until};
 use crate::redshift::{self, Held, Upstream, wire};
-use crate::route;
 use crate::server::Shared;
-use crate::server::connection::{Disconnect, FLUSH_THRESHOLD};
-use crate::server::error::{PgError, SqlState};
-use crate::server::frame::{self, Frame, Target as Named};
-use pgwire::messages::startup::ParameterStatus;
+use crate::wire::frame::{self, Frame, Target as Named};
+use crate::wire::messages::ParameterStatus;
+use crate::wire::{Disconnect, FLUSH_THRESHOLD};
 
 pub(super) struct Forwarding {
     pub(super) upstream: Arc<Upstream>,
@@ -38,7 +35,7 @@ pub(super) struct Forwarding {
     pub(super) lake_schemas: HashSet<String>,
     lake_generation: u64,
     /// Upstream tables for cross-engine statements, under this session's identity.
-    pub(super) remote: crate::redshift::table::RemoteCatalog,
+    pub(super) remote: Arc<dyn crate::engine::RemoteTables>,
     /// Prepared statements and portals that live upstream.
     // Looked up on every Bind and Execute: foldhash, not SipHash (a client can only
     // slow its own session with colliding names).
@@ -60,12 +57,6 @@ pub(super) struct Forwarding {
     /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
     /// back, as PostgreSQL does, instead of committing them.
     pub(super) void_pipeline: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Local,
-    Upstream,
 }
 
 impl Forwarding {
@@ -98,11 +89,11 @@ impl Forwarding {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Some(Forwarding {
-            remote: crate::redshift::table::RemoteCatalog::new(
+            remote: Arc::new(crate::redshift::table::RemoteCatalog::new(
                 upstream.clone(),
                 identity.clone(),
                 &params,
-            ),
+            )),
             upstream,
             identity,
             params,
@@ -121,208 +112,7 @@ impl Forwarding {
     }
 }
 
-/// Leading keywords of the statements a forwarding session handles itself (or keeps
-/// books on) even when they name no lake table.
-const LOCAL_LEADING_WORDS: &[&str] = &[
-    "set",
-    "show",
-    "reset",
-    "fetch",
-    "close",
-    "declare",
-    "call",
-    "discard",
-    "deallocate",
-    "commit",
-    "rollback",
-    "end",
-    "abort",
-];
-
-/// Whether a query string certainly goes upstream as it is: no statement starts with
-/// one of `LOCAL_LEADING_WORDS` and no lake schema name is followed by `.`. The scan
-/// errs towards `false` (then the text is parsed): text with comments, dollar quotes
-/// or backslashes is never settled here, because those could hide a reference from a
-/// scan that does not fully tokenize; inside string literals a match also says
-/// `false`.
-fn plainly_upstream(sql: &str, lake_schemas: &HashSet<String>) -> bool {
-    // Non-ASCII text may hold Unicode whitespace the parser skips (`nyc\u{2003}.t`),
-    // and \x0B is whitespace to the parser but not to `is_ascii_whitespace`.
-    // One pass over the bytes (this runs for every simple query a writer sends).
-    let b = sql.as_bytes();
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'$' | b'\\' | 0x0B | 0x80..=0xFF => return false,
-            b'-' | b'/' if b.get(i + 1) == Some(if c == b'-' { &b'-' } else { &b'*' }) => {
-                return false;
-            }
-            _ => {}
-        }
-    }
-    // A `;` inside a string starts a fake statement here: only ever more cautious.
-    for statement in sql.split(';') {
-        let start = statement.trim_start();
-        let word_len = start
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-            .count();
-        let word = &start[..word_len];
-        if LOCAL_LEADING_WORDS
-            .iter()
-            .any(|w| w.eq_ignore_ascii_case(word))
-        {
-            return false;
-        }
-    }
-    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    let followed_by_dot = |mut i: usize| {
-        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
-        b.get(i) == Some(&b'.')
-    };
-    let names_lake = |name: &str| {
-        !lake_schemas.is_empty()
-            && (lake_schemas.contains(name) || lake_schemas.contains(&name.to_lowercase()))
-    };
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' || c == b'"' {
-            // A literal or a quoted identifier, with doubled quotes inside.
-            let start = i + 1;
-            let mut j = start;
-            loop {
-                match b.get(j) {
-                    None => return false, // unterminated: let the parser say so
-                    Some(&q) if q == c => {
-                        if b.get(j + 1) == Some(&c) {
-                            j += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    Some(_) => j += 1,
-                }
-            }
-            if c == b'"'
-                && followed_by_dot(j + 1)
-                && names_lake(&sql[start..j].replace("\"\"", "\""))
-            {
-                return false;
-            }
-            i = j + 1;
-        } else if is_ident(c) {
-            let start = i;
-            while i < b.len() && is_ident(b[i]) {
-                i += 1;
-            }
-            if followed_by_dot(i) && names_lake(&sql[start..i]) {
-                return false;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    true
-}
-
-fn is_sluice_name(name: &str) -> bool {
-    name.to_lowercase().starts_with("sluice.")
-}
-
 impl Session {
-    /// Where one parsed statement goes, or why the role may not send it.
-    fn statement_target(&mut self, stmt: &Statement) -> Result<Target, PgError> {
-        self.follow_lake_changes();
-        let Some(fwd) = self.forward.as_mut() else {
-            return Ok(Target::Local);
-        };
-        let local = match stmt {
-            Statement::ShowVariable { variable } => variable
-                .first()
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice")),
-            Statement::Set(Set::SingleAssignment { variable, .. }) => {
-                is_sluice_name(&variable.to_string())
-            }
-            Statement::Reset(r) => match &r.reset {
-                Reset::ConfigurationParameter(name) => is_sluice_name(&name.to_string()),
-                Reset::ALL => false,
-            },
-            Statement::Call(f) => is_sluice_name(&f.name.to_string()),
-            Statement::Fetch { name, .. } => self.portals.contains_key(&name.value),
-            Statement::Close {
-                cursor: CloseCursor::Specific { name },
-            } => self.portals.contains_key(&name.value),
-            // After the upstream session was lost mid-transaction, the client's
-            // COMMIT/ROLLBACK ends the (already failed) transaction here.
-            Statement::Commit { .. } | Statement::Rollback { .. } if fwd.lost_in_tx => {
-                fwd.lost_in_tx = false;
-                true
-            }
-            _ => route::references_lake(stmt, |s| fwd.lake_schemas.contains(&s.to_lowercase())),
-        };
-        if local {
-            return Ok(Target::Local);
-        }
-        if !self.policy.write && !route::is_read_only(stmt) {
-            return Err(redshift::refuse_write(&route::statement_kind(stmt)));
-        }
-        match stmt {
-            // Upstream settings also apply to lake queries where Sluice knows them.
-            Statement::Set(set) => {
-                if let Ok(route::Route::Session(route::Command::Set { name, value })) =
-                    route::classify(Statement::Set(set.clone()))
-                {
-                    let _ = self.settings.set(&name, value.as_deref());
-                }
-                // A ROLLBACK may undo it upstream without Sluice's copy following:
-                // from now on the session's settings cannot key cached answers.
-                if self.tx != Tx::Idle {
-                    self.cache_loses_track_of_settings();
-                }
-            }
-            Statement::Reset(_) => {
-                if let Ok(route::Route::Session(route::Command::Reset(name))) =
-                    route::classify(stmt.clone())
-                {
-                    let _ = self.settings.reset(name.as_deref());
-                }
-                if self.tx != Tx::Idle {
-                    self.cache_loses_track_of_settings();
-                }
-            }
-            // A cursor declared upstream is a portal there: clients (psycopg's named
-            // cursors) Describe it by name.
-            Statement::Declare { stmts } => {
-                for d in stmts {
-                    fwd.portals.extend(d.names.iter().map(|n| n.value.clone()));
-                }
-            }
-            Statement::Discard { .. } | Statement::Deallocate { .. } => {
-                // DISCARD ALL / DEALLOCATE ALL drop upstream statements; the client
-                // re-prepares, so forget the names (and local ones, for DISCARD).
-                match stmt {
-                    Statement::Discard { .. } => {
-                        self.statements.clear();
-                        self.portals.clear();
-                        fwd.portals.clear();
-                        fwd.statements.clear();
-                    }
-                    Statement::Deallocate { name, .. }
-                        if !(name.value.eq_ignore_ascii_case("all")
-                            && name.quote_style.is_none()) =>
-                    {
-                        fwd.statements.remove(&name.value);
-                    }
-                    _ => fwd.statements.clear(),
-                }
-            }
-            _ => {}
-        }
-        Ok(Target::Upstream)
-    }
-
     /// Re-reads the lake schemas after a Glue refresh changed them (one atomic load
     /// when nothing changed).
     pub(super) fn follow_lake_changes(&mut self) {
@@ -335,79 +125,10 @@ impl Session {
         }
     }
 
-    /// Where a query string goes without parsing it, when a scan settles it: a role
-    /// that may write sends upstream every statement that names no lake schema and
-    /// is not one of the commands Sluice keeps books on. `None`: parse it.
-    /// (Parsing costs tens of microseconds per statement, tokenizing several; the
-    /// scan a few hundred nanoseconds, which matters at pgbench rates.)
-    fn quick_target(&self, sql: &str) -> Option<Target> {
-        let fwd = self.forward.as_ref()?;
-        if !self.policy.write || fwd.lost_in_tx {
-            return None;
-        }
-        plainly_upstream(sql, &fwd.lake_schemas).then_some(Target::Upstream)
-    }
-
-    /// Where a query string goes. Text Sluice cannot parse is forwarded (Redshift
-    /// understands dialect DataFusion's parser does not), but only for roles that
-    /// may write: its effect cannot be checked.
-    fn text_target(&mut self, sql: &str) -> Result<Target, PgError> {
-        self.follow_lake_changes();
-        // Gateway view DDL is recognised before parsing (sqlparser has no REFRESH).
-        if self.matview_statement(sql).is_some() {
-            return Ok(Target::Local);
-        }
-        // FETCH/MOVE forms the parser lacks: to whichever side holds the cursor.
-        if let Some(Ok(route::Command::Fetch { cursor, .. })) = route::cursor_motion::parse(sql) {
-            let local = self.portals.contains_key(&cursor);
-            return Ok(if local {
-                Target::Local
-            } else {
-                Target::Upstream
-            });
-        }
-        if let Some(t) = self.quick_target(sql) {
-            return Ok(t);
-        }
-        let statements = match self.shared.engine.parse(sql) {
-            Ok(s) => s,
-            Err(e) => {
-                if self.policy.write {
-                    return Ok(Target::Upstream);
-                }
-                return Err(PgError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "Sluice cannot parse this statement, so it cannot check that it only reads, \
-                         and your roles are read-only ({})",
-                        e.message
-                    ),
-                )
-                .with_hint("rewrite it in PostgreSQL syntax, or ask for a role with write = true"));
-            }
-        };
-        if statements.is_empty() {
-            return Ok(Target::Upstream);
-        }
-        let mut target = None;
-        for stmt in &statements {
-            let t = self.statement_target(stmt)?;
-            if target.is_some_and(|prev| prev != t) {
-                return Err(PgError::new(
-                    SqlState::FEATURE_NOT_SUPPORTED,
-                    "this query string mixes lake statements with statements for Redshift",
-                )
-                .with_hint("send lake and Redshift statements as separate queries"));
-            }
-            target = Some(t);
-        }
-        Ok(target.unwrap_or(Target::Upstream))
-    }
-
-    /// Routes one frame of a forwarding session. `Ok(true)`: handled (forwarded);
-    /// `Ok(false)`: the session answers it itself (after the upstream has answered
-    /// everything forwarded before it).
-    pub(super) async fn forward_dispatch(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+    /// A statement failed in Sluice inside the upstream's transaction block: once
+    /// the upstream has answered everything, its transaction is rolled back before
+    /// anything else is forwarded.
+    pub(super) async fn settle_upstream_abort(&mut self) {
         if self
             .forward
             .as_ref()
@@ -415,66 +136,19 @@ impl Session {
         {
             Box::pin(self.roll_back_upstream()).await;
         }
+    }
+
+    /// Routes one frame of a forwarding session other than Query and Parse (the
+    /// per-message fast path: by statement and portal name). `Ok(true)`: handled (forwarded);
+    /// `Ok(false)`: the session answers it itself (after the upstream has answered
+    /// everything forwarded before it).
+    pub(super) async fn forward_dispatch(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+        self.settle_upstream_abort().await;
         let Some(fwd) = self.forward.as_mut() else {
             return Ok(false);
         };
+        // Query and Parse were decided in the pipeline; the rest follow the names.
         let upstream = match frame.tag {
-            b'Q' => {
-                let Ok(sql) = frame::decode_query(&frame.body) else {
-                    // Text in a non-UTF-8 client_encoding (set upstream): Sluice cannot
-                    // read it, so, like a statement it cannot parse, it goes upstream
-                    // only for a role that may write.
-                    if !(self.policy.write && frame.body.last() == Some(&0)) {
-                        return Ok(false);
-                    }
-                    self.forward_simple(frame).await?;
-                    return Ok(true);
-                };
-                match self.text_target(sql) {
-                    Ok(t) => t == Target::Upstream,
-                    Err(e) => {
-                        self.fail(&e);
-                        self.ready();
-                        self.conn.flush().await?;
-                        return Ok(true);
-                    }
-                }
-            }
-            b'P' => {
-                let Ok(msg) = frame::decode_parse(&frame.body) else {
-                    // Non-UTF-8 text, as for a simple query above.
-                    match frame::parse_name_of_foreign_text(&frame.body) {
-                        Some(name) if self.policy.write => {
-                            let name = name.to_owned();
-                            fwd.statements.insert(name.clone());
-                            self.statements.remove(&name);
-                            return self.forward_message(frame).await;
-                        }
-                        _ => return Ok(false),
-                    }
-                };
-                match self.text_target(&msg.query) {
-                    Ok(Target::Upstream) => {
-                        let fwd = self.forward.as_mut().expect("forwarding session");
-                        fwd.statements.insert(msg.name.clone());
-                        self.statements.remove(&msg.name);
-                        true
-                    }
-                    Ok(Target::Local) => {
-                        let fwd = self.forward.as_mut().expect("forwarding session");
-                        fwd.statements.remove(&msg.name);
-                        false
-                    }
-                    Err(e) => {
-                        self.drain_upstream().await?;
-                        // An upstream error already voids the pipeline up to Sync.
-                        if !self.skip_until_sync {
-                            self.fail_pipeline(&e).await?;
-                        }
-                        return Ok(true);
-                    }
-                }
-            }
             b'B' => match frame::bind_names(&frame.body) {
                 Ok((portal, statement)) => {
                     if fwd.statements.contains(statement) {
@@ -527,7 +201,6 @@ impl Session {
         }
 
         match frame.tag {
-            b'Q' => self.forward_simple(frame).await?,
             b'S' => {
                 self.skip_until_sync = false;
                 self.fail_upstream_pipeline();
@@ -554,7 +227,7 @@ impl Session {
     }
 
     /// Forwards one extended-protocol message (Parse, Bind, Describe, Execute, Close).
-    async fn forward_message(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
+    pub(super) async fn forward_message(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
             self.fail_pipeline(&e).await?;
             return Ok(true);
@@ -668,7 +341,7 @@ impl Session {
         Ok(())
     }
 
-    async fn forward_simple(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+    pub(super) async fn forward_simple(&mut self, frame: &Frame) -> Result<(), Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
             self.fail(&e);
             self.ready();
@@ -859,124 +532,5 @@ impl Session {
             let upstream = fwd.upstream.clone();
             tokio::spawn(async move { upstream.release(held, clean).await });
         }
-    }
-}
-
-/// Columns of the admin views, or `None` for other names.
-pub(super) fn admin_columns(name: &str) -> Option<&'static [&'static str]> {
-    match name {
-        "sluice.pools" => Some(&[
-            "upstream",
-            "endpoint",
-            "credentials",
-            "sessions_open",
-            "sessions_idle",
-            "clients_waiting",
-            "max_sessions",
-            "credentials_minted",
-            "mint_failures",
-        ]),
-        "sluice.credentials" => Some(&[
-            "upstream",
-            "database",
-            "requested_user",
-            "groups",
-            "db_user",
-            "expires_in_secs",
-        ]),
-        _ => None,
-    }
-}
-
-/// Rows of the admin views: counts and names only, never a password.
-pub(super) fn admin_rows(shared: &Shared, name: &str) -> Vec<Vec<String>> {
-    let upstreams = shared.upstreams.all();
-    if name == "sluice.pools" {
-        return upstreams
-            .iter()
-            .map(|u| {
-                let stats = u.pool.stats();
-                vec![
-                    u.name().to_owned(),
-                    u.known_endpoint()
-                        .unwrap_or_else(|| "(not yet looked up)".into()),
-                    u.config.credentials.as_str().to_owned(),
-                    stats.open.to_string(),
-                    stats.idle.to_string(),
-                    stats.waiting.to_string(),
-                    u.pool.max_sessions().to_string(),
-                    u.credentials.mint_count().to_string(),
-                    u.credentials.failure_count().to_string(),
-                ]
-            })
-            .collect();
-    }
-    upstreams
-        .iter()
-        .flat_map(|u| {
-            u.credentials.cached().into_iter().map(move |c| {
-                vec![
-                    u.name().to_owned(),
-                    c.database,
-                    c.requested_user,
-                    c.groups.join(","),
-                    c.db_user,
-                    c.expires_in
-                        .map(|d| d.as_secs().to_string())
-                        .unwrap_or_else(|| "never".into()),
-                ]
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lake() -> HashSet<String> {
-        ["nyc", "blog-db"].iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn plain_upstream_text_is_settled_without_parsing() {
-        let l = lake();
-        for sql in [
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
-            "UPDATE t SET x = 1 WHERE note = 'nyc trips'",
-            "SELECT 1.5, public.f(x), \"Other\".t FROM s.nycx, xnyc.y",
-            "BEGIN; INSERT INTO a VALUES ('it''s'); COMMIT_LIKE_TABLE",
-            "select * from \"nyc2\".t",
-        ] {
-            assert!(plainly_upstream(sql, &l), "{sql}");
-        }
-    }
-
-    #[test]
-    fn anything_that_may_be_local_is_parsed() {
-        let l = lake();
-        for sql in [
-            "SELECT * FROM nyc.trips",
-            "select * from NYC . trips",
-            "SELECT * FROM \"blog-db\".taxi",
-            "SELECT * FROM \"blog-db\"\n  .taxi",
-            "SET search_path = x",
-            "  show sluice.pools",
-            "SELECT 1; set x = 1",
-            "commit",
-            "CALL sluice.refresh_lake()",
-            "SELECT 1 -- nyc.trips",
-            "SELECT /* */ 1",
-            "SELECT $$nyc.trips$$",
-            "SELECT E'\\' \"nyc\".x'",
-            "SELECT 'unterminated",
-            "SELECT 'a;show x'",
-            "SELECT * FROM nyc\x0B.trips",
-            "SELECT * FROM nyc\u{2003}.trips",
-        ] {
-            assert!(!plainly_upstream(sql, &l), "{sql}");
-        }
-        // A double quote inside a literal cannot hide the reference after it.
-        assert!(!plainly_upstream("SELECT 'a\"b' || \"nyc\".x", &l));
     }
 }

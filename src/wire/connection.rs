@@ -12,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::server::error::{PgError, SqlState};
-use crate::server::frame::{self, Frame, Split};
+use crate::error::{PgError, SqlState};
+use crate::wire::frame::{self, Frame, Split};
+use crate::wire::messages;
 
 /// Plain TCP or TLS; both are Unpin so delegation is direct.
 pub enum ClientStream {
@@ -198,16 +199,16 @@ impl Connection {
         if let Err(e) = message.encode(&mut self.out) {
             // Only size limits can fail here; report instead of sending a broken frame.
             tracing::error!(error = %e, "cannot encode backend message");
-            PgError::new(
+            let e = PgError::new(
                 SqlState::INTERNAL_ERROR,
                 format!("cannot encode reply: {e}"),
-            )
-            .encode(&mut self.out);
+            );
+            messages::error_response(&mut self.out, &e);
         }
     }
 
     pub fn send_error(&mut self, e: &PgError) {
-        e.encode(&mut self.out);
+        messages::error_response(&mut self.out, e);
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {

@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::*;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use crate::engine::types::{PgType, pg_type};
+use crate::wire::types::{PgType, pg_type};
 
 /// Result column format: 0 = text, 1 = binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +66,10 @@ pub use datafusion::arrow::array::timezone::Tz;
 
 /// Writes the RowDescription fields for a schema.
 pub fn row_description(out: &mut BytesMut, schema: &Schema, formats: &[Format]) {
-    crate::server::frame::put_message(out, b'T', |b| {
+    crate::wire::frame::put_message(out, b'T', |b| {
         b.put_i16(schema.fields().len() as i16);
         for (i, field) in schema.fields().iter().enumerate() {
-            let t: PgType = crate::engine::types::pg_type_of_field(field);
+            let t: PgType = crate::wire::types::pg_type_of_field(field);
             b.extend_from_slice(field.name().as_bytes());
             b.put_u8(0);
             b.put_i32(0); // table oid

@@ -1,41 +1,12 @@
-//! Gateway-managed objects a session can act on: materialized view commands and
-//! the `SHOW sluice.result_cache` / `SHOW sluice.materialized_views` views.
+//! Gateway materialized view statements (`CREATE / REFRESH / DROP MATERIALIZED VIEW`
+//! on a view schema), run for the session by `MatViews`.
 
-use pgwire::messages::response::CommandComplete;
-
-use super::{CACHE, MATVIEWS, Session, Tx};
-use crate::cache::matview::sql::{self, MatViewStatement};
-use crate::server::error::{PgError, SqlState};
-
-/// Columns of the views this module answers, or `None` for other names.
-pub(super) fn columns(name: &str) -> Option<&'static [&'static str]> {
-    match name {
-        CACHE => Some(&[
-            "entries",
-            "bytes",
-            "max_bytes",
-            "hits",
-            "misses",
-            "hit_ratio",
-            "coalesced",
-            "stored",
-            "too_big",
-            "invalidations",
-            "oldest_entry_secs",
-            "your_ttl_secs",
-        ]),
-        MATVIEWS => Some(crate::cache::matview::SHOW_COLUMNS),
-        _ => None,
-    }
-}
+use super::{Session, Tx};
+use crate::error::{PgError, SqlState};
+use crate::route::view_ddl::MatViewStatement;
+use crate::wire::messages::CommandComplete;
 
 impl Session {
-    /// A materialized-view statement on a gateway view schema, if `sql` is one.
-    pub(super) fn matview_statement(&self, sql: &str) -> Option<Result<MatViewStatement, PgError>> {
-        let mv = self.shared.matviews.as_ref()?;
-        sql::recognize(sql, mv.schemas(), |n| mv.resolve_unqualified(n))
-    }
-
     pub(super) async fn run_matview(&mut self, stmt: &MatViewStatement) -> Result<(), PgError> {
         let Some(mv) = self.shared.matviews.clone() else {
             return Err(PgError::new(
@@ -142,51 +113,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// `SHOW sluice.result_cache`.
-    pub(super) fn cache_rows(&self) -> Vec<Vec<String>> {
-        let Some(cache) = &self.shared.results else {
-            return Vec::new();
-        };
-        let s = cache.stats();
-        let lookups = s.hits + s.misses;
-        let ratio = if lookups == 0 {
-            String::new()
-        } else {
-            format!("{:.3}", s.hits as f64 / lookups as f64)
-        };
-        let ttl = self
-            .policy
-            .result_cache_ttl_secs
-            .unwrap_or(cache.default_ttl.as_secs());
-        vec![vec![
-            s.entries.to_string(),
-            s.bytes.to_string(),
-            s.max_bytes.to_string(),
-            s.hits.to_string(),
-            s.misses.to_string(),
-            ratio,
-            s.coalesced.to_string(),
-            s.stored.to_string(),
-            s.too_big.to_string(),
-            s.invalidations.to_string(),
-            s.oldest_secs.map(|o| o.to_string()).unwrap_or_default(),
-            ttl.to_string(),
-        ]]
-    }
-
-    /// `SHOW sluice.materialized_views`: the views this session may read (all of
-    /// them for view managers and admins); refresh errors in full for admins.
-    pub(super) fn matview_rows(&self) -> Vec<Vec<String>> {
-        let Some(mv) = &self.shared.matviews else {
-            return Vec::new();
-        };
-        let all = self.policy.admin || self.policy.manage_materialized_views;
-        mv.show_rows(
-            |v| all || self.policy.can_read(&v.schema, &v.name),
-            self.policy.admin,
-        )
     }
 }
 

@@ -15,7 +15,7 @@
 //! sqlparser cannot parse `REFRESH MATERIALIZED VIEW`, so these statements are
 //! recognised here, from their leading words, before any parsing.
 
-use crate::server::error::{PgError, SqlState};
+use crate::error::{PgError, SqlState};
 
 /// A gateway view name, lower case (quoted names keep their case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -318,7 +318,7 @@ fn create(
                     options.refresh_every_secs = Some(secs);
                 }
                 "refresh_cron" => {
-                    super::schedule::parse_cron(&value)
+                    crate::config::values::parse_cron(&value)
                         .map_err(|e| PgError::new(SqlState::INVALID_PARAMETER_VALUE, e))?;
                     options.refresh_cron = Some(value);
                 }

@@ -2,10 +2,7 @@
 
 use std::fmt;
 
-use bytes::BytesMut;
 use datafusion::error::DataFusionError;
-
-use crate::server::frame::put_message;
 
 /// A five-character SQLSTATE code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,38 +130,9 @@ impl PgError {
             "canceling statement due to user request",
         )
     }
-
-    /// Appends this error as an ErrorResponse message.
-    pub fn encode(&self, out: &mut BytesMut) {
-        let severity = match self.severity {
-            Severity::Error => "ERROR",
-            Severity::Fatal => "FATAL",
-        };
-        put_message(out, b'E', |b| {
-            let mut field = |tag: u8, value: &str| {
-                b.extend_from_slice(&[tag]);
-                // Interior NULs would end the field early; strip them.
-                for part in value.split('\0') {
-                    b.extend_from_slice(part.as_bytes());
-                }
-                b.extend_from_slice(&[0]);
-            };
-            field(b'S', severity);
-            field(b'V', severity);
-            field(b'C', self.code.0);
-            field(b'M', truncate(&self.message, 8000));
-            if let Some(d) = &self.detail {
-                field(b'D', truncate(d, 8000));
-            }
-            if let Some(h) = &self.hint {
-                field(b'H', truncate(h, 2000));
-            }
-            b.extend_from_slice(&[0]);
-        });
-    }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -339,15 +307,5 @@ mod tests {
             "{}",
             e.message
         );
-    }
-
-    #[test]
-    fn error_response_has_code_and_message() {
-        let mut out = BytesMut::new();
-        PgError::new(SqlState::UNDEFINED_TABLE, "relation \"x\" does not exist").encode(&mut out);
-        assert_eq!(out[0], b'E');
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.contains("C42P01\0"));
-        assert!(text.contains("Mrelation \"x\" does not exist\0"));
     }
 }

@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::server::error::PgError;
+use crate::error::PgError;
 
 /// PostgreSQL's limit for authentication payloads (`PG_MAX_AUTH_TOKEN_LENGTH`).
 pub const MAX_AUTH_MESSAGE: usize = 65_535;
@@ -153,7 +153,7 @@ impl<'a> Cursor<'a> {
         })?;
         let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| {
             PgError::new(
-                crate::server::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+                crate::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE,
                 format!("invalid {} message: string is not valid UTF-8", self.what),
             )
         })?;

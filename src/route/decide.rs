@@ -1,0 +1,707 @@
+//! The one decision: where a query string's statements go.
+//!
+//! [`Router::decide`] is called once per query string (a simple query, or a Parse)
+//! and returns a [`Decision`] every later stage consumes: the session runs its
+//! [`Plan`], the result cache reads its [`Decision::cache_use`], the relay applies
+//! its [`Effect`]s to the session's books. Nothing downstream asks "lake or
+//! upstream?" again; [`runs_on_lake`] is the only place that question is answered.
+//!
+//! Adding a route means adding a [`Step`] (or [`Plan`]) variant here and its handler
+//! in the session's run stage (`server::session::pipeline`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::sql::sqlparser::ast::{CloseCursor, Reset, Set, Statement};
+
+use super::facts::Analysis;
+use super::view_ddl::{self, MatViewStatement};
+use super::{Command, classify, cursor_motion, is_read_only, scan, statement_kind};
+use crate::engine::Engine;
+use crate::error::{PgError, SqlState};
+
+/// Texts longer than this are parsed each time rather than memoised.
+const MEMO_MAX_TEXT: usize = 64 * 1024;
+/// The memo's budget, weighed by text length plus an estimate of its syntax tree.
+const MEMO_BYTES: u64 = 48 * 1024 * 1024;
+
+/// One query text, parsed once: memoised per text, so a repeated statement (a
+/// dashboard's, a prepared statement re-Parsed by a pool) is not parsed again.
+pub struct Parsed {
+    pub statements: Result<Vec<Statement>, PgError>,
+    /// What the text reads and writes, for the result cache (computed on first use:
+    /// it walks and prints the tree, which only the cache needs).
+    analysis: OnceLock<Analysis>,
+}
+
+impl Parsed {
+    pub fn analysis(&self) -> &Analysis {
+        self.analysis.get_or_init(|| match &self.statements {
+            Ok(statements) => Analysis::of(statements),
+            Err(_) => Analysis::Unparsed,
+        })
+    }
+}
+
+/// The gateway view names DDL is recognised for (implemented by `MatViews`).
+pub trait ViewNames: Send + Sync {
+    /// The gateway view schemas (lower case).
+    fn schemas(&self) -> &[String];
+    /// The schema of an unqualified view name, when exactly one view has it.
+    fn resolve_unqualified(&self, name: &str) -> Option<String>;
+}
+
+/// What the decision depends on besides the text: the session's situation now.
+pub struct Context<'a> {
+    /// Set when the session forwards to a Redshift upstream.
+    pub forwarding: Option<Forwarding<'a>>,
+    /// The session's roles may write (upstream).
+    pub may_write: bool,
+    /// Gateway views, when configured.
+    pub views: Option<&'a dyn ViewNames>,
+    /// Whether a cursor of this name is open in Sluice (else it may be upstream's).
+    pub local_cursor: &'a dyn Fn(&str) -> bool,
+    /// The result cache is on: the decision carries the text's analysis.
+    pub want_analysis: bool,
+}
+
+/// A forwarding session's routing state.
+pub struct Forwarding<'a> {
+    /// Lake schemas (lower case) of the engine's current catalog generation.
+    pub lake_schemas: &'a HashSet<String>,
+    /// The upstream session broke inside a transaction the client has not ended.
+    pub lost_in_tx: bool,
+}
+
+/// Where one query string goes, and what later stages need to know about it.
+pub struct Decision {
+    pub plan: Plan,
+    /// The parsed text with its analysis, when the context asked for it (`None`
+    /// for gateway view DDL, which invalidates what it changes itself).
+    pub parsed: Option<Arc<Parsed>>,
+    /// What relaying (or running) the text changes in the session's books.
+    pub effects: Vec<Effect>,
+}
+
+pub enum Plan {
+    /// An empty query string (EmptyQueryResponse).
+    Empty,
+    /// Answered by Sluice, statement by statement, in order.
+    Local(Vec<Step>),
+    /// Relayed verbatim to the session's upstream.
+    Relay,
+    /// Refused before anything runs.
+    Refuse(PgError),
+}
+
+/// One statement Sluice answers itself.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A session command (SET, SHOW, BEGIN, FETCH, …).
+    Session(Command),
+    /// A read-only query on the lake engine.
+    Lake(Box<Statement>),
+    /// A lake query that may also read upstream tables (forwarding sessions):
+    /// planned with the session's Redshift tables laid over the lake catalog.
+    CrossEngine(Box<Statement>),
+    /// `DECLARE name [BINARY] CURSOR [WITH HOLD] FOR query`: a named portal over a
+    /// lake query.
+    DeclareCursor {
+        name: String,
+        binary: bool,
+        hold: bool,
+        query: Box<Statement>,
+    },
+    /// `CREATE / REFRESH / DROP MATERIALIZED VIEW` on a gateway view schema.
+    ViewDdl(MatViewStatement),
+    /// The statement fails when its turn comes (earlier ones still run).
+    Refuse(PgError),
+}
+
+impl Step {
+    /// A short label for logs and (later) metrics: which route the statement took.
+    pub fn route_name(&self) -> &'static str {
+        match self {
+            Step::Session(_) => "session",
+            Step::Lake(_) | Step::DeclareCursor { .. } => "lake",
+            Step::CrossEngine(_) => "cross-engine",
+            Step::ViewDdl(_) => "view",
+            Step::Refuse(_) => "refused",
+        }
+    }
+}
+
+/// Book-keeping the session does because of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A SET relayed upstream also applies to the session's copy of the settings
+    /// (lake queries of the session see it).
+    MirrorSet { name: String, value: Option<String> },
+    /// A RESET relayed upstream (`None`: RESET ALL).
+    MirrorReset(Option<String>),
+    /// Another SET form relayed upstream (`SET ROLE`, …): not mirrored.
+    UpstreamSetting,
+    /// Cursors declared upstream: portals of the upstream session.
+    UpstreamCursors(Vec<String>),
+    /// DISCARD relayed: every prepared statement and portal is gone, both sides.
+    DiscardAll,
+    /// DEALLOCATE relayed (`None`: ALL).
+    DeallocateUpstream(Option<String>),
+    /// COMMIT/ROLLBACK after the upstream session was lost mid-transaction: the
+    /// session ends the (already failed) transaction itself.
+    EndLostTransaction,
+}
+
+/// What the result cache does with a decided text.
+pub enum CacheUse<'a> {
+    /// One cacheable read: its normalised text and tables; `on_lake` says where it
+    /// runs (its answer is keyed by role policy there, by upstream identity else).
+    Read {
+        text: &'a str,
+        tables: &'a [String],
+        on_lake: bool,
+    },
+    /// Writes these tables (`None`: unknown ones).
+    Write(Option<Vec<String>>),
+    Nothing,
+}
+
+impl Decision {
+    fn new(plan: Plan, parsed: Option<Arc<Parsed>>) -> Decision {
+        Decision {
+            plan,
+            parsed,
+            effects: Vec::new(),
+        }
+    }
+
+    /// The text's meaning for the result cache (`Nothing` unless the context asked
+    /// for the analysis). `forwards_writes`: the session may send writes upstream.
+    pub fn cache_use(&self, forwards_writes: bool) -> CacheUse<'_> {
+        let Some(parsed) = &self.parsed else {
+            return CacheUse::Nothing;
+        };
+        match parsed.analysis() {
+            Analysis::Writes { tables, .. } => CacheUse::Write(tables.clone()),
+            // Unparsed text only reaches an upstream from a role that may write.
+            Analysis::Unparsed if forwards_writes => CacheUse::Write(None),
+            Analysis::Read { text, tables, .. } => CacheUse::Read {
+                text,
+                tables,
+                on_lake: !matches!(self.plan, Plan::Relay),
+            },
+            _ => CacheUse::Nothing,
+        }
+    }
+
+    /// The text gives the session state no cache key can hold (temporary tables,
+    /// `SET ROLE`, `set_config`, or text relayed unparsed).
+    pub fn private_state(&self, forwards_writes: bool) -> bool {
+        let Some(parsed) = &self.parsed else {
+            return false;
+        };
+        let a = parsed.analysis();
+        a.creates_temp() || (matches!(a, Analysis::Unparsed) && forwards_writes)
+    }
+}
+
+/// Parses (through the engine's parser, with its compatibility rewrites) and
+/// decides; owns the per-text memo.
+pub struct Router {
+    engine: Arc<Engine>,
+    memo: moka::sync::Cache<Arc<str>, Arc<Parsed>>,
+}
+
+impl Router {
+    pub fn new(engine: Arc<Engine>) -> Router {
+        Router {
+            engine,
+            memo: moka::sync::Cache::builder()
+                .max_capacity(MEMO_BYTES)
+                .weigher(|k: &Arc<str>, _| u32::try_from(k.len() * 8 + 512).unwrap_or(u32::MAX))
+                .build(),
+        }
+    }
+
+    /// The parsed text, from the memo when it was seen before.
+    pub fn parsed(&self, sql: &str) -> Arc<Parsed> {
+        if let Some(p) = self.memo.get(sql) {
+            return p;
+        }
+        let parsed = Arc::new(Parsed {
+            statements: self.engine.parse(sql),
+            analysis: OnceLock::new(),
+        });
+        if sql.len() <= MEMO_MAX_TEXT {
+            self.memo.insert(Arc::from(sql), parsed.clone());
+        }
+        parsed
+    }
+
+    /// Decides where the statements of `sql` go.
+    pub fn decide(&self, sql: &str, cx: &Context<'_>) -> Decision {
+        // Gateway view DDL is recognised before parsing (sqlparser has no REFRESH).
+        if let Some(views) = cx.views
+            && let Some(recognized) =
+                view_ddl::recognize(sql, views.schemas(), |n| views.resolve_unqualified(n))
+        {
+            let step = match recognized {
+                Ok(statement) => Step::ViewDdl(statement),
+                Err(e) => Step::Refuse(e),
+            };
+            return Decision::new(Plan::Local(vec![step]), None);
+        }
+        let analysed = cx.want_analysis.then(|| self.parsed(sql));
+        // FETCH/MOVE forms the parser lacks: to whichever side holds the cursor.
+        if let Some(motion) = cursor_motion::parse(sql) {
+            let local = |cmd: Command| Plan::Local(vec![Step::Session(cmd)]);
+            match (cx.forwarding.is_some(), motion) {
+                (true, Ok(Command::Fetch { cursor, .. })) if !(cx.local_cursor)(&cursor) => {
+                    return Decision::new(Plan::Relay, analysed);
+                }
+                (_, Ok(cmd)) => return Decision::new(local(cmd), analysed),
+                (false, Err(e)) => {
+                    return Decision::new(Plan::Local(vec![Step::Refuse(e)]), analysed);
+                }
+                // Upstream may know the form: decided like any other text below.
+                (true, Err(_)) => {}
+            }
+        }
+        match &cx.forwarding {
+            None => self.decide_local(sql, analysed),
+            Some(f) => self.decide_forwarding(sql, f, cx, analysed),
+        }
+    }
+
+    /// A session without an upstream: everything runs here.
+    fn decide_local(&self, sql: &str, analysed: Option<Arc<Parsed>>) -> Decision {
+        let parsed = analysed.clone().unwrap_or_else(|| self.parsed(sql));
+        let plan = match &parsed.statements {
+            Err(e) => Plan::Refuse(e.clone()),
+            Ok(statements) if statements.is_empty() => Plan::Empty,
+            Ok(statements) => Plan::Local(
+                statements
+                    .iter()
+                    .map(|s| classify(s.clone()).unwrap_or_else(Step::Refuse))
+                    .collect(),
+            ),
+        };
+        Decision::new(plan, analysed)
+    }
+
+    fn decide_forwarding(
+        &self,
+        sql: &str,
+        f: &Forwarding<'_>,
+        cx: &Context<'_>,
+        analysed: Option<Arc<Parsed>>,
+    ) -> Decision {
+        // The fast path: a writer's text that plainly goes upstream is not parsed.
+        if cx.may_write && !f.lost_in_tx && scan::plainly_upstream(sql, f.lake_schemas) {
+            return Decision::new(Plan::Relay, analysed);
+        }
+        let parsed = analysed.clone().unwrap_or_else(|| self.parsed(sql));
+        let statements = match &parsed.statements {
+            Ok(s) => s,
+            // Redshift understands dialect DataFusion's parser does not, but only a
+            // role that may write may send what Sluice cannot check.
+            Err(_) if cx.may_write => return Decision::new(Plan::Relay, analysed),
+            Err(e) => {
+                let refusal = PgError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "Sluice cannot parse this statement, so it cannot check that it only reads, \
+                         and your roles are read-only ({})",
+                        e.message
+                    ),
+                )
+                .with_hint("rewrite it in PostgreSQL syntax, or ask for a role with write = true");
+                return Decision::new(Plan::Refuse(refusal), analysed);
+            }
+        };
+        if statements.is_empty() {
+            return Decision::new(Plan::Relay, analysed);
+        }
+        let mut upstream = None;
+        let mut effects = Vec::new();
+        for stmt in statements {
+            let side = match statement_side(stmt, f, cx) {
+                Ok(side) => side,
+                Err(e) => return Decision::new(Plan::Refuse(e), analysed),
+            };
+            let is_upstream = matches!(side, Side::Upstream);
+            if upstream.is_some_and(|prev| prev != is_upstream) {
+                let mixed = PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "this query string mixes lake statements with statements for Redshift",
+                )
+                .with_hint("send lake and Redshift statements as separate queries");
+                return Decision::new(Plan::Refuse(mixed), analysed);
+            }
+            upstream = Some(is_upstream);
+            match side {
+                Side::Upstream => effects.extend(relay_effect(stmt)),
+                Side::Local {
+                    ends_lost_transaction: true,
+                } => effects.push(Effect::EndLostTransaction),
+                Side::Local { .. } => {}
+            }
+        }
+        let plan = if upstream == Some(true) {
+            Plan::Relay
+        } else {
+            Plan::Local(
+                statements
+                    .iter()
+                    .map(|s| match classify(s.clone()) {
+                        Ok(Step::Lake(q)) if !only_lake_tables(&q, f.lake_schemas) => {
+                            Step::CrossEngine(q)
+                        }
+                        Ok(step) => step,
+                        Err(e) => Step::Refuse(e),
+                    })
+                    .collect(),
+            )
+        };
+        Decision {
+            plan,
+            parsed: analysed,
+            effects,
+        }
+    }
+}
+
+enum Side {
+    Local { ends_lost_transaction: bool },
+    Upstream,
+}
+
+fn is_sluice_name(name: &str) -> bool {
+    name.to_lowercase().starts_with("sluice.")
+}
+
+/// Where one parsed statement of a forwarding session goes, or why the role may not
+/// send it.
+fn statement_side(stmt: &Statement, f: &Forwarding<'_>, cx: &Context<'_>) -> Result<Side, PgError> {
+    let local = Side::Local {
+        ends_lost_transaction: false,
+    };
+    let here = match stmt {
+        Statement::ShowVariable { variable } => variable
+            .first()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice")),
+        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+            is_sluice_name(&variable.to_string())
+        }
+        Statement::Reset(r) => match &r.reset {
+            Reset::ConfigurationParameter(name) => is_sluice_name(&name.to_string()),
+            Reset::ALL => false,
+        },
+        Statement::Call(func) => is_sluice_name(&func.name.to_string()),
+        Statement::Fetch { name, .. } => (cx.local_cursor)(&name.value),
+        Statement::Close {
+            cursor: CloseCursor::Specific { name },
+        } => (cx.local_cursor)(&name.value),
+        // After the upstream session was lost mid-transaction, the client's
+        // COMMIT/ROLLBACK ends the (already failed) transaction here.
+        Statement::Commit { .. } | Statement::Rollback { .. } if f.lost_in_tx => {
+            return Ok(Side::Local {
+                ends_lost_transaction: true,
+            });
+        }
+        _ => runs_on_lake(stmt, f.lake_schemas),
+    };
+    if here {
+        return Ok(local);
+    }
+    if !cx.may_write && !is_read_only(stmt) {
+        return Err(refuse_write(&statement_kind(stmt)));
+    }
+    Ok(Side::Upstream)
+}
+
+/// The book-keeping relaying `stmt` upstream implies.
+fn relay_effect(stmt: &Statement) -> Option<Effect> {
+    match stmt {
+        Statement::Set(set) => match classify(Statement::Set(set.clone())) {
+            Ok(Step::Session(Command::Set { name, value })) => {
+                Some(Effect::MirrorSet { name, value })
+            }
+            _ => Some(Effect::UpstreamSetting),
+        },
+        Statement::Reset(_) => match classify(stmt.clone()) {
+            Ok(Step::Session(Command::Reset(name))) => Some(Effect::MirrorReset(name)),
+            _ => Some(Effect::UpstreamSetting),
+        },
+        // A cursor declared upstream is a portal there: clients (psycopg's named
+        // cursors) Describe it by name.
+        Statement::Declare { stmts } => Some(Effect::UpstreamCursors(
+            stmts
+                .iter()
+                .flat_map(|d| d.names.iter().map(|n| n.value.clone()))
+                .collect(),
+        )),
+        // DISCARD ALL / DEALLOCATE ALL drop upstream statements; the client
+        // re-prepares, so the names are forgotten (local ones too, for DISCARD).
+        Statement::Discard { .. } => Some(Effect::DiscardAll),
+        Statement::Deallocate { name, .. } => Some(Effect::DeallocateUpstream(
+            (!(name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none()))
+                .then(|| name.value.clone()),
+        )),
+        _ => None,
+    }
+}
+
+/// The lake-or-upstream question, answered in one place: a statement runs on the
+/// lake (DataFusion) when it names a table in a lake schema; else it goes to the
+/// upstream. Gateway view schemas are lake schemas.
+pub fn runs_on_lake(stmt: &Statement, lake_schemas: &HashSet<String>) -> bool {
+    super::references_lake(stmt, |s| lake_schemas.contains(&s.to_lowercase()))
+}
+
+/// Whether every table a lake statement names is qualified with a lake schema (no
+/// upstream table can be involved).
+fn only_lake_tables(stmt: &Statement, lake_schemas: &HashSet<String>) -> bool {
+    let mut only = true;
+    let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt, |name| {
+        let parts: Vec<&str> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.as_str()))
+            .collect();
+        let lake =
+            parts.len() >= 2 && lake_schemas.contains(&parts[parts.len() - 2].to_lowercase());
+        if !lake {
+            only = false;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    only
+}
+
+/// The refusal a read-only role gets for a statement that would write upstream.
+pub fn refuse_write(kind: &str) -> PgError {
+    PgError::new(
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "permission denied: your Sluice roles are read-only, so {kind} is not sent to Redshift"
+        ),
+    )
+    .with_hint("ask for a role with write = true")
+}
+
+/// Where a gateway view's defining query runs.
+pub enum ViewSource {
+    Lake(Box<Statement>),
+    Upstream,
+}
+
+/// Decides a view query's source: `lake_schemas` is `None` without an upstream
+/// (then everything is a lake query). Text Sluice cannot parse is Redshift's.
+pub fn view_source(
+    statements: Result<Vec<Statement>, PgError>,
+    lake_schemas: Option<&HashSet<String>>,
+) -> Result<ViewSource, PgError> {
+    let mut statements = match (statements, lake_schemas) {
+        (Ok(s), _) => s,
+        (Err(e), None) => return Err(e),
+        (Err(_), Some(_)) => return Ok(ViewSource::Upstream),
+    };
+    if statements.len() != 1 || !matches!(statements[0], Statement::Query(_)) {
+        return Err(PgError::new(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "a materialized view is defined by one SELECT",
+        ));
+    }
+    let stmt = statements.remove(0);
+    match lake_schemas {
+        // Naming the lake at all makes it a lake (or cross-engine) query; upstream
+        // tables in it are read through the refresh identity.
+        Some(lake) if !runs_on_lake(&stmt, lake) => Ok(ViewSource::Upstream),
+        _ => Ok(ViewSource::Lake(Box::new(stmt))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    async fn router() -> Router {
+        let config = crate::config::Config::parse("", Path::new("t.toml"), PathBuf::from("/tmp"))
+            .expect("an empty config is valid");
+        let engine = Engine::new(&config).await.expect("an engine");
+        Router::new(Arc::new(engine))
+    }
+
+    fn lake() -> HashSet<String> {
+        ["nyc".to_owned()].into_iter().collect()
+    }
+
+    fn decide(r: &Router, sql: &str, forwarding: bool, write: bool, lost: bool) -> Decision {
+        let schemas = lake();
+        let cursor = |name: &str| name == "mine";
+        let cx = Context {
+            forwarding: forwarding.then(|| Forwarding {
+                lake_schemas: &schemas,
+                lost_in_tx: lost,
+            }),
+            may_write: write,
+            views: None,
+            local_cursor: &cursor,
+            want_analysis: true,
+        };
+        r.decide(sql, &cx)
+    }
+
+    fn routes(d: &Decision) -> Vec<&'static str> {
+        match &d.plan {
+            Plan::Local(steps) => steps.iter().map(Step::route_name).collect(),
+            Plan::Relay => vec!["upstream"],
+            Plan::Empty => vec![],
+            Plan::Refuse(_) => vec!["refused"],
+        }
+    }
+
+    fn refusal(d: &Decision) -> &'static str {
+        match &d.plan {
+            Plan::Refuse(e) => e.code.0,
+            Plan::Local(steps) => match steps.as_slice() {
+                [Step::Refuse(e)] => e.code.0,
+                _ => "none",
+            },
+            _ => "none",
+        }
+    }
+
+    #[tokio::test]
+    async fn without_an_upstream_everything_runs_here() {
+        let r = router().await;
+        let d = decide(&r, "SELECT 1; SET x.y = 1", false, true, false);
+        assert_eq!(routes(&d), ["lake", "session"]);
+        assert!(matches!(
+            decide(&r, "", false, true, false).plan,
+            Plan::Empty
+        ));
+        assert_eq!(refusal(&decide(&r, "SELEC 1", false, true, false)), "42601");
+        let d = decide(&r, "INSERT INTO t VALUES (1)", false, true, false);
+        assert_eq!(refusal(&d), "25006");
+        let d = decide(&r, "FETCH 5 FROM c", false, true, false);
+        assert_eq!(routes(&d), ["session"]);
+    }
+
+    #[tokio::test]
+    async fn a_forwarding_session_splits_lake_from_upstream() {
+        let r = router().await;
+        for (sql, route) in [
+            ("SELECT * FROM public.t", "upstream"),
+            ("SELECT * FROM nyc.trips", "lake"),
+            ("SELECT * FROM nyc.trips JOIN t ON true", "cross-engine"),
+            ("SHOW sluice.pools", "session"),
+            ("SET sluice.cache = off", "session"),
+            ("FETCH 5 FROM mine", "session"),
+            ("FETCH 5 FROM theirs", "upstream"),
+            ("MOVE 5 IN mine", "session"),
+            ("MOVE 5 IN theirs", "upstream"),
+            ("VACUUM; ANALYZE", "upstream"),
+        ] {
+            assert_eq!(
+                routes(&decide(&r, sql, true, true, false)),
+                [route],
+                "{sql}"
+            );
+        }
+        let mixed = decide(&r, "SELECT 1; SELECT * FROM nyc.trips", true, true, false);
+        assert_eq!(refusal(&mixed), "0A000");
+    }
+
+    #[tokio::test]
+    async fn read_only_roles_forward_only_what_was_parsed_and_reads() {
+        let r = router().await;
+        let d = decide(&r, "SELECT * FROM public.t", true, false, false);
+        assert_eq!(routes(&d), ["upstream"]);
+        for sql in [
+            "DELETE FROM t",
+            "REDSHIFT ONLY SYNTAX",
+            "SET x = 1; DELETE FROM t",
+        ] {
+            assert_eq!(
+                refusal(&decide(&r, sql, true, false, false)),
+                "42501",
+                "{sql}"
+            );
+        }
+        // A writer's unparsable text goes upstream as it is.
+        let d = decide(&r, "REDSHIFT ONLY SYNTAX", true, true, false);
+        assert_eq!(routes(&d), ["upstream"]);
+    }
+
+    #[tokio::test]
+    async fn relaying_carries_its_book_keeping() {
+        let r = router().await;
+        let d = decide(&r, "SET search_path = a, b", true, false, false);
+        assert_eq!(
+            d.effects,
+            [Effect::MirrorSet {
+                name: "search_path".into(),
+                value: Some("a, b".into())
+            }]
+        );
+        let d = decide(&r, "DEALLOCATE ALL", true, false, false);
+        assert_eq!(d.effects, [Effect::DeallocateUpstream(None)]);
+        let d = decide(
+            &r,
+            "DECLARE c CURSOR FOR SELECT * FROM t",
+            true,
+            false,
+            false,
+        );
+        assert_eq!(d.effects, [Effect::UpstreamCursors(vec!["c".into()])]);
+        // After the upstream session was lost mid-transaction, COMMIT ends it here.
+        let d = decide(&r, "COMMIT", true, true, true);
+        assert_eq!(routes(&d), ["session"]);
+        assert_eq!(d.effects, [Effect::EndLostTransaction]);
+        // A refused string changes nothing.
+        let d = decide(&r, "SET a.b = 1; DELETE FROM t", true, false, false);
+        assert!(d.effects.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_cache_learns_where_a_read_runs() {
+        let r = router().await;
+        let read = |sql: &str| match decide(&r, sql, true, true, false).cache_use(true) {
+            CacheUse::Read { on_lake, .. } => Some(on_lake),
+            _ => None,
+        };
+        assert_eq!(read("SELECT a FROM public.t"), Some(false));
+        assert_eq!(read("SELECT a FROM nyc.trips"), Some(true));
+        assert_eq!(read("SELECT now()"), None);
+        let d = decide(&r, "UPDATE t SET a = 1", true, true, false);
+        assert!(matches!(d.cache_use(true), CacheUse::Write(Some(t)) if t == ["t"]));
+        // Parsed once: the same text comes from the memo.
+        assert!(Arc::ptr_eq(&r.parsed("SELECT 42"), &r.parsed("SELECT 42")));
+    }
+
+    #[test]
+    fn a_view_query_runs_where_its_tables_are() {
+        let parse = |sql: &str| {
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(
+                &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+                sql,
+            )
+            .map_err(|e| PgError::new(SqlState::SYNTAX_ERROR, e.to_string()))
+        };
+        let lake = lake();
+        let source = |sql: &str, upstream: bool| {
+            view_source(parse(sql), upstream.then_some(&lake))
+                .map(|s| matches!(s, ViewSource::Lake(_)))
+        };
+        assert_eq!(source("SELECT * FROM t", false).ok(), Some(true));
+        assert_eq!(source("SELECT * FROM nyc.trips", true).ok(), Some(true));
+        assert_eq!(source("SELECT * FROM public.t", true).ok(), Some(false));
+        assert_eq!(source("REDSHIFT ONLY", true).ok(), Some(false));
+        let e = source("SELECT 1; SELECT 2", false).err().map(|e| e.code.0);
+        assert_eq!(e, Some("0A000"));
+    }
+}

@@ -1,0 +1,281 @@
+//! The statement pipeline every statement passes through, in both protocols:
+//!
+//! 1. **decide** — [`Session::decide`]: `route` parses the text once (memoised) and
+//!    returns one [`Decision`]: its [`Plan`] (session command, lake query,
+//!    cross-engine query, view DDL, upstream relay, or refusal), its meaning for the
+//!    result cache, and its effects on the session's books.
+//! 2. **admit** — [`Session::admit`]: may the statement start now? (A no-op today;
+//!    workload queues go here.)
+//! 3. **run** — locally ([`Session::run_step`]), relayed (`forward.rs`), or answered
+//!    from the result cache (`cached.rs`), which wraps the other two.
+//! 4. **record** — [`Session::record`]: one call per statement at its end, with its
+//!    route and outcome (audit, metrics and query statistics go here).
+//!
+//! A simple query goes through all four here. In the extended protocol, Parse
+//! decides ([`Session::parse_message`]) and the prepared statement (or, for an
+//! upstream statement, its name in the relay's books) carries the decision to Bind
+//! and Execute; a local Execute is admitted and recorded in `extended.rs`. Upstream
+//! Bind/Describe/Execute frames follow their statement's name on the relay's
+//! per-message fast path (`forward.rs`), which costs no decision at all.
+
+use std::time::Instant;
+
+use super::{Session, Tx};
+use crate::error::{PgError, Severity, SqlState};
+use crate::route::decide::ViewNames;
+use crate::route::{self, Decision, Effect, Plan, Step};
+use crate::wire::Disconnect;
+use crate::wire::frame::{self, Frame};
+use crate::wire::messages::EmptyQueryResponse;
+use crate::wire::rows::Format;
+
+/// How a statement ended, for the record stage.
+pub(super) struct Outcome<'a> {
+    pub route: &'static str,
+    pub started: Instant,
+    pub error: Option<&'a PgError>,
+}
+
+impl Session {
+    /// Stage 1: where the statements of `sql` go, in this session's situation now.
+    pub(super) fn decide(&mut self, sql: &str) -> Decision {
+        self.follow_lake_changes();
+        let shared = self.shared.clone();
+        let portals = &self.portals;
+        let local_cursor = |name: &str| portals.contains_key(name);
+        let cx = route::Context {
+            forwarding: self.forward.as_ref().map(|f| route::Forwarding {
+                lake_schemas: &f.lake_schemas,
+                lost_in_tx: f.lost_in_tx,
+            }),
+            may_write: self.policy.write,
+            views: shared.matviews.as_deref().map(|m| m as &dyn ViewNames),
+            local_cursor: &local_cursor,
+            want_analysis: shared.results.is_some(),
+        };
+        shared.router.decide(sql, &cx)
+    }
+
+    /// Applies a decision's book-keeping (what relaying it changes here).
+    pub(super) fn apply_effects(&mut self, decision: &Decision) {
+        for effect in &decision.effects {
+            match effect {
+                Effect::MirrorSet { name, value } => {
+                    // Upstream settings also apply to lake queries where Sluice knows them.
+                    let _ = self.settings.set(name, value.as_deref());
+                    self.settings_changed_upstream();
+                }
+                Effect::MirrorReset(name) => {
+                    let _ = self.settings.reset(name.as_deref());
+                    self.settings_changed_upstream();
+                }
+                Effect::UpstreamSetting => self.settings_changed_upstream(),
+                Effect::UpstreamCursors(names) => {
+                    if let Some(f) = self.forward.as_mut() {
+                        f.portals.extend(names.iter().cloned());
+                    }
+                }
+                Effect::DiscardAll => {
+                    self.statements.clear();
+                    self.portals.clear();
+                    if let Some(f) = self.forward.as_mut() {
+                        f.portals.clear();
+                        f.statements.clear();
+                    }
+                }
+                Effect::DeallocateUpstream(name) => {
+                    if let Some(f) = self.forward.as_mut() {
+                        match name {
+                            Some(n) => {
+                                f.statements.remove(n);
+                            }
+                            None => f.statements.clear(),
+                        }
+                    }
+                }
+                Effect::EndLostTransaction => {
+                    if let Some(f) = self.forward.as_mut() {
+                        f.lost_in_tx = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A ROLLBACK may undo a relayed SET upstream without Sluice's copy following:
+    /// from then on the session's settings cannot key cached answers.
+    fn settings_changed_upstream(&mut self) {
+        if self.tx != Tx::Idle {
+            self.cache_loses_track_of_settings();
+        }
+    }
+
+    /// Stage 2: whether the statement may start now. Nothing waits yet; workload
+    /// queues will make statements wait (or refuse them) here.
+    pub(super) fn admit(&mut self, _route: &'static str) -> Result<(), PgError> {
+        Ok(())
+    }
+
+    /// Stage 4: a statement ended. Audit, metrics and query statistics hook in here.
+    pub(super) fn record(&mut self, outcome: Outcome<'_>) {
+        tracing::trace!(
+            route = outcome.route,
+            micros = outcome.started.elapsed().as_micros() as u64,
+            sqlstate = outcome.error.map(|e| e.code.0).unwrap_or("00000"),
+            "statement ended"
+        );
+    }
+
+    /// A simple query message, through ReadyForQuery: decided once, then answered
+    /// from the result cache, relayed, or run here.
+    pub(super) async fn query_message(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        self.settle_upstream_abort().await;
+        let sql = match frame::decode_query(&frame.body) {
+            Ok(sql) => sql,
+            Err(e) => {
+                // Text in a non-UTF-8 client_encoding (set upstream): Sluice cannot
+                // read it, so, like a statement it cannot parse, it goes upstream
+                // only for a role that may write.
+                if self.forward.is_some() && self.policy.write && frame.body.last() == Some(&0) {
+                    return self.forward_simple(frame).await;
+                }
+                if e.severity == Severity::Fatal {
+                    return Err(Disconnect::Protocol(e));
+                }
+                // e.g. invalid UTF-8: the statement fails, the session carries on.
+                self.fail(&e);
+                return self.end_query().await;
+            }
+        };
+        let decision = self.decide(sql);
+        if matches!(decision.plan, Plan::Relay | Plan::Local(_)) {
+            self.apply_effects(&decision);
+        }
+        if self.shared.results.is_some() {
+            self.cached_query(frame, &decision).await?;
+            self.invalidate_at_transaction_end();
+            return Ok(());
+        }
+        self.answer_query(frame, &decision).await
+    }
+
+    /// The run stage of a simple query, through ReadyForQuery.
+    pub(super) async fn answer_query(
+        &mut self,
+        frame: &Frame,
+        decision: &Decision,
+    ) -> Result<(), Disconnect> {
+        if let Plan::Relay = decision.plan {
+            let started = Instant::now();
+            let admitted = self.admit("upstream");
+            if let Err(e) = admitted {
+                self.fail(&e);
+                return self.end_query().await;
+            }
+            let relayed = self.forward_simple(frame).await;
+            self.record(Outcome {
+                route: "upstream",
+                started,
+                error: None,
+            });
+            return relayed;
+        }
+        // Sluice answers after the upstream has answered what was forwarded before.
+        if self.forward.as_ref().is_some_and(|f| f.owed > 0) {
+            self.drain_upstream().await?;
+            if self.skip_until_sync {
+                return Ok(());
+            }
+        }
+        match &decision.plan {
+            Plan::Relay => {}
+            Plan::Empty => self.conn.send(&EmptyQueryResponse::new()),
+            Plan::Refuse(e) => {
+                self.fail(e);
+                self.record(Outcome {
+                    route: "refused",
+                    started: Instant::now(),
+                    error: Some(e),
+                });
+            }
+            Plan::Local(steps) => {
+                for step in steps {
+                    let started = Instant::now();
+                    let route = step.route_name();
+                    let result = match self.admit(route) {
+                        Ok(()) => Box::pin(self.run_step(step.clone())).await?,
+                        Err(e) => Err(e),
+                    };
+                    self.record(Outcome {
+                        route,
+                        started,
+                        error: result.as_ref().err(),
+                    });
+                    if let Err(e) = result {
+                        self.fail(&e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.end_query().await
+    }
+
+    /// ReadyForQuery, flushed: the end of every simple query message.
+    pub(super) async fn end_query(&mut self) -> Result<(), Disconnect> {
+        self.ready();
+        self.conn.flush().await?;
+        self.conn.shrink_idle();
+        Ok(())
+    }
+
+    /// Runs one statement of a simple query. The outer error ends the session; the
+    /// inner one is reported to the client.
+    pub(super) async fn run_step(&mut self, step: Step) -> Result<Result<(), PgError>, Disconnect> {
+        if !matches!(step, Step::ViewDdl(_))
+            && let Err(e) = self.check_failed_tx(&step)
+        {
+            return Ok(Err(e));
+        }
+        match step {
+            Step::Session(route::Command::Fetch {
+                cursor,
+                count,
+                discard,
+            }) => self.fetch(&cursor, count, None, !discard, discard).await,
+            Step::Session(cmd) => Ok(self.run_command(&cmd, Format::Text, true).await),
+            Step::ViewDdl(stmt) => Ok(self.run_matview(&stmt).await),
+            Step::DeclareCursor {
+                name,
+                binary,
+                hold,
+                query,
+            } => Ok(self.declare_cursor(name, binary, hold, &query).await),
+            Step::Lake(stmt) => self.run_lake_query(&stmt, false).await,
+            Step::CrossEngine(stmt) => self.run_lake_query(&stmt, true).await,
+            Step::Refuse(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Statements other than COMMIT/ROLLBACK fail in a failed transaction block.
+    pub(super) fn check_failed_tx(&self, step: &Step) -> Result<(), PgError> {
+        let ends_block = matches!(
+            step,
+            Step::Session(
+                route::Command::Commit | route::Command::Rollback | route::Command::RollbackTo(_)
+            )
+        );
+        if self.tx == Tx::Failed && !ends_block {
+            return Err(in_failed_transaction());
+        }
+        Ok(())
+    }
+}
+
+/// 25P02, as PostgreSQL words it.
+pub(super) fn in_failed_transaction() -> PgError {
+    PgError::new(
+        SqlState::IN_FAILED_SQL_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}

@@ -232,7 +232,8 @@ impl Session {
     /// Runs one statement of a simple query. The outer error ends the session; the
     /// inner one is reported to the client.
     pub(super) async fn run_step(&mut self, step: Step) -> Result<Result<(), PgError>, Disconnect> {
-        if !matches!(step, Step::ViewDdl(_))
+        // A refusal reports its own error; view DDL reports 25001 inside any block.
+        if !matches!(step, Step::ViewDdl(_) | Step::Refuse(_))
             && let Err(e) = self.check_failed_tx(&step)
         {
             return Ok(Err(e));

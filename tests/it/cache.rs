@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{rows, sqlstate};
-use crate::redshift::{Options, Rig, scalar};
+use crate::harness::{rows, scalar, sqlstate};
+use crate::redshift::{Options, Rig};
 
 const EXTRA: &str = r#"
 [cache]

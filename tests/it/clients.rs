@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    ClientRun, Gateway, PASSWORD, USER, clients_dir, python, result_line, run_client, tls_only,
+    ClientRun, Gateway, GatewayConfig, PASSWORD, USER, clients_dir, python, result_line,
+    run_client, temp_certs, tls_only,
 };
 
 /// A gateway view for reflection to find next to the lake tables.
@@ -37,9 +38,12 @@ struct Rig {
 
 impl Rig {
     async fn start(extra: &str) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs = crate::postgres::make_certs(dir.path()).expect("openssl makes certificates");
-        let gw = Gateway::start_with(&tls_only(&certs), extra).await;
+        let (dir, certs) = temp_certs();
+        let gw = GatewayConfig::demo()
+            .tls(&tls_only(&certs))
+            .extra(extra)
+            .start()
+            .await;
         Rig {
             gw,
             ca: certs.ca,

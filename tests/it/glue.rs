@@ -15,7 +15,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio_postgres::Client;
 
-use crate::harness::{rows, sqlstate};
+use crate::harness::{GatewayConfig, connect_plain, error_message, rows, spawn_sluice, sqlstate};
 use crate::moto::Moto;
 
 const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
@@ -143,20 +143,24 @@ fn parquet(batch: &RecordBatch) -> Vec<u8> {
     buf
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut child = std::process::Command::new("gzip")
+/// `data` compressed by `tool -c` (gzip, bzip2).
+fn compress(tool: &str, data: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new(tool)
         .arg("-c")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("gzip runs");
+        .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(data)
-        .expect("gzip input");
-    child.wait_with_output().expect("gzip output").stdout
+        .unwrap_or_else(|e| panic!("{tool} input: {e}"));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{tool} output: {e}"))
+        .stdout
 }
 
 async fn put(store: &Arc<dyn ObjectStore>, key: &str, data: Vec<u8>) {
@@ -254,7 +258,7 @@ impl Rig {
         put(
             &lake,
             "taxi/csv/part-1.csv.gz",
-            gzip(taxi_csv(second).as_bytes()),
+            compress("gzip", taxi_csv(second).as_bytes()),
         )
         .await;
         put(&lake, "taxi/csv/_SUCCESS", b"marker".to_vec()).await;
@@ -401,7 +405,12 @@ impl Rig {
         create_database(&glue, "nested").await;
         let json = "{\"id\":1,\"tags\":[\"a\",\"b\"],\"info\":{\"city\":\"Oslo\",\"zip\":150},\"attrs\":{\"x\":1}}\n\
                     {\"id\":2,\"tags\":[],\"info\":{\"city\":\"Lima\",\"zip\":null},\"attrs\":{}}\n";
-        put(&lake, "nested/events/part-0.json.gz", gzip(json.as_bytes())).await;
+        put(
+            &lake,
+            "nested/events/part-0.json.gz",
+            compress("gzip", json.as_bytes()),
+        )
+        .await;
         create_table(
             &glue,
             "nested",
@@ -427,22 +436,12 @@ impl Rig {
         // that does not parse, which Hive reads as NULL).
         let tsv = "1\t300\t9000000000\t1.5\t2.25\t12.34\ttrue\t2017-07-02\t2017-07-02 10:11:12\tab\tabcde\n\
                    -2\t\\N\toops\t\\N\t\\N\t\\N\tfalse\t\\N\t\\N\t\t\n";
-        let bz = {
-            let mut child = std::process::Command::new("bzip2")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("bzip2 runs");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(tsv.as_bytes())
-                .expect("bzip2 input");
-            child.wait_with_output().expect("bzip2 output").stdout
-        };
-        put(&lake, "types/part-0.tsv.bz2", bz).await;
+        put(
+            &lake,
+            "types/part-0.tsv.bz2",
+            compress("bzip2", tsv.as_bytes()),
+        )
+        .await;
         create_table(
             &glue,
             "nested",
@@ -493,13 +492,50 @@ impl Rig {
         .await;
 
         let port = crate::postgres::free_port().expect("port");
-        let toml = format!(
+        let lake = format!(
             r#"
-[server]
-listen = "127.0.0.1:{port}"
-[server.tls]
-allow_plaintext = "loopback"
+[lake.glue]
+region = "us-east-1"
+aws_endpoint = "{aws}"
+exclude = ["hidden*"]
+allow_local_locations = true
+[lake.glue.s3]
+endpoint = "{aws}"
+path_style = true
+"#,
+            aws = moto.endpoint(),
+        );
+        let path = GatewayConfig::bare()
+            .port(port)
+            .auth(AUTH)
+            .lake(&lake)
+            .write(dir.path());
+        let sluice = spawn_sluice(&path, port, &[]).await;
+        Rig {
+            moto: Some(moto),
+            _sluice: sluice,
+            port,
+            dir,
+        }
+    }
 
+    fn moto(&self) -> &Moto {
+        self.moto.as_ref().expect("moto running")
+    }
+
+    async fn connect(&self, user: &str, password: &str) -> Client {
+        connect_plain(self.port, user, password)
+            .await
+            .expect("connect")
+    }
+
+    async fn admin(&self) -> Client {
+        self.connect("admin", "admin-pw").await
+    }
+}
+
+/// The admin reads everything; the analyst only blog-db's taxi tables.
+const AUTH: &str = r#"
 [[auth.users]]
 name = "admin"
 password = "admin-pw"
@@ -516,43 +552,7 @@ admin = true
 [[roles]]
 name = "taxi_only"
 read = ["blog-db.taxi*"]
-
-[lake.glue]
-region = "us-east-1"
-aws_endpoint = "{aws}"
-exclude = ["hidden*"]
-allow_local_locations = true
-[lake.glue.s3]
-endpoint = "{aws}"
-path_style = true
-"#,
-            aws = moto.endpoint(),
-        );
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, &toml).expect("write config");
-        let sluice = crate::harness::spawn_sluice(&path, port, &[]).await;
-        Rig {
-            moto: Some(moto),
-            _sluice: sluice,
-            port,
-            dir,
-        }
-    }
-
-    fn moto(&self) -> &Moto {
-        self.moto.as_ref().expect("moto running")
-    }
-
-    async fn connect(&self, user: &str, password: &str) -> Client {
-        crate::harness::connect_plain(self.port, user, password)
-            .await
-            .expect("connect")
-    }
-
-    async fn admin(&self) -> Client {
-        self.connect("admin", "admin-pw").await
-    }
-}
+"#;
 
 const HOURLY_FARE: &str = "SELECT EXTRACT(HOUR FROM pickup_datetime) AS hour, avg(fare_amount) \
      FROM \"blog-db\".{table} GROUP BY 1 ORDER BY 1";
@@ -826,10 +826,7 @@ async fn nested_json_unsupported_tables_and_role_filtered_listing() {
         .await
         .expect_err("iceberg refused");
     assert_eq!(sqlstate(&e), "0A000");
-    let message = e
-        .as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_default();
+    let message = error_message(&e);
     assert!(message.contains("Iceberg"), "{message}");
 
     // The analyst's role reads blog-db.taxi* only: the listing shows nothing else.
@@ -930,10 +927,7 @@ async fn refresh_picks_up_new_tables_and_cached_metadata_survives_glue_outage() 
         .await
         .expect_err("Glue is down");
     assert_eq!(sqlstate(&e), "58000");
-    let message = e
-        .as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_default();
+    let message = error_message(&e);
     assert!(message.contains("GetDatabases"), "{message}");
     assert!(
         !message.contains("testing"),

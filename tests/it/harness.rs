@@ -1,12 +1,16 @@
 //! Starts real Sluice gateways on loopback for the tests, and finds the real clients
 //! (psql, python3 + psycopg, java + pgjdbc) that talk to them.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use sluice::config::Config;
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 pub const USER: &str = "demo";
@@ -23,10 +27,158 @@ pub fn demo_dir() -> PathBuf {
     .clone()
 }
 
+/// The `[server.tls]` section most tests use: generated certificate, plaintext on loopback.
+pub const LOOPBACK_PLAINTEXT: &str = "[server.tls]\nallow_plaintext = \"loopback\"\n";
+
+/// A `[server.tls]` section serving `cert` and `key`, with `allow_plaintext` as given
+/// (`"never"`, `"loopback"`).
+pub fn tls_files(cert: &Path, key: &Path, allow_plaintext: &str) -> String {
+    format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nallow_plaintext = \"{allow_plaintext}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// A `[server.tls]` section serving `certs` and refusing plaintext, so every client
+/// that gets in has negotiated TLS.
+pub fn tls_only(certs: &crate::postgres::Certs) -> String {
+    tls_files(&certs.cert, &certs.key, "never")
+}
+
+/// A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it,
+/// in a temporary directory that must outlive their use.
+pub fn temp_certs() -> (tempfile::TempDir, crate::postgres::Certs) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = crate::postgres::make_certs(dir.path()).expect("openssl makes certificates");
+    (dir, certs)
+}
+
+/// A gateway's `sluice.toml`, built from the parts tests vary. In order: `[server]`
+/// (listening on 127.0.0.1:`port`, plus `server` keys), the `[server.tls]` section,
+/// the users and roles (`auth`), the lake, and `extra` TOML.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    port: u16,
+    server: String,
+    tls: String,
+    auth: String,
+    lake: String,
+    extra: String,
+}
+
+impl GatewayConfig {
+    /// The gateway most tests use: any free port, `LOOPBACK_PLAINTEXT`, the local
+    /// users `demo` (password `demo`, role `analyst`) and `svc` (a stored SCRAM
+    /// verifier for `svc-secret`, no role), `analyst` reading everything, and the
+    /// demo lake.
+    pub fn demo() -> GatewayConfig {
+        GatewayConfig {
+            auth: format!(
+                "[[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nroles = [\"analyst\"]\n\n\
+                 [[auth.users]]\nname = \"svc\"\nscram = \"{svc}\"\n\n\
+                 [[roles]]\nname = \"analyst\"\nread = [\"*\"]\n\n",
+                svc = sluice::auth::scram::Verifier::from_password("svc-secret").to_stored(),
+            ),
+            lake: format!(
+                "[lake.local]\nroot = \"{}\"\ndemo_data = true\n",
+                demo_dir().display()
+            ),
+            ..GatewayConfig::bare()
+        }
+    }
+
+    /// Only `[server]` (any free port) and `LOOPBACK_PLAINTEXT`: no users, roles or lake.
+    pub fn bare() -> GatewayConfig {
+        GatewayConfig {
+            port: 0,
+            server: String::new(),
+            tls: LOOPBACK_PLAINTEXT.to_owned(),
+            auth: String::new(),
+            lake: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// Listens on `port` (0: any free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// More keys for the `[server]` table.
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server = lines.to_owned();
+        self
+    }
+
+    /// The `[server.tls]` section ("" for none).
+    pub fn tls(mut self, section: &str) -> Self {
+        self.tls = section.to_owned();
+        self
+    }
+
+    /// Users and roles in place of the demo ones.
+    pub fn auth(mut self, toml: &str) -> Self {
+        self.auth = toml.to_owned();
+        self
+    }
+
+    /// The lake section(s) in place of the demo lake.
+    pub fn lake(mut self, toml: &str) -> Self {
+        self.lake = toml.to_owned();
+        self
+    }
+
+    /// Appends TOML at the end.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// The config file's text.
+    pub fn toml(&self) -> String {
+        let GatewayConfig {
+            port,
+            server,
+            tls,
+            auth,
+            lake,
+            extra,
+        } = self;
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n{tls}\n{auth}{lake}{extra}")
+    }
+
+    /// Writes the config to `dir/sluice.toml` and returns that path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, self.toml()).expect("write config");
+        path
+    }
+
+    /// Binds a gateway in this process and serves it on a task; `Err` is the reason
+    /// the server would not start (a config that does not load panics).
+    pub async fn try_start(&self) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = self.write(dir.path());
+        let config = Config::load(&path)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{}", self.toml()));
+        let server = sluice::server::Server::bind(config).await?;
+        let port = server.local_addr().expect("local addr").port();
+        let task = tokio::spawn(server.run());
+        Ok(Gateway { port, dir, task })
+    }
+
+    /// `try_start`, which must succeed.
+    pub async fn start(&self) -> Gateway {
+        self.try_start().await.expect("gateway starts")
+    }
+}
+
 pub struct Gateway {
     pub port: u16,
     /// Holds the config file for the gateway's lifetime.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
 
@@ -36,51 +188,15 @@ impl Drop for Gateway {
     }
 }
 
-/// The `[server.tls]` section most tests use: generated certificate, plaintext on loopback.
-pub const LOOPBACK_PLAINTEXT: &str = "[server.tls]\nallow_plaintext = \"loopback\"\n";
-
 impl Gateway {
+    /// `GatewayConfig::demo()`, started.
     pub async fn start() -> Gateway {
-        Gateway::start_with(LOOPBACK_PLAINTEXT, "").await
-    }
-
-    /// Starts a gateway with the given `[server.tls]` section and extra TOML.
-    pub async fn start_with(tls: &str, extra: &str) -> Gateway {
-        Gateway::start_full("", tls, extra).await
-    }
-
-    /// Like `start_with`, plus extra lines for the `[server]` table.
-    pub async fn start_full(server_lines: &str, tls: &str, extra: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server}\n{tls}\n\
-             [[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nroles = [\"analyst\"]\n\n\
-             [[auth.users]]\nname = \"svc\"\nscram = \"{svc}\"\n\n\
-             [[roles]]\nname = \"analyst\"\nread = [\"*\"]\n\n\
-             [lake.local]\nroot = \"{root}\"\ndemo_data = true\n{extra}",
-            extra_server = server_lines,
-            root = demo_dir().display(),
-            svc = sluice::auth::scram::Verifier::from_password("svc-secret").to_stored(),
-        );
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, &toml).expect("write config");
-        let config =
-            Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
-        let server = sluice::server::Server::bind(config)
-            .await
-            .expect("gateway starts");
-        let port = server.local_addr().expect("local addr").port();
-        let task = tokio::spawn(server.run());
-        Gateway {
-            port,
-            _dir: dir,
-            task,
-        }
+        GatewayConfig::demo().start().await
     }
 
     /// The gateway's config file (tests rewrite it to exercise reloads).
     pub fn config_path(&self) -> PathBuf {
-        self._dir.path().join("sluice.toml")
+        self.dir.path().join("sluice.toml")
     }
 
     pub fn url(&self, sslmode: &str) -> String {
@@ -90,27 +206,38 @@ impl Gateway {
         )
     }
 
-    /// A tokio-postgres client over plaintext loopback.
-    pub async fn connect(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.url("disable"), NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+    /// A tokio-postgres client for the demo user over plaintext loopback.
+    pub async fn try_connect(&self) -> Result<Client, tokio_postgres::Error> {
+        connect_plain(self.port, USER, PASSWORD).await
     }
 
-    /// Runs psql with `args`, connected over TLS.
-    pub async fn psql(&self, args: &[&str]) -> Output {
-        let url = self.url("require");
-        let mut cmd = tokio::process::Command::new("psql");
-        cmd.arg(url)
-            .args(["-X", "-v", "ON_ERROR_STOP=1"])
-            .args(args);
-        cmd.env("PGCONNECT_TIMEOUT", "10");
-        cmd.output().await.expect("psql runs")
+    /// A tokio-postgres client over plaintext loopback.
+    pub async fn connect(&self) -> Client {
+        self.try_connect().await.expect("connect")
     }
+
+    /// Runs psql with `args` as the demo user, connected over TLS.
+    pub async fn psql(&self, args: &[&str]) -> Output {
+        psql_command(self.port, "sluice", USER)
+            .env("PGPASSWORD", PASSWORD)
+            .args(["-v", "ON_ERROR_STOP=1"])
+            .args(args)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .await
+            .expect("psql runs")
+    }
+}
+
+/// `psql -X` on database `db` of the gateway at `port`, as `user`, over TLS
+/// (`sslmode=require`); the caller passes the password (PGPASSWORD, PGPASSFILE).
+pub fn psql_command(port: u16, db: &str, user: &str) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!(
+        "host=127.0.0.1 port={port} dbname={db} user={user} sslmode=require"
+    ))
+    .arg("-X");
+    cmd
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -133,16 +260,6 @@ pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// A `[server.tls]` section serving `certs` and refusing plaintext, so every client
-/// that gets in has negotiated TLS.
-pub fn tls_only(certs: &crate::postgres::Certs) -> String {
-    format!(
-        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nallow_plaintext = \"never\"\n",
-        certs.cert.display(),
-        certs.key.display()
-    )
-}
-
 /// How a client program ended: success, and its stdout and stderr together.
 pub struct ClientRun {
     pub ok: bool,
@@ -152,10 +269,7 @@ pub struct ClientRun {
 /// Runs a client program, killing it after `limit`: a client stuck waiting on the
 /// server then fails its test with everything it printed so far, instead of
 /// hanging the suite. Output goes through a file so nothing is lost on the kill.
-pub async fn run_client(
-    cmd: &mut tokio::process::Command,
-    limit: std::time::Duration,
-) -> ClientRun {
+pub async fn run_client(cmd: &mut Command, limit: Duration) -> ClientRun {
     use std::io::{Read, Seek};
     let mut out = tempfile::tempfile().expect("output file");
     let mut child = cmd
@@ -182,13 +296,18 @@ pub async fn run_client(
     ClientRun { ok, text }
 }
 
+/// The JSON after `prefix` on the first line of a client program's output that
+/// starts with it.
+pub fn json_line(text: &str, prefix: &str) -> serde_json::Value {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"))
+}
+
 /// The value of the `RESULT <name> <json>` line a client program printed.
 pub fn result_line(text: &str, name: &str) -> serde_json::Value {
-    let prefix = format!("RESULT {name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_else(|| panic!("no `RESULT {name}` line in:\n{text}"))
+    json_line(text, &format!("RESULT {name} "))
 }
 
 /// Error code of a tokio-postgres error, for assertions.
@@ -196,6 +315,13 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// The server's message of a database error (tokio-postgres' Display says "db error").
+pub fn error_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// Compiles `tests/clients/DbMetaWalk.java` against Debian's pgjdbc and runs it as
@@ -210,7 +336,7 @@ pub async fn db_meta_walk(gw: &Gateway, user: &str, password: &str) -> Output {
         jar.display()
     );
     let classes = tempfile::tempdir().expect("tempdir");
-    let out = tokio::process::Command::new("javac")
+    let out = Command::new("javac")
         .arg("-d")
         .arg(classes.path())
         .arg("-cp")
@@ -225,74 +351,119 @@ pub async fn db_meta_walk(gw: &Gateway, user: &str, password: &str) -> Output {
         "jdbc:postgresql://127.0.0.1:{}/sluice?sslmode=require",
         gw.port
     );
-    tokio::process::Command::new("java")
+    Command::new("java")
         .args(["-cp", &cp, "DbMetaWalk", &url, user, password])
         .output()
         .await
         .expect("java runs")
 }
 
-/// A tokio-postgres client for `user` over plaintext loopback to a gateway on `port`.
-pub async fn connect_plain(
+/// A tokio-postgres client for `user` on database `db` over plaintext loopback to a
+/// gateway on `port`; built field by field so odd user names and an empty password
+/// reach the gateway as they are.
+pub async fn connect_db(
     port: u16,
+    db: &str,
     user: &str,
     password: &str,
 ) -> Result<Client, tokio_postgres::Error> {
-    let url = format!(
-        "host=127.0.0.1 port={port} dbname=sluice user={user} password={password} sslmode=disable"
-    );
-    let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .dbname(db)
+        .user(user)
+        .password(password)
+        .ssl_mode(SslMode::Disable)
+        .connect(NoTls)
+        .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(client)
 }
 
-/// Runs the real `sluice serve` binary on `config` (which listens on `port`) with AWS
-/// credentials in its environment, as the standard chain finds them in production,
-/// and waits until it listens. `SLUICE_TEST_LOG=debug` shows its log.
-pub async fn spawn_sluice(
-    config: &Path,
+/// A tokio-postgres client for `user` on database `sluice` (see `connect_db`).
+pub async fn connect_plain(
     port: u16,
-    extra_env: &[(&str, &str)],
-) -> tokio::process::Child {
-    let sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(extra_env.iter().copied())
-        .env(
-            "RUST_LOG",
-            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::inherit())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    connect_db(port, "sluice", user, password).await
+}
+
+/// The real `sluice` binary with `args`, killed if dropped while it runs.
+pub fn sluice_command<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args).kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd` (a `sluice_command`) to its end with no stdin and its output
+/// captured; one still running after a minute fails the test.
+pub async fn run_sluice(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .expect("sluice starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        .expect("sluice runs");
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd:?} kept running"))
+        .expect("sluice output")
+}
+
+/// Runs `sluice serve --config <config>`, set up further by `setup` (environment,
+/// where its output goes), and waits until it listens on `port` (the config's).
+pub async fn serve(config: &Path, port: u16, setup: impl FnOnce(&mut Command)) -> Child {
+    let mut cmd = sluice_command(["serve", "--config"]);
+    cmd.arg(config);
+    setup(&mut cmd);
+    let sluice = cmd.spawn().expect("sluice starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
         let toml = std::fs::read_to_string(config).unwrap_or_default();
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sluice did not listen:\n{toml}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "sluice did not listen:\n{toml}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sluice
 }
 
-/// All rows of a simple query, as text (NULL as "NULL").
-pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
-    let msgs = c
-        .simple_query(sql)
+/// `serve` with AWS credentials in its environment, as the standard chain finds them
+/// in production, and `extra_env`; its log on the test's output at the level
+/// `SLUICE_TEST_LOG` names (default warn).
+pub async fn spawn_sluice(config: &Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
+    serve(config, port, |cmd| {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(extra_env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+    })
+    .await
+}
+
+/// The messages of a simple query that must succeed.
+async fn simple(c: &Client, sql: &str) -> Vec<SimpleQueryMessage> {
+    c.simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
+/// The rows among simple-query messages, as text (NULL as "NULL").
+pub fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
     msgs.iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(
@@ -303,4 +474,43 @@ pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
             _ => None,
         })
         .collect()
+}
+
+/// All rows of a simple query, as text (NULL as "NULL").
+pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
+    rows_of(&simple(c, sql).await)
+}
+
+/// The first value of a simple query's first row, as text (NULL as "").
+pub async fn scalar(c: &Client, sql: &str) -> String {
+    simple(c, sql)
+        .await
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// The first column of every row of `sql`, over the extended protocol.
+pub async fn column(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `SELECT count(*) FROM <table>`, over the extended protocol.
+pub async fn count(c: &Client, table: &str) -> Result<i64, tokio_postgres::Error> {
+    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .get(0))
+}
+
+/// `SHOW sluice.identity`: user, method, issuer, subject, group count, groups, roles.
+pub async fn identity(c: &Client) -> Vec<String> {
+    rows(c, "SHOW sluice.identity").await.remove(0)
 }

@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio_postgres::Client;
-
-use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, rows, sqlstate};
-use crate::postgres::{free_port, make_certs};
+use crate::harness::{
+    Gateway, GatewayConfig, connect_plain, count, identity, psql_command, run_sluice, serve,
+    sluice_command, sqlstate, stderr, stdout, temp_certs,
+};
+use crate::postgres::free_port;
 use crate::slapd::{GROUPS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd, group_dn, user_dn};
 
 const ALICE_PW: &str = "alice-Secret-9917";
@@ -74,39 +75,16 @@ async fn gateway(dir: &Slapd, mode: Mode, tls: bool) -> Gateway {
         let more = format!("starttls = true\n{}", ca_line(&dir.ca));
         section(dir, &dir.ldap_url(), mode, &more)
     };
-    Gateway::start_with(LOOPBACK_PLAINTEXT, &format!("{ldap}{}", role_rules())).await
+    with_ldap(&ldap).await
 }
 
-/// A plaintext loopback login; built field by field so odd user names and an empty
-/// password reach the gateway as they are.
-async fn connect_plain(
-    port: u16,
-    user: &str,
-    password: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .dbname("sluice")
-        .user(user)
-        .password(password)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// `SHOW sluice.identity`: user, method, issuer, subject, group count, groups, roles.
-async fn identity(c: &Client) -> Vec<String> {
-    rows(c, "SHOW sluice.identity").await.remove(0)
-}
-
-async fn count(c: &Client, table: &str) -> Result<i64, tokio_postgres::Error> {
-    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await?
-        .get(0))
+/// The demo gateway with `ldap` and the role rules.
+async fn with_ldap(ldap: &str) -> Gateway {
+    GatewayConfig::demo()
+        .extra(ldap)
+        .extra(&role_rules())
+        .start()
+        .await
 }
 
 /// The refusal of a login: (SQLSTATE, message, hint, detail).
@@ -177,26 +155,14 @@ async fn search_then_bind_over_ldaps_maps_groups_to_roles() {
     assert_eq!(dir.binds(&user_dn("alice")), 1);
 
     // psql over TLS to the gateway, as a directory user.
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user=alice sslmode=require",
-        gw.port
-    );
-    let out = tokio::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-X",
-            "-A",
-            "-t",
-            "-c",
-            "SELECT count(*) FROM nyc.zones",
-        ])
+    let out = psql_command(gw.port, "sluice", "alice")
+        .args(["-A", "-t", "-c", "SELECT count(*) FROM nyc.zones"])
         .env("PGPASSWORD", ALICE_PW)
         .output()
         .await
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psql: {err}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "265");
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "265");
 
     // Local accounts still use SCRAM and never reach the directory.
     let local = gw.connect().await;
@@ -302,8 +268,7 @@ async fn a_hung_directory_times_out_cleanly() {
         "{}connect_timeout_secs = 1\ntimeout_secs = 1\n",
         ca_line(&dir.ca)
     );
-    let ldap = section(&dir, &dir.ldaps_url(), Mode::SearchBind, &more);
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, &format!("{ldap}{}", role_rules())).await;
+    let gw = with_ldap(&section(&dir, &dir.ldaps_url(), Mode::SearchBind, &more)).await;
     connect_plain(gw.port, "alice", ALICE_PW).await.unwrap();
 
     // Accepted by the kernel, never answered: first on the pooled connection, then
@@ -338,7 +303,7 @@ async fn a_refused_service_account_is_not_the_users_fault() {
         ca_line(&dir.ca),
         bad.path().display()
     );
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, &ldap).await;
+    let gw = GatewayConfig::demo().extra(&ldap).start().await;
     let (code, message, _, _) = refusal(gw.port, "alice", ALICE_PW).await;
     assert_eq!(code, "28000", "{message}");
     assert!(message.contains("unavailable"), "{message}");
@@ -352,8 +317,8 @@ async fn a_refused_service_account_is_not_the_users_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_certificate_is_verified() {
     let dir = directory();
-    let other = tempfile::tempdir().unwrap();
-    let other_ca = make_certs(other.path()).unwrap().ca;
+    let (_other, other) = temp_certs();
+    let other_ca = other.ca;
     for (url, more) in [
         (dir.ldaps_url(), ca_line(&other_ca)),
         (
@@ -362,7 +327,7 @@ async fn the_directory_certificate_is_verified() {
         ),
     ] {
         let ldap = section(&dir, &url, Mode::Pattern, &more);
-        let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, &ldap).await;
+        let gw = GatewayConfig::demo().extra(&ldap).start().await;
         let (code, message, _, _) = refusal(gw.port, "alice", ALICE_PW).await;
         assert_eq!(code, "28000", "{url}: {message}");
         assert_eq!(
@@ -382,7 +347,7 @@ async fn plain_ldap_works_only_when_allowed() {
         Mode::Pattern,
         "allow_plaintext = true\n",
     );
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, &format!("{ldap}{}", role_rules())).await;
+    let gw = with_ldap(&ldap).await;
     let c = connect_plain(gw.port, "alice", ALICE_PW).await.unwrap();
     assert_eq!(identity(&c).await[6], "sales");
     assert!(
@@ -391,40 +356,26 @@ async fn plain_ldap_works_only_when_allowed() {
     );
 }
 
-/// Runs `sluice <args> --config <toml>` to its end (at most 30 s): (exit code, output).
-async fn sluice_exits(args: &[&str], toml: &str) -> (Option<i32>, String) {
+/// Runs `sluice <args> --config <config>` to its end: (exit code, output).
+async fn sluice_exits(args: &[&str], config: &GatewayConfig) -> (Option<i32>, String) {
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("sluice.toml");
-    std::fs::write(&path, toml).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("sluice {args:?} kept running with:\n{toml}"))
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    let out = run_sluice(
+        sluice_command(args)
+            .arg("--config")
+            .arg(config.write(d.path()))
+            .env("RUST_LOG", "info"),
+    )
+    .await;
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ldap_configs_stop_start_up_with_the_key_named() {
     let dir = directory();
-    let head = format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\n[server.tls]\nallow_plaintext = \"loopback\"\n",
-        free_port().unwrap()
-    );
+    let head = GatewayConfig::bare().port(free_port().unwrap());
     let pattern = format!("user_bind_pattern = \"uid={{user}},{PEOPLE}\"\n");
     let cases = [
         (
@@ -458,19 +409,19 @@ async fn bad_ldap_configs_stop_start_up_with_the_key_named() {
         ),
     ];
     for (keys, expected) in &cases {
-        let toml = format!("{head}[auth.ldap]\n{keys}");
+        let config = head.clone().extra(&format!("[auth.ldap]\n{keys}"));
         for command in [&["check-config"][..], &["serve"]] {
-            let (code, text) = sluice_exits(command, &toml).await;
+            let (code, text) = sluice_exits(command, &config).await;
             assert_eq!(code, Some(2), "{command:?} {keys}: {text}");
             assert!(text.contains(expected), "{command:?} {keys}: {text}");
         }
     }
     // With allow_plaintext, ldap:// without StartTLS is accepted.
-    let toml = format!(
-        "{head}[auth.ldap]\nurl = \"{}\"\nallow_plaintext = true\n{pattern}",
+    let config = head.clone().extra(&format!(
+        "[auth.ldap]\nurl = \"{}\"\nallow_plaintext = true\n{pattern}",
         dir.ldap_url()
-    );
-    let (code, text) = sluice_exits(&["check-config"], &toml).await;
+    ));
+    let (code, text) = sluice_exits(&["check-config"], &config).await;
     assert_eq!(code, Some(0), "{text}");
 
     // Problems found when the server is built (files, secrets) also stop it, and
@@ -492,7 +443,7 @@ async fn bad_ldap_configs_stop_start_up_with_the_key_named() {
             "auth.ldap.bind_password_env: environment variable SLUICE_TEST_UNSET_LDAP_PW is not set",
         ),
     ] {
-        let config = format!("{head}[auth.ldap]\n{keys}");
+        let config = head.clone().extra(&format!("[auth.ldap]\n{keys}"));
         let (code, text) = sluice_exits(&["serve"], &config).await;
         assert_eq!(code, Some(1), "{keys}: {text}");
         assert!(
@@ -511,42 +462,27 @@ async fn passwords_never_reach_the_log() {
     let mut dir = directory();
     let port = free_port().unwrap();
     let d = tempfile::tempdir().unwrap();
-    let config = d.path().join("sluice.toml");
     let ldap = format!(
         "\n[auth.ldap]\nurl = \"{}\"\n{}bind_dn = \"{SERVICE_DN}\"\nbind_password_env = \"LDAP_SERVICE_PW\"\n\
          user_base_dn = \"{PEOPLE}\"\ngroup_base_dn = \"{GROUPS}\"\n",
         dir.ldaps_url(),
         ca_line(&dir.ca),
     );
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{LOOPBACK_PLAINTEXT}{ldap}{}",
-        role_rules().replace("[\"analyst\"]", "[\"sales\"]")
-    );
-    std::fs::write(&config, toml).unwrap();
+    let config = GatewayConfig::bare()
+        .port(port)
+        .extra(&ldap)
+        .extra(&role_rules().replace("[\"analyst\"]", "[\"sales\"]"))
+        .write(d.path());
     let log_path = d.path().join("sluice.log");
     let log = std::fs::File::create(&log_path).unwrap();
     // The most verbose level: whatever any module (or ldap3, rustls) might log.
-    let mut sluice = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .env("LDAP_SERVICE_PW", SERVICE_PASSWORD)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sluice did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut sluice = serve(&config, port, |cmd| {
+        cmd.env("RUST_LOG", "trace")
+            .env("LDAP_SERVICE_PW", SERVICE_PASSWORD)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+    })
+    .await;
 
     let c = connect_plain(port, "alice", ALICE_PW)
         .await

@@ -7,10 +7,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, sqlstate};
+use crate::harness::{
+    Gateway, GatewayConfig, connect_plain, identity, psql_command, run_sluice, sluice_command,
+    sqlstate, stderr, stdout,
+};
 use crate::idp::{CLIENT_ID, Idp, Key, TID, USER, now, v1_claims, v1_issuer, v2_claims, v2_issuer};
 
-async fn gateway(idp: &Idp, tls: &str, plaintext_loopback: bool) -> Gateway {
+async fn gateway(idp: &Idp, plaintext_loopback: bool) -> Gateway {
     let issuer = |iss: String, aud: &str| {
         format!(
             "[[auth.oidc.issuers]]\nissuer = \"{iss}\"\ndiscovery_url = \"{}\"\naudiences = [\"{aud}\"]\ntenants = [\"{TID}\"]\n",
@@ -33,49 +36,16 @@ async fn gateway(idp: &Idp, tls: &str, plaintext_loopback: bool) -> Gateway {
         port = idp.port,
         secret = secret_file.display(),
     );
-    Gateway::start_with(tls, &extra).await
-}
-
-async fn login(
-    gw: &Gateway,
-    user: &str,
-    token: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(gw.port)
-        .dbname("sluice")
-        .user(user)
-        .password(token);
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-async fn identity(client: &tokio_postgres::Client) -> Vec<String> {
-    let msgs = client.simple_query("SHOW sluice.identity").await.unwrap();
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .unwrap()
+    GatewayConfig::demo().extra(&extra).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_v1_and_v2_tokens_log_in_and_map_to_roles() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, true).await;
+    let gw = gateway(&idp, true).await;
 
-    let client = login(&gw, USER, &key.sign(&v1_claims()))
+    let client = connect_plain(gw.port, USER, &key.sign(&v1_claims()))
         .await
         .expect("v1 token login");
     let id = identity(&client).await;
@@ -92,7 +62,7 @@ async fn azure_v1_and_v2_tokens_log_in_and_map_to_roles() {
     assert_eq!(who, USER);
 
     // v2 token, and the login name compares case-insensitively.
-    let client = login(&gw, &USER.to_uppercase(), &key.sign(&v2_claims()))
+    let client = connect_plain(gw.port, &USER.to_uppercase(), &key.sign(&v2_claims()))
         .await
         .expect("v2 token login");
     assert_eq!(
@@ -104,7 +74,9 @@ async fn azure_v1_and_v2_tokens_log_in_and_map_to_roles() {
     // No rule matches: the base role.
     let mut claims = v1_claims();
     claims["groups"] = json!(["g-nothing"]);
-    let client = login(&gw, USER, &key.sign(&claims)).await.unwrap();
+    let client = connect_plain(gw.port, USER, &key.sign(&claims))
+        .await
+        .unwrap();
     assert_eq!(identity(&client).await[6], "base");
 
     // Local accounts keep working next to token logins.
@@ -116,7 +88,7 @@ async fn azure_v1_and_v2_tokens_log_in_and_map_to_roles() {
 async fn bad_tokens_are_refused_cleanly() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, true).await;
+    let gw = gateway(&idp, true).await;
     let good = key.sign(&v1_claims());
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = v1_claims();
@@ -275,7 +247,7 @@ async fn bad_tokens_are_refused_cleanly() {
     ];
     cases.extend(forged);
     for (name, token, reason) in cases {
-        let err = login(&gw, USER, &token)
+        let err = connect_plain(gw.port, USER, &token)
             .await
             .err()
             .unwrap_or_else(|| panic!("{name}: accepted"));
@@ -287,12 +259,12 @@ async fn bad_tokens_are_refused_cleanly() {
         );
     }
     // Past the protocol's limit: a clean protocol error, not a crash.
-    let err = login(&gw, USER, &"A".repeat(70_000))
+    let err = connect_plain(gw.port, USER, &"A".repeat(70_000))
         .await
         .expect_err("refused");
     assert_eq!(sqlstate(&err), "08P01");
     // The gateway is fine afterwards.
-    login(&gw, USER, &good)
+    connect_plain(gw.port, USER, &good)
         .await
         .expect("valid token still works");
 }
@@ -302,29 +274,33 @@ async fn key_rotation_refetches_keys_and_an_idp_outage_keeps_cached_keys() {
     let old = Key::generate("old");
     let new = Key::generate("new");
     let idp = Idp::start(vec![old.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, true).await;
-    login(&gw, USER, &old.sign(&v1_claims()))
+    let gw = gateway(&idp, true).await;
+    connect_plain(gw.port, USER, &old.sign(&v1_claims()))
         .await
         .expect("old key");
     assert_eq!(idp.jwks_fetches.load(Ordering::SeqCst), 1);
     // Unknown kids do not hammer the IdP: at most one fetch per refresh interval.
     for _ in 0..5 {
-        assert!(login(&gw, USER, &new.sign(&v1_claims())).await.is_err());
+        assert!(
+            connect_plain(gw.port, USER, &new.sign(&v1_claims()))
+                .await
+                .is_err()
+        );
     }
     assert!(idp.jwks_fetches.load(Ordering::SeqCst) <= 2);
     // The IdP rotates: the new key appears in the JWKS.
     idp.keys.lock().unwrap().push(new.jwk.clone());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    login(&gw, USER, &new.sign(&v1_claims()))
+    connect_plain(gw.port, USER, &new.sign(&v1_claims()))
         .await
         .expect("new key after rotation");
     // The IdP goes down: keys already cached keep working.
     idp.up.store(false, Ordering::SeqCst);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    login(&gw, USER, &old.sign(&v1_claims()))
+    connect_plain(gw.port, USER, &old.sign(&v1_claims()))
         .await
         .expect("cached key during outage");
-    login(&gw, USER, &new.sign(&v1_claims()))
+    connect_plain(gw.port, USER, &new.sign(&v1_claims()))
         .await
         .expect("cached key during outage");
 }
@@ -333,36 +309,28 @@ async fn key_rotation_refetches_keys_and_an_idp_outage_keeps_cached_keys() {
 async fn tokens_need_tls() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, false).await;
+    let gw = gateway(&idp, false).await;
     let token = key.sign(&v1_claims());
-    let err = login(&gw, USER, &token)
+    let err = connect_plain(gw.port, USER, &token)
         .await
         .expect_err("plaintext token login refused");
     assert_eq!(sqlstate(&err), "28000");
     // Over TLS (psql, sslmode=require) the same token works.
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user={USER} sslmode=require",
-        gw.port
-    );
-    let out = tokio::process::Command::new("psql")
-        .args([url.as_str(), "-X", "-A", "-t", "-c", "SHOW sluice.identity"])
+    let out = psql_command(gw.port, "sluice", USER)
+        .args(["-A", "-t", "-c", "SHOW sluice.identity"])
         .env("PGPASSWORD", &token)
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("sales, analyst"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("sales, analyst"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_overage_is_resolved_through_graph_and_cached() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, true).await;
+    let gw = gateway(&idp, true).await;
     // Over 200 groups: Azure replaces `groups` with a pointer to Graph.
     let mut claims = v1_claims();
     let obj = claims.as_object_mut().unwrap();
@@ -375,7 +343,9 @@ async fn groups_overage_is_resolved_through_graph_and_cached() {
     );
     let token = key.sign(&claims);
     for _ in 0..3 {
-        let client = login(&gw, USER, &token).await.expect("overage login");
+        let client = connect_plain(gw.port, USER, &token)
+            .await
+            .expect("overage login");
         let id = identity(&client).await;
         assert_eq!(id[4], "3", "groups come from Graph");
         assert_eq!(id[6], "sales, analyst");
@@ -387,7 +357,7 @@ async fn groups_overage_is_resolved_through_graph_and_cached() {
     );
     // A user Graph does not know: a clear refusal, not a silent base role.
     claims["oid"] = json!("oid-unknown");
-    let err = login(&gw, USER, &key.sign(&claims))
+    let err = connect_plain(gw.port, USER, &key.sign(&claims))
         .await
         .expect_err("refused");
     assert!(format!("{err:?}").contains("group membership"), "{err:?}");
@@ -397,7 +367,7 @@ async fn groups_overage_is_resolved_through_graph_and_cached() {
 async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let gw = gateway(&idp, LOOPBACK_PLAINTEXT, false).await;
+    let gw = gateway(&idp, false).await;
     let token = key.sign(&v1_claims());
     *idp.device_token.lock().unwrap() = token.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -412,28 +382,18 @@ async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
         ),
     )
     .unwrap();
-    let sluice = env!("CARGO_BIN_EXE_sluice");
-    let out = tokio::process::Command::new(sluice)
-        .args(["login", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let out = run_sluice(sluice_command(["login", "--config"]).arg(&config)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), token);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("ABCD-EFGH"),
+        stderr(&out).contains("ABCD-EFGH"),
         "the user is told the code"
     );
 
     // --pgpass: psql then logs in without being handed the token.
     let passfile = dir.path().join("pgpass");
-    let out = tokio::process::Command::new(sluice)
-        .args([
+    let out = run_sluice(
+        sluice_command([
             "login",
             "--pgpass",
             "--host",
@@ -445,37 +405,16 @@ async fn sluice_login_device_code_flow_feeds_psql_through_pgpass() {
             "--config",
         ])
         .arg(&config)
+        .env("PGPASSFILE", &passfile),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = psql_command(gw.port, "sluice", USER)
+        .args(["-A", "-t", "-w", "-c", "SELECT current_user"])
         .env("PGPASSFILE", &passfile)
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user={USER} sslmode=require",
-        gw.port
-    );
-    let out = tokio::process::Command::new("psql")
-        .args([
-            url.as_str(),
-            "-X",
-            "-A",
-            "-t",
-            "-w",
-            "-c",
-            "SELECT current_user",
-        ])
-        .env("PGPASSFILE", &passfile)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), USER);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), USER);
 }

@@ -1,51 +1,41 @@
 //! Role policy: what a role may not read is invisible in every listing and refused
 //! with 42501 in every query path; row caps stop huge results.
 
-use crate::harness::{Gateway, LOOPBACK_PLAINTEXT, db_meta_walk, sqlstate};
+use crate::harness::{
+    Gateway, GatewayConfig, column, connect_plain, count, db_meta_walk, psql_command, sqlstate,
+    stdout,
+};
 
 const ROLES: &str = "\n[[auth.users]]\nname = \"zonesonly\"\npassword = \"z\"\nroles = [\"zone_reader\"]\n\n\
     [[auth.users]]\nname = \"nobody\"\npassword = \"n\"\n\n\
     [[roles]]\nname = \"zone_reader\"\nread = [\"nyc.zones\"]\nrow_limit = 100\n";
 
+async fn gateway() -> Gateway {
+    GatewayConfig::demo().extra(ROLES).start().await
+}
+
 async fn connect(gw: &Gateway, user: &str, password: &str) -> tokio_postgres::Client {
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user={user} password={password} sslmode=disable",
-        gw.port
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+    connect_plain(gw.port, user, password).await.unwrap()
 }
 
 async fn nyc_tables(client: &tokio_postgres::Client) -> (Vec<String>, Vec<String>) {
-    let info = client
-        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'nyc' ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let pg_class = client
-        .query(
-            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'nyc' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let info = column(
+        client,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'nyc' ORDER BY 1",
+    )
+    .await;
+    let pg_class = column(
+        client,
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'nyc' ORDER BY 1",
+    )
+    .await;
     (info, pg_class)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_see_only_what_they_may_read() {
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let gw = gateway().await;
     let all = vec!["trips".to_string(), "vendors".into(), "zones".into()];
     let demo = gw.connect().await;
     assert_eq!(nyc_tables(&demo).await, (all.clone(), all));
@@ -56,35 +46,27 @@ async fn roles_see_only_what_they_may_read() {
 
     let nobody = connect(&gw, "nobody", "n").await;
     assert_eq!(nyc_tables(&nobody).await, (vec![], vec![]));
-    let schemas: Vec<String> = nobody
-        .query(
-            "SELECT nspname FROM pg_catalog.pg_namespace ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let schemas = column(
+        &nobody,
+        "SELECT nspname FROM pg_catalog.pg_namespace ORDER BY 1",
+    )
+    .await;
     assert!(!schemas.contains(&"nyc".to_string()), "{schemas:?}");
 
     // psql's \dt as the restricted user.
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user=zonesonly password=z sslmode=require",
-        gw.port
-    );
-    let out = tokio::process::Command::new("psql")
-        .args([url.as_str(), "-X", "-c", "\\dt nyc.*"])
+    let out = psql_command(gw.port, "sluice", "zonesonly")
+        .args(["-c", "\\dt nyc.*"])
+        .env("PGPASSWORD", "z")
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     assert!(text.contains("zones") && !text.contains("trips"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_tables_are_refused_with_42501_on_every_path() {
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let gw = gateway().await;
     let zones = connect(&gw, "zonesonly", "z").await;
     let err = zones
         .simple_query("SELECT count(*) FROM nyc.trips")
@@ -108,12 +90,7 @@ async fn unreadable_tables_are_refused_with_42501_on_every_path() {
         .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
     // What is granted works.
-    let n: i64 = zones
-        .query_one("SELECT count(*) FROM nyc.zones", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 265);
+    assert_eq!(count(&zones, "nyc.zones").await.unwrap(), 265);
     // Unknown tables are still "does not exist".
     let err = zones
         .simple_query("SELECT * FROM nyc.nope")
@@ -124,7 +101,7 @@ async fn unreadable_tables_are_refused_with_42501_on_every_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_caps_stop_huge_results() {
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let gw = gateway().await;
     let zones = connect(&gw, "zonesonly", "z").await;
     let rows = zones
         .query("SELECT * FROM nyc.zones LIMIT 100", &[])
@@ -142,11 +119,11 @@ async fn row_caps_stop_huge_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_get_tables_follows_the_role() {
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let gw = gateway().await;
     let out = db_meta_walk(&gw, "zonesonly", "z").await;
     // Steps on nyc.trips fail for this role (that is the point); the listing must
     // show zones only.
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     let tables: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("table=nyc."))
@@ -160,7 +137,7 @@ async fn pgjdbc_get_tables_follows_the_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_changes_reload_without_dropping_sessions() {
-    let gw = Gateway::start_with(LOOPBACK_PLAINTEXT, ROLES).await;
+    let gw = gateway().await;
     let before = connect(&gw, "zonesonly", "z").await;
     assert_eq!(nyc_tables(&before).await.0, vec!["zones"]);
 

@@ -5,7 +5,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{Gateway, sqlstate};
+use crate::harness::{Gateway, column, rows, rows_of, sqlstate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_with_parameters() {
@@ -139,55 +139,34 @@ async fn large_results_stream() {
     assert_eq!(sum, 1_200_000 * 1_200_001 / 2);
 }
 
-fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_show_reset_and_discard() {
     let gw = Gateway::start().await;
     let client = gw.connect().await;
-    let msgs = client
-        .simple_query("SET application_name = 'it-test'; SHOW application_name; SET search_path TO nyc, public; SELECT count(*) FROM zones")
-        .await
-        .unwrap();
     assert_eq!(
-        simple_values(&msgs),
-        vec![vec![Some("it-test".into())], vec![Some("265".into())]]
+        rows(&client, "SET application_name = 'it-test'; SHOW application_name; SET search_path TO nyc, public; SELECT count(*) FROM zones").await,
+        [["it-test"], ["265"]]
     );
-    let msgs = client
-        .simple_query("RESET application_name; SHOW application_name")
-        .await
-        .unwrap();
-    assert_eq!(simple_values(&msgs), vec![vec![Some(String::new())]]);
+    assert_eq!(
+        rows(&client, "RESET application_name; SHOW application_name").await,
+        [[""]]
+    );
     client
         .simple_query("SET TimeZone = 'Europe/Paris'")
         .await
         .unwrap();
-    let msgs = client
-        .simple_query("SELECT CAST(TIMESTAMP '2024-07-01 00:00:00' AS TIMESTAMPTZ)")
-        .await
-        .unwrap();
-    let v = simple_values(&msgs)[0][0].clone().unwrap();
+    let v = rows(
+        &client,
+        "SELECT CAST(TIMESTAMP '2024-07-01 00:00:00' AS TIMESTAMPTZ)",
+    )
+    .await
+    .remove(0)
+    .remove(0);
     assert!(v.ends_with("+02"), "timestamptz in the session zone: {v}");
     client.simple_query("DISCARD ALL").await.unwrap();
-    let msgs = client
-        .simple_query("SHOW TimeZone; SHOW search_path")
-        .await
-        .unwrap();
     assert_eq!(
-        simple_values(&msgs),
-        vec![
-            vec![Some("UTC".into())],
-            vec![Some("\"$user\", public".into())]
-        ]
+        rows(&client, "SHOW TimeZone; SHOW search_path").await,
+        [["UTC"], ["\"$user\", public"]]
     );
     let err = client
         .simple_query("SET TimeZone = 'Mars/Base'")
@@ -205,8 +184,7 @@ async fn transactions_fail_and_recover_like_postgres() {
     let err = client.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "25P02");
     client.simple_query("ROLLBACK").await.unwrap();
-    let msgs = client.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(simple_values(&msgs), vec![vec![Some("1".into())]]);
+    assert_eq!(rows(&client, "SELECT 1").await, [["1"]]);
     // Read-only transactions work end to end.
     client
         .simple_query("BEGIN READ ONLY; SELECT 1; COMMIT")
@@ -263,16 +241,11 @@ async fn catalog_functions_answer_like_postgres() {
     assert_eq!(row.get::<_, String>(2), "public");
     assert_eq!(row.get::<_, String>(3), "demo");
     assert!(row.get::<_, i32>(4) > 0);
-    let tables: Vec<String> = client
-        .query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'nyc' ORDER BY table_name",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables = column(
+        &client,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'nyc' ORDER BY table_name",
+    )
+    .await;
     assert_eq!(tables, vec!["trips", "vendors", "zones"]);
     let rows: Vec<_> = client
         .query_raw("SELECT * FROM nyc.trips LIMIT 3", std::iter::empty::<i32>())
@@ -309,9 +282,9 @@ async fn sql_cursors_fetch_forward_in_chunks() {
         .collect();
     // BEGIN, DECLARE, then FETCH 3, 3, 1, 0
     assert_eq!(&tags[2..], &[3, 3, 1, 0]);
-    let ids: Vec<i64> = simple_values(&msgs)
+    let ids: Vec<i64> = rows_of(&msgs)
         .iter()
-        .map(|r| r[0].as_ref().unwrap().parse().unwrap())
+        .map(|r| r[0].parse().unwrap())
         .collect();
     assert_eq!(ids, (1..=7).collect::<Vec<i64>>());
     client.simple_query("CLOSE c").await.unwrap();
@@ -323,10 +296,7 @@ async fn sql_cursors_fetch_forward_in_chunks() {
         .await
         .unwrap();
     let first = |msgs: Vec<SimpleQueryMessage>| -> Vec<String> {
-        simple_values(&msgs)
-            .into_iter()
-            .map(|r| r[0].clone().unwrap())
-            .collect()
+        rows_of(&msgs).into_iter().map(|r| r[0].clone()).collect()
     };
     assert_eq!(
         first(client.simple_query("FETCH 2 d").await.unwrap()),
@@ -337,7 +307,7 @@ async fn sql_cursors_fetch_forward_in_chunks() {
         moved.last(),
         Some(SimpleQueryMessage::CommandComplete(10))
     ));
-    assert!(simple_values(&moved).is_empty(), "MOVE sends no rows");
+    assert!(rows_of(&moved).is_empty(), "MOVE sends no rows");
     assert_eq!(first(client.simple_query("FETCH d").await.unwrap()), ["13"]);
     let err = client.simple_query("MOVE BACKWARD 1 d").await.unwrap_err();
     assert_eq!(sqlstate(&err), "0A000");

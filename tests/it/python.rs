@@ -1,12 +1,11 @@
 //! psycopg 3 (PyPI `psycopg`), run as a real Python client program.
 
-use crate::harness::{Gateway, clients_dir, stderr, stdout};
+use crate::harness::{Gateway, clients_dir, python, stderr, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_params_binary_pipeline_and_prepared() {
     let gw = Gateway::start().await;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = tokio::process::Command::new(python)
+    let out = tokio::process::Command::new(python())
         .arg(clients_dir().join("psycopg_check.py"))
         .arg(gw.url("require"))
         .output()

@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::harness::{demo_dir, sqlstate};
-
-/// The server's message of a database error (tokio-postgres' Display says "db error").
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string())
-}
-
+use crate::harness::{
+    GatewayConfig, clients_dir, connect_db, connect_plain, error_message, psql_command, python,
+    scalar, spawn_sluice, sqlstate, stderr, stdout, tls_files,
+};
 use crate::moto::Moto;
 use crate::postgres::{self, Postgres};
 
@@ -72,6 +67,48 @@ const SETUP_SQL: &str = "\
     SET password_encryption = 'md5';\
     CREATE ROLE etl_md5 LOGIN PASSWORD 'etl-secret';";
 
+/// The rig's users and roles: alice reads and bob writes upstream under their own
+/// minted identities, ops administers, lakeonly has no Redshift identity.
+const AUTH: &str = r#"
+[[auth.users]]
+name = "alice"
+password = "alice-pw"
+roles = ["rs_reader"]
+[[auth.users]]
+name = "bob"
+password = "bob-pw"
+roles = ["rs_writer"]
+[[auth.users]]
+name = "ops"
+password = "ops-pw"
+roles = ["admin"]
+[[auth.users]]
+name = "lakeonly"
+password = "lake-pw"
+roles = ["lake"]
+
+[[roles]]
+name = "rs_reader"
+read = ["*"]
+redshift_user = "{user}"
+redshift_groups = ["analysts"]
+[[roles]]
+name = "rs_writer"
+read = ["*"]
+write = true
+redshift_user = "{user}"
+[[roles]]
+name = "admin"
+admin = true
+[[roles]]
+name = "lake"
+read = ["*"]
+
+"#;
+
+/// Environment of the gateway process: the static upstreams' password.
+const ENV: &[(&str, &str)] = &[("ETL_PASSWORD", "etl-secret")];
+
 const DEV_SQL: &str = "\
     CREATE TABLE public.sales (id int PRIMARY KEY, region text NOT NULL, amount numeric(10,2));\
     INSERT INTO public.sales SELECT g, CASE WHEN g % 2 = 0 THEN 'east' ELSE 'west' END, g * 1.5 FROM generate_series(1, 1000) g;\
@@ -114,53 +151,8 @@ impl Rig {
         } else {
             String::new()
         };
-        let toml = format!(
+        let redshift = format!(
             r#"
-[server]
-listen = "127.0.0.1:{port}"
-[server.tls]
-cert = "{pgdir}/server.crt"
-key = "{pgdir}/server.key"
-allow_plaintext = "loopback"
-
-[[auth.users]]
-name = "alice"
-password = "alice-pw"
-roles = ["rs_reader"]
-[[auth.users]]
-name = "bob"
-password = "bob-pw"
-roles = ["rs_writer"]
-[[auth.users]]
-name = "ops"
-password = "ops-pw"
-roles = ["admin"]
-[[auth.users]]
-name = "lakeonly"
-password = "lake-pw"
-roles = ["lake"]
-
-[[roles]]
-name = "rs_reader"
-read = ["*"]
-redshift_user = "{{user}}"
-redshift_groups = ["analysts"]
-[[roles]]
-name = "rs_writer"
-read = ["*"]
-write = true
-redshift_user = "{{user}}"
-[[roles]]
-name = "admin"
-admin = true
-[[roles]]
-name = "lake"
-read = ["*"]
-
-[lake.local]
-root = "{root}"
-demo_data = true
-
 [[redshift]]
 name = "warehouse"
 cluster_identifier = "{CLUSTER}"
@@ -176,8 +168,6 @@ credentials = "get_cluster_credentials"
 
 {extra}
 "#,
-            root = demo_dir().display(),
-            pgdir = pg.dir.path().display(),
             aws = moto.endpoint(),
             ca = pg.ca.display(),
             upstream = opts.upstream,
@@ -187,10 +177,18 @@ credentials = "get_cluster_credentials"
                 .replace("{pgport}", &pg.port.to_string())
                 .replace("{aws}", &moto.endpoint()),
         );
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, &toml).expect("write config");
-        let sluice =
-            crate::harness::spawn_sluice(&path, port, &[("ETL_PASSWORD", "etl-secret")]).await;
+        let pgdir = pg.dir.path();
+        let path = GatewayConfig::demo()
+            .port(port)
+            .tls(&tls_files(
+                &pgdir.join("server.crt"),
+                &pgdir.join("server.key"),
+                "loopback",
+            ))
+            .auth(AUTH)
+            .extra(&redshift)
+            .write(dir.path());
+        let sluice = spawn_sluice(&path, port, ENV).await;
         Rig {
             pg,
             moto,
@@ -204,20 +202,13 @@ credentials = "get_cluster_credentials"
     pub(crate) async fn restart(&mut self) {
         let _ = self.sluice.kill().await;
         let path = self.dir.path().join("sluice.toml");
-        self.sluice =
-            crate::harness::spawn_sluice(&path, self.port, &[("ETL_PASSWORD", "etl-secret")]).await;
+        self.sluice = spawn_sluice(&path, self.port, ENV).await;
     }
 
     pub(crate) async fn connect(&self, user: &str, password: &str) -> Client {
-        self.try_connect(user, password).await.expect("connect")
-    }
-
-    async fn try_connect(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<Client, tokio_postgres::Error> {
-        crate::harness::connect_plain(self.port, user, password).await
+        connect_plain(self.port, user, password)
+            .await
+            .expect("connect")
     }
 
     pub(crate) async fn alice(&self) -> Client {
@@ -260,19 +251,6 @@ credentials = "get_cluster_credentials"
             .map(|(_, v)| v)
             .unwrap_or_default()
     }
-}
-
-pub(crate) async fn scalar(c: &Client, sql: &str) -> String {
-    let msgs = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,7 +624,7 @@ async fn a_killed_upstream_fails_only_its_own_session() {
     let fresh = rig.alice().await;
     let err = fresh.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "08001", "{err}");
-    assert!(message(&err).contains("could not connect"), "{err}");
+    assert!(error_message(&err).contains("could not connect"), "{err}");
     assert_ne!(
         scalar(&fresh, "SELECT count(*) FROM nyc.vendors").await,
         "0"
@@ -726,7 +704,7 @@ async fn endpoint_discovery_and_mint_failures_are_clear() {
     let alice = rig.alice().await;
     let err = alice.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "08001", "{err}");
-    assert!(message(&err).contains(&address), "{err}");
+    assert!(error_message(&err).contains(&address), "{err}");
     drop(rig);
 
     // No such cluster: GetClusterCredentials fails with the AWS error code.
@@ -738,7 +716,7 @@ async fn endpoint_discovery_and_mint_failures_are_clear() {
     let alice = rig.alice().await;
     let err = alice.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "08001", "{err}");
-    let text = message(&err);
+    let text = error_message(&err);
     assert!(text.contains("ClusterNotFound"), "{text}");
     assert!(!text.contains("testing"), "AWS keys leaked: {text}");
     assert_eq!(rig.pool_value("mint_failures").await, "1");
@@ -847,16 +825,10 @@ async fn static_credentials_log_in_with_scram_and_psql_works_through() {
         ..Options::default()
     })
     .await;
-    let connect_to = |db: &str| {
-        let url = format!(
-            "host=127.0.0.1 port={} dbname={db} user=bob password=bob-pw sslmode=disable",
-            rig.port
-        );
-        async move {
-            let (client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("login");
-            tokio::spawn(conn);
-            client
-        }
+    let connect_to = |db: &'static str| async move {
+        connect_db(rig.port, db, "bob", "bob-pw")
+            .await
+            .expect("login")
     };
     // Cleartext and MD5 passwords are not sent to an upstream nobody verified…
     for (db, how) in [("plain", "in cleartext"), ("md5", "as an MD5 hash")] {
@@ -887,14 +859,9 @@ async fn static_credentials_log_in_with_scram_and_psql_works_through() {
         scalar(&connect_to("md5ok").await, "SELECT current_user").await,
         "etl_md5"
     );
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=etl user=bob password=bob-pw sslmode=require",
-        rig.port
-    );
-    let out = tokio::process::Command::new("psql")
-        .arg(&url)
+    let out = psql_command(rig.port, "etl", "bob")
+        .env("PGPASSWORD", "bob-pw")
         .args([
-            "-X",
             "-v",
             "ON_ERROR_STOP=1",
             "-At",
@@ -906,12 +873,8 @@ async fn static_credentials_log_in_with_scram_and_psql_works_through() {
         .output()
         .await
         .expect("psql runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.starts_with("etl\n"), "{text}");
     assert!(text.contains("public|sales|table|"), "{text}");
     // The default database still goes to the IAM upstream.
@@ -920,16 +883,9 @@ async fn static_credentials_log_in_with_scram_and_psql_works_through() {
         "IAM:bob"
     );
     // An unknown database is refused at login.
-    let err = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} dbname=nope user=bob password=bob-pw sslmode=disable",
-            rig.port
-        ),
-        NoTls,
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = connect_db(rig.port, "nope", "bob", "bob-pw")
+        .await
+        .expect_err("refused");
     assert_eq!(sqlstate(&err), "3D000");
 }
 
@@ -940,19 +896,14 @@ async fn psycopg_pipelines_copies_and_cursors_through_forwarding() {
         "host=127.0.0.1 port={} dbname=sluice user=bob password=bob-pw sslmode=require",
         rig.port
     );
-    let out =
-        tokio::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-            .arg(crate::harness::clients_dir().join("psycopg_forward.py"))
-            .arg(&conninfo)
-            .output()
-            .await
-            .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tokio::process::Command::new(python())
+        .arg(clients_dir().join("psycopg_forward.py"))
+        .arg(&conninfo)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = stdout(&out);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("OK ")).count(),
         11,

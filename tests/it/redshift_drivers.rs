@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Gateway, clients_dir, stderr, stdout};
+use crate::harness::{
+    Gateway, GatewayConfig, clients_dir, json_line, python, stderr, stdout, temp_certs, tls_files,
+};
 use crate::idp::{Idp, Key, TID, USER, now, v1_claims, v1_issuer, v2_claims, v2_issuer};
 use crate::robustness::{message, startup_with as startup};
 
@@ -21,11 +23,6 @@ const PROVIDER: &str = "azure_provider";
 /// the test IdP's v1 issuer (serving Redshift provider `azure_provider`) and v2
 /// issuer, and the role mapping of the token tests.
 async fn gateway(idp: &Idp, certs: &crate::postgres::Certs) -> Gateway {
-    let tls = format!(
-        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nallow_plaintext = \"loopback\"\n",
-        certs.cert.display(),
-        certs.key.display()
-    );
     let extra = format!(
         "[auth.oidc]\nallow_insecure_http = true\n\
          [[auth.oidc.issuers]]\nissuer = \"{v1}\"\ndiscovery_url = \"{d1}\"\naudiences = [\"api://sluice\", \"https://analysis.windows.net/powerbi/connector/AmazonRedshift\"]\ntenants = [\"{TID}\"]\nredshift_provider_names = [\"{PROVIDER}\"]\n\
@@ -39,13 +36,11 @@ async fn gateway(idp: &Idp, certs: &crate::postgres::Certs) -> Gateway {
         d1 = idp.discovery(false),
         d2 = idp.discovery(true),
     );
-    Gateway::start_with(&tls, &extra).await
-}
-
-fn certs() -> (tempfile::TempDir, crate::postgres::Certs) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = crate::postgres::make_certs(dir.path()).expect("openssl makes certificates");
-    (dir, certs)
+    GatewayConfig::demo()
+        .tls(&tls_files(&certs.cert, &certs.key, "loopback"))
+        .extra(&extra)
+        .start()
+        .await
 }
 
 /// Runs `redshift_connector_check.py` and returns its output.
@@ -55,8 +50,7 @@ async fn redshift_connector(
     mode: &str,
     args: &[&str],
 ) -> (bool, i32, String) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = tokio::process::Command::new(python)
+    let out = tokio::process::Command::new(python())
         .arg(clients_dir().join("redshift_connector_check.py"))
         .args([mode, "localhost", &port.to_string(), "sluice"])
         .args(args)
@@ -69,17 +63,14 @@ async fn redshift_connector(
 }
 
 fn identity_line(text: &str) -> Value {
-    text.lines()
-        .find_map(|l| l.strip_prefix("IDENTITY "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_else(|| panic!("no IDENTITY line in:\n{text}"))
+    json_line(text, "IDENTITY ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redshift_connector_signs_in_with_idp_tokens_and_passwords() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let (_dir, certs) = certs();
+    let (_dir, certs) = temp_certs();
     let gw = gateway(&idp, &certs).await;
 
     // A local account: the driver cannot do SCRAM, so Sluice asks for the password
@@ -260,7 +251,7 @@ async fn replay(
 async fn jdbc_and_odbc_idp_handshakes_replayed_byte_for_byte() {
     let key = Key::generate("k1");
     let idp = Idp::start(vec![key.jwk.clone()]).await;
-    let (_dir, certs) = certs();
+    let (_dir, certs) = temp_certs();
     let gw = gateway(&idp, &certs).await;
     let token = key.sign(&v1_claims());
     // The 'i' message as JDBC (ConnectionFactoryImpl) and ODBC (fe-auth.c) send it:

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Gateway, PASSWORD, USER, sqlstate};
+use crate::harness::{Gateway, GatewayConfig, PASSWORD, USER, connect_plain, count, sqlstate};
 
 pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
@@ -144,23 +144,13 @@ async fn garbage_clients_do_not_affect_others() {
         }));
     }
     for _ in 0..5 {
-        let n: i64 = healthy
-            .query_one("SELECT count(*) FROM nyc.zones", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 265);
+        assert_eq!(count(&healthy, "nyc.zones").await.unwrap(), 265);
     }
     for t in tasks {
         t.await.unwrap();
     }
     let again = gw.connect().await;
-    let n: i64 = again
-        .query_one("SELECT count(*) FROM nyc.vendors", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(count(&again, "nyc.vendors").await.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,12 +186,7 @@ async fn malformed_messages_after_login_are_protocol_violations() {
         Some("08P01")
     );
 
-    let n: i64 = healthy
-        .query_one("SELECT count(*) FROM nyc.zones", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 265);
+    assert_eq!(count(&healthy, "nyc.zones").await.unwrap(), 265);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,18 +216,16 @@ async fn extended_protocol_errors_skip_to_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_get_53300() {
-    let gw = Gateway::start_full(
-        "max_connections = 2\n",
-        crate::harness::LOOPBACK_PLAINTEXT,
-        "",
-    )
-    .await;
+    let gw = GatewayConfig::demo()
+        .server("max_connections = 2\n")
+        .start()
+        .await;
     let a = gw.connect().await;
     let _b = gw.connect().await;
-    let err = tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls)
+    let err = gw
+        .try_connect()
         .await
-        .err()
-        .expect("connection must be refused");
+        .expect_err("connection must be refused");
     assert_eq!(sqlstate(&err), "53300");
     // Over TLS the SSLRequest is answered and the refusal comes inside the
     // negotiated session, so libpq reports it as such (not "server sent an error
@@ -256,10 +239,7 @@ async fn connections_past_the_limit_get_53300() {
     // A slot frees up once a client leaves.
     let mut ok = false;
     for _ in 0..50 {
-        if tokio_postgres::connect(&gw.url("disable"), tokio_postgres::NoTls)
-            .await
-            .is_ok()
-        {
+        if gw.try_connect().await.is_ok() {
             ok = true;
             break;
         }
@@ -293,14 +273,9 @@ async fn long_passwords_and_large_auth_messages_are_handled() {
     // A 16 KB password through SCRAM: a wrong password, nothing worse.
     let gw = Gateway::start().await;
     let big = "x".repeat(16 * 1024);
-    let url = format!(
-        "host=127.0.0.1 port={} dbname=sluice user={USER} password={big} sslmode=disable",
-        gw.port
-    );
-    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let err = connect_plain(gw.port, USER, &big)
         .await
-        .err()
-        .expect("wrong password");
+        .expect_err("wrong password");
     assert_eq!(sqlstate(&err), "28P01");
 }
 
@@ -344,12 +319,10 @@ async fn absurdly_deep_expressions_are_refused_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_works_when_the_server_is_full() {
-    let gw = Gateway::start_full(
-        "max_connections = 1\n",
-        crate::harness::LOOPBACK_PLAINTEXT,
-        "",
-    )
-    .await;
+    let gw = GatewayConfig::demo()
+        .server("max_connections = 1\n")
+        .start()
+        .await;
     let client = gw.connect().await;
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -364,12 +337,10 @@ async fn cancel_works_when_the_server_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_authentication_is_told_why() {
-    let gw = Gateway::start_full(
-        "auth_timeout_secs = 1\n",
-        crate::harness::LOOPBACK_PLAINTEXT,
-        "",
-    )
-    .await;
+    let gw = GatewayConfig::demo()
+        .server("auth_timeout_secs = 1\n")
+        .start()
+        .await;
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
     s.write_all(&startup_packet()).await.unwrap();
     // The server asks for SASL; the client never answers.

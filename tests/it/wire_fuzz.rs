@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::Gateway;
+use crate::harness::{Gateway, count};
 use crate::robustness::{message, raw_login, startup_packet};
 
 // Shared with the lib's fuzzer; not every item is used here.
@@ -342,17 +342,7 @@ async fn wire_fuzz_barrage_leaves_the_server_serving() {
     );
 
     // The connection that was open throughout, and a new one, still get right answers.
-    let n: i64 = healthy
-        .query_one("SELECT count(*) FROM nyc.zones", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 265);
+    assert_eq!(count(&healthy, "nyc.zones").await.unwrap(), 265);
     let fresh = gw.connect().await;
-    let n: i64 = fresh
-        .query_one("SELECT count(*) FROM nyc.vendors", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(count(&fresh, "nyc.vendors").await.unwrap(), 2);
 }

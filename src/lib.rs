@@ -1,9 +1,11 @@
 //! Sluice: a federated SQL gateway that speaks the PostgreSQL wire protocol.
 //!
-//! See ARCHITECTURE.md for the map. A statement flows
-//! `server` (wire, TLS, session) → `route` (where it runs) → `engine` (DataFusion over
-//! the `lake` catalogs) → back through `engine::encode` to the client; or
-//! `redshift` (credentials, pool, relay) for statements forwarded upstream.
+//! See ARCHITECTURE.md for the map. Every statement passes one pipeline in
+//! `server::session`: `route` decides where it goes (once per text), then it is
+//! admitted, run — by the session, by `engine` (DataFusion over the `lake` catalogs,
+//! batches encoded by `wire::rows`), relayed by `redshift`, or answered by `cache` —
+//! and recorded. Layers point one way: `error`, `config` and `wire` at the bottom,
+//! `server` on top.
 
 pub mod admin;
 pub mod auth;

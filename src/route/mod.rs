@@ -16,6 +16,8 @@ use datafusion::sql::sqlparser::ast::{
     DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
 };
 
+use std::sync::Arc;
+
 use crate::error::{PgError, SqlState};
 
 pub mod cursor_motion;
@@ -122,7 +124,7 @@ fn refresh_argument(
 /// unsupported statements → 0A000).
 pub fn classify(stmt: Statement) -> Result<Step, PgError> {
     Ok(match stmt {
-        Statement::Query(_) | Statement::Explain { .. } => Step::Lake(Box::new(stmt)),
+        Statement::Query(_) | Statement::Explain { .. } => Step::Lake(Arc::new(stmt)),
         Statement::Set(set) => Step::Session(classify_set(set)?),
         Statement::Reset(r) => Step::Session(Command::Reset(match r.reset {
             Reset::ALL => None,
@@ -175,7 +177,7 @@ pub fn classify(stmt: Statement) -> Result<Step, PgError> {
                 name: name.value.clone(),
                 binary: d.binary == Some(true),
                 hold: d.hold == Some(true),
-                query: Box::new(Statement::Query(query)),
+                query: Arc::new(Statement::Query(query)),
             }
         }
         Statement::Fetch {
@@ -323,25 +325,30 @@ fn set_value(values: &[Expr]) -> Option<String> {
     Some(parts.join(", "))
 }
 
-/// Whether `stmt` names a table in a schema `is_lake_schema` accepts (`schema.table`
-/// or `catalog.schema.table`). With an upstream configured, such statements run on
-/// the lake and everything else is forwarded.
-pub fn references_lake(stmt: &Statement, is_lake_schema: impl Fn(&str) -> bool) -> bool {
+/// The schema each table reference of `stmt` is qualified with (`schema.table` or
+/// `catalog.schema.table`; lower case), `None` for an unqualified name.
+pub fn relation_schemas(stmt: &Statement) -> Vec<Option<String>> {
     use datafusion::sql::sqlparser::ast::visit_relations;
-    let mut found = false;
+    let mut schemas = Vec::new();
     let _ = visit_relations(stmt, |name| {
-        let parts: Vec<String> = name
+        let parts: Vec<&str> = name
             .0
             .iter()
-            .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+            .filter_map(|p| p.as_ident().map(|i| i.value.as_str()))
             .collect();
-        if parts.len() >= 2 && is_lake_schema(&parts[parts.len() - 2]) {
-            found = true;
-            return std::ops::ControlFlow::Break(());
-        }
-        std::ops::ControlFlow::Continue(())
+        let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].to_lowercase());
+        schemas.push(schema);
+        std::ops::ControlFlow::<()>::Continue(())
     });
-    found
+    schemas
+}
+
+/// Whether `stmt` names a table in a schema `is_lake_schema` accepts (`schema.table`
+/// or `catalog.schema.table`; the schema lower case).
+pub fn references_lake(stmt: &Statement, is_lake_schema: impl Fn(&str) -> bool) -> bool {
+    relation_schemas(stmt)
+        .iter()
+        .any(|s| s.as_deref().is_some_and(&is_lake_schema))
 }
 
 /// Whether a statement only reads. Read-only roles may forward only these; anything

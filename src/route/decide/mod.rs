@@ -32,6 +32,18 @@ pub struct Parsed {
     /// What the text reads and writes, for the result cache (computed on first use:
     /// it walks and prints the tree, which only the cache needs).
     analysis: OnceLock<Analysis>,
+    /// Per statement, what routing needs (computed on first use): a memo hit
+    /// decides without walking a syntax tree.
+    facts: OnceLock<Vec<StatementFacts>>,
+}
+
+/// What routing needs to know about one statement, independent of the session.
+struct StatementFacts {
+    /// The schema each table reference names (lower case; `None`: unqualified).
+    relations: Vec<Option<String>>,
+    read_only: bool,
+    /// What the statement is to a session without an upstream.
+    step: Result<Step, PgError>,
 }
 
 impl Parsed {
@@ -39,6 +51,20 @@ impl Parsed {
         self.analysis.get_or_init(|| match &self.statements {
             Ok(statements) => Analysis::of(statements),
             Err(_) => Analysis::Unparsed,
+        })
+    }
+
+    fn facts(&self) -> &[StatementFacts] {
+        self.facts.get_or_init(|| match &self.statements {
+            Ok(statements) => statements
+                .iter()
+                .map(|s| StatementFacts {
+                    relations: super::relation_schemas(s),
+                    read_only: is_read_only(s),
+                    step: classify(s.clone()),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         })
     }
 }
@@ -76,8 +102,9 @@ pub struct Forwarding<'a> {
 /// Where one query string goes, and what later stages need to know about it.
 pub struct Decision {
     pub plan: Plan,
-    /// The parsed text with its analysis, when the context asked for it (`None`
-    /// for gateway view DDL, which invalidates what it changes itself).
+    /// The parsed text (with its analysis), whenever the decision parsed it or the
+    /// context asked for it (`want_analysis`); `None` for gateway view DDL, which
+    /// invalidates what it changes itself, and for texts settled without parsing.
     pub parsed: Option<Arc<Parsed>>,
     /// What relaying (or running) the text changes in the session's books.
     pub effects: Vec<Effect>,
@@ -100,17 +127,17 @@ pub enum Step {
     /// A session command (SET, SHOW, BEGIN, FETCH, …).
     Session(Command),
     /// A read-only query on the lake engine.
-    Lake(Box<Statement>),
+    Lake(Arc<Statement>),
     /// A lake query that may also read upstream tables (forwarding sessions):
     /// planned with the session's Redshift tables laid over the lake catalog.
-    CrossEngine(Box<Statement>),
+    CrossEngine(Arc<Statement>),
     /// `DECLARE name [BINARY] CURSOR [WITH HOLD] FOR query`: a named portal over a
     /// lake query.
     DeclareCursor {
         name: String,
         binary: bool,
         hold: bool,
-        query: Box<Statement>,
+        query: Arc<Statement>,
     },
     /// `CREATE / REFRESH / DROP MATERIALIZED VIEW` on a gateway view schema.
     ViewDdl(MatViewStatement),
@@ -194,6 +221,13 @@ impl Decision {
         }
     }
 
+    /// Whether every statement only reads (`None`: not parsed).
+    pub fn read_only(&self) -> Option<bool> {
+        let parsed = self.parsed.as_ref()?;
+        parsed.statements.as_ref().ok()?;
+        Some(parsed.facts().iter().all(|f| f.read_only))
+    }
+
     /// The text gives the session state no cache key can hold (temporary tables,
     /// `SET ROLE`, `set_config`, or text relayed unparsed).
     pub fn private_state(&self, forwards_writes: bool) -> bool {
@@ -231,6 +265,7 @@ impl Router {
         let parsed = Arc::new(Parsed {
             statements: self.engine.parse(sql),
             analysis: OnceLock::new(),
+            facts: OnceLock::new(),
         });
         if sql.len() <= MEMO_MAX_TEXT {
             self.memo.insert(Arc::from(sql), parsed.clone());
@@ -275,18 +310,20 @@ impl Router {
 
     /// A session without an upstream: everything runs here.
     fn decide_local(&self, sql: &str, analysed: Option<Arc<Parsed>>) -> Decision {
-        let parsed = analysed.clone().unwrap_or_else(|| self.parsed(sql));
+        let parsed = analysed.unwrap_or_else(|| self.parsed(sql));
+        let known = Some(parsed.clone());
         let plan = match &parsed.statements {
             Err(e) => Plan::Refuse(e.clone()),
             Ok(statements) if statements.is_empty() => Plan::Empty,
-            Ok(statements) => Plan::Local(
-                statements
+            Ok(_) => Plan::Local(
+                parsed
+                    .facts()
                     .iter()
-                    .map(|s| classify(s.clone()).unwrap_or_else(Step::Refuse))
+                    .map(|f| f.step.clone().unwrap_or_else(Step::Refuse))
                     .collect(),
             ),
         };
-        Decision::new(plan, analysed)
+        Decision::new(plan, known)
     }
 
     fn decide_forwarding(
@@ -300,12 +337,13 @@ impl Router {
         if cx.may_write && !f.lost_in_tx && scan::plainly_upstream(sql, f.lake_schemas) {
             return Decision::new(Plan::Relay, analysed);
         }
-        let parsed = analysed.clone().unwrap_or_else(|| self.parsed(sql));
+        let parsed = analysed.unwrap_or_else(|| self.parsed(sql));
+        let known = Some(parsed.clone());
         let statements = match &parsed.statements {
             Ok(s) => s,
             // Redshift understands dialect DataFusion's parser does not, but only a
             // role that may write may send what Sluice cannot check.
-            Err(_) if cx.may_write => return Decision::new(Plan::Relay, analysed),
+            Err(_) if cx.may_write => return Decision::new(Plan::Relay, known),
             Err(e) => {
                 let refusal = PgError::new(
                     SqlState::INSUFFICIENT_PRIVILEGE,
@@ -316,18 +354,19 @@ impl Router {
                     ),
                 )
                 .with_hint("rewrite it in PostgreSQL syntax, or ask for a role with write = true");
-                return Decision::new(Plan::Refuse(refusal), analysed);
+                return Decision::new(Plan::Refuse(refusal), known);
             }
         };
         if statements.is_empty() {
-            return Decision::new(Plan::Relay, analysed);
+            return Decision::new(Plan::Relay, known);
         }
         let mut upstream = None;
         let mut effects = Vec::new();
-        for stmt in statements {
-            let side = match statement_side(stmt, f, cx) {
+        let facts = parsed.facts();
+        for (stmt, facts) in statements.iter().zip(facts) {
+            let side = match statement_side(stmt, facts, f, cx) {
                 Ok(side) => side,
-                Err(e) => return Decision::new(Plan::Refuse(e), analysed),
+                Err(e) => return Decision::new(Plan::Refuse(e), known),
             };
             let is_upstream = matches!(side, Side::Upstream);
             if upstream.is_some_and(|prev| prev != is_upstream) {
@@ -336,11 +375,11 @@ impl Router {
                     "this query string mixes lake statements with statements for Redshift",
                 )
                 .with_hint("send lake and Redshift statements as separate queries");
-                return Decision::new(Plan::Refuse(mixed), analysed);
+                return Decision::new(Plan::Refuse(mixed), known);
             }
             upstream = Some(is_upstream);
             match side {
-                Side::Upstream => effects.extend(relay_effect(stmt)),
+                Side::Upstream => effects.extend(relay_effect(stmt, facts)),
                 Side::Local {
                     ends_lost_transaction: true,
                 } => effects.push(Effect::EndLostTransaction),
@@ -351,21 +390,23 @@ impl Router {
             Plan::Relay
         } else {
             Plan::Local(
-                statements
+                facts
                     .iter()
-                    .map(|s| match classify(s.clone()) {
-                        Ok(Step::Lake(q)) if !only_lake_tables(&q, f.lake_schemas) => {
-                            Step::CrossEngine(q)
+                    .map(|facts| match &facts.step {
+                        Ok(Step::Lake(q))
+                            if !only_lake_tables(&facts.relations, f.lake_schemas) =>
+                        {
+                            Step::CrossEngine(q.clone())
                         }
-                        Ok(step) => step,
-                        Err(e) => Step::Refuse(e),
+                        Ok(step) => step.clone(),
+                        Err(e) => Step::Refuse(e.clone()),
                     })
                     .collect(),
             )
         };
         Decision {
             plan,
-            parsed: analysed,
+            parsed: known,
             effects,
         }
     }
@@ -382,7 +423,12 @@ fn is_sluice_name(name: &str) -> bool {
 
 /// Where one parsed statement of a forwarding session goes, or why the role may not
 /// send it.
-fn statement_side(stmt: &Statement, f: &Forwarding<'_>, cx: &Context<'_>) -> Result<Side, PgError> {
+fn statement_side(
+    stmt: &Statement,
+    facts: &StatementFacts,
+    f: &Forwarding<'_>,
+    cx: &Context<'_>,
+) -> Result<Side, PgError> {
     let local = Side::Local {
         ends_lost_transaction: false,
     };
@@ -409,28 +455,29 @@ fn statement_side(stmt: &Statement, f: &Forwarding<'_>, cx: &Context<'_>) -> Res
                 ends_lost_transaction: true,
             });
         }
-        _ => runs_on_lake(stmt, f.lake_schemas),
+        _ => runs_on_lake(&facts.relations, f.lake_schemas),
     };
     if here {
         return Ok(local);
     }
-    if !cx.may_write && !is_read_only(stmt) {
+    if !cx.may_write && !facts.read_only {
         return Err(refuse_write(&statement_kind(stmt)));
     }
     Ok(Side::Upstream)
 }
 
 /// The book-keeping relaying `stmt` upstream implies.
-fn relay_effect(stmt: &Statement) -> Option<Effect> {
+fn relay_effect(stmt: &Statement, facts: &StatementFacts) -> Option<Effect> {
     match stmt {
-        Statement::Set(set) => match classify(Statement::Set(set.clone())) {
-            Ok(Step::Session(Command::Set { name, value })) => {
-                Some(Effect::MirrorSet { name, value })
-            }
+        Statement::Set(_) => match &facts.step {
+            Ok(Step::Session(Command::Set { name, value })) => Some(Effect::MirrorSet {
+                name: name.clone(),
+                value: value.clone(),
+            }),
             _ => Some(Effect::UpstreamSetting),
         },
-        Statement::Reset(_) => match classify(stmt.clone()) {
-            Ok(Step::Session(Command::Reset(name))) => Some(Effect::MirrorReset(name)),
+        Statement::Reset(_) => match &facts.step {
+            Ok(Step::Session(Command::Reset(name))) => Some(Effect::MirrorReset(name.clone())),
             _ => Some(Effect::UpstreamSetting),
         },
         // A cursor declared upstream is a portal there: clients (psycopg's named
@@ -454,30 +501,20 @@ fn relay_effect(stmt: &Statement) -> Option<Effect> {
 
 /// The lake-or-upstream question, answered in one place: a statement runs on the
 /// lake (DataFusion) when it names a table in a lake schema; else it goes to the
-/// upstream. Gateway view schemas are lake schemas.
-pub fn runs_on_lake(stmt: &Statement, lake_schemas: &HashSet<String>) -> bool {
-    super::references_lake(stmt, |s| lake_schemas.contains(&s.to_lowercase()))
+/// upstream. Gateway view schemas are lake schemas. `relations`: the schema each
+/// table reference names ([`super::relation_schemas`]).
+pub fn runs_on_lake(relations: &[Option<String>], lake_schemas: &HashSet<String>) -> bool {
+    relations
+        .iter()
+        .any(|s| s.as_ref().is_some_and(|s| lake_schemas.contains(s)))
 }
 
 /// Whether every table a lake statement names is qualified with a lake schema (no
 /// upstream table can be involved).
-fn only_lake_tables(stmt: &Statement, lake_schemas: &HashSet<String>) -> bool {
-    let mut only = true;
-    let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt, |name| {
-        let parts: Vec<&str> = name
-            .0
-            .iter()
-            .filter_map(|p| p.as_ident().map(|i| i.value.as_str()))
-            .collect();
-        let lake =
-            parts.len() >= 2 && lake_schemas.contains(&parts[parts.len() - 2].to_lowercase());
-        if !lake {
-            only = false;
-            return std::ops::ControlFlow::Break(());
-        }
-        std::ops::ControlFlow::Continue(())
-    });
-    only
+fn only_lake_tables(relations: &[Option<String>], lake_schemas: &HashSet<String>) -> bool {
+    relations
+        .iter()
+        .all(|s| s.as_ref().is_some_and(|s| lake_schemas.contains(s)))
 }
 
 /// The refusal a read-only role gets for a statement that would write upstream.
@@ -518,7 +555,9 @@ pub fn view_source(
     match lake_schemas {
         // Naming the lake at all makes it a lake (or cross-engine) query; upstream
         // tables in it are read through the refresh identity.
-        Some(lake) if !runs_on_lake(&stmt, lake) => Ok(ViewSource::Upstream),
+        Some(lake) if !runs_on_lake(&super::relation_schemas(&stmt), lake) => {
+            Ok(ViewSource::Upstream)
+        }
         _ => Ok(ViewSource::Lake(Box::new(stmt))),
     }
 }

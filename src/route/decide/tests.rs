@@ -18,7 +18,7 @@ fn decide(r: &Router, sql: &str, forwarding: bool, write: bool, lost: bool) -> D
     let schemas = lake();
     let cursor = |name: &str| name == "mine";
     let cx = Context {
-        forwarding: forwarding.then(|| Forwarding {
+        forwarding: forwarding.then_some(Forwarding {
             lake_schemas: &schemas,
             lost_in_tx: lost,
         }),
@@ -177,4 +177,17 @@ fn a_view_query_runs_where_its_tables_are() {
     assert_eq!(source("REDSHIFT ONLY", true).ok(), Some(false));
     let e = source("SELECT 1; SELECT 2", false).err().map(|e| e.code.0);
     assert_eq!(e, Some("0A000"));
+}
+
+#[tokio::test]
+async fn a_decision_knows_whether_its_text_only_reads() {
+    let r = router().await;
+    assert_eq!(
+        decide(&r, "SELECT 1", false, true, false).read_only(),
+        Some(true)
+    );
+    let d = decide(&r, "UPDATE t SET a = 1", true, true, false);
+    assert_eq!(d.read_only(), Some(false));
+    let d = decide(&r, "NOT SQL AT ALL", true, true, false);
+    assert_eq!(d.read_only(), None);
 }

@@ -219,33 +219,23 @@ impl Session {
         {
             return Err(in_failed_transaction());
         }
+        let takes_no_parameters = matches!(
+            statement.prepared,
+            Prepared::Empty | Prepared::ViewDdl(_) | Prepared::Command(_)
+        );
+        if takes_no_parameters && !msg.params.is_empty() {
+            return Err(PgError::new(
+                SqlState::PROTOCOL_VIOLATION,
+                format!(
+                    "bind message supplies {} parameters, but prepared statement requires 0",
+                    msg.params.len()
+                ),
+            ));
+        }
         let (state, columns) = match &statement.prepared {
-            Prepared::Empty | Prepared::ViewDdl(_) => {
-                if !msg.params.is_empty() {
-                    return Err(PgError::new(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!(
-                            "bind message supplies {} parameters, but prepared statement requires 0",
-                            msg.params.len()
-                        ),
-                    ));
-                }
-                let state = match &statement.prepared {
-                    Prepared::ViewDdl(v) => PortalState::ViewDdl(v.clone()),
-                    _ => PortalState::Empty,
-                };
-                (state, 0)
-            }
+            Prepared::Empty => (PortalState::Empty, 0),
+            Prepared::ViewDdl(v) => (PortalState::ViewDdl(v.clone()), 0),
             Prepared::Command(cmd) => {
-                if !msg.params.is_empty() {
-                    return Err(PgError::new(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!(
-                            "bind message supplies {} parameters, but prepared statement requires 0",
-                            msg.params.len()
-                        ),
-                    ));
-                }
                 let columns = match cmd {
                     Command::Show(name) => Self::show_schema(name).fields().len(),
                     Command::Fetch {

@@ -5,7 +5,7 @@
 //! arrays; every `BATCH_ROWS` rows each column is cast to its Arrow type with
 //! arrow's own parsers (which accept PostgreSQL's text forms: `t`/`f`, ISO dates and
 //! timestamps, `NaN`/`Infinity`). The session should run with `TimeZone=UTC` and
-//! `DateStyle=ISO`, which is how [`crate::cache::matview`] opens it.
+//! `DateStyle=ISO`, which is how the gateway views (`cache::matview`) open it.
 
 use std::sync::Arc;
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
+use std::time::Instant;
 
-use super::pipeline::in_failed_transaction;
+use super::pipeline::{Outcome, in_failed_transaction};
 use super::{
     CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session, Tx,
 };
@@ -399,6 +400,13 @@ impl Session {
             self.portals.insert(msg.portal, portal);
             return Err(in_failed_transaction());
         }
+        // The admit and record stages of a local statement run around its Execute.
+        let started = Instant::now();
+        let route = portal.state.route_name();
+        if let Err(e) = self.admit(route) {
+            self.portals.insert(msg.portal, portal);
+            return Err(e);
+        }
         let result = match &portal.state {
             PortalState::Command(Command::Fetch {
                 cursor,
@@ -418,6 +426,13 @@ impl Session {
         };
         // Keep the portal (it may be suspended) unless the session is ending.
         self.portals.insert(msg.portal, portal);
+        if let Ok(outcome) = &result {
+            self.record(Outcome {
+                route,
+                started,
+                error: outcome.as_ref().err(),
+            });
+        }
         match result {
             Ok(r) => r,
             Err(Disconnect::Protocol(e)) => Err(PgError {

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Session, Tx};
 use crate::error::{PgError, SqlState};
@@ -53,6 +54,9 @@ pub(super) struct Forwarding {
     /// The upstream session broke inside a transaction: until the client ends it,
     /// forwarded statements fail with 25P02 rather than silently autocommit.
     pub(super) lost_in_tx: bool,
+    /// When each Execute forwarded since the last Sync was sent (for the record
+    /// stage; emptied when the upstream's ReadyForQuery ends the pipeline).
+    pub(super) executing: Vec<Instant>,
     /// A statement Sluice answered failed after upstream statements of the same
     /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
     /// back, as PostgreSQL does, instead of committing them.
@@ -108,6 +112,7 @@ impl Forwarding {
             abort_tx: false,
             lost_in_tx: false,
             void_pipeline: false,
+            executing: Vec::new(),
         })
     }
 }
@@ -220,6 +225,19 @@ impl Session {
                     self.skip_until_sync = true;
                 }
                 self.conn.flush().await?;
+            }
+            b'E' => {
+                // Admitted as it is forwarded; recorded when the pipeline's Sync
+                // is answered (the relay copies answers, it does not read them).
+                if let Err(e) = self.admit("upstream") {
+                    self.drain_upstream().await?;
+                    self.fail_pipeline(&e).await?;
+                    return Ok(true);
+                }
+                if let Some(f) = self.forward.as_mut() {
+                    f.executing.push(Instant::now());
+                }
+                return self.forward_message(frame).await;
             }
             _ => return self.forward_message(frame).await,
         }
@@ -393,6 +411,7 @@ impl Session {
                 if let Outcome::Ready(status) = outcome {
                     fwd.pending_sync = false;
                     fwd.owed = 0;
+                    let mut executed = std::mem::take(&mut fwd.executing);
                     self.tx = match status {
                         b'T' => Tx::Block,
                         b'E' => Tx::Failed,
@@ -404,6 +423,17 @@ impl Session {
                         // the transaction committed, no session may still be served
                         // what the transaction changed.
                         self.invalidate_at_transaction_end();
+                    }
+                    for started in executed.drain(..) {
+                        self.record(super::pipeline::Outcome {
+                            route: "upstream",
+                            started,
+                            error: None,
+                        });
+                    }
+                    // The buffer is kept for the next pipeline.
+                    if let Some(f) = self.forward.as_mut() {
+                        f.executing = executed;
                     }
                 }
                 Ok(Some(outcome))
@@ -442,6 +472,7 @@ impl Session {
         fwd.owed = 0;
         fwd.pending_sync = false;
         fwd.void_pipeline = false;
+        fwd.executing.clear();
         if in_tx {
             fwd.lost_in_tx = true;
         }

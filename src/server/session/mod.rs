@@ -116,6 +116,17 @@ enum PortalState {
     Done,
 }
 
+impl PortalState {
+    /// The route an Execute of this portal takes, for the pipeline's record stage.
+    fn route_name(&self) -> &'static str {
+        match self {
+            PortalState::Lake(_) | PortalState::Declare(..) => "lake",
+            PortalState::ViewDdl(_) => "view",
+            PortalState::Empty | PortalState::Command(_) | PortalState::Done => "session",
+        }
+    }
+}
+
 /// A lake query bound to a portal: its plan until first Execute, then its stream.
 struct LakeRun {
     plan: Option<LogicalPlan>,

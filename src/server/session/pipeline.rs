@@ -14,9 +14,12 @@
 //! A simple query goes through all four here. In the extended protocol, Parse
 //! decides ([`Session::parse_message`]) and the prepared statement (or, for an
 //! upstream statement, its name in the relay's books) carries the decision to Bind
-//! and Execute; a local Execute is admitted and recorded in `extended.rs`. Upstream
-//! Bind/Describe/Execute frames follow their statement's name on the relay's
-//! per-message fast path (`forward.rs`), which costs no decision at all.
+//! and Execute; a local Execute is admitted and recorded around its run
+//! (`extended.rs`). Upstream Bind/Describe/Execute frames follow their statement's
+//! name on the relay's per-message fast path (`forward.rs`), which costs no
+//! decision: an upstream Execute is admitted as it is forwarded and recorded when
+//! the upstream's ReadyForQuery ends its pipeline (the relay copies answers without
+//! reading them, so a relayed statement's SQLSTATE is not known here).
 
 use std::time::Instant;
 

@@ -133,16 +133,36 @@ impl Rig {
             moto.bucket(b).expect("bucket");
         }
         if opts.create_cluster {
-            moto.redshift()
-                .create_cluster()
-                .cluster_identifier(CLUSTER)
-                .node_type("ra3.xlplus")
-                .master_username("awsuser")
-                .master_user_password("Secret-pw-1")
-                .db_name("dev")
-                .send()
-                .await
-                .expect("moto creates the cluster");
+            // moto (a single-threaded Python server shared by parallel tests) now and
+            // then drops a connection mid-response; the set-up retries that, the
+            // tests' own requests do not.
+            let mut attempt = 0;
+            loop {
+                let created = moto
+                    .redshift()
+                    .create_cluster()
+                    .cluster_identifier(CLUSTER)
+                    .node_type("ra3.xlplus")
+                    .master_username("awsuser")
+                    .master_user_password("Secret-pw-1")
+                    .db_name("dev")
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => break,
+                    Err(e)
+                        if attempt < 3
+                            && matches!(
+                                e,
+                                aws_sdk_redshift::error::SdkError::DispatchFailure(_)
+                            ) =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("moto creates the cluster: {e:?}"),
+                }
+            }
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let port = postgres::free_port().expect("port");

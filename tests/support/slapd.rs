@@ -1,6 +1,6 @@
 //! A real OpenLDAP `slapd` (Debian's package) in a temporary directory: the directory
 //! `[auth.ldap]` logins are checked against in tests. Plain LDAP (StartTLS offered)
-//! on one free loopback port, LDAPS on another, both with a certificate from the
+//! on one loopback port, LDAPS on another (see `directory_port`), both with a certificate from the
 //! test CA of `postgres::make_certs`. Configured from a generated `slapd.conf`
 //! (`-f`), never the system's cn=config; entries are loaded offline with `slapadd`.
 //! Uses the `postgres` support module's helpers, so include that one too.
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::postgres::{Result, free_port, make_certs, run};
+use crate::postgres::{Result, make_certs, run};
 
 pub const SUFFIX: &str = "dc=example,dc=com";
 /// The service account a search-then-bind configuration binds as.
@@ -26,6 +26,25 @@ pub fn user_dn(uid: &str) -> String {
 
 pub fn group_dn(cn: &str) -> String {
     format!("cn={cn},{GROUPS}")
+}
+
+/// A port for a directory, from a range below the kernel's ephemeral ports (Linux:
+/// 32768–60999), each handed out once per process. A directory stopped and
+/// restarted on its ports (the outage tests) can then never find one taken by a
+/// peer another test started on a `free_port()` meanwhile — which once made a
+/// "frozen" directory's port answer from another test's live slapd.
+fn directory_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    for _ in 0..2_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base + n % 2_500;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port below the ephemeral range for slapd".into())
 }
 
 /// An OpenLDAP tool; they live in /usr/sbin, which is not on every PATH.
@@ -120,8 +139,8 @@ impl Slapd {
         let mut slapd = Slapd {
             dir,
             child: None,
-            port: free_port()?,
-            tls_port: free_port()?,
+            port: directory_port()?,
+            tls_port: directory_port()?,
             ca: certs.ca,
         };
         slapd.restart()?;

@@ -67,6 +67,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// COMMIT, ROLLBACK and ROLLBACK TO: the only statements a failed transaction
+    /// block accepts.
+    pub fn ends_failed_block(&self) -> bool {
+        matches!(
+            self,
+            Command::Commit | Command::Rollback | Command::RollbackTo(_)
+        )
+    }
+
     /// The CommandComplete tag PostgreSQL sends for this command.
     pub fn tag(&self) -> &'static str {
         match self {

@@ -146,6 +146,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// The session command this step is, if it is one.
+    pub fn command(&self) -> Option<&Command> {
+        match self {
+            Step::Session(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// A short label for logs and (later) metrics: which route the statement took.
     pub fn route_name(&self) -> &'static str {
         match self {

@@ -7,9 +7,9 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use std::time::Instant;
 
-use super::pipeline::{Outcome, in_failed_transaction};
+use super::pipeline::Outcome;
 use super::{
-    CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session, Tx,
+    CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session,
 };
 use crate::engine::params;
 use crate::error::{PgError, Severity, SqlState};
@@ -132,7 +132,7 @@ impl Session {
             Some(Step::Refuse(e)) => return Err(e),
             Some(Step::ViewDdl(v)) => Prepared::ViewDdl(v),
             Some(step) => {
-                self.check_failed_tx(&step)?;
+                self.check_failed_tx(step.command())?;
                 self.prepare_step(step, &msg).await?
             }
         };
@@ -212,14 +212,10 @@ impl Session {
                 format!("portal \"{}\" already exists", msg.portal),
             ));
         }
-        if self.tx == Tx::Failed
-            && !matches!(
-                statement.prepared,
-                Prepared::Command(Command::Commit | Command::Rollback | Command::RollbackTo(_))
-            )
-        {
-            return Err(in_failed_transaction());
-        }
+        self.check_failed_tx(match &statement.prepared {
+            Prepared::Command(c) => Some(c),
+            _ => None,
+        })?;
         let takes_no_parameters = matches!(
             statement.prepared,
             Prepared::Empty | Prepared::ViewDdl(_) | Prepared::Command(_)
@@ -256,12 +252,7 @@ impl Session {
                 plan,
                 params: types,
             } => {
-                let values = params::decode_all(types, &msg.param_formats, &msg.params)?;
-                let plan = if values.is_empty() {
-                    plan.clone()
-                } else {
-                    plan.clone().with_param_values(values)?
-                };
+                let plan = bound_plan(plan, types, &msg)?;
                 (PortalState::Declare(cursor.clone(), Box::new(plan)), 0)
             }
             Prepared::Lake {
@@ -270,12 +261,7 @@ impl Session {
                 schema,
                 explain,
             } => {
-                let values = params::decode_all(types, &msg.param_formats, &msg.params)?;
-                let plan = if values.is_empty() {
-                    plan.clone()
-                } else {
-                    plan.clone().with_param_values(values)?
-                };
+                let plan = bound_plan(plan, types, &msg)?;
                 (
                     PortalState::Lake(Box::new(LakeRun {
                         plan: Some(plan),
@@ -391,14 +377,13 @@ impl Session {
                 format!("portal \"{}\" does not exist", msg.portal),
             )
         })?;
-        if self.tx == Tx::Failed
-            && !matches!(
-                portal.state,
-                PortalState::Command(Command::Commit | Command::Rollback | Command::RollbackTo(_))
-            )
-        {
+        let command = match &portal.state {
+            PortalState::Command(c) => Some(c),
+            _ => None,
+        };
+        if let Err(e) = self.check_failed_tx(command) {
             self.portals.insert(msg.portal, portal);
-            return Err(in_failed_transaction());
+            return Err(e);
         }
         // The admit and record stages of a local statement run around its Execute.
         let started = Instant::now();
@@ -459,4 +444,17 @@ impl Session {
         self.conn.send(&CloseComplete::new());
         Ok(())
     }
+}
+
+/// A prepared lake plan with the Bind's parameter values applied.
+fn bound_plan(
+    plan: &LogicalPlan,
+    types: &[params::ParamType],
+    msg: &frame::Bind,
+) -> Result<LogicalPlan, PgError> {
+    let values = params::decode_all(types, &msg.param_formats, &msg.params)?;
+    if values.is_empty() {
+        return Ok(plan.clone());
+    }
+    Ok(plan.clone().with_param_values(values)?)
 }

@@ -237,7 +237,7 @@ impl Session {
     pub(super) async fn run_step(&mut self, step: Step) -> Result<Result<(), PgError>, Disconnect> {
         // A refusal reports its own error; view DDL reports 25001 inside any block.
         if !matches!(step, Step::ViewDdl(_) | Step::Refuse(_))
-            && let Err(e) = self.check_failed_tx(&step)
+            && let Err(e) = self.check_failed_tx(step.command())
         {
             return Ok(Err(e));
         }
@@ -262,14 +262,9 @@ impl Session {
     }
 
     /// Statements other than COMMIT/ROLLBACK fail in a failed transaction block.
-    pub(super) fn check_failed_tx(&self, step: &Step) -> Result<(), PgError> {
-        let ends_block = matches!(
-            step,
-            Step::Session(
-                route::Command::Commit | route::Command::Rollback | route::Command::RollbackTo(_)
-            )
-        );
-        if self.tx == Tx::Failed && !ends_block {
+    /// `command`: the statement, when it is a session command.
+    pub(super) fn check_failed_tx(&self, command: Option<&route::Command>) -> Result<(), PgError> {
+        if self.tx == Tx::Failed && !command.is_some_and(route::Command::ends_failed_block) {
             return Err(in_failed_transaction());
         }
         Ok(())
@@ -277,7 +272,7 @@ impl Session {
 }
 
 /// 25P02, as PostgreSQL words it.
-pub(super) fn in_failed_transaction() -> PgError {
+fn in_failed_transaction() -> PgError {
     PgError::new(
         SqlState::IN_FAILED_SQL_TRANSACTION,
         "current transaction is aborted, commands ignored until end of transaction block",

@@ -11,6 +11,7 @@
 //! - `facts`: what a text reads and writes (the result cache's analysis).
 //! - `view_ddl`: gateway view statements, recognised before parsing.
 //! - `cursor_motion`: FETCH/MOVE forms DataFusion's parser lacks.
+//! - `fingerprint`: query groups (libpg_query's rules). `tokens`: tokens with byte ranges.
 
 use datafusion::sql::sqlparser::ast::{
     DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
@@ -23,7 +24,9 @@ use crate::error::{PgError, SqlState};
 pub mod cursor_motion;
 pub mod decide;
 pub mod facts;
+pub mod fingerprint;
 pub mod scan;
+mod tokens;
 pub mod view_ddl;
 
 pub use decide::{CacheUse, Context, Decision, Effect, Forwarding, Plan, Router, Step};

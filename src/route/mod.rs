@@ -11,7 +11,8 @@
 //! - `facts`: what a text reads and writes (the result cache's analysis).
 //! - `view_ddl`: gateway view statements, recognised before parsing.
 //! - `cursor_motion`: FETCH/MOVE forms DataFusion's parser lacks.
-//! - `fingerprint`: query groups (libpg_query's rules). `tokens`: tokens with byte ranges.
+//! - `fingerprint`: query groups (libpg_query's rules). `redact`: credentials masked
+//!   for logs. `tokens`: their shared tokenizing.
 
 use datafusion::sql::sqlparser::ast::{
     DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
@@ -25,6 +26,7 @@ pub mod cursor_motion;
 pub mod decide;
 pub mod facts;
 pub mod fingerprint;
+pub mod redact;
 pub mod scan;
 mod tokens;
 pub mod view_ddl;

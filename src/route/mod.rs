@@ -12,7 +12,7 @@
 //! - `view_ddl`: gateway view statements, recognised before parsing.
 //! - `cursor_motion`: FETCH/MOVE forms DataFusion's parser lacks.
 //! - `fingerprint`: query groups (libpg_query's rules). `redact`: credentials masked
-//!   for logs. `tokens`: their shared tokenizing.
+//!   for logs. `sqlcommenter`: attribution tags. `tokens`: their shared tokenizing.
 
 use datafusion::sql::sqlparser::ast::{
     DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
@@ -28,6 +28,7 @@ pub mod facts;
 pub mod fingerprint;
 pub mod redact;
 pub mod scan;
+pub mod sqlcommenter;
 mod tokens;
 pub mod view_ddl;
 

@@ -8,6 +8,7 @@
 //! `server` on top.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod cache;

@@ -53,6 +53,11 @@ enum Commands {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the SCRAM-SHA-256 verifier for a password (for `auth.users[].scram`).
     HashPassword {
         /// The password; read from standard input when omitted.
@@ -72,6 +77,17 @@ enum TokenCommand {
         user: Option<String>,
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that audit files form one unbroken hash chain. Give them oldest first:
+    /// `sluice audit verify audit/sluice-audit.jsonl.* audit/sluice-audit.jsonl`
+    /// (rotated names sort by age).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -199,6 +215,18 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Commands::Audit {
+            command: AuditCommand::Verify { files },
+        } => match sluice::audit::verify(&files) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::HashPassword { password } => {
             let password = match password {
                 Some(p) => p,

@@ -1,6 +1,6 @@
 //! What the audit trail records: one event per login attempt, per logoff and per
 //! statement. Events are plain data, serialised to one JSON object per line (see
-//! `sink`); the OCSF variant maps the same fields (`ocsf.rs`).
+//! `mod.rs` and `file.rs`); the OCSF variant maps the same fields (`ocsf.rs`).
 //!
 //! Nothing secret is ever put in an event: statement text is redacted of passwords
 //! and credentials before it gets here (`route::redact`), bound parameters are

@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod audit;
 mod auth;
 mod cache;
 mod lake;
 mod ldap;
+pub use audit::{
+    AuditConfig, AuditFileConfig, AuditFormat, AuditOnFailure, AuditS3Config, AuditStdoutConfig,
+};
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use lake::{GlueLakeConfig, S3Config};
@@ -62,6 +66,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Gateway materialized views; off when absent.
     pub materialized_views: Option<MatViewsConfig>,
+    /// The audit trail (logins, logoffs, statements); off when absent.
+    pub audit: Option<AuditConfig>,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -423,6 +429,9 @@ impl Config {
         if let Some(mv) = &self.materialized_views {
             mv.validate(&self.roles)
                 .map_err(|(k, m)| invalid(format!("materialized_views.{k}"), m))?;
+        }
+        if let Some(audit) = &self.audit {
+            audit.validate().map_err(|(k, m)| invalid(k, m))?;
         }
         if let Some(glue) = &self.lake.glue {
             glue.validate()

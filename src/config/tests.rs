@@ -157,3 +157,42 @@ fn redshift_upstreams_are_validated_with_their_key() {
             .contains("redshift[1].name")
     );
 }
+
+#[test]
+fn audit_section_is_validated_with_its_key() {
+    let e = parse("[audit]\nformat = \"json\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`audit`") && e.contains("at least one sink"),
+        "{e}"
+    );
+    let e = parse("[audit.file]\npath = \"audit/a.jsonl\"\nmax_size_mb = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("audit.file.max_size_mb"), "{e}");
+    let e = parse("[audit]\non_failure = \"maybe\"\n[audit.stdout]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("on_failure") && e.contains("`refuse`"), "{e}");
+    let c = parse("[audit.file]\npath = \"audit/a.jsonl\"\n").unwrap();
+    let file = c.audit.clone().and_then(|a| a.file).unwrap();
+    assert_eq!(
+        c.resolve(&file.path),
+        PathBuf::from("/etc/sluice/audit/a.jsonl")
+    );
+    assert!(parse("").unwrap().audit.is_none());
+}
+
+#[test]
+fn the_shipped_audit_example_is_valid() {
+    let shipped = include_str!("../../conf/sluice.toml");
+    let example: Vec<&str> = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("# [audit]"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    let c = parse(&example.join("\n")).unwrap();
+    let audit = c.audit.unwrap();
+    assert!(audit.file.is_some() && audit.stdout.is_some() && audit.s3.is_some());
+}

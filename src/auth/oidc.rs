@@ -81,6 +81,38 @@ pub struct OidcValidator {
     allow_insecure_http: bool,
 }
 
+impl TokenRejected {
+    /// The refusal's kind, a bounded label for `sluice_token_refusals_total`.
+    pub fn kind(&self) -> &'static str {
+        let m = self.0.to_ascii_lowercase();
+        if m.contains("expired") || m.contains("not yet valid") || m.contains("nbf") {
+            "expired"
+        } else if m.contains("signature") || m.contains("signing key") {
+            "signature"
+        } else if m.contains("audience") {
+            "audience"
+        } else if m.contains("issuer") {
+            "issuer"
+        } else if m.contains("tenant") {
+            "tenant"
+        } else if m.contains("malformed") || m.contains("not a jwt") || m.contains("base64") {
+            "malformed"
+        } else if m.contains("user") || m.contains("claim") {
+            "claims"
+        } else {
+            "other"
+        }
+    }
+
+    /// Counts this refusal in the metrics.
+    pub fn count(&self) {
+        crate::metrics::metrics()
+            .token_refusals
+            .with_label_values(&[self.kind()])
+            .inc();
+    }
+}
+
 fn reject(msg: impl Into<String>) -> TokenRejected {
     TokenRejected(msg.into())
 }
@@ -306,6 +338,37 @@ impl OidcValidator {
         })
     }
 
+    /// Readiness, per issuer: its signing keys are cached, or can be fetched now
+    /// (at most once per `min_refresh`, like a login's fetch).
+    pub async fn readiness(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        for issuer in &self.issuers {
+            let name = issuer.config.issuer.clone();
+            let cached = issuer.keys.read().await.len();
+            if cached > 0 {
+                out.push((name, Ok(format!("{cached} signing key(s) cached"))));
+                continue;
+            }
+            let mut last_fetch = issuer.last_fetch.lock().await;
+            let state = if last_fetch.is_none_or(|t| t.elapsed() >= self.min_refresh) {
+                *last_fetch = Some(Instant::now());
+                match self.fetch_keys(&issuer.config).await {
+                    Ok(keys) if !keys.is_empty() => {
+                        let n = keys.len();
+                        *issuer.keys.write().await = keys;
+                        Ok(format!("{n} signing key(s) fetched"))
+                    }
+                    Ok(_) => Err("the issuer publishes no usable signing keys".to_string()),
+                    Err(e) => Err(format!("no signing keys: {e}")),
+                }
+            } else {
+                Err("no signing keys yet (the last fetch failed; retrying after jwks_min_refresh_secs)".to_string())
+            };
+            out.push((name, state));
+        }
+        out
+    }
+
     /// The key for `kid`, fetching the JWKS when it is unknown (at most once per
     /// `min_refresh`); cached keys keep working when the issuer is unreachable.
     async fn key_for(
@@ -340,6 +403,15 @@ impl OidcValidator {
     }
 
     async fn fetch_keys(&self, c: &IssuerConfig) -> Result<KeySet, String> {
+        let fetched = self.fetch_keys_uncounted(c).await;
+        crate::metrics::metrics()
+            .jwks_fetches
+            .with_label_values(&[crate::metrics::outcome(&fetched)])
+            .inc();
+        fetched
+    }
+
+    async fn fetch_keys_uncounted(&self, c: &IssuerConfig) -> Result<KeySet, String> {
         let jwks_uri = match &c.jwks_uri {
             Some(u) => u.clone(),
             None => {

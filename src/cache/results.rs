@@ -171,6 +171,12 @@ impl ResultCache {
             })
             .expire_after(PerEntryTtl)
             .support_invalidation_closures()
+            .eviction_listener(|_, _, cause| {
+                // Replaced entries are not gone; everything else left the cache.
+                if cause != moka::notification::RemovalCause::Replaced {
+                    crate::metrics::metrics().cache_evictions.inc();
+                }
+            })
             .build();
         Arc::new(ResultCache {
             entries,
@@ -198,6 +204,7 @@ impl ResultCache {
                 return match &e.body {
                     Some(b) => {
                         self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics().cache_hits.inc();
                         Lookup::Hit(b.clone())
                     }
                     None => Lookup::Bypass,
@@ -213,6 +220,7 @@ impl ResultCache {
                         let (tx, rx) = tokio::sync::watch::channel(());
                         running.insert(key.clone(), rx);
                         self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::metrics().cache_misses.inc();
                         return Lookup::Lead(Lead {
                             cache: self.clone(),
                             key,
@@ -232,6 +240,7 @@ impl ResultCache {
                 .is_err()
             {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::metrics().cache_misses.inc();
                 return Lookup::Bypass;
             }
         }
@@ -241,6 +250,7 @@ impl ResultCache {
     pub fn peek(&self, key: &Key) -> Option<Bytes> {
         let body = self.entries.get(key)?.body.clone()?;
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().cache_hits.inc();
         Some(body)
     }
 

@@ -5,6 +5,7 @@
 //! `local` reads a directory tree, `glue` the AWS Glue Data Catalog; `stores` says
 //! where files are read from (local disk, S3).
 
+mod counted;
 pub mod demo;
 pub mod glue;
 pub mod local;

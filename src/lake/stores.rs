@@ -73,11 +73,11 @@ impl LakeStores {
                 cached: tokio::sync::Mutex::new(None),
             }));
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(
+        let store = super::counted::CountedStore::wrap(Arc::new(
             builder
                 .build()
                 .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?,
-        );
+        ));
         buckets.insert(bucket.to_owned(), store.clone());
         Ok(store)
     }

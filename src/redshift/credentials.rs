@@ -272,6 +272,11 @@ impl Credentials {
             Ok(r) => r,
             Err(message) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                let m = crate::metrics::metrics();
+                m.credential_failures.with_label_values(&[&c.name]).inc();
+                if message.contains("Throttl") || message.contains("TooManyRequests") {
+                    m.credential_throttles.with_label_values(&[&c.name]).inc();
+                }
                 tracing::warn!(upstream = %c.name, user = %identity.user, error = %message, "minting Redshift credentials failed");
                 return Err(PgError::new(
                     SqlState("08001"),
@@ -304,6 +309,10 @@ impl Credentials {
             })
             .or_else(|| Some(Instant::now() + Duration::from_secs(c.duration_seconds.into())));
         self.mints.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .credential_mints
+            .with_label_values(&[&c.name])
+            .inc();
         tracing::info!(upstream = %c.name, db_user = %user, "minted Redshift credentials");
         Ok(Minted {
             user,

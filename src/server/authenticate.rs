@@ -392,6 +392,7 @@ async fn token_login(
             Ok(logged_in(conn, peer, identity, "token"))
         }
         Err(reason) => {
+            reason.count();
             tracing::warn!(%user, %peer, %reason, "login failed (token)");
             let mut e = PgError::fatal(
                 SqlState::INVALID_PASSWORD,
@@ -461,6 +462,7 @@ async fn idp_token_login(
             Ok(logged_in(conn, peer, identity, "redshift-idp"))
         }
         Err(reason) => {
+            reason.count();
             tracing::warn!(%peer, idp_type, provider = ?provider, %reason, "login failed (Redshift IdP token)");
             Err(fatal(
                 SqlState::INVALID_PASSWORD,

@@ -125,8 +125,18 @@ impl MatViews {
     ) -> Result<RefreshOutcome, PgError> {
         let _turn = view.refresh_lock.lock().await;
         view.refreshing.store(true, Ordering::Release);
+        let started = std::time::Instant::now();
         let result = self.refresh_locked(view, with_data).await;
         view.refreshing.store(false, Ordering::Release);
+        let m = crate::metrics::metrics();
+        let name = view.name.to_string();
+        let label = [name.as_str()];
+        m.view_refresh_duration
+            .with_label_values(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            m.view_refresh_failures.with_label_values(&label).inc();
+        }
         if let Err(e) = &result
             && !view.dropped.load(Ordering::Acquire)
         {

@@ -257,6 +257,8 @@ impl GlueShared {
                 .set_next_token(token)
                 .send()
                 .await
+                .inspect(|_| glue_request("GetPartitions", "ok"))
+                .inspect_err(|_| glue_request("GetPartitions", "error"))
                 .map_err(|e| crate::aws::describe_error("GetPartitions", &e))?;
             let page = out
                 .partitions()
@@ -498,6 +500,8 @@ impl GlueCatalog {
                         .set_next_token(token)
                         .send()
                         .await
+                        .inspect(|_| glue_request("GetDatabases", "ok"))
+                        .inspect_err(|_| glue_request("GetDatabases", "error"))
                         .map_err(|e| crate::aws::describe_error("GetDatabases", &e))?;
                     let page = out
                         .database_list()
@@ -592,6 +596,8 @@ impl GlueCatalog {
                 .set_next_token(token)
                 .send()
                 .await
+                .inspect(|_| glue_request("GetTables", "ok"))
+                .inspect_err(|_| glue_request("GetTables", "error"))
                 .map_err(|e| crate::aws::describe_error("GetTables", &e))?;
             Ok((
                 out.table_list().to_vec(),
@@ -634,3 +640,11 @@ fn spawn_refresher(catalog: Weak<GlueCatalog>, ttl_secs: u64) {
 
 #[cfg(test)]
 mod tests;
+
+/// Counts one Glue API request (`sluice_glue_requests_total`).
+fn glue_request(operation: &str, outcome: &str) {
+    crate::metrics::metrics()
+        .glue_requests
+        .with_label_values(&[operation, outcome])
+        .inc();
+}

@@ -1,0 +1,329 @@
+//! Prometheus metrics: one registry for the process, served as text on the admin
+//! listener's `/metrics` (`admin::http`).
+//!
+//! Counters and histograms are bumped where things happen (any layer may: this
+//! module sits at the bottom, beside `error`, and imports nothing of Sluice's).
+//! Gauges that describe current state (client connections by state, upstream
+//! sessions, cache size) are set from the live parts just before each scrape
+//! (`admin::http::metrics`), so no session pays to keep them current.
+//!
+//! Names follow pgbouncer_exporter where one exists (`…_client_connections`,
+//! `…_pools_client_waiting_connections`, `…_pools_server_active_connections`),
+//! with the `sluice_` prefix; the rest are Sluice's own. `docs/metrics.md` lists
+//! them all.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Statement and view-refresh duration buckets, in seconds: half a millisecond
+/// (a cache hit) to ten minutes (a warehouse report).
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 600.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    // Statements (the pipeline's record stage).
+    pub statement_duration: HistogramVec,
+    pub statement_rows: IntCounterVec,
+    pub statement_bytes: IntCounterVec,
+    pub statements_refused: IntCounterVec,
+    // Clients and logins.
+    pub client_connections: IntGaugeVec,
+    pub logins: IntCounterVec,
+    pub token_refusals: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub received_bytes: IntCounter,
+    pub sent_bytes: IntCounter,
+    // Upstream pools (set at scrape).
+    pub pool_client_waiting: IntGaugeVec,
+    pub pool_server_active: IntGaugeVec,
+    pub pool_server_idle: IntGaugeVec,
+    pub pool_wait: HistogramVec,
+    pub credential_mints: IntCounterVec,
+    pub credential_throttles: IntCounterVec,
+    pub credential_failures: IntCounterVec,
+    // Result cache.
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    // Gateway materialized views.
+    pub view_refresh_duration: HistogramVec,
+    pub view_refresh_failures: IntCounterVec,
+    // The lake's catalog and storage.
+    pub glue_requests: IntCounterVec,
+    pub s3_requests: IntCounterVec,
+    // Audit trail.
+    pub audit_events: IntCounter,
+    pub audit_write_failures: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub audit_pending: IntGauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric name");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Metrics {
+    // The names and label sets below are constants: registering them cannot fail,
+    // which a unit test checks on every build.
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let build = gauge_vec(&r, "sluice_build_info", "Sluice's version.", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        gauge(&r, "sluice_up", "1 while Sluice serves.").set(1);
+        Metrics {
+            statement_duration: histogram_vec(
+                &r,
+                "sluice_statement_duration_seconds",
+                "Statement time from admission to its end, by route and outcome (ok, error).",
+                &["route", "outcome"],
+            ),
+            statement_rows: counter_vec(
+                &r,
+                "sluice_statement_rows_total",
+                "Rows returned or affected, by route.",
+                &["route"],
+            ),
+            statement_bytes: counter_vec(
+                &r,
+                "sluice_statement_bytes_total",
+                "Bytes of answers sent to clients, by route.",
+                &["route"],
+            ),
+            statements_refused: counter_vec(
+                &r,
+                "sluice_statements_refused_total",
+                "Statements refused before running, by SQLSTATE.",
+                &["sqlstate"],
+            ),
+            client_connections: gauge_vec(
+                &r,
+                "sluice_client_connections",
+                "Client sessions by state (active, idle, idle_in_transaction, waiting).",
+                &["state"],
+            ),
+            logins: counter_vec(
+                &r,
+                "sluice_logins_total",
+                "Login attempts by method (password, token, ldap) and outcome (ok, failed).",
+                &["method", "outcome"],
+            ),
+            token_refusals: counter_vec(
+                &r,
+                "sluice_token_refusals_total",
+                "Access tokens refused, by reason.",
+                &["reason"],
+            ),
+            jwks_fetches: counter_vec(
+                &r,
+                "sluice_jwks_fetches_total",
+                "Signing-key (JWKS) and discovery fetches, by outcome (ok, error).",
+                &["outcome"],
+            ),
+            received_bytes: counter(
+                &r,
+                "sluice_received_bytes_total",
+                "Bytes received from clients after startup.",
+            ),
+            sent_bytes: counter(&r, "sluice_sent_bytes_total", "Bytes sent to clients."),
+            pool_client_waiting: gauge_vec(
+                &r,
+                "sluice_pools_client_waiting_connections",
+                "Clients waiting for an upstream session, per upstream.",
+                &["upstream"],
+            ),
+            pool_server_active: gauge_vec(
+                &r,
+                "sluice_pools_server_active_connections",
+                "Upstream sessions held by clients, per upstream.",
+                &["upstream"],
+            ),
+            pool_server_idle: gauge_vec(
+                &r,
+                "sluice_pools_server_idle_connections",
+                "Idle pooled upstream sessions, per upstream.",
+                &["upstream"],
+            ),
+            pool_wait: histogram_vec(
+                &r,
+                "sluice_pools_wait_seconds",
+                "Time clients waited for an upstream session, per upstream.",
+                &["upstream"],
+            ),
+            credential_mints: counter_vec(
+                &r,
+                "sluice_credential_mints_total",
+                "Temporary upstream credentials minted, per upstream.",
+                &["upstream"],
+            ),
+            credential_throttles: counter_vec(
+                &r,
+                "sluice_credential_throttles_total",
+                "Credential requests the AWS API throttled, per upstream.",
+                &["upstream"],
+            ),
+            credential_failures: counter_vec(
+                &r,
+                "sluice_credential_failures_total",
+                "Credential mints that failed, per upstream.",
+                &["upstream"],
+            ),
+            cache_hits: counter(
+                &r,
+                "sluice_result_cache_hits_total",
+                "Statements answered from the result cache.",
+            ),
+            cache_misses: counter(
+                &r,
+                "sluice_result_cache_misses_total",
+                "Cacheable statements not found in the result cache.",
+            ),
+            cache_evictions: counter(
+                &r,
+                "sluice_result_cache_evictions_total",
+                "Result-cache entries removed for space, expiry or invalidation.",
+            ),
+            cache_bytes: gauge(
+                &r,
+                "sluice_result_cache_bytes",
+                "Bytes held by the result cache.",
+            ),
+            cache_entries: gauge(
+                &r,
+                "sluice_result_cache_entries",
+                "Entries in the result cache.",
+            ),
+            view_refresh_duration: histogram_vec(
+                &r,
+                "sluice_view_refresh_duration_seconds",
+                "Gateway materialized view refresh time, per view.",
+                &["view"],
+            ),
+            view_refresh_failures: counter_vec(
+                &r,
+                "sluice_view_refresh_failures_total",
+                "Gateway materialized view refreshes that failed, per view.",
+                &["view"],
+            ),
+            glue_requests: counter_vec(
+                &r,
+                "sluice_glue_requests_total",
+                "Glue catalog requests, by operation and outcome (ok, error).",
+                &["operation", "outcome"],
+            ),
+            s3_requests: counter_vec(
+                &r,
+                "sluice_s3_requests_total",
+                "Object-store requests for lake data, by operation and outcome (ok, error).",
+                &["operation", "outcome"],
+            ),
+            audit_events: counter(
+                &r,
+                "sluice_audit_events_total",
+                "Audit events written to every sink.",
+            ),
+            audit_write_failures: counter(
+                &r,
+                "sluice_audit_write_failures_total",
+                "Audit sink writes that failed (and were retried).",
+            ),
+            audit_dropped: counter(
+                &r,
+                "sluice_audit_dropped_total",
+                "Audit events dropped (on_failure = continue, buffer full).",
+            ),
+            audit_pending: gauge(
+                &r,
+                "sluice_audit_pending_events",
+                "Audit events not yet written.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for valid families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// `ok` or `error`, the outcome label of request counters.
+pub fn outcome<T, E>(r: &Result<T, E>) -> &'static str {
+    if r.is_ok() { "ok" } else { "error" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_renders() {
+        let m = metrics();
+        m.statement_duration
+            .with_label_values(&["lake", "ok"])
+            .observe(0.002);
+        m.logins.with_label_values(&["token", "ok"]).inc();
+        let text = m.render();
+        assert!(text.contains("sluice_up 1"), "{text}");
+        assert!(
+            text.contains("sluice_statement_duration_seconds_bucket{outcome=\"ok\",route=\"lake\"")
+        );
+        assert!(text.contains("sluice_logins_total{method=\"token\",outcome=\"ok\"}"));
+        assert!(text.contains("sluice_build_info{version="));
+    }
+}

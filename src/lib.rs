@@ -16,6 +16,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod lake;
+pub mod metrics;
+pub mod observe;
 pub mod redshift;
 pub mod route;
 pub mod server;

@@ -32,8 +32,9 @@ pub struct Who {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'static str>,
     pub database: String,
-    /// `application_name` as the client sent it at startup (later SETs show on
-    /// statements).
+    /// `application_name` as the client sent it at startup (written as
+    /// `application_name`; a statement's `application` is the one it ran under).
+    #[serde(rename = "application_name")]
     pub application: String,
 }
 

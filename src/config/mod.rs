@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod admin;
 mod audit;
 mod auth;
 mod cache;
 mod lake;
 mod ldap;
+pub use admin::{AdminConfig, QueryGroupsConfig};
 pub use audit::{
     AuditConfig, AuditFileConfig, AuditFormat, AuditOnFailure, AuditS3Config, AuditStdoutConfig,
 };
@@ -68,6 +70,12 @@ pub struct Config {
     pub materialized_views: Option<MatViewsConfig>,
     /// The audit trail (logins, logoffs, statements); off when absent.
     pub audit: Option<AuditConfig>,
+    /// The admin HTTP listener; off when absent.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Statistics per query group.
+    #[serde(default)]
+    pub query_groups: QueryGroupsConfig,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -245,6 +253,10 @@ impl Config {
         };
         self.listen_addr()
             .map_err(|m| invalid("server.listen".into(), m))?;
+        self.admin.validate().map_err(|(k, m)| invalid(k, m))?;
+        self.query_groups
+            .validate()
+            .map_err(|(k, m)| invalid(k, m))?;
         if self.server.database.is_empty() {
             return Err(invalid(
                 "server.database".into(),

@@ -189,7 +189,7 @@ fn the_shipped_audit_example_is_valid() {
     let shipped = include_str!("../../conf/sluice.toml");
     let example: Vec<&str> = shipped
         .lines()
-        .skip_while(|l| !l.starts_with("# [audit]"))
+        .skip_while(|l| !l.starts_with("[audit]"))
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .collect();
     let c = parse(&example.join("\n")).unwrap();

@@ -7,6 +7,7 @@ pub use federated::RemoteTables;
 pub mod params;
 pub mod pg_compat;
 pub mod session_vars;
+pub mod system;
 pub mod visibility;
 
 use std::collections::HashMap;
@@ -94,6 +95,8 @@ pub struct Engine {
     local_generation: std::sync::atomic::AtomicU64,
     /// Gateway materialized views, for `pg_matviews`.
     matviews: Arc<std::sync::RwLock<Vec<MatViewListing>>>,
+    /// The `sluice` schema's tables, once the server supplies them.
+    system: std::sync::OnceLock<Arc<dyn system::SystemTables>>,
 }
 
 /// One gateway materialized view as `pg_matviews` lists it.
@@ -177,6 +180,7 @@ impl Engine {
             glue,
             local_generation: std::sync::atomic::AtomicU64::new(0),
             matviews: Arc::new(std::sync::RwLock::new(Vec::new())),
+            system: std::sync::OnceLock::new(),
         };
         // Build one view now, so catalog set-up problems stop start-up.
         engine
@@ -200,6 +204,9 @@ impl Engine {
         let ctx =
             SessionContext::new_with_config_rt(self.session_config.clone(), self.runtime.clone());
         let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));
+        if let Some(tables) = self.system.get() {
+            system::install(&view, tables.as_ref(), &Arc::new(policy.clone())).map_err(internal)?;
+        }
         ctx.register_catalog(&self.database, Arc::new(view));
         setup_pg_catalog(&ctx, &self.database, EmptyContextProvider)
             .map_err(|e| internal(format!("cannot set up pg_catalog: {e}")))?;
@@ -300,6 +307,7 @@ impl Engine {
             .into_iter()
             .map(|s| s.to_lowercase())
             .filter(|s| !matches!(s.as_str(), "public" | "pg_catalog" | "information_schema"))
+            .chain(self.system.get().map(|_| system::SCHEMA.to_owned()))
             .collect()
     }
 

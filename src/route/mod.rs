@@ -15,7 +15,7 @@
 //!   for logs. `sqlcommenter`: attribution tags. `tokens`: their shared tokenizing.
 
 use datafusion::sql::sqlparser::ast::{
-    DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
+    DiscardObject, Expr, FunctionArguments, ObjectName, Reset, Set, Statement, Value, ValueWithSpan,
 };
 
 use std::sync::Arc;
@@ -26,6 +26,7 @@ pub mod cursor_motion;
 pub mod decide;
 pub mod facts;
 pub mod fingerprint;
+pub mod label;
 pub mod redact;
 pub mod scan;
 pub mod sqlcommenter;
@@ -33,6 +34,14 @@ mod tokens;
 pub mod view_ddl;
 
 pub use decide::{CacheUse, Context, Decision, Effect, Forwarding, Plan, Router, Step};
+
+/// PgBouncer's admin console views Sluice answers for admin roles (`SHOW POOLS`,
+/// …): never relayed, whatever the session.
+pub const CONSOLE_VIEWS: &[&str] = &["pools", "clients", "servers", "stats"];
+
+pub fn is_console_view(name: &str) -> bool {
+    CONSOLE_VIEWS.iter().any(|v| v.eq_ignore_ascii_case(name))
+}
 
 /// A statement the session answers without an engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +79,8 @@ pub enum Command {
     CloseCursor(Option<String>),
     /// `CALL sluice.refresh_lake(['database'])`: reload lake metadata now.
     RefreshLake(Option<String>),
+    /// `CALL sluice.reset_query_groups()`: forget every query group's statistics.
+    ResetQueryGroups,
 }
 
 impl Command {
@@ -101,7 +112,7 @@ impl Command {
             Command::Fetch { discard: true, .. } => "MOVE",
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
-            Command::RefreshLake(_) => "CALL",
+            Command::RefreshLake(_) | Command::ResetQueryGroups => "CALL",
         }
     }
 }
@@ -110,7 +121,7 @@ impl Command {
 fn refresh_argument(
     f: &datafusion::sql::sqlparser::ast::Function,
 ) -> Result<Option<String>, PgError> {
-    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr};
     let usage = || {
         PgError::new(
             SqlState::SYNTAX_ERROR,
@@ -245,6 +256,22 @@ pub fn classify(stmt: Statement) -> Result<Step, PgError> {
                 .eq_ignore_ascii_case("sluice.refresh_lake") =>
         {
             Step::Session(Command::RefreshLake(refresh_argument(&f)?))
+        }
+        Statement::Call(f)
+            if f.name
+                .to_string()
+                .eq_ignore_ascii_case("sluice.reset_query_groups") =>
+        {
+            if !matches!(&f.args, FunctionArguments::None)
+                && !matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty())
+            {
+                return Err(PgError::new(
+                    SqlState::SYNTAX_ERROR,
+                    "sluice.reset_query_groups takes no arguments",
+                )
+                .with_hint("CALL sluice.reset_query_groups()"));
+            }
+            Step::Session(Command::ResetQueryGroups)
         }
         Statement::Insert(_)
         | Statement::Update { .. }
@@ -460,151 +487,4 @@ pub fn statement_kind(stmt: &Statement) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-
-    fn route(sql: &str) -> Result<Step, PgError> {
-        let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-        classify(stmts.remove(0))
-    }
-
-    fn command(sql: &str) -> Command {
-        match route(sql).unwrap() {
-            Step::Session(c) => c,
-            other => panic!("{sql}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn read_only_statements_are_told_from_writes() {
-        let ro = |sql: &str| {
-            let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-            is_read_only(&stmts.remove(0))
-        };
-        for sql in [
-            "SELECT * FROM t",
-            "WITH a AS (SELECT 1) SELECT * FROM a",
-            "EXPLAIN SELECT 1",
-            "SET search_path = x",
-            "BEGIN",
-            "COMMIT",
-            "COPY t TO STDOUT",
-            "COPY (SELECT 1) TO STDOUT",
-            "SHOW search_path",
-            "PREPARE p AS SELECT 1",
-        ] {
-            assert!(ro(sql), "{sql} should be read-only");
-        }
-        for sql in [
-            "INSERT INTO t VALUES (1)",
-            "UPDATE t SET a = 1",
-            "DELETE FROM t",
-            "CREATE TABLE t (a int)",
-            "CREATE TEMP TABLE t (a int)",
-            "DROP TABLE t",
-            "COPY t FROM STDIN",
-            "COPY t TO '/tmp/x'",
-            "SELECT * INTO t2 FROM t",
-            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
-            "EXPLAIN ANALYZE DELETE FROM t",
-            "EXPLAIN (ANALYZE) DELETE FROM t",
-            "EXPLAIN (ANALYZE true, VERBOSE) UPDATE t SET a = 1",
-            "PREPARE p AS DELETE FROM t",
-            "GRANT SELECT ON t TO u",
-            "SET ROLE admin",
-            "TRUNCATE t",
-            "VACUUM",
-        ] {
-            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
-            if let Ok(mut stmts) = parsed {
-                assert!(!is_read_only(&stmts.remove(0)), "{sql} should be a write");
-            }
-        }
-    }
-
-    #[test]
-    fn lake_references_need_a_lake_schema() {
-        let lake = |sql: &str| {
-            let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-            references_lake(&stmts.remove(0), |s| s.eq_ignore_ascii_case("nyc"))
-        };
-        assert!(lake("SELECT * FROM nyc.trips"));
-        assert!(lake("SELECT * FROM sluice.nyc.trips"));
-        assert!(lake("SELECT * FROM public.t JOIN NYC.zones z ON true"));
-        assert!(lake("SELECT (SELECT count(*) FROM nyc.trips)"));
-        assert!(!lake("SELECT * FROM trips"));
-        assert!(!lake("SELECT * FROM public.trips"));
-        assert!(!lake("SELECT * FROM pg_catalog.pg_class"));
-        assert!(!lake("SELECT 1"));
-    }
-
-    #[test]
-    fn session_commands_are_recognised() {
-        assert_eq!(
-            command("SET application_name = 'x y'"),
-            Command::Set {
-                name: "application_name".into(),
-                value: Some("x y".into())
-            }
-        );
-        assert_eq!(
-            command("SET search_path TO nyc, public"),
-            Command::Set {
-                name: "search_path".into(),
-                value: Some("nyc, public".into())
-            }
-        );
-        assert_eq!(
-            command("SET extra_float_digits = 3"),
-            Command::Set {
-                name: "extra_float_digits".into(),
-                value: Some("3".into())
-            }
-        );
-        assert_eq!(
-            command("SET TIME ZONE 'UTC'"),
-            Command::Set {
-                name: "timezone".into(),
-                value: Some("UTC".into())
-            }
-        );
-        assert_eq!(
-            command("SET DateStyle TO DEFAULT"),
-            Command::Set {
-                name: "datestyle".into(),
-                value: None
-            }
-        );
-        assert_eq!(
-            command("SHOW TRANSACTION ISOLATION LEVEL"),
-            Command::Show("transaction_isolation".into())
-        );
-        assert_eq!(command("RESET ALL"), Command::Reset(None));
-        assert_eq!(
-            command("SHOW sluice.identity"),
-            Command::Show("sluice.identity".into())
-        );
-        assert_eq!(command("DISCARD ALL"), Command::Discard);
-        assert_eq!(command("BEGIN"), Command::Begin);
-        assert_eq!(command("START TRANSACTION READ ONLY"), Command::Begin);
-        assert_eq!(command("COMMIT"), Command::Commit);
-        assert_eq!(command("END"), Command::Commit);
-        assert_eq!(command("ROLLBACK"), Command::Rollback);
-        assert_eq!(command("DEALLOCATE ALL"), Command::Deallocate(None));
-        assert_eq!(
-            command("DEALLOCATE s1"),
-            Command::Deallocate(Some("s1".into()))
-        );
-    }
-
-    #[test]
-    fn queries_go_to_the_lake_and_writes_are_refused() {
-        assert!(matches!(route("SELECT 1").unwrap(), Step::Lake(_)));
-        let e = route("INSERT INTO t VALUES (1)").unwrap_err();
-        assert_eq!(e.code, SqlState::READ_ONLY_SQL_TRANSACTION);
-        let e = route("CREATE TABLE t (a int)").unwrap_err();
-        assert!(e.message.contains("CREATE TABLE"), "{}", e.message);
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use datafusion::sql::sqlparser::ast::{CloseCursor, Reset, Set, Statement};
 
 use super::facts::Analysis;
+use super::label::Label;
 use super::view_ddl::{self, MatViewStatement};
 use super::{Command, classify, cursor_motion, is_read_only, scan, statement_kind};
 use crate::engine::Engine;
@@ -35,6 +36,14 @@ pub struct Parsed {
     /// Per statement, what routing needs (computed on first use): a memo hit
     /// decides without walking a syntax tree.
     facts: OnceLock<Vec<StatementFacts>>,
+    /// Query groups and tables per statement, for the record stage (computed on
+    /// first use, when something records statements).
+    labels: OnceLock<Labels>,
+}
+
+struct Labels {
+    each: Vec<Arc<Label>>,
+    whole: Arc<Label>,
 }
 
 /// What routing needs to know about one statement, independent of the session.
@@ -51,6 +60,24 @@ impl Parsed {
         self.analysis.get_or_init(|| match &self.statements {
             Ok(statements) => Analysis::of(statements),
             Err(_) => Analysis::Unparsed,
+        })
+    }
+
+    fn labels(&self, sql: &str) -> &Labels {
+        self.labels.get_or_init(|| {
+            let each: Vec<Arc<Label>> = match &self.statements {
+                Ok(statements) => statements
+                    .iter()
+                    .map(|s| Arc::new(Label::of_statement(s)))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let whole = if each.is_empty() {
+                Arc::new(Label::of_text(sql))
+            } else {
+                Arc::new(Label::combined(&each))
+            };
+            Labels { each, whole }
         })
     }
 
@@ -229,6 +256,32 @@ impl Decision {
         }
     }
 
+    /// The record stage's label for the whole text `sql` (what a relay runs as one).
+    pub fn label(&self, sql: &str) -> Arc<Label> {
+        match &self.parsed {
+            Some(p) => p.labels(sql).whole.clone(),
+            None => Arc::new(Label::of_text(sql)),
+        }
+    }
+
+    /// The label of the `index`th statement of `sql` (a local step).
+    pub fn step_label(&self, sql: &str, index: usize) -> Arc<Label> {
+        // View DDL is recognised without parsing the whole text: its label comes
+        // from the statement (the view written; what its query reads).
+        if let Plan::Local(steps) = &self.plan
+            && let Some(Step::ViewDdl(v)) = steps.get(index)
+        {
+            return Arc::new(Label::of_view_ddl(sql, v));
+        }
+        match &self.parsed {
+            Some(p) => {
+                let labels = p.labels(sql);
+                labels.each.get(index).unwrap_or(&labels.whole).clone()
+            }
+            None => Arc::new(Label::of_text(sql)),
+        }
+    }
+
     /// Whether every statement only reads (`None`: not parsed).
     pub fn read_only(&self) -> Option<bool> {
         let parsed = self.parsed.as_ref()?;
@@ -274,6 +327,7 @@ impl Router {
             statements: self.engine.parse(sql),
             analysis: OnceLock::new(),
             facts: OnceLock::new(),
+            labels: OnceLock::new(),
         });
         if sql.len() <= MEMO_MAX_TEXT {
             self.memo.insert(Arc::from(sql), parsed.clone());
@@ -441,9 +495,12 @@ fn statement_side(
         ends_lost_transaction: false,
     };
     let here = match stmt {
-        Statement::ShowVariable { variable } => variable
-            .first()
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice")),
+        Statement::ShowVariable { variable } => {
+            variable
+                .first()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice"))
+                || (variable.len() == 1 && super::is_console_view(&variable[0].value))
+        }
         Statement::Set(Set::SingleAssignment { variable, .. }) => {
             is_sluice_name(&variable.to_string())
         }

@@ -1,0 +1,167 @@
+//! `sluice.query_groups` as a table the lake engine queries like any other
+//! (`SELECT … FROM sluice.query_groups ORDER BY total_time DESC`). Only admin roles
+//! may read it: groups carry every user's (normalised) statements.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::Observer;
+use super::query_groups::GroupRow;
+use crate::auth::policy::Policy;
+use crate::engine::system::SystemTables;
+use crate::error::{PgError, SqlState};
+
+/// The system tables, for [`crate::engine::Engine::set_system_tables`].
+pub struct ObserverTables(pub Arc<Observer>);
+
+impl SystemTables for ObserverTables {
+    fn tables(&self, policy: &Arc<Policy>) -> Vec<(&'static str, Arc<dyn TableProvider>)> {
+        vec![(
+            "query_groups",
+            Arc::new(QueryGroupsTable {
+                observer: self.0.clone(),
+                admin: policy.admin,
+            }),
+        )]
+    }
+}
+
+struct QueryGroupsTable {
+    observer: Arc<Observer>,
+    admin: bool,
+}
+
+impl std::fmt::Debug for QueryGroupsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sluice.query_groups")
+    }
+}
+
+fn schema() -> SchemaRef {
+    let text = |n: &str| Field::new(n, DataType::Utf8, false);
+    let count = |n: &str| Field::new(n, DataType::UInt64, false);
+    let millis = |n: &str| Field::new(n, DataType::Float64, false);
+    let time = |n: &str| {
+        Field::new(
+            n,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        text("fingerprint"),
+        text("user_name"),
+        text("application"),
+        text("query_group"),
+        text("route"),
+        text("query"),
+        count("calls"),
+        millis("total_time"),
+        millis("mean_time"),
+        millis("min_time"),
+        millis("max_time"),
+        millis("p95_time"),
+        millis("queue_time"),
+        count("rows"),
+        count("errors"),
+        count("cache_hits"),
+        time("first_seen"),
+        time("last_seen"),
+    ]))
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn batch(rows: &[GroupRow]) -> Result<RecordBatch> {
+    let text = |f: &dyn Fn(&GroupRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let count = |f: &dyn Fn(&GroupRow) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let millis = |f: &dyn Fn(&GroupRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let time = |f: &dyn Fn(&GroupRow) -> SystemTime| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| micros(f(r))))
+                .with_timezone("UTC"),
+        )
+    };
+    Ok(RecordBatch::try_new(
+        schema(),
+        vec![
+            text(&|r| &r.fingerprint),
+            text(&|r| &r.user),
+            text(&|r| &r.application),
+            text(&|r| &r.query_group),
+            text(&|r| r.route),
+            text(&|r| &r.query),
+            count(&|r| r.calls),
+            millis(&|r| r.total_time),
+            millis(&|r| r.mean_time),
+            millis(&|r| r.min_time),
+            millis(&|r| r.max_time),
+            millis(&|r| r.p95_time),
+            millis(&|r| r.queue_time),
+            count(&|r| r.rows),
+            count(&|r| r.errors),
+            count(&|r| r.cache_hits),
+            time(&|r| r.first_seen),
+            time(&|r| r.last_seen),
+        ],
+    )?)
+}
+
+#[async_trait]
+impl TableProvider for QueryGroupsTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !self.admin {
+            let e = PgError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied for table sluice.query_groups",
+            )
+            .with_hint("query groups show every user's statements: they need a Sluice role with admin = true");
+            return Err(DataFusionError::External(Box::new(e)));
+        }
+        let rows = match &self.observer.query_groups {
+            Some(groups) => groups.rows(),
+            None => Vec::new(),
+        };
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch(&rows)?]],
+            schema(),
+            projection.cloned(),
+        )?)
+    }
+}

@@ -321,9 +321,21 @@ fn main() -> ExitCode {
                         });
                     }
                 }
+                let shared = server.shared();
                 tokio::select! {
                     _ = server.run() => {}
                     _ = shutdown_signal() => tracing::info!("shutting down"),
+                }
+                // Whatever the audit trail still holds reaches its sinks (bounded:
+                // a sink that cannot write must not keep the process up).
+                if let Some(audit) = &shared.observer.audit {
+                    let flushed =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), audit.flush());
+                    if flushed.await.is_err() {
+                        tracing::error!(
+                            "the audit trail could not write everything before shutdown"
+                        );
+                    }
                 }
                 ExitCode::SUCCESS
             })

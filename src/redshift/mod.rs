@@ -124,6 +124,21 @@ impl Upstream {
     }
 
     /// The endpoint if already known (for `SHOW sluice.pools`).
+    /// Readiness: the endpoint (looked up through the AWS API when not configured)
+    /// accepts a TCP connection within `within`.
+    pub async fn probe(&self, within: std::time::Duration) -> Result<String, String> {
+        let endpoint = tokio::time::timeout(within, self.endpoint())
+            .await
+            .map_err(|_| "endpoint lookup timed out".to_string())?
+            .map_err(|e| format!("endpoint lookup failed: {}", e.message))?;
+        let addr = format!("{}:{}", endpoint.host, endpoint.port);
+        match tokio::time::timeout(within, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => Ok(format!("{addr} reachable")),
+            Ok(Err(e)) => Err(format!("{addr} unreachable: {e}")),
+            Err(_) => Err(format!("{addr} did not answer within {within:?}")),
+        }
+    }
+
     pub fn known_endpoint(&self) -> Option<String> {
         self.endpoint
             .try_lock()

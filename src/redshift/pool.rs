@@ -50,6 +50,16 @@ pub struct Pool {
     freed: Notify,
 }
 
+/// A parked upstream session, as `SHOW SERVERS` lists it.
+#[derive(Debug, Clone)]
+pub struct IdleSession {
+    pub db_user: String,
+    pub addr: String,
+    pub remote_pid: i32,
+    pub tls: bool,
+    pub idle: Duration,
+}
+
 /// A counted place in the pool; dropping it without [`Pool::release`] frees it.
 pub struct Slot {
     pool: Weak<Pool>,
@@ -68,6 +78,9 @@ impl Drop for Slot {
 }
 
 /// What [`Pool::acquire`] hands out.
+// Short-lived (returned by `acquire`, matched at once): boxing the connection
+// would cost an allocation per reuse for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Lease {
     /// A parked session of the same key, already reset.
     Reused(UpstreamConn, Slot),
@@ -129,6 +142,32 @@ impl Pool {
             idle: s.idle.values().map(Vec::len).sum(),
             waiting: s.waiting,
         }
+    }
+
+    /// The parked sessions: database user, upstream address, backend pid, and how
+    /// long each has been idle (`SHOW SERVERS`).
+    pub fn idle_sessions(&self) -> Vec<IdleSession> {
+        let s = self.lock();
+        s.idle
+            .values()
+            .flatten()
+            .map(|i| IdleSession {
+                db_user: i.identity.user.clone(),
+                addr: i
+                    .conn
+                    .cancel
+                    .as_ref()
+                    .map(|c| format!("{}:{}", c.endpoint.host, c.endpoint.port))
+                    .unwrap_or_default(),
+                remote_pid: i.conn.cancel.as_ref().map(|c| c.pid).unwrap_or(0),
+                tls: i
+                    .conn
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.endpoint.tls.is_some()),
+                idle: i.since.elapsed(),
+            })
+            .collect()
     }
 
     pub fn max_sessions(&self) -> usize {

@@ -49,6 +49,58 @@ impl From<Disconnect> for RelayError {
     }
 }
 
+/// How relayed statements ended, read off the answers as they pass (the record
+/// stage's rows, SQLSTATE and error). One entry per CommandComplete,
+/// EmptyQueryResponse, PortalSuspended or ErrorResponse.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub done: Vec<Completion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The row count of the command tag (`SELECT 5`, `INSERT 0 5`), when it has one.
+    pub rows: Option<u64>,
+    /// The SQLSTATE and message of an ErrorResponse.
+    pub error: Option<(String, String)>,
+}
+
+impl Tally {
+    pub(crate) fn completed(&mut self, body: &[u8]) {
+        let tag = body.strip_suffix(&[0]).unwrap_or(body);
+        let rows = tag
+            .rsplit(|b| *b == b' ')
+            .next()
+            .filter(|n| !n.is_empty() && n.len() < 20 && n.iter().all(u8::is_ascii_digit))
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .and_then(|n| n.parse().ok());
+        self.done.push(Completion { rows, error: None });
+    }
+
+    pub(crate) fn failed(&mut self, body: &[u8]) {
+        let mut code = String::new();
+        let mut message = String::new();
+        for field in body.split(|b| *b == 0) {
+            match field.split_first() {
+                Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+                Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
+                _ => {}
+            }
+        }
+        self.done.push(Completion {
+            rows: None,
+            error: Some((code, message)),
+        });
+    }
+
+    pub(crate) fn other(&mut self) {
+        self.done.push(Completion {
+            rows: None,
+            error: None,
+        });
+    }
+}
+
 /// How many terminal responses the forwarded extended-protocol messages are owed.
 /// Parse, Bind, Close: one each; Describe: RowDescription or NoData; Execute:
 /// CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -101,6 +153,7 @@ pub async fn relay(
                 return Ok(Outcome::Ready(status));
             }
             b'E' => {
+                up.tally_message(len);
                 let body = &up.message(len)[5..];
                 if is_fatal(body) {
                     // The upstream ends its session, not the client's: Sluice's session
@@ -113,6 +166,7 @@ pub async fn relay(
                 }
                 if up.provoked_errors > 0 {
                     up.provoked_errors -= 1;
+                    up.tally.done.pop();
                     up.consume(len);
                     continue;
                 }
@@ -146,6 +200,9 @@ pub async fn relay(
             }
             b'K' => up.consume(len),
             b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
+                if matches!(tag, b'C' | b'I' | b's') {
+                    up.tally_message(len);
+                }
                 up.move_to(len, &mut client.out);
                 if until == Until::Answered {
                     *owed = owed.saturating_sub(1);
@@ -278,6 +335,21 @@ fn write_as_error(body: &[u8], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tallies_read_row_counts_and_errors() {
+        let mut t = Tally::default();
+        t.completed(b"SELECT 5\0");
+        t.completed(b"INSERT 0 12\0");
+        t.completed(b"BEGIN\0");
+        t.failed(b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0");
+        let rows: Vec<Option<u64>> = t.done.iter().map(|c| c.rows).collect();
+        assert_eq!(rows, [Some(5), Some(12), None, None]);
+        assert_eq!(
+            t.done[3].error,
+            Some(("42P01".into(), "relation \"x\" does not exist".into()))
+        );
+    }
 
     #[test]
     fn fatal_errors_become_errors_with_their_fields() {

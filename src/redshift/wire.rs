@@ -115,6 +115,8 @@ pub struct UpstreamConn {
     /// Errors Sluice provoked itself before the next ReadyForQuery (to fail an
     /// implicit transaction, see `session::forward`): consumed, never relayed.
     pub provoked_errors: usize,
+    /// How relayed statements ended since the session last took the tally.
+    pub tally: crate::redshift::relay::Tally,
 }
 
 /// The upstream asked for a password form that exposes it to whoever is in between,
@@ -170,6 +172,7 @@ impl UpstreamConn {
             parameters: Vec::new(),
             status: b'I',
             provoked_errors: 0,
+            tally: Default::default(),
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", user)];
         startup.extend(params.iter().copied().filter(|(k, _)| *k != "user"));
@@ -339,6 +342,21 @@ impl UpstreamConn {
     /// The buffered message of `len` bytes (from [`read_message`](Self::read_message)).
     pub fn message(&self, len: usize) -> &[u8] {
         &self.input[..len]
+    }
+
+    /// Notes how a statement ended from its buffered CommandComplete,
+    /// EmptyQueryResponse, PortalSuspended or ErrorResponse of `len` bytes.
+    pub fn tally_message(&mut self, len: usize) {
+        let Some(&tag) = self.input.first() else {
+            return;
+        };
+        let body = self.input.get(5..len).unwrap_or_default();
+        match tag {
+            b'C' => self.tally.completed(body),
+            b'E' => self.tally.failed(body),
+            b'I' | b's' => self.tally.other(),
+            _ => {}
+        }
     }
 
     /// Drops the buffered message of `len` bytes.

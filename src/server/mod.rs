@@ -7,6 +7,7 @@ pub mod authenticate;
 pub mod cancel;
 #[cfg(test)]
 mod fuzz;
+pub mod http;
 pub mod session;
 pub mod settings;
 pub mod startup;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
     /// Decides where statements go (and memoises their parses).
     pub router: crate::route::Router,
+    /// The record stage's consumers (metrics, query groups, audit) and the session board.
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 impl Shared {
@@ -81,6 +84,8 @@ impl Shared {
 /// A bound, ready-to-serve gateway.
 pub struct Server {
     listener: TcpListener,
+    /// The admin HTTP listener, when `[admin] listen` is set.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     threads: threads::SessionThreads,
 }
@@ -120,6 +125,18 @@ impl Server {
             results.clone(),
         )
         .await?;
+        let audit = match &config.audit {
+            Some(a) => Some(crate::audit::Auditor::start(a, |p| config.resolve(p))?),
+            None => None,
+        };
+        let query_groups = config
+            .query_groups
+            .enabled
+            .then(|| crate::observe::QueryGroups::new(config.query_groups.max_groups));
+        let observer = Arc::new(crate::observe::Observer::new(query_groups, audit));
+        engine.set_system_tables(Arc::new(crate::observe::system_tables::ObserverTables(
+            observer.clone(),
+        )));
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -132,24 +149,33 @@ impl Server {
         let threads = threads::SessionThreads::start(count)
             .map_err(|e| format!("cannot start {count} session threads: {e}"))?;
         tracing::debug!(threads = count, "session threads started");
+        let shared = Arc::new(Shared {
+            access: std::sync::RwLock::new(Arc::new(config.access_rules())),
+            config,
+            router: crate::route::Router::new(engine.clone()),
+            observer,
+            engine,
+            accounts,
+            oidc,
+            ldap,
+            cancels: CancelRegistry::new(),
+            tls,
+            upstreams,
+            results,
+            matviews,
+        });
+        let admin = http::bind(&shared).await?;
         Ok(Server {
             listener,
+            admin,
             threads,
-            shared: Arc::new(Shared {
-                access: std::sync::RwLock::new(Arc::new(config.access_rules())),
-                config,
-                router: crate::route::Router::new(engine.clone()),
-                engine,
-                accounts,
-                oidc,
-                ldap,
-                cancels: CancelRegistry::new(),
-                tls,
-                upstreams,
-                results,
-                matviews,
-            }),
+            shared,
         })
+    }
+
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -164,8 +190,11 @@ impl Server {
     /// Accepts clients until the task is dropped. Each connection runs in its own task
     /// on one of the session threads, so a failing or misbehaving client never
     /// affects another.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        if let Some(admin) = self.admin.take() {
+            tokio::spawn(http::serve(admin, self.shared.clone()));
+        }
         tokio::spawn(watch_config(Arc::downgrade(&self.shared)));
         loop {
             let (tcp, peer) = match self.listener.accept().await {
@@ -293,7 +322,9 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     let cancel = shared.cancels.register();
     let user = identity.user.clone();
-    let session = session::Session::new(*conn, shared.clone(), identity, cancel, client);
+    let who = Arc::new(who(&identity, cancel.pid, peer, &conn, &params));
+    shared.observer.login(&who);
+    let session = session::Session::new(*conn, shared.clone(), identity, cancel, client, who);
     match session.run(&params).await {
         Ok(()) => tracing::debug!(%peer, %user, "session ended"),
         Err(Disconnect::Protocol(e)) => {
@@ -302,6 +333,38 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         Err(Disconnect::Io(e)) => {
             tracing::debug!(%peer, %user, error = %e, "session closed: connection lost")
         }
+    }
+}
+
+/// The audit trail's view of a session that logged in.
+fn who(
+    identity: &crate::auth::Identity,
+    session: i32,
+    peer: SocketAddr,
+    conn: &crate::wire::Connection,
+    params: &std::collections::BTreeMap<String, String>,
+) -> crate::audit::Who {
+    use crate::auth::AuthMethod;
+    let (auth, tenant, object_id) = match &identity.method {
+        AuthMethod::Local => ("password", None, None),
+        AuthMethod::Ldap { .. } => ("ldap", None, None),
+        AuthMethod::Token { subject, .. } => match subject.split_once('/') {
+            Some((tid, oid)) => ("token", Some(tid.to_owned()), Some(oid.to_owned())),
+            None => ("token", None, Some(subject.clone())),
+        },
+    };
+    crate::audit::Who {
+        session,
+        user: identity.user.clone(),
+        tenant,
+        object_id,
+        auth,
+        roles: identity.roles.clone(),
+        groups: identity.groups.len(),
+        client: peer.to_string(),
+        tls: conn.tls_version(),
+        database: params.get("database").cloned().unwrap_or_default(),
+        application: params.get("application_name").cloned().unwrap_or_default(),
     }
 }
 

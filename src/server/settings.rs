@@ -90,6 +90,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("lc_time", "C"),
     ("lock_timeout", "0"),
     ("max_identifier_length", "63"),
+    // Redshift's workload label (`SET query_group TO 'etl'`): Sluice's query groups
+    // and audit trail carry it too.
+    ("query_group", "default"),
     ("search_path", "\"$user\", public"),
     ("server_encoding", "UTF8"),
     ("server_version", SERVER_VERSION),

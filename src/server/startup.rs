@@ -184,12 +184,42 @@ pub async fn handshake(
             client,
         }),
         Err(Disconnect::Protocol(e)) => {
+            login_failed(shared, peer, &conn, &params, &e.message, e.code.0);
             conn.send_error(&e);
             conn.shutdown().await;
             Err(Disconnect::Protocol(e))
         }
-        Err(e) => Err(e),
+        Err(Disconnect::Io(e)) => {
+            let reason = format!("connection lost during authentication: {e}");
+            login_failed(shared, peer, &conn, &params, &reason, "08006");
+            Err(Disconnect::Io(e))
+        }
     }
+}
+
+/// A login attempt that failed, for the audit trail and the login metrics. The
+/// reason is the message the client was given: never the password or token.
+fn login_failed(
+    shared: &Shared,
+    peer: SocketAddr,
+    conn: &Connection,
+    params: &BTreeMap<String, String>,
+    reason: &str,
+    sqlstate: &'static str,
+) {
+    let param = |k: &str| params.get(k).cloned().unwrap_or_default();
+    shared.observer.login_failed(
+        crate::audit::Who {
+            user: param("user"),
+            client: peer.to_string(),
+            tls: conn.tls_version(),
+            database: param("database"),
+            application: param("application_name"),
+            ..Default::default()
+        },
+        reason,
+        sqlstate,
+    );
 }
 
 /// Newer minor versions and `_pq_.` protocol options are negotiated down to 3.0

@@ -13,6 +13,8 @@ use crate::config::Config;
 
 pub struct Tls {
     pub acceptor: TlsAcceptor,
+    /// The same certificate for the admin HTTP listener (ALPN `http/1.1`).
+    pub http_acceptor: TlsAcceptor,
     /// SHA-256 of the leaf certificate, hex with colons, for logs and pinning.
     pub fingerprint: String,
     pub self_signed: bool,
@@ -77,10 +79,13 @@ pub fn load(config: &Config) -> Result<Tls, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("server.tls: certificate and key do not form a usable pair: {e}"))?;
+    let mut http = server.clone();
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
     // PostgreSQL 17 clients using direct TLS negotiation require this ALPN name.
     server.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Tls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
+        http_acceptor: TlsAcceptor::from(Arc::new(http)),
         fingerprint,
         self_signed,
         end_point_hash,

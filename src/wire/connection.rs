@@ -81,6 +81,9 @@ pub struct Connection {
     pub out: BytesMut,
     /// A copy of everything sent while recording (for the result cache).
     recording: Option<Recording>,
+    /// Bytes written to the socket and read from it (metrics, audit, SHOW STATS).
+    flushed: u64,
+    received: u64,
 }
 
 /// Output captured since `start_recording`: `from` is where the unrecorded part of
@@ -127,6 +130,8 @@ impl Connection {
             input: BytesMut::with_capacity(4096),
             out: BytesMut::with_capacity(4096),
             recording: None,
+            flushed: 0,
+            received: 0,
         }
     }
 
@@ -152,6 +157,32 @@ impl Connection {
         self.stream.is_tls()
     }
 
+    /// The negotiated TLS version (`TLSv1_3`), or `None` for plaintext.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        match &self.stream {
+            ClientStream::Tls(t) => t.get_ref().1.protocol_version().and_then(|v| v.as_str()),
+            ClientStream::Plain(_) => None,
+        }
+    }
+
+    /// The local end of the connection (`SHOW CLIENTS`' local_addr).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.stream {
+            ClientStream::Tls(t) => t.get_ref().0.local_addr().ok(),
+            ClientStream::Plain(s) => s.local_addr().ok(),
+        }
+    }
+
+    /// Bytes sent so far, the unflushed output included.
+    pub fn bytes_sent(&self) -> u64 {
+        self.flushed + self.out.len() as u64
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+    }
+
     /// Reads one tagged message; `Ok(None)` on a clean end of stream between messages.
     pub async fn read_frame(
         &mut self,
@@ -164,6 +195,7 @@ impl Connection {
                 Split::NeedHeader => self.input.reserve(4096),
             }
             let n = self.stream.read_buf(&mut self.input).await?;
+            self.received += n as u64;
             if n == 0 {
                 if self.input.is_empty() {
                     return Ok(None);
@@ -218,6 +250,7 @@ impl Connection {
                 r.from = 0;
             }
             self.stream.write_all(&self.out).await?;
+            self.flushed += self.out.len() as u64;
             self.out.clear();
         }
         self.stream.flush().await

@@ -262,6 +262,33 @@ pub fn decode_parse(body: &[u8]) -> Result<Parse, PgError> {
     })
 }
 
+/// A Bind's parameters as text, for the audit trail: text-format values as
+/// sent, binary ones as `\x` and hex (the statement's types are not known here).
+pub fn parameters_as_text(bind: &Bind) -> Vec<Option<String>> {
+    bind.params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.as_ref()?;
+            let format = match bind.param_formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            Some(if format == 0 {
+                String::from_utf8_lossy(p).into_owned()
+            } else {
+                let mut s = String::with_capacity(2 + p.len() * 2);
+                s.push_str("\\x");
+                for b in p.iter() {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                s
+            })
+        })
+        .collect()
+}
+
 pub fn decode_bind(body: &Bytes) -> Result<Bind, PgError> {
     let mut c = Cursor::new(body, "Bind");
     let portal = c.cstr()?.to_owned();

@@ -41,6 +41,17 @@ impl Session {
                         .await?;
                 self.notice_with(SqlState("00000"), "NOTICE", &message);
             }
+            Command::ResetQueryGroups => {
+                if !self.policy.admin {
+                    return Err(PgError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        "permission denied: sluice.reset_query_groups() needs a Sluice role with admin = true",
+                    ));
+                }
+                if let Some(groups) = &self.shared.observer.query_groups {
+                    groups.reset();
+                }
+            }
             Command::Discard => {
                 if self.tx != Tx::Idle {
                     return Err(PgError::new(
@@ -250,6 +261,8 @@ impl Session {
             results: self.shared.results.as_deref(),
             matviews: self.shared.matviews.as_deref(),
             upstreams: &self.shared.upstreams,
+            observer: &self.shared.observer,
+            database: &self.shared.config.server.database,
         }
     }
 }

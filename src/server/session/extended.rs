@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use std::time::Instant;
 
-use super::pipeline::Outcome;
+use super::pipeline::{Outcome, StatementText, Text};
 use super::{
     CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session,
 };
@@ -60,8 +60,15 @@ impl Session {
             Plan::Relay => {
                 self.apply_effects(&decision);
                 self.statements.remove(&msg.name);
+                let text = self
+                    .records_texts()
+                    .then(|| StatementText::of(&msg.query, &decision));
                 if let Some(f) = self.forward.as_mut() {
                     f.statements.insert(msg.name.clone());
+                    match text {
+                        Some(t) => f.texts.insert(msg.name.clone(), t),
+                        None => f.texts.remove(&msg.name),
+                    };
                 }
                 self.forward_message(frame).await?;
                 return Ok(());
@@ -110,6 +117,9 @@ impl Session {
                 format!("prepared statement \"{}\" already exists", msg.name),
             ));
         }
+        let text = self
+            .records_texts()
+            .then(|| StatementText::of(&msg.query, &decision));
         let step = match decision.plan {
             Plan::Empty => None,
             Plan::Refuse(e) => return Err(e),
@@ -137,7 +147,7 @@ impl Session {
             }
         };
         self.statements
-            .insert(msg.name, Arc::new(PreparedStatement { prepared }));
+            .insert(msg.name, Arc::new(PreparedStatement { prepared, text }));
         self.conn.send(&ParseComplete::new());
         Ok(())
     }
@@ -276,6 +286,14 @@ impl Session {
         };
         let formats = Format::for_columns(&msg.result_formats, columns)
             .map_err(|m| PgError::new(SqlState::PROTOCOL_VIOLATION, m))?;
+        let text = match &statement.text {
+            Some(t) if self.shared.observer.logs_parameters() => Some(Arc::new(StatementText {
+                text: t.text.clone(),
+                label: t.label.clone(),
+                parameters: Some(logged_parameters(&statement.prepared, &msg)),
+            })),
+            other => other.clone(),
+        };
         self.portals.insert(
             msg.portal,
             Portal {
@@ -283,6 +301,7 @@ impl Session {
                 state,
                 formats,
                 hold: false,
+                text,
             },
         );
         self.conn.send(&BindComplete::new());
@@ -387,9 +406,19 @@ impl Session {
         }
         // The admit and record stages of a local statement run around its Execute.
         let started = Instant::now();
+        let sent_before = self.conn.bytes_sent();
         let route = portal.state.route_name();
+        let text = portal.text.clone();
         if let Err(e) = self.admit(route) {
             self.portals.insert(msg.portal, portal);
+            self.record(Outcome {
+                route: "refused",
+                started,
+                error: Some(&e),
+                text: Text::Prepared(text),
+                sent_before,
+                relayed: None,
+            });
             return Err(e);
         }
         let result = match &portal.state {
@@ -416,6 +445,9 @@ impl Session {
                 route,
                 started,
                 error: outcome.as_ref().err(),
+                text: Text::Prepared(text),
+                sent_before,
+                relayed: None,
             });
         }
         match result {
@@ -447,6 +479,24 @@ impl Session {
 }
 
 /// A prepared lake plan with the Bind's parameter values applied.
+/// Bound parameters as the audit trail logs them: typed values as text when the
+/// statement's parameter types are known (lake statements), else as sent.
+fn logged_parameters(prepared: &Prepared, msg: &frame::Bind) -> Vec<Option<String>> {
+    let typed = match prepared {
+        Prepared::Lake { params: types, .. } | Prepared::Declare { params: types, .. } => {
+            params::decode_all(types, &msg.param_formats, &msg.params).ok()
+        }
+        _ => None,
+    };
+    match typed {
+        Some(values) => values
+            .iter()
+            .map(|v| (!v.is_null()).then(|| v.to_string()))
+            .collect(),
+        None => frame::parameters_as_text(msg),
+    }
+}
+
 fn bound_plan(
     plan: &LogicalPlan,
     types: &[params::ParamType],

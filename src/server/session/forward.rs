@@ -13,10 +13,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
+use super::pipeline::{Executing, StatementText, with_parameters};
 use super::{Session, Tx};
 use crate::error::{PgError, SqlState};
+use crate::observe::sessions::ServerLink;
 use crate::redshift::credentials::DbIdentity;
 use crate::redshift::relay::{self, Outcome, RelayError, Until};
 use crate::redshift::{self, Held, Upstream, wire};
@@ -56,7 +57,11 @@ pub(super) struct Forwarding {
     pub(super) lost_in_tx: bool,
     /// When each Execute forwarded since the last Sync was sent (for the record
     /// stage; emptied when the upstream's ReadyForQuery ends the pipeline).
-    pub(super) executing: Vec<Instant>,
+    pub(super) executing: Vec<Executing>,
+    /// Texts of upstream prepared statements and bound portals, for the record
+    /// stage (kept only while something records texts).
+    pub(super) texts: foldhash::HashMap<String, Arc<StatementText>>,
+    pub(super) portal_texts: foldhash::HashMap<String, Arc<StatementText>>,
     /// A statement Sluice answered failed after upstream statements of the same
     /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
     /// back, as PostgreSQL does, instead of committing them.
@@ -113,6 +118,8 @@ impl Forwarding {
             lost_in_tx: false,
             void_pipeline: false,
             executing: Vec::new(),
+            texts: foldhash::HashMap::default(),
+            portal_texts: foldhash::HashMap::default(),
         })
     }
 }
@@ -159,6 +166,14 @@ impl Session {
                     if fwd.statements.contains(statement) {
                         if !fwd.portals.contains(portal) {
                             fwd.portals.insert(portal.to_owned());
+                        }
+                        if let Some(text) = fwd.texts.get(statement) {
+                            let text = with_parameters(
+                                text,
+                                frame,
+                                self.shared.observer.logs_parameters(),
+                            );
+                            fwd.portal_texts.insert(portal.to_owned(), text);
                         }
                         if !self.portals.is_empty() {
                             self.portals.remove(portal);
@@ -234,9 +249,7 @@ impl Session {
                     self.fail_pipeline(&e).await?;
                     return Ok(true);
                 }
-                if let Some(f) = self.forward.as_mut() {
-                    f.executing.push(Instant::now());
-                }
+                self.note_upstream_execute(frame);
                 return self.forward_message(frame).await;
             }
             _ => return self.forward_message(frame).await,
@@ -268,9 +281,14 @@ impl Session {
 
     /// Forwards an Execute and relays its answer now (the result cache records it).
     pub(super) async fn forward_execute_now(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        if let Err(e) = self.admit("upstream") {
+            self.drain_upstream().await?;
+            return self.fail_pipeline(&e).await;
+        }
         if let Err(e) = self.ensure_upstream().await {
             return self.fail_pipeline(&e).await;
         }
+        self.note_upstream_execute(frame);
         self.put_upstream(frame);
         if let Some(fwd) = self.forward.as_mut() {
             fwd.owed += relay::answers_owed(frame.tag);
@@ -353,6 +371,16 @@ impl Session {
             .await?;
             // From now on a cancel for this session goes to this upstream backend.
             self.cancel.set_upstream(held.conn.cancel.clone());
+            if let (Some(target), Some(f)) = (&held.conn.cancel, self.forward.as_ref()) {
+                self.board.status.set_server(Some(ServerLink {
+                    upstream: f.upstream.name().to_owned(),
+                    db_user: f.identity.user.clone(),
+                    addr: format!("{}:{}", target.endpoint.host, target.endpoint.port),
+                    connect_time: std::time::SystemTime::now(),
+                    remote_pid: target.pid,
+                    tls: target.endpoint.tls.is_some(),
+                }));
+            }
             self.report_upstream_parameters(&held.conn.parameters);
             self.forward.as_mut().expect("forwarding session").held = Some(held);
         }
@@ -424,13 +452,7 @@ impl Session {
                         // what the transaction changed.
                         self.invalidate_at_transaction_end();
                     }
-                    for started in executed.drain(..) {
-                        self.record(super::pipeline::Outcome {
-                            route: "upstream",
-                            started,
-                            error: None,
-                        });
-                    }
+                    self.record_relayed_executes(&mut executed);
                     // The buffer is kept for the next pipeline.
                     if let Some(f) = self.forward.as_mut() {
                         f.executing = executed;
@@ -469,6 +491,8 @@ impl Session {
         }
         fwd.statements.clear();
         fwd.portals.clear();
+        fwd.texts.clear();
+        fwd.portal_texts.clear();
         fwd.owed = 0;
         fwd.pending_sync = false;
         fwd.void_pipeline = false;
@@ -556,6 +580,7 @@ impl Session {
             return;
         };
         self.cancel.set_upstream(None);
+        self.board.status.set_server(None);
         if let Some(held) = fwd.held.take() {
             // Mid-statement or mid-transaction sessions are closed, never reused.
             let clean =

@@ -30,11 +30,13 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use tokio::time::Instant;
 
+use crate::audit::Who;
 use crate::auth::Identity;
 use crate::auth::policy::Policy;
 use crate::engine::QueryContext;
 use crate::engine::params::ParamType;
 use crate::error::{PgError, Severity, SqlState};
+use crate::observe::sessions::BoardEntry;
 use crate::route::Command;
 use crate::route::view_ddl::MatViewStatement;
 use crate::server::Shared;
@@ -84,6 +86,8 @@ struct CursorSpec {
 
 struct PreparedStatement {
     prepared: Prepared,
+    /// Its text and label, when the record stage wants them.
+    text: Option<Arc<pipeline::StatementText>>,
 }
 
 /// A bound portal: the statement's route with parameters applied.
@@ -93,6 +97,8 @@ struct Portal {
     formats: Vec<Format>,
     /// Survives the end of its transaction (`DECLARE … WITH HOLD`).
     hold: bool,
+    /// The statement's text (with bound parameters, when audited) for the record stage.
+    text: Option<Arc<pipeline::StatementText>>,
 }
 
 /// How an executed portal reports progress: the extended protocol's Execute, or SQL FETCH.
@@ -160,6 +166,26 @@ pub struct Session {
     client: ClientKind,
     /// `set_config` calls of the running lake statement (see `apply_setting_changes`).
     setting_changes: Arc<std::sync::Mutex<Vec<crate::engine::session_vars::SettingChange>>>,
+    /// Who this session is, for the audit trail and query groups.
+    who: Arc<Who>,
+    /// This session's place on the session board (`SHOW CLIENTS`, the dashboard).
+    board: BoardEntry,
+    login_at: std::time::Instant,
+    /// Rows of the statement being recorded, when a local run counted them.
+    rows: Option<u64>,
+    /// When the current transaction (or autocommitted statement) began.
+    xact_started: Option<std::time::Instant>,
+    /// Bytes received and sent already added to the gateway's totals.
+    counted_traffic: (u64, u64),
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.count_traffic();
+        self.shared
+            .observer
+            .logoff(&self.who, self.login_at.elapsed());
+    }
 }
 
 impl Session {
@@ -169,8 +195,11 @@ impl Session {
         identity: Identity,
         cancel: CancelHandle,
         client: ClientKind,
+        who: Arc<Who>,
     ) -> Session {
         let settings = Settings::new(&identity.user);
+        let local_addr = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let board = shared.observer.board.join(who.clone(), local_addr);
         let policy = Arc::new(Policy::resolve(
             &identity.roles,
             &shared.access_rules().roles,
@@ -191,6 +220,12 @@ impl Session {
             cache: cached::CacheBooks::default(),
             setting_changes: Default::default(),
             client,
+            board,
+            who,
+            login_at: std::time::Instant::now(),
+            rows: None,
+            xact_started: None,
+            counted_traffic: (0, 0),
         }
     }
 
@@ -316,6 +351,23 @@ impl Session {
             Tx::Failed => TransactionStatus::Error,
         };
         self.conn.send(&ReadyForQuery::new(status));
+        self.board.status.idle(self.tx != Tx::Idle);
+        self.count_traffic();
+        if self.tx == Tx::Idle
+            && let Some(started) = self.xact_started.take()
+        {
+            self.shared.observer.transaction(started.elapsed());
+        }
+    }
+
+    /// Adds the bytes moved since the last call to the gateway's totals.
+    fn count_traffic(&mut self) {
+        let now = (self.conn.bytes_received(), self.conn.bytes_sent());
+        let (r, s) = self.counted_traffic;
+        self.shared
+            .observer
+            .traffic(now.0.saturating_sub(r), now.1.saturating_sub(s));
+        self.counted_traffic = now;
     }
 
     fn query_context(&self) -> QueryContext {

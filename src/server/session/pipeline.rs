@@ -21,11 +21,16 @@
 //! the upstream's ReadyForQuery ends its pipeline (the relay copies answers without
 //! reading them, so a relayed statement's SQLSTATE is not known here).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Session, Tx};
 use crate::error::{PgError, Severity, SqlState};
+use crate::observe::StatementEnd;
+use crate::redshift::relay::Completion;
 use crate::route::decide::ViewNames;
+use crate::route::label::Label;
+use crate::route::sqlcommenter;
 use crate::route::{self, Decision, Effect, Plan, Step};
 use crate::wire::Disconnect;
 use crate::wire::frame::{self, Frame};
@@ -37,6 +42,66 @@ pub(super) struct Outcome<'a> {
     pub route: &'static str,
     pub started: Instant,
     pub error: Option<&'a PgError>,
+    pub text: Text<'a>,
+    /// `conn.bytes_sent()` when the statement started.
+    pub sent_before: u64,
+    /// How a relayed statement ended, read off its answers.
+    pub relayed: Option<Completion>,
+}
+
+/// Where the record stage finds a statement's text and label.
+pub(super) enum Text<'a> {
+    /// Statement `index` of a decided query string.
+    Step(&'a str, &'a Decision, usize),
+    /// A query string relayed as one.
+    Whole(&'a str, &'a Decision),
+    /// A prepared statement's (`None`: nothing records texts).
+    Prepared(Option<Arc<StatementText>>),
+}
+
+/// A prepared statement's text and label, kept for the record stage of its
+/// Executes (only when query groups or the audit trail want them).
+pub(super) struct StatementText {
+    pub text: Arc<str>,
+    pub label: Arc<Label>,
+    /// Bound parameters as text, when the audit trail logs them (set at Bind).
+    pub parameters: Option<Vec<Option<String>>>,
+}
+
+impl StatementText {
+    pub(super) fn of(text: &str, decision: &Decision) -> Arc<StatementText> {
+        Arc::new(StatementText {
+            text: Arc::from(text),
+            label: decision.step_label(text, 0),
+            parameters: None,
+        })
+    }
+}
+
+/// A relayed Execute awaiting its pipeline's end, for the record stage.
+pub(super) struct Executing {
+    pub(super) started: Instant,
+    pub(super) sent_before: u64,
+    pub(super) text: Option<Arc<StatementText>>,
+}
+
+/// The statement's text with the Bind's parameters, when the audit trail logs them.
+pub(super) fn with_parameters(
+    text: &Arc<StatementText>,
+    bind: &Frame,
+    log: bool,
+) -> Arc<StatementText> {
+    if !log {
+        return text.clone();
+    }
+    let parameters = frame::decode_bind(&bind.body)
+        .ok()
+        .map(|b| frame::parameters_as_text(&b));
+    Arc::new(StatementText {
+        text: text.text.clone(),
+        label: text.label.clone(),
+        parameters,
+    })
 }
 
 impl Session {
@@ -114,19 +179,84 @@ impl Session {
     }
 
     /// Stage 2: whether the statement may start now. Nothing waits yet; workload
-    /// queues will make statements wait (or refuse them) here.
-    pub(super) fn admit(&mut self, _route: &'static str) -> Result<(), PgError> {
+    /// queues will make statements wait (or refuse them) here. While the audit
+    /// trail cannot write and `audit.on_failure = "refuse"`, statements fail (58030).
+    pub(super) fn admit(&mut self, route: &'static str) -> Result<(), PgError> {
+        if let Some(audit) = &self.shared.observer.audit
+            && let Some(refusal) = audit.refusal()
+        {
+            return Err(refusal);
+        }
+        self.rows = None;
+        self.board.status.start(route);
+        if self.xact_started.is_none() {
+            self.xact_started = Some(Instant::now());
+        }
         Ok(())
     }
 
-    /// Stage 4: a statement ended. Audit, metrics and query statistics hook in here.
+    /// Whether the record stage needs statement texts and labels.
+    pub(super) fn records_texts(&self) -> bool {
+        let o = &self.shared.observer;
+        o.query_groups.is_some() || o.audits_statements()
+    }
+
+    /// Stage 4: a statement ended: metrics, query groups and the audit trail.
     pub(super) fn record(&mut self, outcome: Outcome<'_>) {
+        let duration = outcome.started.elapsed();
+        let relayed = outcome.relayed.as_ref();
+        let (sqlstate, message) = match (outcome.error, relayed.and_then(|c| c.error.as_ref())) {
+            (Some(e), _) => (e.code.0, Some(e.message.as_str())),
+            (None, Some((code, message))) => (code.as_str(), Some(message.as_str())),
+            (None, None) => ("00000", None),
+        };
+        let rows = match relayed {
+            Some(c) => c.rows,
+            None => self.rows.take(),
+        };
+        let bytes = self.conn.bytes_sent().saturating_sub(outcome.sent_before);
         tracing::trace!(
             route = outcome.route,
-            micros = outcome.started.elapsed().as_micros() as u64,
-            sqlstate = outcome.error.map(|e| e.code.0).unwrap_or("00000"),
+            micros = duration.as_micros() as u64,
+            sqlstate,
             "statement ended"
         );
+        let observer = self.shared.observer.clone();
+        let empty = Label::default();
+        let (text, label, parameters): (&str, Arc<Label>, _) = if !self.records_texts() {
+            ("", Arc::new(empty), None)
+        } else {
+            match &outcome.text {
+                Text::Step(sql, decision, i) => (*sql, decision.step_label(sql, *i), None),
+                Text::Whole(sql, decision) => (*sql, decision.label(sql), None),
+                Text::Prepared(Some(p)) => (&*p.text, p.label.clone(), p.parameters.clone()),
+                Text::Prepared(None) => ("", Arc::new(empty), None),
+            }
+        };
+        let tags = sqlcommenter::tags(text);
+        let application = sqlcommenter::tag(&tags, "application")
+            .or_else(|| self.settings.get("application_name"))
+            .unwrap_or("");
+        let query_group = self
+            .settings
+            .get("query_group")
+            .filter(|g| !g.is_empty() && *g != "default")
+            .or_else(|| sqlcommenter::tag(&tags, "route"));
+        observer.statement(StatementEnd {
+            who: &self.who,
+            application,
+            query_group,
+            route: outcome.route,
+            text,
+            label: &label,
+            parameters: parameters.filter(|_| observer.logs_parameters()),
+            duration,
+            queue: std::time::Duration::ZERO,
+            rows,
+            bytes,
+            sqlstate,
+            error: message,
+        });
     }
 
     /// A simple query message, through ReadyForQuery: decided once, then answered
@@ -168,18 +298,33 @@ impl Session {
         frame: &Frame,
         decision: &Decision,
     ) -> Result<(), Disconnect> {
+        let sql = frame::decode_query(&frame.body).unwrap_or_default();
         if let Plan::Relay = decision.plan {
             let started = Instant::now();
+            let sent_before = self.conn.bytes_sent();
             let admitted = self.admit("upstream");
             if let Err(e) = admitted {
                 self.fail(&e);
+                self.record(Outcome {
+                    route: "refused",
+                    started,
+                    error: Some(&e),
+                    text: Text::Whole(sql, decision),
+                    sent_before,
+                    relayed: None,
+                });
                 return self.end_query().await;
             }
+            self.take_tally();
             let relayed = self.forward_simple(frame).await;
+            let completion = self.take_tally();
             self.record(Outcome {
                 route: "upstream",
                 started,
                 error: None,
+                text: Text::Whole(sql, decision),
+                sent_before,
+                relayed: Some(completion),
             });
             return relayed;
         }
@@ -194,16 +339,21 @@ impl Session {
             Plan::Relay => {}
             Plan::Empty => self.conn.send(&EmptyQueryResponse::new()),
             Plan::Refuse(e) => {
+                let sent_before = self.conn.bytes_sent();
                 self.fail(e);
                 self.record(Outcome {
                     route: "refused",
                     started: Instant::now(),
                     error: Some(e),
+                    text: Text::Whole(sql, decision),
+                    sent_before,
+                    relayed: None,
                 });
             }
             Plan::Local(steps) => {
-                for step in steps {
+                for (index, step) in steps.iter().enumerate() {
                     let started = Instant::now();
+                    let sent_before = self.conn.bytes_sent();
                     let route = step.route_name();
                     let result = match self.admit(route) {
                         Ok(()) => Box::pin(self.run_step(step.clone())).await?,
@@ -213,6 +363,9 @@ impl Session {
                         route,
                         started,
                         error: result.as_ref().err(),
+                        text: Text::Step(sql, decision, index),
+                        sent_before,
+                        relayed: None,
                     });
                     if let Err(e) = result {
                         self.fail(&e);
@@ -222,6 +375,75 @@ impl Session {
             }
         }
         self.end_query().await
+    }
+
+    /// An upstream Execute is on its way: the record stage hears how it ended at
+    /// its pipeline's ReadyForQuery.
+    pub(super) fn note_upstream_execute(&mut self, frame: &Frame) {
+        let sent_before = self.conn.bytes_sent();
+        if let Some(f) = self.forward.as_mut() {
+            let text = match frame::execute_portal(&frame.body) {
+                Ok(portal) if !f.portal_texts.is_empty() => f.portal_texts.get(portal).cloned(),
+                _ => None,
+            };
+            f.executing.push(Executing {
+                started: Instant::now(),
+                sent_before,
+                text,
+            });
+        }
+    }
+
+    /// The relayed Executes of a pipeline, at its ReadyForQuery.
+    pub(super) fn record_relayed_executes(&mut self, executed: &mut Vec<Executing>) {
+        // Each Execute met one completion, in order; after an error the
+        // upstream skipped the rest of the pipeline, which did not run.
+        // (A simple query's completions stay for its own record.)
+        let done = self
+            .forward
+            .as_mut()
+            .and_then(|f| f.held.as_mut())
+            .filter(|_| !executed.is_empty())
+            .map(|h| std::mem::take(&mut h.conn.tally.done))
+            .unwrap_or_default();
+        let mut done = done.into_iter();
+        for exec in executed.drain(..) {
+            let Some(completion) = done.next() else { break };
+            let failed = completion.error.is_some();
+            self.record(Outcome {
+                route: "upstream",
+                started: exec.started,
+                error: None,
+                text: Text::Prepared(exec.text),
+                sent_before: exec.sent_before,
+                relayed: Some(completion),
+            });
+            if failed {
+                break;
+            }
+        }
+        executed.clear();
+    }
+
+    /// How the relayed statements since the last call ended, as one completion
+    /// (rows summed; the first error).
+    pub(super) fn take_tally(&mut self) -> Completion {
+        let mut out = Completion {
+            rows: None,
+            error: None,
+        };
+        let Some(held) = self.forward.as_mut().and_then(|f| f.held.as_mut()) else {
+            return out;
+        };
+        for c in held.conn.tally.done.drain(..) {
+            if let Some(r) = c.rows {
+                out.rows = Some(out.rows.unwrap_or(0) + r);
+            }
+            if out.error.is_none() {
+                out.error = c.error;
+            }
+        }
+        out
     }
 
     /// ReadyForQuery, flushed: the end of every simple query message.

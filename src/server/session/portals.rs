@@ -106,6 +106,7 @@ impl Session {
                 schema,
                 explain: false,
             },
+            text: None,
         });
         self.portals.insert(
             spec.name,
@@ -114,6 +115,7 @@ impl Session {
                 state: PortalState::Lake(Box::new(run)),
                 formats,
                 hold: spec.hold,
+                text: None,
             },
         );
         self.conn
@@ -195,6 +197,7 @@ impl Session {
         } else {
             format!("SELECT {}", run.rows)
         };
+        self.rows = Some(run.rows);
         self.conn.send(&CommandComplete::new(tag));
     }
 

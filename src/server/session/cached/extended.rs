@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::super::pipeline::{Outcome, Text};
 use super::{CacheableRead, CachedAnswer, PortalKey};
 use crate::cache::results::{self, Lookup};
 use crate::error::PgError;
@@ -351,6 +352,18 @@ impl Session {
         match lookup {
             Lookup::Bypass => Ok(false),
             Lookup::Hit(body) => {
+                let started = std::time::Instant::now();
+                let text = if upstream {
+                    self.forward
+                        .as_ref()
+                        .and_then(|f| f.portal_texts.get(&msg.portal).cloned())
+                } else {
+                    self.portals.get(&msg.portal).and_then(|p| p.text.clone())
+                };
+                if let Err(e) = self.admit("cache") {
+                    self.fail_pipeline(&e).await?;
+                    return Ok(true);
+                }
                 if upstream {
                     // Everything forwarded before is answered first, in order.
                     if !self.upstream_answered().await? {
@@ -361,7 +374,16 @@ impl Session {
                 }
                 // The client has its RowDescription already (from its Describe).
                 let (_, body) = split_row_description(&body);
+                let sent_before = self.conn.bytes_sent();
                 self.conn.out.extend_from_slice(&body);
+                self.record(Outcome {
+                    route: "cache",
+                    started,
+                    error: None,
+                    text: Text::Prepared(text),
+                    sent_before,
+                    relayed: None,
+                });
                 self.conn.flush_if_full().await?;
                 Ok(true)
             }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 mod extended;
 
+use super::pipeline::{Outcome, Text};
 use super::{Session, Tx};
 use crate::cache::results::{self, Key, Lookup};
 use crate::error::PgError;
@@ -145,7 +146,34 @@ impl Session {
                     self.conn.flush().await?;
                 }
                 Some(Lookup::Hit(body)) => {
-                    self.conn.out.extend_from_slice(&body);
+                    let started = std::time::Instant::now();
+                    let sent_before = self.conn.bytes_sent();
+                    let sql = crate::wire::frame::decode_query(&frame.body).unwrap_or_default();
+                    let text = Text::Whole(sql, decision);
+                    match self.admit("cache") {
+                        Ok(()) => {
+                            self.conn.out.extend_from_slice(&body);
+                            self.record(Outcome {
+                                route: "cache",
+                                started,
+                                error: None,
+                                text,
+                                sent_before,
+                                relayed: None,
+                            });
+                        }
+                        Err(e) => {
+                            self.fail(&e);
+                            self.record(Outcome {
+                                route: "refused",
+                                started,
+                                error: Some(&e),
+                                text,
+                                sent_before,
+                                relayed: None,
+                            });
+                        }
+                    }
                     self.ready();
                     self.conn.flush().await?;
                     self.conn.shrink_idle();

@@ -1,0 +1,42 @@
+//! `/metrics`: state gauges are set from the live parts at each scrape (nothing on
+//! the statement path keeps them current), then the whole registry is rendered.
+
+use hyper::{Response, StatusCode};
+
+use super::{Body, Shared, respond};
+use crate::metrics::metrics;
+
+pub(super) fn scrape(shared: &Shared) -> Response<Body> {
+    let m = metrics();
+    for (state, count) in shared.observer.board.counts() {
+        m.client_connections
+            .with_label_values(&[state.name()])
+            .set(count as i64);
+    }
+    for u in shared.upstreams.all() {
+        let stats = u.pool.stats();
+        let name = [u.name()];
+        m.pool_client_waiting
+            .with_label_values(&name)
+            .set(stats.waiting as i64);
+        m.pool_server_active
+            .with_label_values(&name)
+            .set(stats.open.saturating_sub(stats.idle) as i64);
+        m.pool_server_idle
+            .with_label_values(&name)
+            .set(stats.idle as i64);
+    }
+    if let Some(cache) = &shared.results {
+        let s = cache.stats();
+        m.cache_bytes.set(s.bytes as i64);
+        m.cache_entries.set(s.entries as i64);
+    }
+    if let Some(audit) = &shared.observer.audit {
+        m.audit_pending.set(audit.stats().pending as i64);
+    }
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        m.render(),
+    )
+}

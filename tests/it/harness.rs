@@ -165,8 +165,14 @@ impl GatewayConfig {
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{}", self.toml()));
         let server = sluice::server::Server::bind(config).await?;
         let port = server.local_addr().expect("local addr").port();
+        let admin = server.admin_addr().map(|a| a.port());
         let task = tokio::spawn(server.run());
-        Ok(Gateway { port, dir, task })
+        Ok(Gateway {
+            port,
+            admin,
+            dir,
+            task,
+        })
     }
 
     /// `try_start`, which must succeed.
@@ -177,6 +183,9 @@ impl GatewayConfig {
 
 pub struct Gateway {
     pub port: u16,
+    /// The admin HTTP listener's port, when `[admin] listen` is set.
+    #[allow(dead_code)]
+    pub admin: Option<u16>,
     /// Holds the config file for the gateway's lifetime.
     dir: tempfile::TempDir,
     task: JoinHandle<()>,
@@ -227,6 +236,53 @@ impl Gateway {
             .await
             .expect("psql runs")
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback (the admin listener): status and body.
+/// `basic`: HTTP Basic credentials.
+pub async fn http_get(port: u16, path: &str, basic: Option<(&str, &str)>) -> (u16, String) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("admin listener accepts");
+    let auth = basic
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut response))
+        .await
+        .expect("admin listener answers in time")
+        .expect("response read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line of a Prometheus text exposition (`name{labels}`
+/// exactly as rendered), or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `psql -X` on database `db` of the gateway at `port`, as `user`, over TLS

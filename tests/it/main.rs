@@ -11,6 +11,7 @@ mod ldap;
 #[path = "../support/moto.rs"]
 mod moto;
 mod oidc;
+mod operations;
 mod policy;
 #[path = "../support/postgres.rs"]
 mod postgres;

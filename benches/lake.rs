@@ -174,7 +174,18 @@ async fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let (client, server) = start_sluice(&lake_local(&args.data)).await?;
+    let (client, server) = start_sluice(&format!(
+        "{}\n[query_groups]\nenabled = false\n",
+        lake_local(&args.data)
+    ))
+    .await?;
+    let audit_dir = tempfile::tempdir()?;
+    let (observed, observed_server) = start_sluice(&format!(
+        "{}\n[query_groups]\nenabled = true\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\n[audit.file]\npath = \"{}\"\n",
+        lake_local(&args.data),
+        audit_dir.path().join("audit.jsonl").display()
+    ))
+    .await?;
     let ctx = datafusion_context(&args.data).await?;
     let moto = moto::Moto::start()?;
     let started = Instant::now();
@@ -201,8 +212,11 @@ async fn run() -> Result<()> {
     bench_queries(&sides, args.iters).await?;
     println!();
     bench_streaming(&client, &ctx, args.iters).await?;
+    println!();
+    bench_observability(&client, &observed, args.iters).await?;
 
     server.abort();
+    observed_server.abort();
     glue_s3_server.abort();
     glue_disk_server.abort();
     Ok(())
@@ -411,6 +425,43 @@ async fn datafusion_context(root: &Path) -> Result<SessionContext> {
     ctx.register_listing_table("nyc.trips", path, options, None, None)
         .await?;
     Ok(ctx)
+}
+
+/// The local lake with query groups, the audit trail and the admin listener off
+/// and on (metrics stay on), alternating runs; the ratio is the cost of observing.
+async fn bench_observability(off: &Client, on: &Client, iters: usize) -> Result<()> {
+    println!("observability: query groups + audit file + admin listener off vs on (local lake)");
+    println!(
+        "{:<16} {:>9} {:>9} {:>8}",
+        "query", "off ms", "on ms", "on/off"
+    );
+    let mut log_sum = 0.0f64;
+    for &(name, sql) in QUERIES {
+        sluice_query(off, sql).await?;
+        sluice_query(on, sql).await?;
+        let (mut a, mut b) = (vec![], vec![]);
+        for i in 0..iters {
+            // Alternate which side runs first.
+            if i % 2 == 0 {
+                a.push(time(sluice_query(off, sql)).await?.1);
+                b.push(time(sluice_query(on, sql)).await?.1);
+            } else {
+                b.push(time(sluice_query(on, sql)).await?.1);
+                a.push(time(sluice_query(off, sql)).await?.1);
+            }
+        }
+        let (x, y) = (ms(median(&mut a)), ms(median(&mut b)));
+        log_sum += (y / x).ln();
+        println!("{name:<16} {x:>9.1} {y:>9.1} {:>7.3}x", y / x);
+    }
+    println!(
+        "{:<16} {:>9} {:>9} {:>7.3}x",
+        "geomean",
+        "",
+        "",
+        (log_sum / QUERIES.len() as f64).exp()
+    );
+    Ok(())
 }
 
 /// Every side of the query comparison.

@@ -122,6 +122,21 @@ fn wait_listening(port: u16) -> Result<()> {
 /// Sluice in-process, forwarding database `bench` (and `postgres`, for the driver
 /// suite) to PostgreSQL with static credentials; `threads`: `server.worker_threads`.
 async fn start_sluice(pg_port: u16, dir: &Path, threads: Option<usize>) -> Result<u16> {
+    start_sluice_with(pg_port, dir, threads, "").await
+}
+
+/// What the observability comparison turns off, and on: query groups; the audit
+/// trail (hash-chained file) and the admin listener. Metrics are always kept.
+const OBSERVE_OFF: &str = "[query_groups]\nenabled = false\n";
+const OBSERVE_ON: &str = "[query_groups]\nenabled = true\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\n[audit.file]\npath = \"audit/audit.jsonl\"\n";
+
+/// `start_sluice` with more TOML appended.
+async fn start_sluice_with(
+    pg_port: u16,
+    dir: &Path,
+    threads: Option<usize>,
+    extra: &str,
+) -> Result<u16> {
     let threads = threads
         .map(|n| format!("worker_threads = {n}\n"))
         .unwrap_or_default();
@@ -178,6 +193,8 @@ tls = "disable"
 credentials = "static"
 user = "postgres"
 password_file = "postgres.pw"
+
+{extra}
 "#
     );
     let path = dir.join("sluice.toml");
@@ -187,6 +204,57 @@ password_file = "postgres.pw"
     let port = server.local_addr()?.port();
     tokio::spawn(server.run());
     Ok(port)
+}
+
+/// pgbench -S through Sluice with query groups, the audit trail and the admin
+/// listener off and on (metrics stay on: they cannot be turned off), rotating
+/// the order each round; the ratio on/off is the cost of observing.
+fn observability_overhead(
+    runtime: &tokio::runtime::Runtime,
+    pg_port: u16,
+    args: &Args,
+) -> Result<()> {
+    let (off_dir, on_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let off = runtime.block_on(start_sluice_with(
+        pg_port,
+        off_dir.path(),
+        None,
+        OBSERVE_OFF,
+    ))?;
+    let on = runtime.block_on(start_sluice_with(pg_port, on_dir.path(), None, OBSERVE_ON))?;
+    println!(
+        "\nobservability: query groups + audit file + admin listener off vs on (pgbench -S, median of {} rounds)",
+        args.rounds
+    );
+    println!(
+        "{:<9} {:>7} {:>9} {:>9} {:>8}",
+        "mode", "clients", "off", "on", "on/off"
+    );
+    let targets = [off, on];
+    for mode in ["simple", "prepared"] {
+        for clients in CLIENT_COUNTS {
+            let mut runs: [Vec<f64>; 2] = Default::default();
+            for round in 0..args.rounds {
+                for i in 0..targets.len() {
+                    let t = (i + round) % targets.len();
+                    runs[t].push(pgbench(targets[t], clients, mode, args.seconds)?.tps);
+                }
+            }
+            let tps = runs.each_ref().map(|r| median(r.iter().copied()));
+            println!(
+                "{mode:<9} {clients:>7} {:>9.0} {:>9.0} {:>8.3}",
+                tps[0],
+                tps[1],
+                tps[1] / tps[0]
+            );
+        }
+    }
+    let audit = on_dir.path().join("audit/audit.jsonl");
+    let lines = std::fs::read_to_string(&audit)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!("audit lines written by the 'on' gateway: {lines}");
+    Ok(())
 }
 
 #[derive(Default)]
@@ -405,6 +473,8 @@ fn main() -> Result<()> {
             );
         }
     }
+
+    observability_overhead(&runtime, pg.port, &args)?;
 
     let rows = 10_000_000;
     println!("\nstreaming {rows} rows (int4, text) to tokio-postgres, binary format");

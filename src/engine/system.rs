@@ -1,7 +1,7 @@
 //! The `sluice` schema: tables served from the gateway's live state (query groups)
 //! rather than from the lake. The server supplies them at start
-//! ([`Engine::set_system_tables`]); every policy's context gets its own copies, so
-//! a table can answer differently for admins.
+//! ([`Engine::set_system_tables`]); only admin policies' contexts get the schema
+//! (other roles' catalog listings never show it).
 
 use std::sync::Arc;
 
@@ -23,6 +23,10 @@ pub(super) fn install(
     tables: &dyn SystemTables,
     policy: &Arc<Policy>,
 ) -> Result<(), String> {
+    // Other roles do not see the schema at all (catalog listings stay theirs).
+    if !policy.admin {
+        return Ok(());
+    }
     let schema = MemorySchemaProvider::new();
     for (name, table) in tables.tables(policy) {
         schema

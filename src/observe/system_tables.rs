@@ -1,6 +1,8 @@
 //! `sluice.query_groups` as a table the lake engine queries like any other
 //! (`SELECT … FROM sluice.query_groups ORDER BY total_time DESC`). Only admin roles
-//! may read it: groups carry every user's (normalised) statements.
+//! see the `sluice` schema (`engine::system`): groups carry every user's
+//! (normalised) statements. The table checks again, in case a policy's context
+//! is ever built otherwise.
 
 use std::sync::Arc;
 use std::time::SystemTime;

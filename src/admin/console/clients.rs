@@ -13,28 +13,7 @@ impl AdminView for ClientsView {
     }
 
     fn columns(&self) -> &'static [&'static str] {
-        &[
-            "type",
-            "user",
-            "database",
-            "state",
-            "addr",
-            "port",
-            "local_addr",
-            "local_port",
-            "connect_time",
-            "request_time",
-            "wait",
-            "wait_us",
-            "close_needed",
-            "ptr",
-            "link",
-            "remote_pid",
-            "tls",
-            "application_name",
-            "prepared_statements",
-            "id",
-        ]
+        super::CONNECTION_COLUMNS
     }
 
     fn admin_only(&self) -> bool {

@@ -23,6 +23,30 @@ pub static VIEWS: &[&dyn AdminView] = &[
     &stats::StatsView,
 ];
 
+/// `SHOW CLIENTS` and `SHOW SERVERS` share PgBouncer's column list.
+pub(super) const CONNECTION_COLUMNS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+];
+
 /// PgBouncer's timestamp format (`2024-01-31 12:00:00 UTC`).
 pub(super) fn timestamp(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)

@@ -749,3 +749,60 @@ async fn pgbouncer_show_views_and_the_dashboard_in_chromium() {
         let _ = std::fs::copy(&png, Path::new(&dir).join("dashboard.png"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_batches_reach_s3_as_day_partitioned_json_lines() {
+    let admin = postgres::free_port().expect("port");
+    let audit = "[audit]\n[audit.s3]\nurl = \"s3://audit-logs/sluice\"\nendpoint = \"{aws}\"\n\
+                 allow_http = true\nregion = \"us-east-1\"\nbatch_secs = 1\n";
+    let rig = Rig::start(Options {
+        extra: ops_extra(admin, audit),
+        buckets: vec!["audit-logs"],
+        ..Options::default()
+    })
+    .await;
+    let alice = rig.alice().await;
+    alice
+        .simple_query("SELECT count(*) FROM nyc.zones")
+        .await
+        .expect("lake");
+    drop(alice);
+    let store = rig.moto.store("audit-logs").expect("store");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines: Vec<Value> = loop {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let objects: Vec<object_store::ObjectMeta> = store
+            .list(Some(&object_store::path::Path::from("sluice")))
+            .try_collect()
+            .await
+            .expect("list");
+        let mut lines = Vec::new();
+        for o in &objects {
+            let key = o.location.to_string();
+            assert!(key.starts_with("sluice/dt="), "{key}");
+            assert!(key.ends_with(".jsonl"), "{key}");
+            let body = store
+                .get(&o.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            for l in String::from_utf8_lossy(&body).lines() {
+                lines.push(serde_json::from_str(l).expect("a JSON line"));
+            }
+        }
+        if lines.iter().any(|e: &Value| field(e, "event") == "logoff") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no logoff in S3: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mine: Vec<&str> = lines
+        .iter()
+        .filter(|e| field(e, "user") == "alice")
+        .map(|e| field(e, "event"))
+        .collect();
+    assert_eq!(mine, ["login", "statement", "logoff"], "{lines:#?}");
+}

@@ -103,6 +103,11 @@ impl Moto {
         if !response.starts_with("HTTP/1.1 200") {
             return Err(format!("moto did not create bucket {name}: {response}"));
         }
+        self.store(name)
+    }
+
+    /// An `object_store` client for an existing bucket.
+    pub fn store(&self, name: &str) -> Result<Arc<dyn object_store::ObjectStore>, String> {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(name)
             .with_region("us-east-1")

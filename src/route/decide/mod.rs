@@ -44,6 +44,8 @@ pub struct Parsed {
 struct Labels {
     each: Vec<Arc<Label>>,
     whole: Arc<Label>,
+    /// The text as relayed: grouped by its tokens, like texts relayed unparsed.
+    relayed: Arc<Label>,
 }
 
 /// What routing needs to know about one statement, independent of the session.
@@ -77,7 +79,15 @@ impl Parsed {
             } else {
                 Arc::new(Label::combined(&each))
             };
-            Labels { each, whole }
+            let relayed = Arc::new(Label {
+                fingerprint: super::fingerprint::of_text(sql),
+                ..(*whole).clone()
+            });
+            Labels {
+                each,
+                whole,
+                relayed,
+            }
         })
     }
 
@@ -257,8 +267,13 @@ impl Decision {
     }
 
     /// The record stage's label for the whole text `sql` (what a relay runs as one).
+    ///
+    /// Relayed text is grouped by its tokens (`fingerprint::of_text`) whether or not
+    /// Sluice parsed it: the relay's fast path settles most texts without parsing,
+    /// and one statement must land in one group either way.
     pub fn label(&self, sql: &str) -> Arc<Label> {
         match &self.parsed {
+            Some(p) if matches!(self.plan, Plan::Relay) => p.labels(sql).relayed.clone(),
             Some(p) => p.labels(sql).whole.clone(),
             None => Arc::new(Label::of_text(sql)),
         }

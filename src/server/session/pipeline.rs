@@ -70,9 +70,13 @@ pub(super) struct StatementText {
 
 impl StatementText {
     pub(super) fn of(text: &str, decision: &Decision) -> Arc<StatementText> {
+        let label = match decision.plan {
+            Plan::Relay => decision.label(text),
+            _ => decision.step_label(text, 0),
+        };
         Arc::new(StatementText {
             text: Arc::from(text),
-            label: decision.step_label(text, 0),
+            label,
             parameters: None,
         })
     }

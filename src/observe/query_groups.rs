@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::route::fingerprint;
@@ -88,7 +88,22 @@ pub struct QueryGroups {
     max_groups: usize,
     groups: AtomicU64,
     deallocations: AtomicU64,
+    deallocating: AtomicBool,
     reset_at: Mutex<SystemTime>,
+}
+
+/// Longest application or query-group name kept, in bytes.
+const MAX_LABEL: usize = 64;
+
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_LABEL {
+        return s;
+    }
+    let mut end = MAX_LABEL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn bucket(us: u64) -> usize {
@@ -116,6 +131,7 @@ impl QueryGroups {
             max_groups: max_groups.max(SHARDS),
             groups: AtomicU64::new(0),
             deallocations: AtomicU64::new(0),
+            deallocating: AtomicBool::new(false),
             reset_at: Mutex::new(SystemTime::now()),
         }
     }
@@ -131,6 +147,15 @@ impl QueryGroups {
     }
 
     pub fn record(&self, s: &Sample<'_>) {
+        // Attribution comes from clients (application_name, tags, SET): bounded,
+        // so a client cannot make every group carry megabytes.
+        let application = clip(s.application);
+        let query_group = s.query_group.map(clip);
+        let s = &Sample {
+            application,
+            query_group,
+            ..*s
+        };
         let key = self.key(s);
         let us = s.duration.as_micros() as u64;
         let now = SystemTime::now();
@@ -139,11 +164,14 @@ impl QueryGroups {
         let group = match map.get_mut(&key) {
             Some(g) => g,
             None => {
-                let total = self.groups.fetch_add(1, Ordering::Relaxed) + 1;
-                if total as usize > self.max_groups {
+                if self.groups.load(Ordering::Relaxed) as usize >= self.max_groups {
                     drop(map);
                     self.deallocate();
                     map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                }
+                // Another session may have added the group meanwhile.
+                if !map.contains_key(&key) {
+                    self.groups.fetch_add(1, Ordering::Relaxed);
                 }
                 map.entry(key).or_insert_with(|| Group {
                     fingerprint: s.fingerprint,
@@ -179,8 +207,17 @@ impl QueryGroups {
         *b = b.saturating_add(1);
     }
 
-    /// Drops the tenth of the groups with the least total time.
+    /// Drops the tenth of the groups with the least total time (one session at a
+    /// time; the others go on meanwhile, briefly past the limit).
     fn deallocate(&self) {
+        if self.deallocating.swap(true, Ordering::Acquire) {
+            return;
+        }
+        self.deallocate_now();
+        self.deallocating.store(false, Ordering::Release);
+    }
+
+    fn deallocate_now(&self) {
         let mut totals: Vec<u64> = Vec::new();
         for shard in &self.shards {
             let map = shard.lock().unwrap_or_else(|p| p.into_inner());

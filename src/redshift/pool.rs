@@ -283,6 +283,8 @@ impl Pool {
         mut slot: Slot,
         clean: bool,
     ) {
+        // How this client's statements ended is no business of the next client's.
+        conn.tally.done.clear();
         if clean && conn.status == b'I' && conn.run_quietly(&self.config.reset_query).await.is_ok()
         {
             slot.live = false;

@@ -57,12 +57,15 @@ pub struct Tally {
     pub done: Vec<Completion>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Completion {
     /// The row count of the command tag (`SELECT 5`, `INSERT 0 5`), when it has one.
     pub rows: Option<u64>,
     /// The SQLSTATE and message of an ErrorResponse.
     pub error: Option<(String, String)>,
+    /// When the answer passed, and the client's `bytes_sent()` just after it (set
+    /// by the relay; `None` for a completion summed over several answers).
+    pub ended: Option<(std::time::Instant, u64)>,
 }
 
 impl Tally {
@@ -74,7 +77,10 @@ impl Tally {
             .filter(|n| !n.is_empty() && n.len() < 20 && n.iter().all(u8::is_ascii_digit))
             .and_then(|n| std::str::from_utf8(n).ok())
             .and_then(|n| n.parse().ok());
-        self.done.push(Completion { rows, error: None });
+        self.done.push(Completion {
+            rows,
+            ..Completion::default()
+        });
     }
 
     pub(crate) fn failed(&mut self, body: &[u8]) {
@@ -88,16 +94,22 @@ impl Tally {
             }
         }
         self.done.push(Completion {
-            rows: None,
             error: Some((code, message)),
+            ..Completion::default()
         });
     }
 
     pub(crate) fn other(&mut self) {
-        self.done.push(Completion {
-            rows: None,
-            error: None,
-        });
+        self.done.push(Completion::default());
+    }
+
+    /// Stamps the latest completion with when it passed and the client's bytes.
+    fn stamp(&mut self, sent: u64) {
+        if let Some(c) = self.done.last_mut()
+            && c.ended.is_none()
+        {
+            c.ended = Some((std::time::Instant::now(), sent));
+        }
     }
 }
 
@@ -171,6 +183,7 @@ pub async fn relay(
                     continue;
                 }
                 up.move_to(len, &mut client.out);
+                up.tally.stamp(client.bytes_sent());
                 if until == Until::Answered {
                     *owed = 0;
                     // The client may be waiting on this error alone (it sent Flush,
@@ -200,10 +213,14 @@ pub async fn relay(
             }
             b'K' => up.consume(len),
             b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
-                if matches!(tag, b'C' | b'I' | b's') {
+                let completes = matches!(tag, b'C' | b'I' | b's');
+                if completes {
                     up.tally_message(len);
                 }
                 up.move_to(len, &mut client.out);
+                if completes {
+                    up.tally.stamp(client.bytes_sent());
+                }
                 if until == Until::Answered {
                     *owed = owed.saturating_sub(1);
                 }

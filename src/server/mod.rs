@@ -54,6 +54,8 @@ pub struct Shared {
     pub router: crate::route::Router,
     /// The record stage's consumers (metrics, query groups, audit) and the session board.
     pub observer: Arc<crate::observe::Observer>,
+    /// The last `/readyz` answer and when it was made (reused briefly).
+    pub(crate) readiness: std::sync::Mutex<Option<(std::time::Instant, bool, String)>>,
 }
 
 impl Shared {
@@ -154,6 +156,7 @@ impl Server {
             config,
             router: crate::route::Router::new(engine.clone()),
             observer,
+            readiness: std::sync::Mutex::new(None),
             engine,
             accounts,
             oidc,

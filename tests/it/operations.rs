@@ -417,8 +417,16 @@ async fn metrics_change_with_traffic_and_readiness_follows_the_idp_and_upstream(
     }
     // The upstream going away makes it unready, with the reason; back, ready again.
     rig.pg.stop().expect("stop PostgreSQL");
-    let (status, body) = http_get(admin, "/readyz", None).await;
-    assert_eq!(status, 503, "{body}");
+    // (An answer is reused for a second.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(admin, "/readyz", None).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(body.contains("FAIL upstream warehouse"), "{body}");
     rig.pg.restart().expect("start PostgreSQL");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -15,7 +15,37 @@ use super::{Body, Shared, text};
 /// within about this long even when everything is down).
 const CHECK_BUDGET: Duration = Duration::from_secs(2);
 
+/// A readiness answer is reused for this long: probes from several replicas or
+/// an eager scraper cost one round of checks (an AWS lookup, connects, a JWKS
+/// fetch) per second at most.
+const REUSE: Duration = Duration::from_secs(1);
+
 pub(super) async fn readyz(shared: &Shared) -> Response<Body> {
+    let cached = shared
+        .readiness
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .filter(|(at, _, _)| at.elapsed() < REUSE);
+    let (ready, body) = match cached {
+        Some((_, ready, body)) => (ready, body),
+        None => {
+            let (ready, body) = check(shared).await;
+            if let Ok(mut l) = shared.readiness.lock() {
+                *l = Some((std::time::Instant::now(), ready, body.clone()));
+            }
+            (ready, body)
+        }
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, body)
+}
+
+async fn check(shared: &Shared) -> (bool, String) {
     let mut checks: Vec<(String, Result<String, String>)> = vec![(
         "listener".into(),
         Ok(format!("listening on {}", shared.config.server.listen)),
@@ -59,10 +89,5 @@ pub(super) async fn readyz(shared: &Shared) -> Response<Body> {
             Err(m) => body.push_str(&format!("FAIL {name}: {m}\n")),
         }
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(status, body)
+    (ready, body)
 }

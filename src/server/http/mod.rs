@@ -39,6 +39,9 @@ use crate::auth::policy::Policy;
 
 type Body = Full<Bytes>;
 
+/// Admin connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Binds the admin listener when configured (before the first client is served,
 /// so a wrong address stops start-up).
 pub async fn bind(shared: &Shared) -> Result<Option<TcpListener>, String> {
@@ -62,6 +65,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, "admin listener: {scheme}://{addr}/metrics, /livez, /readyz, /dashboard");
     }
+    // Scrapers, probes and a few dashboards: a small bound keeps a flood of
+    // connections (or of password checks) from eating the gateway's CPU.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -72,7 +78,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        tokio::spawn(connection(tcp, peer, shared.clone(), tls.clone()));
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin listener: too many connections; closing one");
+            continue;
+        };
+        let (shared, tls) = (shared.clone(), tls.clone());
+        tokio::spawn(async move {
+            connection(tcp, peer, shared, tls).await;
+            drop(slot);
+        });
     }
 }
 

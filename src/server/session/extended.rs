@@ -44,6 +44,7 @@ impl Session {
                     let name = name.to_owned();
                     self.statements.remove(&name);
                     if let Some(f) = self.forward.as_mut() {
+                        f.texts.remove(&name);
                         f.statements.insert(name);
                     }
                     self.forward_message(frame).await?;
@@ -440,16 +441,19 @@ impl Session {
         };
         // Keep the portal (it may be suspended) unless the session is ending.
         self.portals.insert(msg.portal, portal);
-        if let Ok(outcome) = &result {
-            self.record(Outcome {
-                route,
-                started,
-                error: outcome.as_ref().err(),
-                text: Text::Prepared(text),
-                sent_before,
-                relayed: None,
-            });
-        }
+        let gone = super::pipeline::client_gone();
+        self.record(Outcome {
+            route,
+            started,
+            error: match &result {
+                Ok(outcome) => outcome.as_ref().err(),
+                // The client left mid-answer: the statement ran, so it is recorded.
+                Err(_) => Some(&gone),
+            },
+            text: Text::Prepared(text),
+            sent_before,
+            relayed: None,
+        });
         match result {
             Ok(r) => r,
             Err(Disconnect::Protocol(e)) => Err(PgError {

@@ -167,13 +167,20 @@ impl Session {
                         if !fwd.portals.contains(portal) {
                             fwd.portals.insert(portal.to_owned());
                         }
-                        if let Some(text) = fwd.texts.get(statement) {
-                            let text = with_parameters(
-                                text,
-                                frame,
-                                self.shared.observer.logs_parameters(),
-                            );
-                            fwd.portal_texts.insert(portal.to_owned(), text);
+                        match fwd.texts.get(statement) {
+                            Some(text) => {
+                                let text = with_parameters(
+                                    text,
+                                    frame,
+                                    self.shared.observer.logs_parameters(),
+                                );
+                                fwd.portal_texts.insert(portal.to_owned(), text);
+                            }
+                            // No stale text may stand for this portal's statement.
+                            None if !fwd.portal_texts.is_empty() => {
+                                fwd.portal_texts.remove(portal);
+                            }
+                            None => {}
                         }
                         if !self.portals.is_empty() {
                             self.portals.remove(portal);
@@ -195,8 +202,14 @@ impl Session {
             },
             b'C' => match frame::decode_close(&frame.body) {
                 Ok(c) => match c.target {
-                    Named::Statement => fwd.statements.remove(&c.name),
-                    Named::Portal => fwd.portals.remove(&c.name),
+                    Named::Statement => {
+                        fwd.texts.remove(&c.name);
+                        fwd.statements.remove(&c.name)
+                    }
+                    Named::Portal => {
+                        fwd.portal_texts.remove(&c.name);
+                        fwd.portals.remove(&c.name)
+                    }
                 },
                 Err(_) => false,
             },
@@ -260,6 +273,12 @@ impl Session {
     /// Forwards one extended-protocol message (Parse, Bind, Describe, Execute, Close).
     pub(super) async fn forward_message(&mut self, frame: &Frame) -> Result<bool, Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
+            // An Execute that never reached an upstream is not waiting for an answer.
+            if frame.tag == b'E'
+                && let Some(f) = self.forward.as_mut()
+            {
+                f.executing.pop();
+            }
             self.fail_pipeline(&e).await?;
             return Ok(true);
         }
@@ -390,6 +409,7 @@ impl Session {
     pub(super) async fn forward_simple(&mut self, frame: &Frame) -> Result<(), Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
             self.fail(&e);
+            self.relay_failure = Some(e.clone());
             self.ready();
             return Ok(self.conn.flush().await?);
         }
@@ -452,7 +472,7 @@ impl Session {
                         // what the transaction changed.
                         self.invalidate_at_transaction_end();
                     }
-                    self.record_relayed_executes(&mut executed);
+                    self.record_relayed_executes(&mut executed, extended);
                     // The buffer is kept for the next pipeline.
                     if let Some(f) = self.forward.as_mut() {
                         f.executing = executed;
@@ -496,16 +516,29 @@ impl Session {
         fwd.owed = 0;
         fwd.pending_sync = false;
         fwd.void_pipeline = false;
-        fwd.executing.clear();
+        let lost = std::mem::take(&mut fwd.executing);
         if in_tx {
             fwd.lost_in_tx = true;
         }
+        let e = wire::lost(error);
         if !reported {
-            self.conn.send_error(&wire::lost(error));
+            self.conn.send_error(&e);
         }
         if in_tx {
             self.tx = Tx::Failed;
         }
+        // Forwarded Executes whose answers will never come ended here.
+        for exec in lost {
+            self.record(super::pipeline::Outcome {
+                route: "upstream",
+                started: exec.started,
+                error: Some(&e),
+                text: super::pipeline::Text::Prepared(exec.text),
+                sent_before: exec.sent_before,
+                relayed: None,
+            });
+        }
+        self.relay_failure = Some(e);
     }
 
     /// Called when a statement fails inside a transaction block: if the upstream

@@ -177,6 +177,9 @@ pub struct Session {
     xact_started: Option<std::time::Instant>,
     /// Bytes received and sent already added to the gateway's totals.
     counted_traffic: (u64, u64),
+    /// Why the last relay failed before or instead of an upstream answer (no
+    /// upstream session, or it was lost), for the record stage.
+    relay_failure: Option<PgError>,
 }
 
 impl Drop for Session {
@@ -226,6 +229,7 @@ impl Session {
             rows: None,
             xact_started: None,
             counted_traffic: (0, 0),
+            relay_failure: None,
         }
     }
 

@@ -153,6 +153,8 @@ impl Session {
                     if let Some(f) = self.forward.as_mut() {
                         f.portals.clear();
                         f.statements.clear();
+                        f.texts.clear();
+                        f.portal_texts.clear();
                     }
                 }
                 Effect::DeallocateUpstream(name) => {
@@ -160,8 +162,12 @@ impl Session {
                         match name {
                             Some(n) => {
                                 f.statements.remove(n);
+                                f.texts.remove(n);
                             }
-                            None => f.statements.clear(),
+                            None => {
+                                f.statements.clear();
+                                f.texts.clear();
+                            }
                         }
                     }
                 }
@@ -218,7 +224,12 @@ impl Session {
             Some(c) => c.rows,
             None => self.rows.take(),
         };
-        let bytes = self.conn.bytes_sent().saturating_sub(outcome.sent_before);
+        // A relayed Execute ended when its answer passed, not at its pipeline's end.
+        let (duration, sent_after) = match relayed.and_then(|c| c.ended) {
+            Some((at, sent)) => (at.saturating_duration_since(outcome.started), sent),
+            None => (duration, self.conn.bytes_sent()),
+        };
+        let bytes = sent_after.saturating_sub(outcome.sent_before);
         tracing::trace!(
             route = outcome.route,
             micros = duration.as_micros() as u64,
@@ -274,7 +285,7 @@ impl Session {
                 // read it, so, like a statement it cannot parse, it goes upstream
                 // only for a role that may write.
                 if self.forward.is_some() && self.policy.write && frame.body.last() == Some(&0) {
-                    return self.forward_simple(frame).await;
+                    return self.relay_foreign_query(frame).await;
                 }
                 if e.severity == Severity::Fatal {
                     return Err(Disconnect::Protocol(e));
@@ -294,6 +305,46 @@ impl Session {
             return Ok(());
         }
         self.answer_query(frame, &decision).await
+    }
+
+    /// A simple query in a client encoding Sluice cannot read, relayed as it is:
+    /// admitted and recorded like any relayed text (its text decoded lossily).
+    async fn relay_foreign_query(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+        let started = Instant::now();
+        let sent_before = self.conn.bytes_sent();
+        let text = String::from_utf8_lossy(frame.body.strip_suffix(&[0]).unwrap_or(&frame.body))
+            .into_owned();
+        let label = Arc::new(Label::of_text(&text));
+        let recorded = Some(Arc::new(StatementText {
+            text: Arc::from(text.as_str()),
+            label,
+            parameters: None,
+        }));
+        if let Err(e) = self.admit("upstream") {
+            self.fail(&e);
+            self.record(Outcome {
+                route: "refused",
+                started,
+                error: Some(&e),
+                text: Text::Prepared(recorded),
+                sent_before,
+                relayed: None,
+            });
+            return self.end_query().await;
+        }
+        self.take_tally();
+        let relayed = self.forward_simple(frame).await;
+        let completion = self.take_tally();
+        let failed = self.relay_failure.take();
+        self.record(Outcome {
+            route: "upstream",
+            started,
+            error: failed.as_ref(),
+            text: Text::Prepared(recorded),
+            sent_before,
+            relayed: Some(completion),
+        });
+        relayed
     }
 
     /// The run stage of a simple query, through ReadyForQuery.
@@ -322,10 +373,11 @@ impl Session {
             self.take_tally();
             let relayed = self.forward_simple(frame).await;
             let completion = self.take_tally();
+            let failed = self.relay_failure.take();
             self.record(Outcome {
                 route: "upstream",
                 started,
-                error: None,
+                error: failed.as_ref(),
                 text: Text::Whole(sql, decision),
                 sent_before,
                 relayed: Some(completion),
@@ -360,7 +412,21 @@ impl Session {
                     let sent_before = self.conn.bytes_sent();
                     let route = step.route_name();
                     let result = match self.admit(route) {
-                        Ok(()) => Box::pin(self.run_step(step.clone())).await?,
+                        Ok(()) => match Box::pin(self.run_step(step.clone())).await {
+                            Ok(r) => r,
+                            Err(gone) => {
+                                // The client left mid-statement: it ran, so it is recorded.
+                                self.record(Outcome {
+                                    route,
+                                    started,
+                                    error: Some(&client_gone()),
+                                    text: Text::Step(sql, decision, index),
+                                    sent_before,
+                                    relayed: None,
+                                });
+                                return Err(gone);
+                            }
+                        },
                         Err(e) => Err(e),
                     };
                     self.record(Outcome {
@@ -399,27 +465,40 @@ impl Session {
     }
 
     /// The relayed Executes of a pipeline, at its ReadyForQuery.
-    pub(super) fn record_relayed_executes(&mut self, executed: &mut Vec<Executing>) {
+    /// `extended`: the ReadyForQuery ends an extended-protocol pipeline, whose
+    /// completions are all this pipeline's (a simple query's stay for its own
+    /// record, `take_tally`).
+    pub(super) fn record_relayed_executes(
+        &mut self,
+        executed: &mut Vec<Executing>,
+        extended: bool,
+    ) {
         // Each Execute met one completion, in order; after an error the
-        // upstream skipped the rest of the pipeline, which did not run.
-        // (A simple query's completions stay for its own record.)
+        // upstream skipped the rest of the pipeline, which did not run. An error
+        // before any Execute (a failed Parse, say) belongs to none of them.
         let done = self
             .forward
             .as_mut()
             .and_then(|f| f.held.as_mut())
-            .filter(|_| !executed.is_empty())
+            .filter(|_| extended || !executed.is_empty())
             .map(|h| std::mem::take(&mut h.conn.tally.done))
             .unwrap_or_default();
         let mut done = done.into_iter();
+        let mut answered_up_to = 0u64;
         for exec in executed.drain(..) {
             let Some(completion) = done.next() else { break };
             let failed = completion.error.is_some();
+            // Bytes and time of this answer only, not of the Executes before it.
+            let sent_before = exec.sent_before.max(answered_up_to);
+            if let Some((_, sent)) = completion.ended {
+                answered_up_to = sent;
+            }
             self.record(Outcome {
                 route: "upstream",
                 started: exec.started,
                 error: None,
                 text: Text::Prepared(exec.text),
-                sent_before: exec.sent_before,
+                sent_before,
                 relayed: Some(completion),
             });
             if failed {
@@ -432,10 +511,7 @@ impl Session {
     /// How the relayed statements since the last call ended, as one completion
     /// (rows summed; the first error).
     pub(super) fn take_tally(&mut self) -> Completion {
-        let mut out = Completion {
-            rows: None,
-            error: None,
-        };
+        let mut out = Completion::default();
         let Some(held) = self.forward.as_mut().and_then(|f| f.held.as_mut()) else {
             return out;
         };
@@ -495,6 +571,14 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// How a statement whose client went away mid-answer is recorded.
+pub(super) fn client_gone() -> PgError {
+    PgError::new(
+        SqlState::CONNECTION_EXCEPTION,
+        "the client disconnected before the statement's answer was sent",
+    )
 }
 
 /// 25P02, as PostgreSQL words it.

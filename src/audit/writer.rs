@@ -332,9 +332,11 @@ impl Writer {
         }
     }
 
-    /// `on_failure = "continue"`: while a sink fails, keep at most `max_pending`.
+    /// `on_failure = "continue"`: keep at most `max_pending`, whether a sink fails
+    /// or only falls behind (a stalled stdout reader, a slow S3): memory stays
+    /// bounded and the oldest records go first.
     fn drop_excess(&mut self) {
-        if self.state.refuse || self.slots.iter().all(|s| s.failing.is_none()) {
+        if self.state.refuse {
             return;
         }
         let excess = self.queue.len().saturating_sub(self.state.max_pending);
@@ -354,7 +356,7 @@ impl Writer {
             self.drops_logged = true;
             tracing::error!(
                 max_pending = self.state.max_pending,
-                "audit records are being dropped, oldest first: a sink is failing and audit.max_pending is reached (audit.on_failure = \"continue\")"
+                "audit records are being dropped, oldest first: a sink is failing or behind and audit.max_pending is reached (audit.on_failure = \"continue\")"
             );
         }
     }

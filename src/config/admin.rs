@@ -64,6 +64,15 @@ pub struct QueryGroupsConfig {
     /// Most groups kept; past it the tenth with the least total time is dropped.
     #[serde(default = "default_max_groups")]
     pub max_groups: usize,
+    /// Label forwarding sessions' upstream work with its query group
+    /// (`sluice_<fingerprint>`), so the warehouse's own views show Sluice's groups.
+    #[serde(default)]
+    pub label_upstream: bool,
+    /// The statement that labels an upstream session; `{label}` is replaced.
+    /// Redshift's `query_group` by default; a PostgreSQL upstream can use
+    /// `SET application_name TO '{label}'`.
+    #[serde(default = "default_label_statement")]
+    pub label_statement: String,
 }
 
 impl Default for QueryGroupsConfig {
@@ -71,6 +80,8 @@ impl Default for QueryGroupsConfig {
         QueryGroupsConfig {
             enabled: true,
             max_groups: default_max_groups(),
+            label_upstream: false,
+            label_statement: default_label_statement(),
         }
     }
 }
@@ -83,8 +94,18 @@ impl QueryGroupsConfig {
                 "from 100 to 1000000".into(),
             ));
         }
+        if self.label_upstream && !self.label_statement.contains("{label}") {
+            return Err((
+                "query_groups.label_statement".into(),
+                "must contain {label}, where the query group goes".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+fn default_label_statement() -> String {
+    "SET query_group TO '{label}'".into()
 }
 
 fn default_true() -> bool {

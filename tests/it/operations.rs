@@ -814,3 +814,56 @@ async fn audit_batches_reach_s3_as_day_partitioned_json_lines() {
         .collect();
     assert_eq!(mine, ["login", "statement", "logoff"], "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sessions_are_labelled_with_their_query_group() {
+    // PostgreSQL has no query_group: the stand-in is labelled through
+    // application_name, which a statement can read back.
+    let rig = Rig::start(Options {
+        extra: "[query_groups]\nlabel_upstream = true\n\
+                label_statement = \"SET application_name TO '{label}'\"\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let alice = rig.alice().await;
+    let simple = "SELECT current_setting('application_name') AS label";
+    let label = crate::harness::scalar(&alice, simple).await;
+    assert!(label.starts_with("sluice_") && label.len() == 23, "{label}");
+    // The same statement again: same group, no new label; another one: relabelled.
+    assert_eq!(crate::harness::scalar(&alice, simple).await, label);
+    let other = crate::harness::scalar(
+        &alice,
+        "SELECT current_setting('application_name') AS label, 1 AS one",
+    )
+    .await;
+    assert_ne!(other, label);
+    // Prepared statements are labelled at Parse.
+    let row = alice
+        .query_one(
+            "SELECT current_setting('application_name') AS label, $1::int AS n",
+            &[&5i32],
+        )
+        .await
+        .expect("extended");
+    let prepared: String = row.get(0);
+    assert!(
+        prepared.starts_with("sluice_") && prepared != label,
+        "{prepared}"
+    );
+
+    // The label is the group's fingerprint, as sluice.query_groups shows it.
+    let ops = rig.connect("ops", "ops-pw").await;
+    let groups = rows(
+        &ops,
+        "SELECT fingerprint FROM sluice.query_groups \
+         WHERE route = 'upstream' AND query LIKE '%current_setting%'",
+    )
+    .await;
+    for l in [&label, &other, &prepared] {
+        assert!(
+            groups.iter().any(|g| format!("sluice_{}", g[0]) == **l),
+            "{l} not among {groups:?}"
+        );
+    }
+}

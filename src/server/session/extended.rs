@@ -64,6 +64,15 @@ impl Session {
                 let text = self
                     .records_texts()
                     .then(|| StatementText::of(&msg.query, &decision));
+                // A prepared statement is labelled at Parse, when its session's
+                // upstream is open and no pipeline is under way (`label_upstream`).
+                if self.shared.config.query_groups.label_upstream {
+                    let group = text
+                        .as_ref()
+                        .map(|t| t.label.fingerprint)
+                        .unwrap_or_else(|| decision.label(&msg.query).fingerprint);
+                    self.label_upstream(group).await;
+                }
                 if let Some(f) = self.forward.as_mut() {
                     f.statements.insert(msg.name.clone());
                     match text {

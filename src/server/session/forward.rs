@@ -61,6 +61,10 @@ pub(super) struct Forwarding {
     /// Texts of upstream prepared statements and bound portals, for the record
     /// stage (kept only while something records texts).
     pub(super) texts: foldhash::HashMap<String, Arc<StatementText>>,
+    /// The query group the upstream session was last labelled with, and whether
+    /// the upstream refused the label statement (`label_upstream`).
+    pub(super) last_label: Option<u64>,
+    pub(super) label_refused: bool,
     pub(super) portal_texts: foldhash::HashMap<String, Arc<StatementText>>,
     /// A statement Sluice answered failed after upstream statements of the same
     /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
@@ -119,6 +123,8 @@ impl Forwarding {
             void_pipeline: false,
             executing: Vec::new(),
             texts: foldhash::HashMap::default(),
+            last_label: None,
+            label_refused: false,
             portal_texts: foldhash::HashMap::default(),
         })
     }
@@ -406,12 +412,21 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn forward_simple(&mut self, frame: &Frame) -> Result<(), Disconnect> {
+    /// Relays a simple query through ReadyForQuery. `group`: its query-group
+    /// fingerprint, to label the upstream session with first (`label_upstream`).
+    pub(super) async fn forward_simple(
+        &mut self,
+        frame: &Frame,
+        group: Option<u64>,
+    ) -> Result<(), Disconnect> {
         if let Err(e) = self.ensure_upstream().await {
             self.fail(&e);
             self.relay_failure = Some(e.clone());
             self.ready();
             return Ok(self.conn.flush().await?);
+        }
+        if let Some(group) = group {
+            self.label_upstream(group).await;
         }
         self.put_upstream(frame);
         if self.relay_upstream(Until::Ready, false).await?.is_none() {
@@ -420,6 +435,47 @@ impl Session {
         self.conn.flush().await?;
         self.conn.shrink_idle();
         Ok(())
+    }
+
+    /// `[query_groups] label_upstream`: before a relayed statement of another group
+    /// than the last, the upstream session is told its group (Redshift: `SET
+    /// query_group`, shown in STL_QUERY.label and SYS_QUERY_HISTORY), so the
+    /// warehouse's own views show Sluice's groups. Only between pipelines (nothing
+    /// queued or owed upstream), never in a failed transaction, and never over the
+    /// user's own `SET query_group`. A refused label statement turns labelling off
+    /// for the session (once, with a warning).
+    pub(super) async fn label_upstream(&mut self, group: u64) {
+        let config = &self.shared.config.query_groups;
+        if !config.label_upstream
+            || self
+                .settings
+                .get("query_group")
+                .is_some_and(|g| !g.is_empty() && g != "default")
+        {
+            return;
+        }
+        let Some(f) = self.forward.as_mut() else {
+            return;
+        };
+        let Some(h) = f.held.as_mut() else { return };
+        if f.label_refused
+            || f.last_label == Some(group)
+            || f.owed > 0
+            || f.pending_sync
+            || !h.conn.out.is_empty()
+            || h.conn.status == b'E'
+        {
+            return;
+        }
+        let label = format!("sluice_{}", crate::route::fingerprint::hex(group));
+        let sql = config.label_statement.replace("{label}", &label);
+        match h.conn.run_quietly(&sql).await {
+            Ok(()) => f.last_label = Some(group),
+            Err(e) => {
+                f.label_refused = true;
+                tracing::warn!(upstream = %f.upstream.name(), error = %e.message, "the upstream refused the query-group label statement; not labelling this session");
+            }
+        }
     }
 
     /// Sends what is queued for the upstream and relays its answers. `None` when the
@@ -513,6 +569,7 @@ impl Session {
         fwd.portals.clear();
         fwd.texts.clear();
         fwd.portal_texts.clear();
+        fwd.last_label = None;
         fwd.owed = 0;
         fwd.pending_sync = false;
         fwd.void_pipeline = false;

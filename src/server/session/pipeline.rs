@@ -333,7 +333,7 @@ impl Session {
             return self.end_query().await;
         }
         self.take_tally();
-        let relayed = self.forward_simple(frame).await;
+        let relayed = self.forward_simple(frame, None).await;
         let completion = self.take_tally();
         let failed = self.relay_failure.take();
         self.record(Outcome {
@@ -371,7 +371,13 @@ impl Session {
                 return self.end_query().await;
             }
             self.take_tally();
-            let relayed = self.forward_simple(frame).await;
+            let group = self
+                .shared
+                .config
+                .query_groups
+                .label_upstream
+                .then(|| decision.label(sql).fingerprint);
+            let relayed = self.forward_simple(frame, group).await;
             let completion = self.take_tally();
             let failed = self.relay_failure.take();
             self.record(Outcome {

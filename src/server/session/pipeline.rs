@@ -320,27 +320,41 @@ impl Session {
             label,
             parameters: None,
         }));
+        self.relay_simple(frame, Text::Prepared(recorded), None, started, sent_before)
+            .await
+    }
+
+    /// Admits, relays (labelled with `group`, when set) and records a simple query
+    /// that goes upstream whole, through ReadyForQuery.
+    async fn relay_simple(
+        &mut self,
+        frame: &Frame,
+        text: Text<'_>,
+        group: Option<u64>,
+        started: Instant,
+        sent_before: u64,
+    ) -> Result<(), Disconnect> {
         if let Err(e) = self.admit("upstream") {
             self.fail(&e);
             self.record(Outcome {
                 route: "refused",
                 started,
                 error: Some(&e),
-                text: Text::Prepared(recorded),
+                text,
                 sent_before,
                 relayed: None,
             });
             return self.end_query().await;
         }
         self.take_tally();
-        let relayed = self.forward_simple(frame, None).await;
+        let relayed = self.forward_simple(frame, group).await;
         let completion = self.take_tally();
         let failed = self.relay_failure.take();
         self.record(Outcome {
             route: "upstream",
             started,
             error: failed.as_ref(),
-            text: Text::Prepared(recorded),
+            text,
             sent_before,
             relayed: Some(completion),
         });
@@ -357,38 +371,16 @@ impl Session {
         if let Plan::Relay = decision.plan {
             let started = Instant::now();
             let sent_before = self.conn.bytes_sent();
-            let admitted = self.admit("upstream");
-            if let Err(e) = admitted {
-                self.fail(&e);
-                self.record(Outcome {
-                    route: "refused",
-                    started,
-                    error: Some(&e),
-                    text: Text::Whole(sql, decision),
-                    sent_before,
-                    relayed: None,
-                });
-                return self.end_query().await;
-            }
-            self.take_tally();
             let group = self
                 .shared
                 .config
                 .query_groups
                 .label_upstream
                 .then(|| decision.label(sql).fingerprint);
-            let relayed = self.forward_simple(frame, group).await;
-            let completion = self.take_tally();
-            let failed = self.relay_failure.take();
-            self.record(Outcome {
-                route: "upstream",
-                started,
-                error: failed.as_ref(),
-                text: Text::Whole(sql, decision),
-                sent_before,
-                relayed: Some(completion),
-            });
-            return relayed;
+            let text = Text::Whole(sql, decision);
+            return self
+                .relay_simple(frame, text, group, started, sent_before)
+                .await;
         }
         // Sluice answers after the upstream has answered what was forwarded before.
         if self.forward.as_ref().is_some_and(|f| f.owed > 0) {

@@ -9,6 +9,7 @@
 //! - `commands.rs`: session commands (SET, SHOW, BEGIN, …) and admin views.
 //! - `view_ddl.rs`: gateway materialized view statements.
 //! - `forward.rs`: relaying to the upstream session, and its per-message fast path.
+//! - `upstream.rs`: the upstream session's labels, loss and release.
 //! - `cached.rs`: the result cache around the run stage.
 //!
 //! The loop owns the raw [`Frame`]s, not a handler that can only answer with rows:
@@ -20,6 +21,7 @@ mod extended;
 mod forward;
 mod pipeline;
 mod portals;
+mod upstream;
 mod view_ddl;
 
 use std::collections::HashMap;

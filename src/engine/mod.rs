@@ -1,6 +1,10 @@
 //! The local query engine: one shared DataFusion context holding the lake catalog,
 //! `pg_catalog` and `information_schema`; each statement gets a cheap per-session
 //! copy of its state (default schema, time zone, who is asking).
+//!
+//! (A little over 600 lines: construction, the per-policy contexts, planning and
+//! execution belong together; the catalog parts live in `visibility`, `federated`,
+//! `system` and `pg_compat`.)
 
 mod federated;
 pub use federated::RemoteTables;

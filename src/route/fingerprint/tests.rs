@@ -249,3 +249,38 @@ fn normalized_is_capped_on_a_char_boundary() {
     let short = normalized("SELECT 1");
     assert_eq!(short, "SELECT $1");
 }
+
+#[test]
+fn shapes_blank_literals_only() {
+    use super::shape;
+    assert_eq!(
+        shape("SELECT a1 FROM t2 WHERE x = 12.5e-3 AND y = 'it''s' AND \"Q 1\" = .5").as_deref(),
+        Some("SELECT a1 FROM t2 WHERE x = 0 AND y = '' AND \"Q 1\" = 0")
+    );
+    for not_plain in [
+        "SELECT 1 -- c",
+        "SELECT /* c */ 1",
+        "SELECT $1",
+        "SELECT E'\\n'",
+        "SELECT é",
+        "SELECT 'open",
+    ] {
+        assert_eq!(shape(not_plain), None, "{not_plain}");
+    }
+}
+
+#[test]
+fn texts_of_one_shape_share_a_fingerprint_and_cached_answers_match() {
+    let a = of_text("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
+    let b = of_text("SELECT abalance FROM pgbench_accounts WHERE aid = 7;");
+    assert_eq!(a, b);
+    // Reuse never changes a result.
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+        "UPDATE t SET x = 'a' WHERE id IN (1, 2)",
+        "select * from events_2024 where v = -1",
+    ] {
+        assert_eq!(of_text(sql), super::of_text_uncached(sql), "{sql}");
+        assert_eq!(of_text(sql), super::of_text_uncached(sql), "{sql}");
+    }
+}

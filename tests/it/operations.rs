@@ -388,7 +388,7 @@ async fn metrics_change_with_traffic_and_readiness_follows_the_idp_and_upstream(
     idp.up.store(false, std::sync::atomic::Ordering::SeqCst);
     let admin = postgres::free_port().expect("port");
     let oidc = format!(
-        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_insecure_http = true\n\
+        "[auth.oidc]\njwks_min_refresh_secs = 1\nallow_insecure_http = true\nallow_plaintext_loopback = true\n\
          [[auth.oidc.issuers]]\nissuer = \"{iss}\"\ndiscovery_url = \"{disc}\"\naudiences = [\"api://sluice\"]\n",
         iss = crate::idp::v1_issuer(),
         disc = idp.discovery(false),
@@ -490,13 +490,26 @@ async fn metrics_change_with_traffic_and_readiness_follows_the_idp_and_upstream(
     assert!(metric(&after, "sluice_jwks_fetches_total{outcome=\"ok\"}") >= 1.0);
     assert!(metric(&after, "sluice_jwks_fetches_total{outcome=\"error\"}") >= 1.0);
     assert!(after.contains("# TYPE sluice_statement_duration_seconds histogram"));
-    // A wrong password counts as a failed login.
+    // A wrong password counts as a failed login; a bad token as a token refusal.
     assert!(
         crate::harness::connect_plain(rig.port, "alice", "wrong")
             .await
             .is_err()
     );
+    let forged = key.sign(&serde_json::json!({
+        "iss": "https://elsewhere.example/",
+        "aud": "api://sluice",
+    }));
+    assert!(
+        crate::harness::connect_plain(rig.port, "nobody@contoso.com", &forged)
+            .await
+            .is_err()
+    );
     let last = http_get(admin, "/metrics", None).await.1;
+    assert!(
+        last.contains("sluice_token_refusals_total{reason="),
+        "{last}"
+    );
     assert!(
         metric(
             &last,

@@ -14,7 +14,7 @@
 //! credentials are cached and only matter at connect time).
 //!
 //! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--rounds N`,
-//! `--skip-suite`).
+//! `--skip-suite`, `--observability-only`).
 //! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
 //! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
 
@@ -34,6 +34,8 @@ struct Args {
     seconds: u64,
     rounds: usize,
     skip_suite: bool,
+    /// Only the observability off/on comparison.
+    observability_only: bool,
 }
 
 fn args() -> Args {
@@ -41,6 +43,7 @@ fn args() -> Args {
         seconds: 5,
         rounds: 3,
         skip_suite: false,
+        observability_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +51,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).unwrap_or(3).max(1),
             "--skip-suite" => a.skip_suite = true,
+            "--observability-only" => a.observability_only = true,
             _ => {}
         }
     }
@@ -414,6 +418,9 @@ fn main() -> Result<()> {
     let sluice_one = runtime.block_on(start_sluice(pg.port, one_dir.path(), Some(1)))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
 
+    if args.observability_only {
+        return observability_overhead(&runtime, pg.port, &args);
+    }
     println!(
         "pgbench -S, median of {} rounds of {} s (PostgreSQL 15, scale 10; all hops plaintext on loopback; {cores} cores)",
         args.rounds, args.seconds

@@ -24,6 +24,10 @@ use crate::config::AuditFormat;
 const RETRY: Duration = Duration::from_millis(250);
 /// Most records taken off the channel per round, and per file or stdout write.
 const BATCH: usize = 4096;
+/// File and stdout sinks write when this many records wait, or the oldest has
+/// waited `LINGER` (a flush writes at once).
+const LINGER_RECORDS: usize = 512;
+const LINGER: Duration = Duration::from_millis(20);
 
 /// What a write reports: on failure, how many of its records were written before
 /// the error (the file sink can tell), and the error.
@@ -217,7 +221,16 @@ impl Writer {
             let offset = (start - self.base) as usize;
             let waiting = (end - start) as usize;
             let count = match &slot.sink {
-                Sink::File(_) | Sink::Stdout => waiting.min(BATCH),
+                // Records linger briefly so a busy gateway writes in batches: one
+                // write (and one blocking-pool hop) per few hundred statements, not
+                // per statement.
+                Sink::File(_) | Sink::Stdout => {
+                    let due = waiting >= LINGER_RECORDS
+                        || self.force_to > start
+                        || slot.failing.is_some()
+                        || now.duration_since(since) >= LINGER;
+                    if due { waiting.min(BATCH) } else { 0 }
+                }
                 Sink::S3(s3) => {
                     let due = waiting >= s3.batch_events()
                         || self.force_to > start
@@ -262,7 +275,7 @@ impl Writer {
             .filter_map(|s| match (&s.failing, &s.sink) {
                 (Some(_), _) => Some(s.retry_at),
                 (None, Sink::S3(s3)) => s.waiting_since.map(|w| w + s3.batch_interval()),
-                (None, _) => None,
+                (None, _) => s.waiting_since.map(|w| w + LINGER),
             })
             .min()
     }

@@ -419,16 +419,9 @@ impl Session {
         let sent_before = self.conn.bytes_sent();
         let route = portal.state.route_name();
         let text = portal.text.clone();
-        if let Err(e) = self.admit(route) {
+        let recorded = Text::Prepared(text);
+        if let Err(e) = self.admit_or_record(route, started, sent_before, &recorded) {
             self.portals.insert(msg.portal, portal);
-            self.record(Outcome {
-                route: "refused",
-                started,
-                error: Some(&e),
-                text: Text::Prepared(text),
-                sent_before,
-                relayed: None,
-            });
             return Err(e);
         }
         let result = match &portal.state {
@@ -459,7 +452,7 @@ impl Session {
                 // The client left mid-answer: the statement ran, so it is recorded.
                 Err(_) => Some(&gone),
             },
-            text: Text::Prepared(text),
+            text: recorded,
             sent_before,
             relayed: None,
         });

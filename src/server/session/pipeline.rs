@@ -50,6 +50,7 @@ pub(super) struct Outcome<'a> {
 }
 
 /// Where the record stage finds a statement's text and label.
+#[derive(Clone)]
 pub(super) enum Text<'a> {
     /// Statement `index` of a decided query string.
     Step(&'a str, &'a Decision, usize),
@@ -205,6 +206,29 @@ impl Session {
         Ok(())
     }
 
+    /// Stage 2 for a statement that is refused whole if not admitted: the refusal
+    /// is recorded (route `refused`) and returned for the caller to report.
+    pub(super) fn admit_or_record(
+        &mut self,
+        route: &'static str,
+        started: Instant,
+        sent_before: u64,
+        text: &Text<'_>,
+    ) -> Result<(), PgError> {
+        let admitted = self.admit(route);
+        if let Err(e) = &admitted {
+            self.record(Outcome {
+                route: "refused",
+                started,
+                error: Some(e),
+                text: text.clone(),
+                sent_before,
+                relayed: None,
+            });
+        }
+        admitted
+    }
+
     /// Whether the record stage needs statement texts and labels.
     pub(super) fn records_texts(&self) -> bool {
         let o = &self.shared.observer;
@@ -334,16 +358,8 @@ impl Session {
         started: Instant,
         sent_before: u64,
     ) -> Result<(), Disconnect> {
-        if let Err(e) = self.admit("upstream") {
+        if let Err(e) = self.admit_or_record("upstream", started, sent_before, &text) {
             self.fail(&e);
-            self.record(Outcome {
-                route: "refused",
-                started,
-                error: Some(&e),
-                text,
-                sent_before,
-                relayed: None,
-            });
             return self.end_query().await;
         }
         self.take_tally();

@@ -150,7 +150,7 @@ impl Session {
                     let sent_before = self.conn.bytes_sent();
                     let sql = crate::wire::frame::decode_query(&frame.body).unwrap_or_default();
                     let text = Text::Whole(sql, decision);
-                    match self.admit("cache") {
+                    match self.admit_or_record("cache", started, sent_before, &text) {
                         Ok(()) => {
                             self.conn.out.extend_from_slice(&body);
                             self.record(Outcome {
@@ -162,17 +162,7 @@ impl Session {
                                 relayed: None,
                             });
                         }
-                        Err(e) => {
-                            self.fail(&e);
-                            self.record(Outcome {
-                                route: "refused",
-                                started,
-                                error: Some(&e),
-                                text,
-                                sent_before,
-                                relayed: None,
-                            });
-                        }
+                        Err(e) => self.fail(&e),
                     }
                     self.ready();
                     self.conn.flush().await?;

@@ -254,6 +254,16 @@ enum Canon {
     Text(String),
 }
 
+/// The fingerprint of several statements sent as one text: the sequence of
+/// theirs, in order.
+pub fn of_sequence(fingerprints: impl IntoIterator<Item = u64>) -> u64 {
+    let mut hash = Fnv::new();
+    for fp in fingerprints {
+        hash.bytes(&fp.to_le_bytes());
+    }
+    hash.finish()
+}
+
 /// The fingerprint of text that does not parse (or is relayed unparsed), from its
 /// tokens; falls back to the whitespace-collapsed, lower-cased text when even
 /// tokenizing fails.
@@ -561,7 +571,12 @@ impl Fnv {
 
     /// Hashes one canonical token, then a separator, so token boundaries count.
     fn part(&mut self, text: &str) {
-        for &b in text.as_bytes().iter().chain([&0x1f]) {
+        self.bytes(text.as_bytes());
+        self.bytes(&[0x1f]);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }

@@ -68,16 +68,14 @@ impl Label {
         if let [one] = labels {
             return (**one).clone();
         }
-        let mut out = Label::default();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut out = Label {
+            fingerprint: fingerprint::of_sequence(labels.iter().map(|l| l.fingerprint)),
+            ..Label::default()
+        };
         for l in labels {
-            for b in l.fingerprint.to_le_bytes() {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
             merge(&mut out.tables_read, &l.tables_read);
             merge(&mut out.tables_written, &l.tables_written);
         }
-        out.fingerprint = hash;
         out
     }
 }

@@ -44,6 +44,7 @@ impl SqlState {
     pub const GROUPING_ERROR: SqlState = SqlState("42803");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");

@@ -22,3 +22,4 @@ pub mod redshift;
 pub mod route;
 pub mod server;
 pub mod wire;
+pub mod workload;

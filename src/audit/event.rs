@@ -96,6 +96,19 @@ pub struct StatementEvent {
     /// The error message, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The workload queue it ran (or waited) in, when `[workload]` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Microseconds it waited for a slot.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub queue_wait_us: u64,
+    /// Workload rules that acted on it, as `rule:action`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl AuditEvent {

@@ -171,6 +171,13 @@ fn datastore_activity(time: DateTime<Utc>, s: &StatementEvent) -> Value {
         if let Some(tls) = s.who.tls {
             map.insert("tls".into(), tls.into());
         }
+        if let Some(queue) = &s.queue {
+            map.insert("queue".into(), queue.as_str().into());
+            map.insert("queue_wait_us".into(), s.queue_wait_us.into());
+        }
+        if !s.rules.is_empty() {
+            map.insert("rules".into(), s.rules.clone().into());
+        }
     }
     event.insert("unmapped".into(), unmapped);
     Value::Object(event)
@@ -254,6 +261,9 @@ mod tests {
             bytes: 99,
             sqlstate: Cow::Borrowed(sqlstate),
             error: (sqlstate != "00000").then(|| "permission denied".to_string()),
+            queue: None,
+            queue_wait_us: 0,
+            rules: Vec::new(),
         }
     }
 

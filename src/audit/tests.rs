@@ -41,6 +41,9 @@ fn statement(text: &str) -> AuditEvent {
         bytes: 10,
         sqlstate: Cow::Borrowed("00000"),
         error: None,
+        queue: None,
+        queue_wait_us: 0,
+        rules: Vec::new(),
     }))
 }
 

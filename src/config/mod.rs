@@ -24,8 +24,10 @@ pub use ldap::LdapConfig;
 mod redshift;
 mod roles;
 pub mod values;
+mod workload;
 pub use redshift::{CredentialMode, PoolConfig, RedshiftConfig, UpstreamTls};
 pub use roles::{AccessRules, RoleConfig, RoleMappingRule};
+pub use workload::{Priority, QUEUE_ROUTES, QueueConfig, RuleAction, RuleConfig, WorkloadConfig};
 
 /// A configuration problem, always naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub struct Config {
     /// Statistics per query group.
     #[serde(default)]
     pub query_groups: QueryGroupsConfig,
+    /// Workload queues and query monitoring rules; none when absent.
+    #[serde(default)]
+    pub workload: WorkloadConfig,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -257,6 +262,7 @@ impl Config {
         self.query_groups
             .validate()
             .map_err(|(k, m)| invalid(k, m))?;
+        self.workload.validate().map_err(|(k, m)| invalid(k, m))?;
         if self.server.database.is_empty() {
             return Err(invalid(
                 "server.database".into(),

@@ -6,7 +6,9 @@
 //! execution belong together; the catalog parts live in `visibility`, `federated`,
 //! `system` and `pg_compat`.)
 
+mod execute;
 mod federated;
+pub use execute::PhysicalQuery;
 pub use federated::RemoteTables;
 pub mod params;
 pub mod pg_compat;
@@ -19,13 +21,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
-use datafusion::physical_plan::execute_stream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -33,7 +32,6 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use futures::StreamExt;
 
 use crate::auth::policy::Policy;
 use crate::config::Config;
@@ -461,43 +459,6 @@ impl Engine {
                 .build(),
         )
     }
-
-    /// Starts executing a plan on the query runtime. Batches cross to the session
-    /// through a small bounded channel, so a client that stops reading stops the
-    /// query (backpressure); dropping the stream aborts the query.
-    pub async fn execute(
-        &self,
-        plan: LogicalPlan,
-        qc: &QueryContext,
-    ) -> Result<SendableRecordBatchStream, PgError> {
-        let state = self.state_for(qc).await?;
-        let schema = Arc::new(plan.schema().as_arrow().clone());
-        let physical = state.create_physical_plan(&plan).await?;
-        let task_ctx = state.task_ctx();
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let Some(cpu) = self.cpu.0.as_ref() else {
-            return Err(PgError::new(
-                SqlState::ADMIN_SHUTDOWN,
-                "the server is shutting down",
-            ));
-        };
-        let driver = cpu.spawn(async move {
-            let mut stream = match execute_stream(physical, task_ctx) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            while let Some(batch) = stream.next().await {
-                if tx.send(batch).await.is_err() {
-                    break; // the session went away or gave up
-                }
-            }
-        });
-        let batches = AbortOnDrop { rx, driver };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
-    }
 }
 
 /// The runtime environment every context shares: its object store registry creates
@@ -527,46 +488,6 @@ fn lake_runtime(
         .map_err(|e| format!("cannot set up the query runtime: {e}"))
 }
 
-/// The session's end of a running query; dropping it cancels the query.
-struct AbortOnDrop {
-    rx: tokio::sync::mpsc::Receiver<
-        datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>,
-    >,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
-impl futures::Stream for AbortOnDrop {
-    type Item = datafusion::error::Result<datafusion::arrow::record_batch::RecordBatch>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(None) => {
-                // The driver is gone: a normal end, or a panic that must not pass
-                // for a complete (but short) result.
-                match std::pin::Pin::new(&mut self.driver).poll(cx) {
-                    Poll::Ready(Err(e)) if e.is_panic() => {
-                        Poll::Ready(Some(Err(datafusion::error::DataFusionError::Execution(
-                            "the query failed with an internal error (see the gateway log)".into(),
-                        ))))
-                    }
-                    Poll::Ready(_) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-            other => other,
-        }
-    }
-}
 
 /// The first schema on the search path that exists, like PostgreSQL.
 fn default_schema(search_path: &str, names: &[String]) -> String {

@@ -9,5 +9,6 @@ mod counted;
 pub mod demo;
 pub mod glue;
 pub mod local;
+pub mod scan_guard;
 pub mod stores;
 pub mod tables;

@@ -65,6 +65,13 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     pub audit_dropped: IntCounter,
     pub audit_pending: IntGauge,
+    // Workload queues and rules.
+    pub workload_wait: HistogramVec,
+    pub workload_waits: IntCounterVec,
+    pub workload_rule_actions: IntCounterVec,
+    pub workload_running: IntGaugeVec,
+    pub workload_waiting: IntGaugeVec,
+    pub workload_slots: IntGaugeVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -288,6 +295,42 @@ impl Metrics {
                 &r,
                 "sluice_audit_pending_events",
                 "Audit events not yet written.",
+            ),
+            workload_wait: histogram_vec(
+                &r,
+                "sluice_workload_queue_wait_seconds",
+                "Time statements that had to wait spent in line for a slot, per queue.",
+                &["queue"],
+            ),
+            workload_waits: counter_vec(
+                &r,
+                "sluice_workload_queue_waits_total",
+                "Statements that waited for a slot, per queue and how the wait ended (admitted, timed_out, canceled).",
+                &["queue", "result"],
+            ),
+            workload_rule_actions: counter_vec(
+                &r,
+                "sluice_workload_rule_actions_total",
+                "Query monitoring rules that acted, per rule and action (log, cancel, refuse).",
+                &["rule", "action"],
+            ),
+            workload_running: gauge_vec(
+                &r,
+                "sluice_workload_queue_running",
+                "Statements holding a slot, per queue.",
+                &["queue"],
+            ),
+            workload_waiting: gauge_vec(
+                &r,
+                "sluice_workload_queue_waiting",
+                "Statements waiting for a slot, per queue.",
+                &["queue"],
+            ),
+            workload_slots: gauge_vec(
+                &r,
+                "sluice_workload_queue_slots",
+                "Slots of each queue (-1: unlimited).",
+                &["queue"],
             ),
             registry: r,
         }

@@ -40,6 +40,10 @@ pub struct StatementEnd<'a> {
     pub duration: Duration,
     /// Time spent waiting to be admitted.
     pub queue: Duration,
+    /// The workload queue the statement ran in.
+    pub queue_name: Option<&'a str>,
+    /// Workload rules that acted on it.
+    pub rules: &'a [crate::workload::Fired],
     pub rows: Option<u64>,
     pub bytes: u64,
     pub sqlstate: &'a str,
@@ -122,6 +126,7 @@ impl Observer {
                 rows: s.rows.unwrap_or(0),
                 error: !ok,
                 cache_hit: s.route == "cache",
+                rule_actions: s.rules.len() as u64,
             });
         }
         if let Some(audit) = &self.audit
@@ -149,6 +154,13 @@ impl Observer {
                 bytes: s.bytes,
                 sqlstate: Cow::Owned(s.sqlstate.to_owned()),
                 error,
+                queue: s.queue_name.map(str::to_owned),
+                queue_wait_us: s.queue.as_micros() as u64,
+                rules: s
+                    .rules
+                    .iter()
+                    .map(|f| format!("{}:{}", f.rule, f.action.name()))
+                    .collect(),
             })));
         }
     }

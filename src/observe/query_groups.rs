@@ -36,6 +36,8 @@ pub struct Sample<'a> {
     pub rows: u64,
     pub error: bool,
     pub cache_hit: bool,
+    /// Workload rules that acted on the statement.
+    pub rule_actions: u64,
 }
 
 struct Group {
@@ -53,6 +55,7 @@ struct Group {
     rows: u64,
     errors: u64,
     cache_hits: u64,
+    rule_actions: u64,
     first_seen: SystemTime,
     last_seen: SystemTime,
     histogram: Box<[u32; BUCKETS]>,
@@ -78,6 +81,7 @@ pub struct GroupRow {
     pub rows: u64,
     pub errors: u64,
     pub cache_hits: u64,
+    pub rule_actions: u64,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
 }
@@ -188,6 +192,7 @@ impl QueryGroups {
                     rows: 0,
                     errors: 0,
                     cache_hits: 0,
+                    rule_actions: 0,
                     first_seen: now,
                     last_seen: now,
                     histogram: Box::new([0; BUCKETS]),
@@ -202,6 +207,7 @@ impl QueryGroups {
         group.rows += s.rows;
         group.errors += u64::from(s.error);
         group.cache_hits += u64::from(s.cache_hit);
+        group.rule_actions += s.rule_actions;
         group.last_seen = now;
         let b = &mut group.histogram[bucket(us)];
         *b = b.saturating_add(1);
@@ -307,6 +313,7 @@ impl QueryGroups {
                     rows: g.rows,
                     errors: g.errors,
                     cache_hits: g.cache_hits,
+                    rule_actions: g.rule_actions,
                     first_seen: g.first_seen,
                     last_seen: g.last_seen,
                 }
@@ -334,6 +341,7 @@ mod tests {
             rows: 1,
             error: false,
             cache_hit: false,
+            rule_actions: 0,
         }
     }
 

@@ -79,6 +79,7 @@ fn schema() -> SchemaRef {
         count("rows"),
         count("errors"),
         count("cache_hits"),
+        count("rule_actions"),
         time("first_seen"),
         time("last_seen"),
     ]))
@@ -125,6 +126,7 @@ fn batch(rows: &[GroupRow]) -> Result<RecordBatch> {
             count(&|r| r.rows),
             count(&|r| r.errors),
             count(&|r| r.cache_hits),
+            count(&|r| r.rule_actions),
             time(&|r| r.first_seen),
             time(&|r| r.last_seen),
         ],

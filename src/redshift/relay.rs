@@ -10,7 +10,10 @@ use std::io;
 
 use bytes::BytesMut;
 
-use crate::redshift::wire::UpstreamConn;
+use std::sync::{Arc, OnceLock};
+
+use crate::error::PgError;
+use crate::redshift::wire::{self, UpstreamConn};
 use crate::wire::connection::{Connection, Disconnect, FLUSH_THRESHOLD};
 use crate::wire::frame;
 
@@ -113,6 +116,64 @@ impl Tally {
     }
 }
 
+/// Limits on the relayed statement (the workload's row, byte and time limits),
+/// checked as its answer passes. Past a limit the relay asks the upstream to
+/// cancel the statement; the upstream's "canceling statement" error then reaches
+/// the client as the limit's own error. Rows and bytes already on their way pass
+/// (the cap is enforced by cancelling, never by cutting a result short).
+#[derive(Default)]
+pub struct Watch {
+    pub rows: Option<Limit>,
+    /// A limit on the client's `bytes_sent()` (counted from the statement's start).
+    pub sent: Option<Limit>,
+    /// Set by the statement's timer when its time limit passed (the timer also
+    /// sends the cancel).
+    pub timed_out: Arc<OnceLock<Limit>>,
+    /// Rows relayed so far.
+    pub rows_seen: u64,
+    /// The limit Sluice cancelled the statement for.
+    pub tripped: Option<Limit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub at: u64,
+    pub error: PgError,
+    /// The workload rule that set the limit (`None`: the queue's own limit).
+    pub rule: Option<Arc<str>>,
+}
+
+impl Watch {
+    /// The limit the statement was cancelled for, if any.
+    pub fn breached(&self) -> Option<&Limit> {
+        self.tripped.as_ref().or_else(|| self.timed_out.get())
+    }
+
+    fn trip(&mut self, limit: Limit, up: &UpstreamConn) {
+        if self.tripped.is_some() {
+            return;
+        }
+        tracing::debug!(error = %limit.error.message, "cancelling a relayed statement past its limit");
+        self.tripped = Some(limit);
+        if let (Some(target), Ok(runtime)) = (up.cancel.clone(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                if let Err(e) = wire::send_cancel(&target).await {
+                    tracing::warn!(error = %e.message, "could not cancel an upstream statement past its limit");
+                }
+            });
+        }
+    }
+
+    fn check_sent(&mut self, sent: u64, up: &UpstreamConn) {
+        if let Some(limit) = &self.sent
+            && sent > limit.at
+        {
+            let limit = limit.clone();
+            self.trip(limit, up);
+        }
+    }
+}
+
 /// How many terminal responses the forwarded extended-protocol messages are owed.
 /// Parse, Bind, Close: one each; Describe: RowDescription or NoData; Execute:
 /// CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -134,6 +195,7 @@ pub async fn relay(
     mut until: Until,
     owed: &mut usize,
     extended: bool,
+    mut watch: Option<&mut Watch>,
 ) -> Result<Outcome, RelayError> {
     let mut fatal = false;
     loop {
@@ -143,6 +205,9 @@ pub async fn relay(
         if !up.has_buffered_message() && !client.out.is_empty() {
             // About to wait for the upstream: let the client have what we have.
             client.flush().await.map_err(Disconnect::from)?;
+            if let Some(w) = watch.as_deref_mut() {
+                w.check_sent(client.bytes_sent(), up);
+            }
         }
         let (tag, len) = match up.read_message().await {
             Ok(m) => {
@@ -165,6 +230,26 @@ pub async fn relay(
                 return Ok(Outcome::Ready(status));
             }
             b'E' => {
+                let body = &up.message(len)[5..];
+                if let Some(limit) = watch.as_deref().and_then(Watch::breached)
+                    && is_canceled(body)
+                {
+                    // Sluice's own cancel: the client hears which limit it was.
+                    let error = limit.error.clone();
+                    up.consume(len);
+                    up.tally.done.push(Completion {
+                        error: Some((error.code.0.to_owned(), error.message.clone())),
+                        ..Completion::default()
+                    });
+                    client.send_error(&error);
+                    up.tally.stamp(client.bytes_sent());
+                    if until == Until::Answered {
+                        *owed = 0;
+                        client.flush().await.map_err(Disconnect::from)?;
+                        return Ok(Outcome::Failed);
+                    }
+                    continue;
+                }
                 up.tally_message(len);
                 let body = &up.message(len)[5..];
                 if is_fatal(body) {
@@ -212,6 +297,18 @@ pub async fn relay(
                 });
             }
             b'K' => up.consume(len),
+            b'D' => {
+                if let Some(w) = watch.as_deref_mut()
+                    && let Some(limit) = &w.rows
+                {
+                    w.rows_seen += 1;
+                    if w.rows_seen > limit.at {
+                        let limit = limit.clone();
+                        w.trip(limit, up);
+                    }
+                }
+                up.move_to(len, &mut client.out);
+            }
             b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' => {
                 let completes = matches!(tag, b'C' | b'I' | b's');
                 if completes {
@@ -229,8 +326,16 @@ pub async fn relay(
         }
         if client.out.len() >= FLUSH_THRESHOLD {
             client.flush().await.map_err(Disconnect::from)?;
+            if let Some(w) = watch.as_deref_mut() {
+                w.check_sent(client.bytes_sent(), up);
+            }
         }
     }
+}
+
+/// Whether an ErrorResponse says the statement was cancelled (57014).
+fn is_canceled(body: &[u8]) -> bool {
+    body.split(|b| *b == 0).any(|f| f == b"C57014")
 }
 
 /// COPY FROM STDIN: client CopyData/CopyDone/CopyFail frames go to the upstream as

@@ -54,6 +54,8 @@ pub struct Shared {
     pub router: crate::route::Router,
     /// The record stage's consumers (metrics, query groups, audit) and the session board.
     pub observer: Arc<crate::observe::Observer>,
+    /// Workload queues and monitoring rules, when `[workload]` configures any.
+    pub workload: Option<Arc<crate::workload::Workload>>,
     /// The last `/readyz` answer and when it was made (reused briefly).
     pub(crate) readiness: std::sync::Mutex<Option<(std::time::Instant, bool, String)>>,
 }
@@ -152,6 +154,7 @@ impl Server {
             .map_err(|e| format!("cannot start {count} session threads: {e}"))?;
         tracing::debug!(threads = count, "session threads started");
         let shared = Arc::new(Shared {
+            workload: crate::workload::Workload::new(&config.workload),
             access: std::sync::RwLock::new(Arc::new(config.access_rules())),
             config,
             router: crate::route::Router::new(engine.clone()),

@@ -18,8 +18,8 @@ use tokio_postgres::Client;
 use crate::harness::{GatewayConfig, connect_plain, error_message, rows, spawn_sluice, sqlstate};
 use crate::moto::Moto;
 
-const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
-const PARQUET_INPUT: &str = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
+pub(crate) const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
+pub(crate) const PARQUET_INPUT: &str = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
 const LAZY_SERDE: &str = "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe";
 const OPENCSV_SERDE: &str = "org.apache.hadoop.hive.serde2.OpenCSVSerde";
 const OPENX_SERDE: &str = "org.openx.data.jsonserde.JsonSerDe";
@@ -135,7 +135,7 @@ fn taxi_csv(trips: &[Trip]) -> String {
     out
 }
 
-fn parquet(batch: &RecordBatch) -> Vec<u8> {
+pub(crate) fn parquet(batch: &RecordBatch) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).expect("writer");
     w.write(batch).expect("write");
@@ -163,22 +163,22 @@ fn compress(tool: &str, data: &[u8]) -> Vec<u8> {
         .stdout
 }
 
-async fn put(store: &Arc<dyn ObjectStore>, key: &str, data: Vec<u8>) {
+pub(crate) async fn put(store: &Arc<dyn ObjectStore>, key: &str, data: Vec<u8>) {
     store
         .put(&object_store::path::Path::from(key), PutPayload::from(data))
         .await
         .unwrap_or_else(|e| panic!("upload {key}: {e}"));
 }
 
-struct TableSpec<'a> {
-    name: &'a str,
-    columns: &'a [(&'a str, &'a str)],
-    partition_keys: &'a [(&'a str, &'a str)],
-    location: String,
-    serde: &'a str,
-    input: &'a str,
-    serde_params: &'a [(&'a str, &'a str)],
-    params: &'a [(&'a str, &'a str)],
+pub(crate) struct TableSpec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) columns: &'a [(&'a str, &'a str)],
+    pub(crate) partition_keys: &'a [(&'a str, &'a str)],
+    pub(crate) location: String,
+    pub(crate) serde: &'a str,
+    pub(crate) input: &'a str,
+    pub(crate) serde_params: &'a [(&'a str, &'a str)],
+    pub(crate) params: &'a [(&'a str, &'a str)],
 }
 
 fn columns(list: &[(&str, &str)]) -> Vec<Column> {
@@ -193,7 +193,7 @@ fn columns(list: &[(&str, &str)]) -> Vec<Column> {
         .collect()
 }
 
-async fn create_table(glue: &aws_sdk_glue::Client, database: &str, t: TableSpec<'_>) {
+pub(crate) async fn create_table(glue: &aws_sdk_glue::Client, database: &str, t: TableSpec<'_>) {
     let mut serde = SerDeInfo::builder().serialization_library(t.serde);
     for (k, v) in t.serde_params {
         serde = serde.parameters(*k, *v);
@@ -220,7 +220,7 @@ async fn create_table(glue: &aws_sdk_glue::Client, database: &str, t: TableSpec<
         .unwrap_or_else(|e| panic!("create table {}: {e:?}", t.name));
 }
 
-async fn create_database(glue: &aws_sdk_glue::Client, name: &str) {
+pub(crate) async fn create_database(glue: &aws_sdk_glue::Client, name: &str) {
     glue.create_database()
         .database_input(
             aws_sdk_glue::types::DatabaseInput::builder()

@@ -25,3 +25,4 @@ mod security;
 #[path = "../support/slapd.rs"]
 mod slapd;
 mod wire_fuzz;
+mod workload;

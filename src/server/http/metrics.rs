@@ -31,6 +31,20 @@ pub(super) fn scrape(shared: &Shared) -> Response<Body> {
         m.cache_bytes.set(s.bytes as i64);
         m.cache_entries.set(s.entries as i64);
     }
+    if let Some(workload) = &shared.workload {
+        for (i, q) in workload.queues() {
+            let (running, waiting, slots) = workload.usage(i);
+            let name = [&*q.name];
+            m.workload_running
+                .with_label_values(&name)
+                .set(running as i64);
+            m.workload_waiting
+                .with_label_values(&name)
+                .set(waiting as i64);
+            let slots = if slots == usize::MAX { -1 } else { slots as i64 };
+            m.workload_slots.with_label_values(&name).set(slots);
+        }
+    }
     if let Some(audit) = &shared.observer.audit {
         m.audit_pending.set(audit.stats().pending as i64);
     }

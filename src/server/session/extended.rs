@@ -420,7 +420,10 @@ impl Session {
         let route = portal.state.route_name();
         let text = portal.text.clone();
         let recorded = Text::Prepared(text);
-        if let Err(e) = self.admit_or_record(route, started, sent_before, &recorded) {
+        if let Err(e) = self
+            .admit_or_record(route, started, sent_before, &recorded)
+            .await
+        {
             self.portals.insert(msg.portal, portal);
             return Err(e);
         }

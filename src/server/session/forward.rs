@@ -70,6 +70,9 @@ pub(super) struct Forwarding {
     /// pipeline ran in the upstream's implicit transaction: the Sync must roll them
     /// back, as PostgreSQL does, instead of committing them.
     pub(super) void_pipeline: bool,
+    /// The workload limits of the admitted upstream statement(s), checked by the
+    /// relay as answers pass (`None`: no limits).
+    pub(super) watch: Option<Box<relay::Watch>>,
 }
 
 impl Forwarding {
@@ -121,6 +124,7 @@ impl Forwarding {
             abort_tx: false,
             lost_in_tx: false,
             void_pipeline: false,
+            watch: None,
             executing: Vec::new(),
             texts: foldhash::HashMap::default(),
             last_label: None,
@@ -263,7 +267,7 @@ impl Session {
             b'E' => {
                 // Admitted as it is forwarded; recorded when the pipeline's Sync
                 // is answered (the relay copies answers, it does not read them).
-                if let Err(e) = self.admit("upstream") {
+                if let Err(e) = self.admit_upstream_execute(frame).await {
                     self.drain_upstream().await?;
                     self.fail_pipeline(&e).await?;
                     return Ok(true);
@@ -306,7 +310,7 @@ impl Session {
 
     /// Forwards an Execute and relays its answer now (the result cache records it).
     pub(super) async fn forward_execute_now(&mut self, frame: &Frame) -> Result<(), Disconnect> {
-        if let Err(e) = self.admit("upstream") {
+        if let Err(e) = self.admit_upstream_execute(frame).await {
             self.drain_upstream().await?;
             return self.fail_pipeline(&e).await;
         }
@@ -460,6 +464,7 @@ impl Session {
                     until,
                     &mut fwd.owed,
                     extended,
+                    fwd.watch.as_deref_mut(),
                 )
                 .await
             }

@@ -4,6 +4,7 @@
 //!
 //! - `pipeline.rs`: the stages every statement passes through (decide → admit →
 //!   run → record) and the simple query protocol.
+//! - `admission.rs`: the admit stage (workload queues, limits, rules).
 //! - `extended.rs`: Parse, Bind, Describe, Execute, Close for local statements.
 //! - `portals.rs`: lake query streams, portals and cursors (FETCH/MOVE/DECLARE).
 //! - `commands.rs`: session commands (SET, SHOW, BEGIN, …) and admin views.
@@ -15,6 +16,7 @@
 //! The loop owns the raw [`Frame`]s, not a handler that can only answer with rows:
 //! that lets the relay copy frames verbatim while other statements are answered here.
 
+mod admission;
 mod cached;
 mod commands;
 mod extended;
@@ -182,6 +184,8 @@ pub struct Session {
     /// Why the last relay failed before or instead of an upstream answer (no
     /// upstream session, or it was lost), for the record stage.
     relay_failure: Option<PgError>,
+    /// The running statement's workload slot, limits and rules.
+    admission: admission::Admission,
 }
 
 impl Drop for Session {
@@ -232,6 +236,7 @@ impl Session {
             xact_started: None,
             counted_traffic: (0, 0),
             relay_failure: None,
+            admission: admission::Admission::default(),
         }
     }
 

@@ -4,8 +4,8 @@
 //!    returns one [`Decision`]: its [`Plan`] (session command, lake query,
 //!    cross-engine query, view DDL, upstream relay, or refusal), its meaning for the
 //!    result cache, and its effects on the session's books.
-//! 2. **admit** — [`Session::admit`]: may the statement start now? (A no-op today;
-//!    workload queues go here.)
+//! 2. **admit** — `Session::admit` (`admission.rs`): may the statement start now?
+//!    (The audit trail's refusal, then the workload queues: a slot, limits, rules.)
 //! 3. **run** — locally ([`Session::run_step`]), relayed (`forward.rs`), or answered
 //!    from the result cache (`cached.rs`), which wraps the other two.
 //! 4. **record** — [`Session::record`]: one call per statement at its end, with its
@@ -189,50 +189,16 @@ impl Session {
         }
     }
 
-    /// Stage 2: whether the statement may start now. Nothing waits yet; workload
-    /// queues will make statements wait (or refuse them) here. While the audit
-    /// trail cannot write and `audit.on_failure = "refuse"`, statements fail (58030).
-    pub(super) fn admit(&mut self, route: &'static str) -> Result<(), PgError> {
-        if let Some(audit) = &self.shared.observer.audit
-            && let Some(refusal) = audit.refusal()
-        {
-            return Err(refusal);
-        }
-        self.rows = None;
-        self.board.status.start(route);
-        if self.xact_started.is_none() {
-            self.xact_started = Some(Instant::now());
-        }
-        Ok(())
-    }
-
-    /// Stage 2 for a statement that is refused whole if not admitted: the refusal
-    /// is recorded (route `refused`) and returned for the caller to report.
-    pub(super) fn admit_or_record(
-        &mut self,
-        route: &'static str,
-        started: Instant,
-        sent_before: u64,
-        text: &Text<'_>,
-    ) -> Result<(), PgError> {
-        let admitted = self.admit(route);
-        if let Err(e) = &admitted {
-            self.record(Outcome {
-                route: "refused",
-                started,
-                error: Some(e),
-                text: text.clone(),
-                sent_before,
-                relayed: None,
-            });
-        }
-        admitted
-    }
-
     /// Whether the record stage needs statement texts and labels.
     pub(super) fn records_texts(&self) -> bool {
         let o = &self.shared.observer;
-        o.query_groups.is_some() || o.audits_statements()
+        o.query_groups.is_some()
+            || o.audits_statements()
+            || self
+                .shared
+                .workload
+                .as_ref()
+                .is_some_and(|w| w.needs_fingerprint() || w.needs_tags())
     }
 
     /// Stage 4: a statement ended: metrics, query groups and the audit trail.
@@ -254,6 +220,8 @@ impl Session {
             None => (duration, self.conn.bytes_sent()),
         };
         let bytes = sent_after.saturating_sub(outcome.sent_before);
+        let (queue, waited, fired) = self.admission_record(duration, rows.unwrap_or(0), bytes);
+        self.release_slot();
         tracing::trace!(
             route = outcome.route,
             micros = duration.as_micros() as u64,
@@ -290,7 +258,9 @@ impl Session {
             label: &label,
             parameters: parameters.filter(|_| observer.logs_parameters()),
             duration,
-            queue: std::time::Duration::ZERO,
+            queue: waited,
+            queue_name: queue.as_deref(),
+            rules: &fired,
             rows,
             bytes,
             sqlstate,
@@ -358,7 +328,10 @@ impl Session {
         started: Instant,
         sent_before: u64,
     ) -> Result<(), Disconnect> {
-        if let Err(e) = self.admit_or_record("upstream", started, sent_before, &text) {
+        if let Err(e) = self
+            .admit_or_record("upstream", started, sent_before, &text)
+            .await
+        {
             self.fail(&e);
             return self.end_query().await;
         }
@@ -425,7 +398,8 @@ impl Session {
                     let started = Instant::now();
                     let sent_before = self.conn.bytes_sent();
                     let route = step.route_name();
-                    let result = match self.admit(route) {
+                    let text = Text::Step(sql, decision, index);
+                    let result = match self.admit(route, &text).await {
                         Ok(()) => match Box::pin(self.run_step(step.clone())).await {
                             Ok(r) => r,
                             Err(gone) => {

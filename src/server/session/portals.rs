@@ -14,7 +14,10 @@ use super::{
     CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session, Tx,
     cancellable, sleep_until,
 };
+use crate::config::RuleAction;
 use crate::error::{PgError, SqlState};
+use crate::lake::scan_guard::ScanGuard;
+use crate::workload::{Fired, rules};
 use crate::wire::messages::{CommandComplete, EmptyQueryResponse, PortalSuspended};
 use crate::wire::rows::{self, BatchEncoder, EncodeOptions, Format};
 use crate::wire::{Disconnect, FLUSH_THRESHOLD};
@@ -187,7 +190,33 @@ impl Session {
         let engine = self.shared.engine.clone();
         let qc = self.query_context();
         let signal = self.cancel.signal.clone();
-        async move { cancellable(signal, async move { engine.execute(plan, &qc).await }).await }
+        let scan_rules = self.scan_rules();
+        async move {
+            cancellable(signal, async move {
+                // The workload's scan-size rules: while the tables list their
+                // files (before any is read), then on the whole plan.
+                let guard = scan_rules.as_ref().and_then(|(workload, queue, fired)| {
+                    let (limit, rule) = workload.rules.scan_limit(*queue)?;
+                    let fired = fired.clone();
+                    Some(ScanGuard::new(limit, move |bytes| {
+                        fired.lock().unwrap_or_else(|p| p.into_inner()).push(Fired {
+                            rule: rule.clone(),
+                            action: RuleAction::Refuse,
+                        });
+                        rules::scan_refusal(&rule, bytes, limit)
+                    }))
+                });
+                let query = engine.prepare(plan, &qc, guard).await?;
+                if let Some((workload, queue, fired)) = scan_rules {
+                    let mut fired = fired.lock().unwrap_or_else(|p| p.into_inner());
+                    workload
+                        .rules
+                        .before_start(queue, query.scan_bytes(), &mut fired)?;
+                }
+                engine.run(query)
+            })
+            .await
+        }
     }
 
     pub(super) fn complete_query(&mut self, run: &LakeRun) {
@@ -212,6 +241,18 @@ impl Session {
         let canceled = signal.notified();
         tokio::pin!(canceled);
         let deadline = self.settings.statement_timeout.map(|d| Instant::now() + d);
+        // The workload's limits, counted from the statement's admission.
+        let limits = self.admission.limits.clone();
+        let time_limit = limits
+            .as_ref()
+            .and_then(|l| l.elapsed.as_ref())
+            .zip(self.admission.started)
+            .map(|(b, started)| (Instant::from_std(started + b.at), b));
+        let row_limit = limits.as_ref().and_then(|l| l.rows.as_ref());
+        let byte_limit = limits
+            .as_ref()
+            .and_then(|l| l.bytes.as_ref())
+            .map(|b| (self.admission.sent_before.saturating_add(b.at), b));
         let opts = EncodeOptions {
             time_zone: self.settings.time_zone,
         };
@@ -230,6 +271,10 @@ impl Session {
                             SqlState::QUERY_CANCELED,
                             "canceling statement due to statement timeout",
                         ))),
+                        _ = sleep_until(time_limit.map(|t| t.0)) => {
+                            let breach = time_limit.map(|t| t.1);
+                            return Ok(Err(self.breached(breach)));
+                        }
                         next = stream.next() => next,
                     };
                     match next {
@@ -280,6 +325,11 @@ impl Session {
                             )
                             .with_hint("add a filter or LIMIT, or ask for a role with a higher row_limit")));
                         }
+                        if let Some(b) = row_limit
+                            && run.rows >= b.at
+                        {
+                            return Ok(Err(self.breached(Some(b))));
+                        }
                         if !discard {
                             encoder.write_row(row, &mut self.conn.out, &opts);
                         }
@@ -297,6 +347,11 @@ impl Session {
                     return Ok(Ok(false));
                 }
                 self.conn.flush_if_full().await?;
+                if let Some((at, b)) = byte_limit
+                    && self.conn.bytes_sent() > at
+                {
+                    return Ok(Err(self.breached(Some(b))));
+                }
             }
         }
     }

@@ -226,6 +226,16 @@ impl TableProvider for GlueTable {
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        // The workload's scan-size limit, before any object is read.
+        if let Some(guard) = crate::lake::scan_guard::ScanGuard::of(state) {
+            guard.add(
+                listed
+                    .iter()
+                    .flat_map(|(_, files)| files)
+                    .map(|f| f.object_meta.size)
+                    .sum(),
+            )?;
+        }
         // Keyed by the store URL's text (`ObjectStoreUrl` has no order).
         let mut groups: BTreeMap<(String, Compression), Vec<PartitionedFile>> = BTreeMap::new();
         for (url, files) in listed {

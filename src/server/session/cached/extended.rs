@@ -360,7 +360,7 @@ impl Session {
                 } else {
                     self.portals.get(&msg.portal).and_then(|p| p.text.clone())
                 };
-                if let Err(e) = self.admit("cache") {
+                if let Err(e) = self.admit("cache", &Text::Prepared(None)).await {
                     self.fail_pipeline(&e).await?;
                     return Ok(true);
                 }

@@ -150,7 +150,10 @@ impl Session {
                     let sent_before = self.conn.bytes_sent();
                     let sql = crate::wire::frame::decode_query(&frame.body).unwrap_or_default();
                     let text = Text::Whole(sql, decision);
-                    match self.admit_or_record("cache", started, sent_before, &text) {
+                    match self
+                        .admit_or_record("cache", started, sent_before, &text)
+                        .await
+                    {
                         Ok(()) => {
                             self.conn.out.extend_from_slice(&body);
                             self.record(Outcome {

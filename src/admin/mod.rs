@@ -15,6 +15,7 @@ pub mod lake;
 pub mod materialized_views;
 pub mod pools;
 pub mod query_groups;
+pub mod queues;
 pub mod refresh_lake;
 pub mod result_cache;
 
@@ -36,6 +37,8 @@ pub struct ViewContext<'a> {
     pub matviews: Option<&'a MatViews>,
     pub upstreams: &'a Upstreams,
     pub observer: &'a Observer,
+    /// Workload queues, when configured.
+    pub workload: Option<&'a crate::workload::Workload>,
     /// The database name clients connect to (`server.database`).
     pub database: &'a str,
 }
@@ -62,6 +65,7 @@ pub static VIEWS: &[&dyn AdminView] = &[
     &pools::PoolsView,
     &credentials::CredentialsView,
     &query_groups::QueryGroupsInfoView,
+    &queues::QueuesView,
 ];
 
 /// The view `SHOW name` names, if any: a `sluice.*` view, or one of PgBouncer's

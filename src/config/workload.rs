@@ -146,7 +146,10 @@ impl WorkloadConfig {
                 return Err((key("name"), "must not be empty".into()));
             }
             if !names.insert(q.name.to_ascii_lowercase()) {
-                return Err((key("name"), format!("queue \"{}\" is defined twice", q.name)));
+                return Err((
+                    key("name"),
+                    format!("queue \"{}\" is defined twice", q.name),
+                ));
             }
             if q.slots == 0 {
                 return Err((key("slots"), "must be at least 1".into()));

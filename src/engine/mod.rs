@@ -488,7 +488,6 @@ fn lake_runtime(
         .map_err(|e| format!("cannot set up the query runtime: {e}"))
 }
 
-
 /// The first schema on the search path that exists, like PostgreSQL.
 fn default_schema(search_path: &str, names: &[String]) -> String {
     search_path

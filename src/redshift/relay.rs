@@ -155,7 +155,9 @@ impl Watch {
         }
         tracing::debug!(error = %limit.error.message, "cancelling a relayed statement past its limit");
         self.tripped = Some(limit);
-        if let (Some(target), Ok(runtime)) = (up.cancel.clone(), tokio::runtime::Handle::try_current()) {
+        if let (Some(target), Ok(runtime)) =
+            (up.cancel.clone(), tokio::runtime::Handle::try_current())
+        {
             runtime.spawn(async move {
                 if let Err(e) = wire::send_cancel(&target).await {
                     tracing::warn!(error = %e.message, "could not cancel an upstream statement past its limit");

@@ -76,7 +76,10 @@ impl Workload {
                 conditions: q.has_conditions().then(|| q.clone()),
             })
             .collect();
-        let default = match queues.iter().position(|q| q.name.eq_ignore_ascii_case("default")) {
+        let default = match queues
+            .iter()
+            .position(|q| q.name.eq_ignore_ascii_case("default"))
+        {
             Some(i) => i,
             None => {
                 queues.push(Queue {
@@ -200,7 +203,9 @@ impl Workload {
                 q.name
             ),
         )
-        .with_hint("try again later; the queue's slots and queue_timeout_secs are in [[workload.queues]]")
+        .with_hint(
+            "try again later; the queue's slots and queue_timeout_secs are in [[workload.queues]]",
+        )
     }
 }
 
@@ -210,7 +215,10 @@ fn matches(q: &QueueConfig, s: &Statement<'_>) -> bool {
         patterns.is_empty() || patterns.iter().any(|p| glob_ci(p, value))
     };
     let any_of = |patterns: &[String], values: &[String]| {
-        patterns.is_empty() || values.iter().any(|v| patterns.iter().any(|p| glob_ci(p, v)))
+        patterns.is_empty()
+            || values
+                .iter()
+                .any(|v| patterns.iter().any(|p| glob_ci(p, v)))
     };
     any_of(&q.roles, s.roles)
         && any_of(&q.groups, s.groups)
@@ -230,7 +238,8 @@ fn matches(q: &QueueConfig, s: &Statement<'_>) -> bool {
 }
 
 fn glob_ci(pattern: &str, value: &str) -> bool {
-    if pattern.bytes().any(|b| b.is_ascii_uppercase()) || value.bytes().any(|b| b.is_ascii_uppercase())
+    if pattern.bytes().any(|b| b.is_ascii_uppercase())
+        || value.bytes().any(|b| b.is_ascii_uppercase())
     {
         glob(&pattern.to_ascii_lowercase(), &value.to_ascii_lowercase())
     } else {

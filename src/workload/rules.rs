@@ -73,7 +73,11 @@ impl Rules {
                 queues: r
                     .queues
                     .iter()
-                    .filter_map(|name| queues.iter().position(|q| q.name.eq_ignore_ascii_case(name)))
+                    .filter_map(|name| {
+                        queues
+                            .iter()
+                            .position(|q| q.name.eq_ignore_ascii_case(name))
+                    })
                     .collect(),
                 predicate: if let Some(b) = r.scan_bytes_over {
                     Predicate::ScanBytes(b)
@@ -182,7 +186,10 @@ impl Rules {
             let canceled = |what: String| {
                 PgError::new(
                     SqlState::QUERY_CANCELED,
-                    format!("canceling statement due to workload rule \"{}\" ({what})", rule.name),
+                    format!(
+                        "canceling statement due to workload rule \"{}\" ({what})",
+                        rule.name
+                    ),
                 )
             };
             let name = Some(rule.name.clone());

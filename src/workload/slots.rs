@@ -6,8 +6,8 @@
 //! A [`Slot`] is released when dropped, so a statement gives its slot back however
 //! it ends: finished, failed, cancelled, its client gone or its upstream lost.
 
-use std::collections::BTreeMap;
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -104,13 +104,7 @@ impl Slots {
         } else {
             s.line.len()
         };
-        s.line.insert(
-            key,
-            Waiter {
-                queue,
-                granted: tx,
-            },
-        );
+        s.line.insert(key, Waiter { queue, granted: tx });
         s.waiting[queue] += 1;
         Acquired::Wait(InLine {
             slots: self.clone(),
@@ -254,10 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_gateway_cap_serves_higher_priority_queues_first() {
-        let slots = Slots::new(
-            vec![(5, Priority::Low), (5, Priority::Highest)],
-            Some(1),
-        );
+        let slots = Slots::new(vec![(5, Priority::Low), (5, Priority::Highest)], Some(1));
         let first = now(slots.acquire(0));
         let mut low = wait(slots.acquire(0));
         let mut high = wait(slots.acquire(1));

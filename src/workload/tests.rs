@@ -7,7 +7,11 @@ fn workload(toml_text: &str) -> Arc<Workload> {
     Workload::new(&config).expect("active")
 }
 
-fn statement<'a>(route: &'static str, roles: &'a [String], tags: &'a [(String, String)]) -> Statement<'a> {
+fn statement<'a>(
+    route: &'static str,
+    roles: &'a [String],
+    tags: &'a [(String, String)],
+) -> Statement<'a> {
     Statement {
         user: "alice",
         roles,
@@ -65,7 +69,10 @@ fn queues_match_in_order_and_the_rest_goes_to_the_default_queue() {
     assert_eq!(name(w.classify(&statement("lake", &bi, &[]))), "dashboards");
     let tags = vec![("route".to_owned(), "nightly-load".to_owned())];
     assert_eq!(name(w.classify(&statement("lake", &none, &tags))), "etl");
-    assert_eq!(name(w.classify(&statement("upstream", &none, &[]))), "pinned");
+    assert_eq!(
+        name(w.classify(&statement("upstream", &none, &[]))),
+        "pinned"
+    );
     assert_eq!(name(w.classify(&statement("lake", &none, &[]))), "default");
     // The implicit default queue never makes anyone wait.
     let default = w.classify(&statement("lake", &none, &[]));
@@ -78,8 +85,13 @@ fn scan_rules_refuse_before_the_start_and_name_themselves() {
     let w = workload(QUEUES);
     let mut fired = Vec::new();
     assert!(w.rules.checks_scans(0));
-    assert!(!w.rules.checks_scans(1), "big_scans watches dashboards only");
-    w.rules.before_start(0, 1000, &mut fired).expect("at the limit is allowed");
+    assert!(
+        !w.rules.checks_scans(1),
+        "big_scans watches dashboards only"
+    );
+    w.rules
+        .before_start(0, 1000, &mut fired)
+        .expect("at the limit is allowed");
     let e = w.rules.before_start(0, 5000, &mut fired).unwrap_err();
     assert_eq!(e.code.0, "54000");
     assert!(e.message.contains("\"big_scans\""), "{}", e.message);
@@ -145,7 +157,10 @@ fn invalid_workloads_name_the_key() {
         let c: WorkloadConfig = toml::from_str(t).expect("parses");
         c.validate().unwrap_err().0
     };
-    assert_eq!(bad("[[queues]]\nname = \"a\"\nslots = 0\n"), "workload.queues[0].slots");
+    assert_eq!(
+        bad("[[queues]]\nname = \"a\"\nslots = 0\n"),
+        "workload.queues[0].slots"
+    );
     assert_eq!(
         bad("[[queues]]\nname = \"default\"\nusers = [\"x\"]\nslots = 1\n"),
         "workload.queues[0].name"

@@ -18,8 +18,10 @@ use tokio_postgres::Client;
 use crate::harness::{GatewayConfig, connect_plain, error_message, rows, spawn_sluice, sqlstate};
 use crate::moto::Moto;
 
-pub(crate) const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
-pub(crate) const PARQUET_INPUT: &str = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
+pub(crate) const PARQUET_SERDE: &str =
+    "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
+pub(crate) const PARQUET_INPUT: &str =
+    "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
 const LAZY_SERDE: &str = "org.apache.hadoop.hive.serde2.lazy.LazySimpleSerDe";
 const OPENCSV_SERDE: &str = "org.apache.hadoop.hive.serde2.OpenCSVSerde";
 const OPENX_SERDE: &str = "org.openx.data.jsonserde.JsonSerDe";

@@ -9,7 +9,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::glue::{PARQUET_INPUT, PARQUET_SERDE, TableSpec, create_database, create_table, parquet, put};
+use crate::glue::{
+    PARQUET_INPUT, PARQUET_SERDE, TableSpec, create_database, create_table, parquet, put,
+};
 use crate::harness::{GatewayConfig, error_message, http_get, metric, spawn_sluice, sqlstate};
 use crate::moto::Moto;
 use crate::postgres;
@@ -77,6 +79,13 @@ name = "watched"
 applications = ["watched*"]
 slots = 4
 
+[[workload.queues]]
+name = "lakecap"
+applications = ["lakecap*"]
+routes = ["lake"]
+slots = 2
+row_limit = 5
+
 [[workload.rules]]
 name = "slow"
 queues = ["watched"]
@@ -134,7 +143,10 @@ async fn a_queue_runs_its_slots_at_once_and_the_rest_wait_with_a_notice() {
     // finish (from 0) cannot be done before (k / 2 + 1) seconds.
     for (k, end) in ends.iter().enumerate() {
         let earliest = Duration::from_millis(1000 * (k as u64 / 2 + 1) - 50);
-        assert!(*end >= earliest, "statement {k} ended after {end:?}: {ends:?}");
+        assert!(
+            *end >= earliest,
+            "statement {k} ended after {end:?}: {ends:?}"
+        );
     }
     // The three that waited were told why.
     assert_eq!(noticed.len(), 3, "{noticed:?}");
@@ -190,7 +202,10 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
     assert_eq!(sqlstate(&e), "57014", "{e:?}");
     let (held_result, held_until) = held.await.expect("task");
     held_result.expect("the holder finishes");
-    assert!(canceled_at < held_until, "the cancel did not wait for the slot");
+    assert!(
+        canceled_at < held_until,
+        "the cancel did not wait for the slot"
+    );
 
     // The upstream dies mid-statement: the slot comes back.
     let (victim, _) = connect_noticed(rig.port, "bob", "bob-pw", "patient-victim").await;
@@ -208,7 +223,10 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
         if killed.trim() == "1" {
             break;
         }
-        assert!(Instant::now() < deadline, "the statement never reached the upstream: {killed}");
+        assert!(
+            Instant::now() < deadline,
+            "the statement never reached the upstream: {killed}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running
@@ -235,29 +253,72 @@ async fn rules_cancel_slow_upstream_statements_and_show_in_audit_metrics_and_que
         .simple_query("SELECT pg_sleep(20)")
         .await
         .expect_err("cancelled by the rule");
-    assert!(started.elapsed() < Duration::from_secs(15), "cancelled at its limit");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancelled at its limit"
+    );
     assert_eq!(sqlstate(&e), "57014", "{e:?}");
-    assert!(error_message(&e).contains("workload rule \"slow\""), "{e:?}");
+    assert!(
+        error_message(&e).contains("workload rule \"slow\""),
+        "{e:?}"
+    );
     // The session carries on; a log rule fires on a statement returning 5 rows.
     let rows = bob
         .simple_query("SELECT id FROM public.sales ORDER BY id LIMIT 5")
         .await
         .expect("runs");
-    assert_eq!(rows.len(), 5 + 2, "5 rows, RowDescription and CommandComplete");
+    assert_eq!(
+        rows.len(),
+        5 + 2,
+        "5 rows, RowDescription and CommandComplete"
+    );
+
+    // A queue's row cap on the lake is exact, in both protocols.
+    let (capped, _) = connect_noticed(rig.port, "bob", "bob-pw", "lakecap-app").await;
+    for e in [
+        capped
+            .simple_query("SELECT zone FROM nyc.zones")
+            .await
+            .expect_err("capped"),
+        capped
+            .query("SELECT zone FROM nyc.zones", &[])
+            .await
+            .expect_err("capped"),
+    ] {
+        assert_eq!(sqlstate(&e), "54000", "{e:?}");
+        assert!(
+            error_message(&e).contains("row limit of workload queue \"lakecap\""),
+            "{e:?}"
+        );
+    }
+    let few = capped
+        .query("SELECT zone FROM nyc.zones LIMIT 5", &[])
+        .await
+        .expect("at the cap is fine");
+    assert_eq!(few.len(), 5);
 
     // Metrics, scraped from the gateway process.
     let (status, text) = http_get(admin, "/metrics", None).await;
     assert_eq!(status, 200);
     assert_eq!(
-        metric(&text, "sluice_workload_rule_actions_total{action=\"cancel\",rule=\"slow\"}"),
+        metric(
+            &text,
+            "sluice_workload_rule_actions_total{action=\"cancel\",rule=\"slow\"}"
+        ),
         1.0,
         "{text}"
     );
     assert_eq!(
-        metric(&text, "sluice_workload_rule_actions_total{action=\"log\",rule=\"chatty\"}"),
+        metric(
+            &text,
+            "sluice_workload_rule_actions_total{action=\"log\",rule=\"chatty\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&text, "sluice_workload_queue_slots{queue=\"reports\"}"), 2.0);
+    assert_eq!(
+        metric(&text, "sluice_workload_queue_slots{queue=\"reports\"}"),
+        2.0
+    );
 
     // The audit trail names the queue and the rules.
     let path = rig.dir.path().join("audit/audit.jsonl");
@@ -291,9 +352,7 @@ async fn rules_cancel_slow_upstream_statements_and_show_in_audit_metrics_and_que
     // Query groups count the rule actions.
     let ops = rig.connect("ops", "ops-pw").await;
     let hits = ops
-        .simple_query(
-            "SELECT sum(rule_actions) FROM sluice.query_groups WHERE user_name = 'bob'",
-        )
+        .simple_query("SELECT sum(rule_actions) FROM sluice.query_groups WHERE user_name = 'bob'")
         .await
         .expect("query groups");
     let total = hits
@@ -304,6 +363,25 @@ async fn rules_cancel_slow_upstream_statements_and_show_in_audit_metrics_and_que
         })
         .expect("a row");
     assert_eq!(total, "2");
+
+    // The queues as an admin sees them.
+    let queues = crate::harness::rows(&ops, "SHOW sluice.queues").await;
+    let reports = queues
+        .iter()
+        .find(|r| r[0] == "reports")
+        .unwrap_or_else(|| panic!("{queues:?}"));
+    assert_eq!(&reports[1..5], ["normal", "2", "0", "0"]);
+    assert!(
+        queues
+            .iter()
+            .any(|r| r[0] == "default" && r[2] == "unlimited")
+    );
+    let alice = rig.alice().await;
+    let e = alice
+        .simple_query("SHOW sluice.queues")
+        .await
+        .expect_err("admins only");
+    assert_eq!(sqlstate(&e), "42501");
 }
 
 /// moto's Glue + S3 with one table of two Parquet files, and a gateway process
@@ -322,7 +400,12 @@ async fn a_scan_rule_refuses_a_lake_query_before_any_object_is_read() {
         let values: Vec<i64> = (0..1000).map(|i| i + part * 1000).collect();
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
             .expect("batch");
-        put(&lake, &format!("numbers/part-{part}.parquet"), parquet(&batch)).await;
+        put(
+            &lake,
+            &format!("numbers/part-{part}.parquet"),
+            parquet(&batch),
+        )
+        .await;
     }
     create_table(
         &glue,
@@ -393,10 +476,19 @@ action = "refuse"
     let _sluice = spawn_sluice(&path, port, &[]).await;
     let gets = || async {
         let (_, text) = http_get(admin, "/metrics", None).await;
-        metric(&text, "sluice_s3_requests_total{operation=\"get\",outcome=\"ok\"}")
-            + metric(&text, "sluice_s3_requests_total{operation=\"get_range\",outcome=\"ok\"}")
-            + metric(&text, "sluice_s3_requests_total{operation=\"get_ranges\",outcome=\"ok\"}")
-            + metric(&text, "sluice_s3_requests_total{operation=\"head\",outcome=\"ok\"}")
+        metric(
+            &text,
+            "sluice_s3_requests_total{operation=\"get\",outcome=\"ok\"}",
+        ) + metric(
+            &text,
+            "sluice_s3_requests_total{operation=\"get_range\",outcome=\"ok\"}",
+        ) + metric(
+            &text,
+            "sluice_s3_requests_total{operation=\"get_ranges\",outcome=\"ok\"}",
+        ) + metric(
+            &text,
+            "sluice_s3_requests_total{operation=\"head\",outcome=\"ok\"}",
+        )
     };
 
     let capped = crate::harness::connect_plain(port, "capped", "capped-pw")
@@ -408,8 +500,15 @@ action = "refuse"
         .await
         .expect_err("refused by the scan rule");
     assert_eq!(sqlstate(&e), "54000", "{e:?}");
-    assert!(error_message(&e).contains("workload rule \"big_scans\""), "{e:?}");
-    assert_eq!(gets().await, before, "no object was read before the refusal");
+    assert!(
+        error_message(&e).contains("workload rule \"big_scans\""),
+        "{e:?}"
+    );
+    assert_eq!(
+        gets().await,
+        before,
+        "no object was read before the refusal"
+    );
 
     // The same query in a queue the rule does not watch reads the files (so the
     // counter above would have seen a read).
@@ -420,6 +519,8 @@ action = "refuse"
         .simple_query("SELECT count(*) FROM wl.numbers")
         .await
         .expect("runs");
-    assert!(matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2000")));
+    assert!(
+        matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2000"))
+    );
     assert!(gets().await > before, "the free query read objects");
 }

@@ -168,6 +168,7 @@ fn gather(shared: &Shared, identity: &Identity, policy: &Policy) -> Dashboard {
         upstreams: &shared.upstreams,
         observer: &shared.observer,
         database: &shared.config.server.database,
+        workload: shared.workload.as_deref(),
     };
     for view in admin::VIEWS {
         if view.name() == "sluice.identity" {

@@ -41,7 +41,11 @@ pub(super) fn scrape(shared: &Shared) -> Response<Body> {
             m.workload_waiting
                 .with_label_values(&name)
                 .set(waiting as i64);
-            let slots = if slots == usize::MAX { -1 } else { slots as i64 };
+            let slots = if slots == usize::MAX {
+                -1
+            } else {
+                slots as i64
+            };
             m.workload_slots.with_label_values(&name).set(slots);
         }
     }

@@ -303,7 +303,11 @@ impl Session {
         if self.admission.slot.is_none() && self.admission.queue.is_none() {
             return;
         }
-        if self.forward.as_ref().is_some_and(|f| !f.executing.is_empty()) {
+        if self
+            .forward
+            .as_ref()
+            .is_some_and(|f| !f.executing.is_empty())
+        {
             return;
         }
         let a = &mut self.admission;

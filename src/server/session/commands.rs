@@ -263,6 +263,7 @@ impl Session {
             upstreams: &self.shared.upstreams,
             observer: &self.shared.observer,
             database: &self.shared.config.server.database,
+            workload: self.shared.workload.as_deref(),
         }
     }
 }

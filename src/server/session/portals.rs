@@ -17,10 +17,10 @@ use super::{
 use crate::config::RuleAction;
 use crate::error::{PgError, SqlState};
 use crate::lake::scan_guard::ScanGuard;
-use crate::workload::{Fired, rules};
 use crate::wire::messages::{CommandComplete, EmptyQueryResponse, PortalSuspended};
 use crate::wire::rows::{self, BatchEncoder, EncodeOptions, Format};
 use crate::wire::{Disconnect, FLUSH_THRESHOLD};
+use crate::workload::{Fired, rules};
 
 impl Session {
     /// Runs a lake (or cross-engine) query of a simple query: RowDescription, rows,

@@ -9,8 +9,8 @@
 //!
 //! Names follow pgbouncer_exporter where one exists (`…_client_connections`,
 //! `…_pools_client_waiting_connections`, `…_pools_server_active_connections`),
-//! with the `sluice_` prefix; the rest are Sluice's own. `docs/metrics.md` lists
-//! them all.
+//! with the `sluice_` prefix; the rest are Sluice's own. The README's Operations and
+//! Workload sections list them all.
 
 use std::sync::LazyLock;
 

@@ -13,8 +13,16 @@
 //! Sluice uses `credentials = "static"` (no AWS API in the measured path: minted
 //! credentials are cached and only matter at connect time).
 //!
+//! The cost of observing (`--observability-only` runs just that) compares two Sluices,
+//! one with query groups, the audit file and the admin listener off and one with them
+//! on. Each round runs the same pgbench off and on back to back (the order alternates
+//! round by round) and takes the round's on/off ratio, so a slow moment of the machine
+//! weighs on both sides of one ratio; the table shows the median tps of each side, the
+//! median of the per-round ratios and their min–max.
+//!
 //! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--rounds N`,
-//! `--skip-suite`, `--observability-only`).
+//! `--skip-suite`, `--observability-only`, and to run one case of the pgbench tables
+//! `--mode simple|prepared`, `--clients N`).
 //! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
 //! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
 
@@ -36,6 +44,26 @@ struct Args {
     skip_suite: bool,
     /// Only the observability off/on comparison.
     observability_only: bool,
+    /// Only this pgbench protocol (`simple` or `prepared`), when given.
+    mode: Option<String>,
+    /// Only this client count, when given.
+    clients: Option<usize>,
+}
+
+impl Args {
+    fn modes(&self) -> Vec<&'static str> {
+        ["simple", "prepared"]
+            .into_iter()
+            .filter(|m| self.mode.as_deref().is_none_or(|x| x == *m))
+            .collect()
+    }
+
+    fn client_counts(&self) -> Vec<usize> {
+        match self.clients {
+            Some(n) => vec![n],
+            None => CLIENT_COUNTS.to_vec(),
+        }
+    }
 }
 
 fn args() -> Args {
@@ -44,6 +72,8 @@ fn args() -> Args {
         rounds: 3,
         skip_suite: false,
         observability_only: false,
+        mode: None,
+        clients: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,6 +82,8 @@ fn args() -> Args {
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).unwrap_or(3).max(1),
             "--skip-suite" => a.skip_suite = true,
             "--observability-only" => a.observability_only = true,
+            "--mode" => a.mode = it.next(),
+            "--clients" => a.clients = it.next().and_then(|s| s.parse().ok()),
             _ => {}
         }
     }
@@ -211,8 +243,9 @@ password_file = "postgres.pw"
 }
 
 /// pgbench -S through Sluice with query groups, the audit trail and the admin
-/// listener off and on (metrics stay on: they cannot be turned off), rotating
-/// the order each round; the ratio on/off is the cost of observing.
+/// listener off and on (metrics stay on: they cannot be turned off). Each round
+/// runs off and on back to back, the order alternating, and yields one on/off
+/// ratio; the median of those ratios is the cost of observing.
 fn observability_overhead(
     runtime: &tokio::runtime::Runtime,
     pg_port: u16,
@@ -227,29 +260,44 @@ fn observability_overhead(
     ))?;
     let on = runtime.block_on(start_sluice_with(pg_port, on_dir.path(), None, OBSERVE_ON))?;
     println!(
-        "\nobservability: query groups + audit file + admin listener off vs on (pgbench -S, median of {} rounds)",
-        args.rounds
+        "\nobservability: query groups + audit file + admin listener off vs on \
+         (pgbench -S, {} rounds of {} s, each round off and on back to back, order alternating)",
+        args.rounds, args.seconds
+    );
+    println!(
+        "{:<9} {:>7} {:>9} {:>9} {:>8} {:>15}",
+        "mode", "clients", "off tps", "on tps", "on/off", "ratio min-max"
     );
     println!(
         "{:<9} {:>7} {:>9} {:>9} {:>8}",
-        "mode", "clients", "off", "on", "on/off"
+        "", "", "(median)", "(median)", "(median)"
     );
-    let targets = [off, on];
-    for mode in ["simple", "prepared"] {
-        for clients in CLIENT_COUNTS {
-            let mut runs: [Vec<f64>; 2] = Default::default();
+    for mode in args.modes() {
+        for clients in args.client_counts() {
+            let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..args.rounds {
-                for i in 0..targets.len() {
-                    let t = (i + round) % targets.len();
-                    runs[t].push(pgbench(targets[t], clients, mode, args.seconds)?.tps);
-                }
+                let (off_tps, on_tps) = if round % 2 == 0 {
+                    let a = pgbench(off, clients, mode, args.seconds)?.tps;
+                    (a, pgbench(on, clients, mode, args.seconds)?.tps)
+                } else {
+                    let b = pgbench(on, clients, mode, args.seconds)?.tps;
+                    (pgbench(off, clients, mode, args.seconds)?.tps, b)
+                };
+                offs.push(off_tps);
+                ons.push(on_tps);
+                ratios.push(on_tps / off_tps);
             }
-            let tps = runs.each_ref().map(|r| median(r.iter().copied()));
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                    (lo.min(r), hi.max(r))
+                });
             println!(
-                "{mode:<9} {clients:>7} {:>9.0} {:>9.0} {:>8.3}",
-                tps[0],
-                tps[1],
-                tps[1] / tps[0]
+                "{mode:<9} {clients:>7} {:>9.0} {:>9.0} {:>8.3} {:>15}",
+                median(offs.into_iter()),
+                median(ons.into_iter()),
+                median(ratios.into_iter()),
+                format!("{lo:.3}-{hi:.3}"),
             );
         }
     }
@@ -405,22 +453,21 @@ fn main() -> Result<()> {
         .env("PGPASSWORD", "bench")
         .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "bench"])
         .args(["-p", &pg.port.to_string(), "bench"]))?;
-    let bouncer = Bouncer::start(pg.port)?;
     // The benchmark's runtime only hosts the accept loops: sessions run on each
     // server's own session threads, as in `sluice serve`.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.observability_only {
+        return observability_overhead(&runtime, pg.port, &args);
+    }
+    let bouncer = Bouncer::start(pg.port)?;
     let dir = tempfile::tempdir()?;
     let one_dir = tempfile::tempdir()?;
     let sluice = runtime.block_on(start_sluice(pg.port, dir.path(), None))?;
     let sluice_one = runtime.block_on(start_sluice(pg.port, one_dir.path(), Some(1)))?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-
-    if args.observability_only {
-        return observability_overhead(&runtime, pg.port, &args);
-    }
     println!(
         "pgbench -S, median of {} rounds of {} s (PostgreSQL 15, scale 10; all hops plaintext on loopback; {cores} cores)",
         args.rounds, args.seconds
@@ -446,8 +493,8 @@ fn main() -> Result<()> {
         "lat s1"
     );
     let targets = [pg.port, bouncer.port, sluice, sluice_one];
-    for mode in ["simple", "prepared"] {
-        for clients in CLIENT_COUNTS {
+    for mode in args.modes() {
+        for clients in args.client_counts() {
             let mut runs: [Vec<PgbenchResult>; 4] = Default::default();
             for round in 0..args.rounds {
                 // Rotate the order so no target always runs first (or right after

@@ -20,8 +20,11 @@
 //! weighs on both sides of one ratio; the table shows the median tps of each side, the
 //! median of the per-round ratios and their min–max.
 //!
+//! The cost of admission (`--workload-only`) compares a Sluice without workload
+//! queues and one whose statements all take a slot of one default queue, the same way.
+//!
 //! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--rounds N`,
-//! `--skip-suite`, `--observability-only`, and to run one case of the pgbench tables
+//! `--skip-suite`, `--observability-only`, `--workload-only`, and to run one case of the pgbench tables
 //! `--mode simple|prepared`, `--clients N`).
 //! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
 //! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
@@ -44,6 +47,8 @@ struct Args {
     skip_suite: bool,
     /// Only the observability off/on comparison.
     observability_only: bool,
+    /// Only the admission (workload queue) off/on comparison.
+    workload_only: bool,
     /// Only this pgbench protocol (`simple` or `prepared`), when given.
     mode: Option<String>,
     /// Only this client count, when given.
@@ -72,6 +77,7 @@ fn args() -> Args {
         rounds: 3,
         skip_suite: false,
         observability_only: false,
+        workload_only: false,
         mode: None,
         clients: None,
     };
@@ -82,6 +88,7 @@ fn args() -> Args {
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).unwrap_or(3).max(1),
             "--skip-suite" => a.skip_suite = true,
             "--observability-only" => a.observability_only = true,
+            "--workload-only" => a.workload_only = true,
             "--mode" => a.mode = it.next(),
             "--clients" => a.clients = it.next().and_then(|s| s.parse().ok()),
             _ => {}
@@ -251,17 +258,56 @@ fn observability_overhead(
     pg_port: u16,
     args: &Args,
 ) -> Result<()> {
-    let (off_dir, on_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let off = runtime.block_on(start_sluice_with(
+    let on_dir = compare_gateways(
+        runtime,
         pg_port,
-        off_dir.path(),
-        None,
+        args,
+        "observability: query groups + audit file + admin listener off vs on",
         OBSERVE_OFF,
-    ))?;
-    let on = runtime.block_on(start_sluice_with(pg_port, on_dir.path(), None, OBSERVE_ON))?;
+        OBSERVE_ON,
+    )?;
+    let audit = on_dir.path().join("audit/audit.jsonl");
+    let lines = std::fs::read_to_string(&audit)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!("audit lines written by the 'on' gateway: {lines}");
+    Ok(())
+}
+
+/// What the admission comparison turns on: one workload queue every statement
+/// takes a slot of (never full at these client counts).
+const ADMISSION_ON: &str =
+    "[query_groups]\nenabled = false\n[[workload.queues]]\nname = \"default\"\nslots = 64\n";
+
+/// pgbench -S through Sluice without workload queues and with one default queue:
+/// the cost of the admit stage (`--workload-only`).
+fn admission_overhead(runtime: &tokio::runtime::Runtime, pg_port: u16, args: &Args) -> Result<()> {
+    compare_gateways(
+        runtime,
+        pg_port,
+        args,
+        "admission: no workload queues vs one default queue (64 slots)",
+        OBSERVE_OFF,
+        ADMISSION_ON,
+    )?;
+    Ok(())
+}
+
+/// Two gateways differing by `off_extra` / `on_extra` TOML, compared with pgbench
+/// -S; returns the 'on' gateway's directory (for its files).
+fn compare_gateways(
+    runtime: &tokio::runtime::Runtime,
+    pg_port: u16,
+    args: &Args,
+    title: &str,
+    off_extra: &str,
+    on_extra: &str,
+) -> Result<tempfile::TempDir> {
+    let (off_dir, on_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let off = runtime.block_on(start_sluice_with(pg_port, off_dir.path(), None, off_extra))?;
+    let on = runtime.block_on(start_sluice_with(pg_port, on_dir.path(), None, on_extra))?;
     println!(
-        "\nobservability: query groups + audit file + admin listener off vs on \
-         (pgbench -S, {} rounds of {} s, each round off and on back to back, order alternating)",
+        "\n{title} (pgbench -S, {} rounds of {} s, each round off and on back to back, order alternating)",
         args.rounds, args.seconds
     );
     println!(
@@ -301,12 +347,7 @@ fn observability_overhead(
             );
         }
     }
-    let audit = on_dir.path().join("audit/audit.jsonl");
-    let lines = std::fs::read_to_string(&audit)
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
-    println!("audit lines written by the 'on' gateway: {lines}");
-    Ok(())
+    Ok(on_dir)
 }
 
 #[derive(Default)]
@@ -462,6 +503,9 @@ fn main() -> Result<()> {
     if args.observability_only {
         return observability_overhead(&runtime, pg.port, &args);
     }
+    if args.workload_only {
+        return admission_overhead(&runtime, pg.port, &args);
+    }
     let bouncer = Bouncer::start(pg.port)?;
     let dir = tempfile::tempdir()?;
     let one_dir = tempfile::tempdir()?;
@@ -529,6 +573,7 @@ fn main() -> Result<()> {
     }
 
     observability_overhead(&runtime, pg.port, &args)?;
+    admission_overhead(&runtime, pg.port, &args)?;
 
     let rows = 10_000_000;
     println!("\nstreaming {rows} rows (int4, text) to tokio-postgres, binary format");

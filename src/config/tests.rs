@@ -190,9 +190,25 @@ fn the_shipped_audit_example_is_valid() {
     let example: Vec<&str> = shipped
         .lines()
         .skip_while(|l| !l.starts_with("[audit]"))
+        .take_while(|l| !l.trim().is_empty())
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .collect();
     let c = parse(&example.join("\n")).unwrap();
     let audit = c.audit.unwrap();
     assert!(audit.file.is_some() && audit.stdout.is_some() && audit.s3.is_some());
+}
+
+#[test]
+fn the_shipped_workload_example_is_valid_with_its_commented_parts() {
+    let shipped = include_str!("../../conf/sluice.toml");
+    let example: Vec<&str> = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("[[workload.queues]]"))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    let c = parse(&example.join("\n")).unwrap();
+    assert_eq!(c.workload.queues.len(), 2);
+    assert_eq!(c.workload.rules.len(), 2);
+    assert_eq!(c.workload.queues[1].priority, super::Priority::High);
 }

@@ -283,15 +283,15 @@ timeout_secs = 1
     }
     // By hand while it runs: refused with 55006 (skip policy).
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match ops.batch_execute("CALL sluice.run_job('slow')").await {
-            Err(e) => {
-                assert_eq!(sqlstate(&e), "55006", "{e:?}");
-                break;
-            }
-            Ok(()) => assert!(Instant::now() < deadline, "never found slow running"),
-        }
+    while shown(&ops, "slow", "running").await != "true" {
+        assert!(Instant::now() < deadline, "never found slow running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let e = ops
+        .batch_execute("CALL sluice.run_job('slow')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{e:?}");
 
     // A failing scheduled run is retried (retries = 2: three attempts, backoff 1 s
     // then 2 s); each attempt keeps its error, the statement it failed at, and its

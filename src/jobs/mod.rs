@@ -125,6 +125,19 @@ fn gateway_id() -> String {
     )
 }
 
+/// The statements as runs and logs carry them: each through `route::redact`, one
+/// per line; and whether that masked anything.
+fn redacted(statements: &[String]) -> (String, bool) {
+    let texts: Vec<_> = statements
+        .iter()
+        .map(|s| crate::route::redact::redact(s))
+        .collect();
+    let secret = texts
+        .iter()
+        .any(|t| matches!(t, std::borrow::Cow::Owned(_)));
+    (texts.join(";\n"), secret)
+}
+
 /// Whether `held` (with what they include) holds one of `wanted`.
 fn holds_any(held: &[String], wanted: &[String], defined: &[RoleConfig]) -> bool {
     let mut seen = std::collections::BTreeSet::new();
@@ -176,11 +189,7 @@ impl Jobs {
                         .ok_or_else(|| format!("jobs[{i}].target: no upstream `{name}`"))?,
                 ),
             };
-            let redacted: Vec<_> = c
-                .statements
-                .iter()
-                .map(|s| crate::route::redact::redact(s))
-                .collect();
+            let (command, secret) = redacted(&c.statements);
             let job = Job {
                 schedule,
                 upstream,
@@ -188,10 +197,8 @@ impl Jobs {
                     std::slice::from_ref(&c.run_as_role),
                     &config.roles,
                 )),
-                secret: redacted
-                    .iter()
-                    .any(|r| matches!(r, std::borrow::Cow::Owned(_))),
-                command: redacted.join(";\n"),
+                secret,
+                command,
                 config: c.clone(),
                 next_due: Mutex::new(None),
                 turn: Arc::new(tokio::sync::Mutex::new(())),
@@ -625,6 +632,24 @@ async fn scheduler(jobs: Weak<Jobs>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_are_stored_without_their_secrets() {
+        let (command, secret) = redacted(&[
+            "ALTER USER etl PASSWORD 'hunter2'".into(),
+            "COPY t FROM 's3://b/k' CREDENTIALS 'aws_access_key_id=AKIA;aws_secret_access_key=shh'"
+                .into(),
+        ]);
+        assert!(secret);
+        assert!(
+            !command.contains("hunter2") && !command.contains("shh") && !command.contains("AKIA"),
+            "{command}"
+        );
+        assert!(command.contains("ALTER USER etl PASSWORD") && command.contains(";\nCOPY t"));
+        let (plain, secret) = redacted(&["SELECT 'x' FROM t".into()]);
+        assert!(!secret);
+        assert_eq!(plain, "SELECT 'x' FROM t");
+    }
 
     #[test]
     fn granted_roles_count_through_includes() {

@@ -104,6 +104,30 @@ statements = [
 overlap = "queue"
 grant_roles = ["rs_writer"]
 
+[materialized_views]
+schemas = ["mv"]
+refresh_roles = ["mv_refresh"]
+[[materialized_views.views]]
+name = "mv.sales_by_region"
+query = "SELECT region, count(*) AS n FROM public.sales GROUP BY region"
+
+[[roles]]
+name = "mv_refresh"
+read = ["*"]
+redshift_user = "{{user}}"
+
+# On the lake, with rs_reader's grants: a gateway view refreshed, then read.
+[[jobs]]
+name = "refresh-view"
+every_secs = 3600
+enabled = false
+target = "lake"
+run_as_role = "rs_reader"
+statements = [
+  "REFRESH MATERIALIZED VIEW mv.sales_by_region",
+  "SELECT * FROM mv.sales_by_region",
+]
+
 [[jobs]]
 name = "manual-only"
 every_secs = 3600
@@ -173,6 +197,18 @@ statements = ["SELECT 1 FROM public.sales WHERE id <= 3"]
     assert_eq!(manual.len(), 1, "{manual:?}");
     assert_eq!(manual[0]["trigger"], "manual");
     assert_eq!(manual[0]["rows"], "3");
+    // A lake job: the gateway view's refresh (2 rows) and a lake read of it (2 rows).
+    ops.batch_execute("CALL sluice.run_job('refresh-view')")
+        .await
+        .expect("refresh a gateway view from a job");
+    let refreshed = runs(&ops, "refresh-view").await;
+    assert_eq!(refreshed.len(), 1, "{refreshed:?}");
+    assert_eq!(refreshed[0]["status"], "succeeded");
+    assert_eq!(refreshed[0]["rows"], "4");
+    assert_eq!(
+        refreshed[0]["username"], "sluice_job",
+        "the run-as user on the lake"
+    );
     // Non-admins see no run table.
     let e = alice
         .simple_query("SELECT count(*) FROM sluice.job_runs")

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod lake;
 pub mod metrics;
 pub mod observe;

@@ -1,5 +1,5 @@
 //! Operations: the admin views (`SHOW sluice.*`, PgBouncer's `SHOW POOLS` /
-//! `CLIENTS` / `SERVERS` / `STATS` in `console/`, `CALL sluice.refresh_lake`) and
+//! `CLIENTS` / `SERVERS` / `STATS` in `console/`, `CALL sluice.refresh_lake`, `SHOW sluice.jobs`) and
 //! logging set-up. Metrics live in `metrics`, the record stage in `observe`, the
 //! audit trail in `audit`, the admin HTTP listener in `server::http`.
 //!
@@ -11,6 +11,7 @@
 pub mod console;
 pub mod credentials;
 pub mod identity;
+pub mod jobs;
 pub mod lake;
 pub mod materialized_views;
 pub mod pools;
@@ -24,6 +25,7 @@ use crate::auth::policy::Policy;
 use crate::cache::matview::MatViews;
 use crate::cache::results::ResultCache;
 use crate::engine::Engine;
+use crate::jobs::Jobs;
 use crate::observe::Observer;
 use crate::redshift::Upstreams;
 
@@ -35,6 +37,8 @@ pub struct ViewContext<'a> {
     pub engine: &'a Engine,
     pub results: Option<&'a ResultCache>,
     pub matviews: Option<&'a MatViews>,
+    /// Scheduled jobs, when configured.
+    pub jobs: Option<&'a Jobs>,
     pub upstreams: &'a Upstreams,
     pub observer: &'a Observer,
     /// Workload queues, when configured.
@@ -66,6 +70,7 @@ pub static VIEWS: &[&dyn AdminView] = &[
     &credentials::CredentialsView,
     &query_groups::QueryGroupsInfoView,
     &queues::QueuesView,
+    &jobs::JobsView,
 ];
 
 /// The view `SHOW name` names, if any: a `sluice.*` view, or one of PgBouncer's

@@ -130,24 +130,14 @@ impl MatViewsConfig {
                     format!("`{s}`: schema names must be lower case without dots"),
                 ));
             }
-            if matches!(s.as_str(), "public" | "pg_catalog" | "information_schema") {
+            if matches!(
+                s.as_str(),
+                "public" | "pg_catalog" | "information_schema" | "_jobs"
+            ) {
                 return Err(("schemas".into(), format!("`{s}` is reserved")));
             }
         }
-        if self.storage.trim().is_empty() {
-            return Err(("storage".into(), "must not be empty".into()));
-        }
-        if let Some(rest) = self.storage.strip_prefix("s3://")
-            && rest.trim_matches('/').is_empty()
-        {
-            return Err(("storage".into(), "name a bucket: s3://bucket/prefix".into()));
-        }
-        if self.storage.contains("://") && !self.storage.starts_with("s3://") {
-            return Err((
-                "storage".into(),
-                "must be a directory or an s3://bucket/prefix URL".into(),
-            ));
-        }
+        check_storage(&self.storage).map_err(|m| ("storage".to_string(), m))?;
         if self.refresh_user.trim().is_empty() {
             return Err(("refresh_user".into(), "must not be empty".into()));
         }
@@ -197,6 +187,22 @@ impl MatViewsConfig {
         }
         Ok(())
     }
+}
+
+/// A storage location: a directory or `s3://bucket/prefix` (views, job runs).
+pub(super) fn check_storage(storage: &str) -> Result<(), String> {
+    if storage.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(rest) = storage.strip_prefix("s3://")
+        && rest.trim_matches('/').is_empty()
+    {
+        return Err("name a bucket: s3://bucket/prefix".into());
+    }
+    if storage.contains("://") && !storage.starts_with("s3://") {
+        return Err("must be a directory or an s3://bucket/prefix URL".into());
+    }
+    Ok(())
 }
 
 fn default_schemas() -> Vec<String> {

@@ -11,6 +11,7 @@ mod admin;
 mod audit;
 mod auth;
 mod cache;
+mod jobs;
 mod lake;
 mod ldap;
 pub use admin::{AdminConfig, QueryGroupsConfig};
@@ -19,6 +20,7 @@ pub use audit::{
 };
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
+pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
 pub use lake::{GlueLakeConfig, S3Config};
 pub use ldap::LdapConfig;
 mod redshift;
@@ -81,6 +83,12 @@ pub struct Config {
     /// Workload queues and query monitoring rules; none when absent.
     #[serde(default)]
     pub workload: WorkloadConfig,
+    /// Scheduled SQL jobs.
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+    /// Where job runs are kept.
+    #[serde(default)]
+    pub job_history: JobHistoryConfig,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -472,9 +480,39 @@ impl Config {
                 ));
             }
         }
+        self.validate_jobs().map_err(|(k, m)| invalid(k, m))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level".into(), e.to_string()))?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// `[[jobs]]` and `[job_history]`: names unique, roles and targets defined.
+    fn validate_jobs(&self) -> Result<(), (String, String)> {
+        self.job_history
+            .validate()
+            .map_err(|(k, m)| (format!("job_history.{k}"), m))?;
+        let mut names = BTreeSet::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            let key = |k: &str| format!("jobs[{i}].{k}");
+            job.validate(&self.roles, &self.redshift)
+                .map_err(|(k, m)| (key(&k), m))?;
+            if !names.insert(job.name.to_lowercase()) {
+                return Err((key("name"), format!("job `{}` is defined twice", job.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where job runs live: `job_history.storage`, else beside the views, else the
+    /// directory `jobs` next to the config file.
+    pub fn job_storage(&self) -> &str {
+        self.job_history
+            .storage
+            .as_deref()
+            .or(self.materialized_views.as_ref().map(|m| m.storage.as_str()))
+            .unwrap_or("jobs")
     }
 }
 

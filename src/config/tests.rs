@@ -212,3 +212,143 @@ fn the_shipped_workload_example_is_valid_with_its_commented_parts() {
     assert_eq!(c.workload.rules.len(), 2);
     assert_eq!(c.workload.queues[1].priority, super::Priority::High);
 }
+
+/// A config with one upstream, a job role with a Redshift identity, a lake-only
+/// role, and `job` as its `[[jobs]]` entry.
+fn with_job(job: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "[[redshift]]\nname = \"warehouse\"\ncluster_identifier = \"c\"\nregion = \"us-east-1\"\ndatabase = \"dev\"\ncredentials = \"get_cluster_credentials\"\n\n\
+         [[roles]]\nname = \"dba\"\nredshift_user = \"{{user}}\"\n\n\
+         [[roles]]\nname = \"jobs_via_include\"\nincludes = [\"dba\"]\n\n\
+         [[roles]]\nname = \"reader\"\nread = [\"*\"]\n\n\
+         [[jobs]]\n{job}"
+    ))
+}
+
+#[test]
+fn jobs_are_checked_key_by_key() {
+    let ok = "name = \"kill-idle\"\nschedule = \"0 */5 * * * *\"\ntime_zone = \"Europe/Paris\"\n\
+              statements = [\"SELECT 1\"]\nrun_as_role = \"dba\"\ntarget = \"warehouse\"\n";
+    let c = with_job(ok).unwrap();
+    let job = &c.jobs[0];
+    assert_eq!(job.run_as_user, "sluice_job");
+    assert_eq!(job.overlap, Overlap::Skip);
+    assert!(job.enabled && job.retries == 0 && job.timeout_secs == 3600);
+    assert_eq!(c.job_storage(), "jobs", "no views: a `jobs` directory");
+    // Included roles give the identity too; the lake needs none.
+    with_job(&ok.replace("\"dba\"", "\"jobs_via_include\"")).unwrap();
+    with_job(
+        &ok.replace("\"dba\"", "\"reader\"")
+            .replace("\"warehouse\"", "\"lake\""),
+    )
+    .unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "name = \"kill-idle\"",
+            "name = \"bad name\"",
+            "jobs[0].name",
+        ),
+        (
+            "schedule = \"0 */5 * * * *\"",
+            "schedule = \"every five minutes\"",
+            "jobs[0].schedule",
+        ),
+        (
+            "schedule = \"0 */5 * * * *\"",
+            "schedule = \"0 */5 * * * *\"\nevery_secs = 60",
+            "jobs[0].every_secs",
+        ),
+        ("schedule = \"0 */5 * * * *\"", "", "jobs[0].schedule"),
+        (
+            "schedule = \"0 */5 * * * *\"",
+            "every_secs = 0",
+            "jobs[0].every_secs",
+        ),
+        ("\"Europe/Paris\"", "\"Mars/Olympus\"", "jobs[0].time_zone"),
+        ("[\"SELECT 1\"]", "[]", "jobs[0].statements"),
+        (
+            "[\"SELECT 1\"]",
+            "[\"SELECT 1\", \" \"]",
+            "jobs[0].statements",
+        ),
+        (
+            "run_as_role = \"dba\"",
+            "run_as_role = \"nobody\"",
+            "jobs[0].run_as_role",
+        ),
+        // An upstream needs a minted identity: never a stored password.
+        (
+            "run_as_role = \"dba\"",
+            "run_as_role = \"reader\"",
+            "jobs[0].run_as_role",
+        ),
+        ("\"warehouse\"", "\"elsewhere\"", "jobs[0].target"),
+        ("target", "timeout_secs = 0\ntarget", "jobs[0].timeout_secs"),
+        ("target", "retries = 1000\ntarget", "jobs[0].retries"),
+        (
+            "target",
+            "grant_roles = [\"ghost\"]\ntarget",
+            "jobs[0].grant_roles",
+        ),
+        ("target", "overlap = \"sometimes\"\ntarget", "overlap"),
+        ("target", "colour = \"blue\"\ntarget", "colour"),
+    ];
+    for (from, to, key) in cases {
+        let text = ok.replace(from, to);
+        let e = with_job(&text).unwrap_err().to_string();
+        assert!(e.contains(key), "{to}: expected {key} in: {e}");
+    }
+    let twice = format!("{ok}\n[[jobs]]\n{}", ok.replace("kill-idle", "KILL-IDLE"));
+    let e = with_job(&twice).unwrap_err().to_string();
+    assert!(e.contains("jobs[1].name") && e.contains("twice"), "{e}");
+}
+
+#[test]
+fn job_runs_live_beside_the_views_unless_told_otherwise() {
+    let job = "[[roles]]\nname = \"r\"\n[[jobs]]\nname = \"j\"\nevery_secs = 60\nstatements = [\"SELECT 1\"]\nrun_as_role = \"r\"\ntarget = \"lake\"\n";
+    let c = parse(&format!(
+        "[materialized_views]\nstorage = \"s3://b/views\"\n{job}"
+    ))
+    .unwrap();
+    assert_eq!(c.job_storage(), "s3://b/views");
+    let c = parse(&format!(
+        "[materialized_views]\nstorage = \"s3://b/views\"\n[job_history]\nstorage = \"/var/lib/sluice/jobs\"\nkeep_runs = 10\n{job}"
+    ))
+    .unwrap();
+    assert_eq!(c.job_storage(), "/var/lib/sluice/jobs");
+    for (bad, key) in [
+        ("storage = \"ftp://x\"", "job_history.storage"),
+        ("storage = \"s3://\"", "job_history.storage"),
+        ("keep_runs = 0", "job_history.keep_runs"),
+    ] {
+        let e = parse(&format!("[job_history]\n{bad}\n{job}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    // `_jobs` under the shared storage belongs to the jobs.
+    let e = parse("[materialized_views]\nschemas = [\"_jobs\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("materialized_views.schemas"), "{e}");
+}
+
+#[test]
+fn the_shipped_job_examples_are_valid() {
+    let c = Config::parse(
+        include_str!("../../conf/jobs.example.toml"),
+        Path::new("conf/jobs.example.toml"),
+        PathBuf::from("/etc/sluice"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "terminate-idle-sessions",
+            "refresh-daily-sales",
+            "nightly-unload",
+            "nightly-rollup"
+        ]
+    );
+}

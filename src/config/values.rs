@@ -1,5 +1,5 @@
-//! Parsers for config values whose types belong to libraries (cron schedules, JOSE
-//! algorithms, SCRAM verifiers, name globs). They live here so that validating a
+//! Parsers for config values whose types belong to libraries (cron schedules, time
+//! zones, JOSE algorithms, SCRAM verifiers, name globs). They live here so that validating a
 //! config needs nothing above it: `config` is a leaf every other part may import.
 
 use std::str::FromStr;
@@ -18,6 +18,13 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
         text.to_owned()
     };
     cron::Schedule::from_str(&full).map_err(|e| format!("`{text}` is not a cron expression: {e}"))
+}
+
+/// An IANA time zone name (`UTC`, `Europe/Paris`), as chrono-tz knows them.
+pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("`{name}` is not an IANA time zone name (such as UTC or Europe/Paris)")
+    })
 }
 
 /// Only asymmetric algorithms: a symmetric one would let anyone holding the public key

@@ -57,6 +57,11 @@ pub struct Metrics {
     // Gateway materialized views.
     pub view_refresh_duration: HistogramVec,
     pub view_refresh_failures: IntCounterVec,
+    // Scheduled jobs.
+    pub job_runs: IntCounterVec,
+    pub job_run_duration: HistogramVec,
+    pub job_failing: IntGaugeVec,
+    pub job_leases_lost: IntCounterVec,
     // The lake's catalog and storage.
     pub glue_requests: IntCounterVec,
     pub s3_requests: IntCounterVec,
@@ -263,6 +268,30 @@ impl Metrics {
                 "sluice_view_refresh_failures_total",
                 "Gateway materialized view refreshes that failed, per view.",
                 &["view"],
+            ),
+            job_runs: counter_vec(
+                &r,
+                "sluice_job_runs_total",
+                "Scheduled job runs (each attempt), by job and status (succeeded, failed, timed_out, skipped).",
+                &["job", "status"],
+            ),
+            job_run_duration: histogram_vec(
+                &r,
+                "sluice_job_run_duration_seconds",
+                "Scheduled job run time (each attempt), per job.",
+                &["job"],
+            ),
+            job_failing: gauge_vec(
+                &r,
+                "sluice_job_failing",
+                "1 while a job's last run (after its retries) failed or timed out, else 0.",
+                &["job"],
+            ),
+            job_leases_lost: counter_vec(
+                &r,
+                "sluice_job_leases_lost_total",
+                "Scheduled ticks another gateway sharing the job storage took (this one skipped them).",
+                &["job"],
             ),
             glue_requests: counter_vec(
                 &r,

@@ -136,7 +136,7 @@ impl Observer {
             // A parser's message may quote the secret it stumbled on: when the text
             // held one, quoted parts of the message go too.
             let error = match (&statement, s.error) {
-                (Cow::Owned(_), Some(m)) => Some(mask_quoted(m)),
+                (Cow::Owned(_), Some(m)) => Some(crate::route::redact::mask_quoted(m)),
                 (_, m) => m.map(str::to_owned),
             };
             audit.emit(AuditEvent::Statement(Box::new(StatementEvent {
@@ -217,32 +217,14 @@ impl Observer {
     }
 }
 
-/// `'…'` runs in a message replaced by `'***'`.
-fn mask_quoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
-    for c in message.chars() {
-        match (c, quoted) {
-            ('\'', false) => {
-                out.push_str("'***'");
-                quoted = true;
-            }
-            ('\'', true) => quoted = false,
-            (_, true) => {}
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn quoted_parts_of_messages_are_masked() {
         assert_eq!(
-            super::mask_quoted("syntax error: found: 'hunter2' near 'x'"),
+            crate::route::redact::mask_quoted("syntax error: found: 'hunter2' near 'x'"),
             "syntax error: found: '***' near '***'"
         );
-        assert_eq!(super::mask_quoted("no quotes"), "no quotes");
+        assert_eq!(crate::route::redact::mask_quoted("no quotes"), "no quotes");
     }
 }

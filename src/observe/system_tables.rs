@@ -12,18 +12,13 @@ use datafusion::arrow::array::{
     ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::catalog::TableProvider;
+use datafusion::error::Result;
 
 use super::Observer;
 use super::query_groups::GroupRow;
 use crate::auth::policy::Policy;
-use crate::engine::system::SystemTables;
-use crate::error::{PgError, SqlState};
+use crate::engine::system::{AdminOnly, AdminTable, SystemTables};
 
 /// The system tables, for [`crate::engine::Engine::set_system_tables`].
 pub struct ObserverTables(pub Arc<Observer>);
@@ -32,24 +27,15 @@ impl SystemTables for ObserverTables {
     fn tables(&self, policy: &Arc<Policy>) -> Vec<(&'static str, Arc<dyn TableProvider>)> {
         vec![(
             "query_groups",
-            Arc::new(QueryGroupsTable {
-                observer: self.0.clone(),
+            Arc::new(AdminOnly {
+                table: QueryGroupsTable(self.0.clone()),
                 admin: policy.admin,
             }),
         )]
     }
 }
 
-struct QueryGroupsTable {
-    observer: Arc<Observer>,
-    admin: bool,
-}
-
-impl std::fmt::Debug for QueryGroupsTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sluice.query_groups")
-    }
-}
+struct QueryGroupsTable(Arc<Observer>);
 
 fn schema() -> SchemaRef {
     let text = |n: &str| Field::new(n, DataType::Utf8, false);
@@ -134,38 +120,24 @@ fn batch(rows: &[GroupRow]) -> Result<RecordBatch> {
 }
 
 #[async_trait]
-impl TableProvider for QueryGroupsTable {
+impl AdminTable for QueryGroupsTable {
+    fn name(&self) -> &'static str {
+        "sluice.query_groups"
+    }
+
+    fn hint(&self) -> &'static str {
+        "query groups show every user's statements: they need a Sluice role with admin = true"
+    }
+
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !self.admin {
-            let e = PgError::new(
-                SqlState::INSUFFICIENT_PRIVILEGE,
-                "permission denied for table sluice.query_groups",
-            )
-            .with_hint("query groups show every user's statements: they need a Sluice role with admin = true");
-            return Err(DataFusionError::External(Box::new(e)));
-        }
-        let rows = match &self.observer.query_groups {
+    async fn batch(&self) -> Result<RecordBatch> {
+        let rows = match &self.0.query_groups {
             Some(groups) => groups.rows(),
             None => Vec::new(),
         };
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch(&rows)?]],
-            schema(),
-            projection.cloned(),
-        )?)
+        batch(&rows)
     }
 }

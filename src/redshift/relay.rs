@@ -71,17 +71,21 @@ pub struct Completion {
     pub ended: Option<(std::time::Instant, u64)>,
 }
 
+/// The row count of a CommandComplete body (`SELECT 5`, `INSERT 0 5`), when its tag
+/// has one.
+pub(crate) fn command_rows(body: &[u8]) -> Option<u64> {
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    tag.rsplit(|b| *b == b' ')
+        .next()
+        .filter(|n| !n.is_empty() && n.len() < 20 && n.iter().all(u8::is_ascii_digit))
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+}
+
 impl Tally {
     pub(crate) fn completed(&mut self, body: &[u8]) {
-        let tag = body.strip_suffix(&[0]).unwrap_or(body);
-        let rows = tag
-            .rsplit(|b| *b == b' ')
-            .next()
-            .filter(|n| !n.is_empty() && n.len() < 20 && n.iter().all(u8::is_ascii_digit))
-            .and_then(|n| std::str::from_utf8(n).ok())
-            .and_then(|n| n.parse().ok());
         self.done.push(Completion {
-            rows,
+            rows: command_rows(body),
             ..Completion::default()
         });
     }

@@ -390,18 +390,33 @@ impl UpstreamConn {
     /// Sends a simple query and discards its results; an error ends with the
     /// upstream's message. Used for the pool's reset and for replaying state.
     pub async fn run_quietly(&mut self, sql: &str) -> Result<(), PgError> {
+        self.run_counted(sql).await.map(|_| ())
+    }
+
+    /// Sends a simple query and discards its rows; returns the rows its commands
+    /// reported (summed over their CommandComplete tags), or the upstream's first
+    /// error. The connection is left ready for the next query.
+    pub async fn run_counted(&mut self, sql: &str) -> Result<u64, PgError> {
         frontend::query(sql, &mut self.out).map_err(lost)?;
         self.flush().await.map_err(lost)?;
         let mut failure = None;
+        let mut rows = 0u64;
         loop {
             let (tag, len) = self.read_message().await.map_err(lost)?;
-            if tag == b'E' && failure.is_none() {
-                failure = Some(upstream_error(&self.input[5..len], "the upstream refused"));
-            }
-            if tag == b'Z' {
-                self.status = self.input.get(5).copied().unwrap_or(b'I');
-                self.consume(len);
-                return failure.map_or(Ok(()), Err);
+            match tag {
+                b'E' if failure.is_none() => {
+                    failure = Some(upstream_error(&self.input[5..len], "the upstream refused"));
+                }
+                b'C' => {
+                    let counted = crate::redshift::relay::command_rows(&self.input[5..len]);
+                    rows = rows.saturating_add(counted.unwrap_or(0));
+                }
+                b'Z' => {
+                    self.status = self.input.get(5).copied().unwrap_or(b'I');
+                    self.consume(len);
+                    return failure.map_or(Ok(rows), Err);
+                }
+                _ => {}
             }
             self.consume(len);
         }

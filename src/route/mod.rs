@@ -81,6 +81,8 @@ pub enum Command {
     RefreshLake(Option<String>),
     /// `CALL sluice.reset_query_groups()`: forget every query group's statistics.
     ResetQueryGroups,
+    /// `CALL sluice.run_job('name')`: run a scheduled job now.
+    RunJob(String),
 }
 
 impl Command {
@@ -112,7 +114,7 @@ impl Command {
             Command::Fetch { discard: true, .. } => "MOVE",
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
-            Command::RefreshLake(_) | Command::ResetQueryGroups => "CALL",
+            Command::RefreshLake(_) | Command::ResetQueryGroups | Command::RunJob(_) => "CALL",
         }
     }
 }
@@ -121,13 +123,25 @@ impl Command {
 fn refresh_argument(
     f: &datafusion::sql::sqlparser::ast::Function,
 ) -> Result<Option<String>, PgError> {
+    string_argument(
+        f,
+        "usage: CALL sluice.refresh_lake() or CALL sluice.refresh_lake('database')",
+    )
+}
+
+/// The job name of `CALL sluice.run_job('name')`.
+fn job_argument(f: &datafusion::sql::sqlparser::ast::Function) -> Result<String, PgError> {
+    let usage = "usage: CALL sluice.run_job('job name')";
+    string_argument(f, usage)?.ok_or_else(|| PgError::new(SqlState::SYNTAX_ERROR, usage))
+}
+
+/// The one optional string-literal argument of a `CALL sluice.…(…)`.
+fn string_argument(
+    f: &datafusion::sql::sqlparser::ast::Function,
+    usage: &str,
+) -> Result<Option<String>, PgError> {
     use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr};
-    let usage = || {
-        PgError::new(
-            SqlState::SYNTAX_ERROR,
-            "usage: CALL sluice.refresh_lake() or CALL sluice.refresh_lake('database')",
-        )
-    };
+    let usage = || PgError::new(SqlState::SYNTAX_ERROR, usage.to_owned());
     let args = match &f.args {
         FunctionArguments::None => return Ok(None),
         FunctionArguments::List(list) => &list.args,
@@ -256,6 +270,9 @@ pub fn classify(stmt: Statement) -> Result<Step, PgError> {
                 .eq_ignore_ascii_case("sluice.refresh_lake") =>
         {
             Step::Session(Command::RefreshLake(refresh_argument(&f)?))
+        }
+        Statement::Call(f) if f.name.to_string().eq_ignore_ascii_case("sluice.run_job") => {
+            Step::Session(Command::RunJob(job_argument(&f)?))
         }
         Statement::Call(f)
             if f.name

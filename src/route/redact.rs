@@ -105,5 +105,24 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
         })
 }
 
+/// `'…'` runs in a message replaced by `'***'`: a parser's message may quote the
+/// secret it stumbled on, so messages about a text that held one lose their quotes.
+pub fn mask_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('\'', false) => {
+                out.push_str("'***'");
+                quoted = true;
+            }
+            ('\'', true) => quoted = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -146,3 +146,25 @@ fn queries_go_to_the_lake_and_writes_are_refused() {
     let e = route("CREATE TABLE t (a int)").unwrap_err();
     assert!(e.message.contains("CREATE TABLE"), "{}", e.message);
 }
+
+#[test]
+fn run_job_takes_one_job_name() {
+    assert_eq!(
+        command("CALL sluice.run_job('nightly-unload')"),
+        Command::RunJob("nightly-unload".into())
+    );
+    assert_eq!(
+        command("call SLUICE.RUN_JOB('x')").tag(),
+        "CALL",
+        "case-insensitive, answered with CALL"
+    );
+    for bad in [
+        "CALL sluice.run_job()",
+        "CALL sluice.run_job(1)",
+        "CALL sluice.run_job('a', 'b')",
+    ] {
+        let e = route(bad).unwrap_err();
+        assert_eq!(e.code, SqlState::SYNTAX_ERROR, "{bad}");
+        assert!(e.message.contains("run_job"), "{bad}: {}", e.message);
+    }
+}

@@ -50,6 +50,8 @@ pub struct Shared {
     pub results: Option<Arc<crate::cache::results::ResultCache>>,
     /// Gateway materialized views, when `[materialized_views]` is configured.
     pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
+    /// Scheduled SQL jobs, when `[[jobs]]` are configured.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
     /// Decides where statements go (and memoises their parses).
     pub router: crate::route::Router,
     /// The record stage's consumers (metrics, query groups, audit) and the session board.
@@ -129,6 +131,8 @@ impl Server {
             results.clone(),
         )
         .await?;
+        let jobs =
+            crate::jobs::Jobs::start(&config, engine.clone(), &upstreams, matviews.clone()).await?;
         let audit = match &config.audit {
             Some(a) => Some(crate::audit::Auditor::start(a, |p| config.resolve(p))?),
             None => None,
@@ -138,9 +142,14 @@ impl Server {
             .enabled
             .then(|| crate::observe::QueryGroups::new(config.query_groups.max_groups));
         let observer = Arc::new(crate::observe::Observer::new(query_groups, audit));
-        engine.set_system_tables(Arc::new(crate::observe::system_tables::ObserverTables(
-            observer.clone(),
-        )));
+        let job_tables =
+            crate::jobs::table::JobTables(jobs.as_ref().map(Arc::downgrade).unwrap_or_default());
+        engine.set_system_tables(Arc::new(crate::engine::system::Several(vec![
+            Arc::new(crate::observe::system_tables::ObserverTables(
+                observer.clone(),
+            )),
+            Arc::new(job_tables),
+        ])));
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -169,6 +178,7 @@ impl Server {
             upstreams,
             results,
             matviews,
+            jobs,
         });
         let admin = http::bind(&shared).await?;
         Ok(Server {

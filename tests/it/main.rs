@@ -7,6 +7,7 @@ mod glue;
 mod harness;
 mod idp;
 mod jdbc;
+mod jobs;
 mod ldap;
 #[path = "../support/moto.rs"]
 mod moto;

@@ -134,7 +134,7 @@ impl MatViews {
         let Some(mv) = &config.materialized_views else {
             return Ok(None);
         };
-        let storage = open_storage(config, mv, &engine)?;
+        let storage = Storage::open(config, &mv.storage, "materialized_views.storage", &engine)?;
         let mut schemas = HashMap::new();
         for name in &mv.schemas {
             let schema = Arc::new(MatViewSchema::default());
@@ -548,41 +548,4 @@ fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
             .iter()
             .zip(b.fields())
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
-}
-
-/// The object store and root for `materialized_views.storage`.
-fn open_storage(config: &Config, mv: &MatViewsConfig, engine: &Engine) -> Result<Storage, String> {
-    let key = |e: String| format!("materialized_views.storage: {e}");
-    if mv.storage.starts_with("s3://") {
-        let (store_url, path) =
-            crate::lake::stores::split_location(&mv.storage).map_err(|e| key(e.to_string()))?;
-        let store = engine
-            .runtime()
-            .object_store(store_object_url(&store_url)?)
-            .map_err(|e| key(e.to_string()))?;
-        return Ok(Storage::new(store, path, mv.storage.clone()));
-    }
-    let dir = config.resolve(std::path::Path::new(&mv.storage));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| key(format!("cannot create {}: {e}", dir.display())))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| key(format!("{}: {e}", dir.display())))?;
-    let path =
-        object_store::path::Path::from_filesystem_path(&dir).map_err(|e| key(e.to_string()))?;
-    let url = url::Url::from_directory_path(&dir)
-        .map_err(|_| key(format!("{} is not an absolute directory", dir.display())))?;
-    let store_url = url::Url::parse("file:///").map_err(|e| key(e.to_string()))?;
-    let store = engine
-        .runtime()
-        .object_store(store_object_url(&store_url)?)
-        .map_err(|e| key(e.to_string()))?;
-    Ok(Storage::new(store, path, url.to_string()))
-}
-
-fn store_object_url(
-    url: &url::Url,
-) -> Result<datafusion::execution::object_store::ObjectStoreUrl, String> {
-    datafusion::execution::object_store::ObjectStoreUrl::parse(url.as_str())
-        .map_err(|e| format!("materialized_views.storage: {e}"))
 }

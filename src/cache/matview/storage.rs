@@ -156,6 +156,51 @@ impl Storage {
         }
     }
 
+    /// The store and root for a configured location (`location`, the value of the
+    /// config key `key`): `s3://bucket/prefix` through the engine's object store
+    /// registry, or a directory (relative to the config file; created).
+    pub fn open(
+        config: &crate::config::Config,
+        location: &str,
+        key: &str,
+        engine: &crate::engine::Engine,
+    ) -> Result<Storage, String> {
+        let err = |e: String| format!("{key}: {e}");
+        let store_of = |url: &url::Url| {
+            let url = datafusion::execution::object_store::ObjectStoreUrl::parse(url.as_str())
+                .map_err(|e| err(e.to_string()))?;
+            engine
+                .runtime()
+                .object_store(url)
+                .map_err(|e| err(e.to_string()))
+        };
+        if location.starts_with("s3://") {
+            let (store_url, path) =
+                crate::lake::stores::split_location(location).map_err(|e| err(e.to_string()))?;
+            return Ok(Storage::new(
+                store_of(&store_url)?,
+                path,
+                location.to_owned(),
+            ));
+        }
+        let dir = config.resolve(std::path::Path::new(location));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let path = Path::from_filesystem_path(&dir).map_err(|e| err(e.to_string()))?;
+        let url = url::Url::from_directory_path(&dir)
+            .map_err(|_| err(format!("{} is not an absolute directory", dir.display())))?;
+        let store_url = url::Url::parse("file:///").map_err(|e| err(e.to_string()))?;
+        Ok(Storage::new(store_of(&store_url)?, path, url.to_string()))
+    }
+
+    /// The prefix everything lives under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn view_dir(&self, view: &ViewName) -> Path {
         self.root
             .clone()

@@ -165,6 +165,7 @@ fn gather(shared: &Shared, identity: &Identity, policy: &Policy) -> Dashboard {
         engine: &shared.engine,
         results: shared.results.as_deref(),
         matviews: shared.matviews.as_deref(),
+        jobs: shared.jobs.as_deref(),
         upstreams: &shared.upstreams,
         observer: &shared.observer,
         database: &shared.config.server.database,

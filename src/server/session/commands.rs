@@ -41,6 +41,24 @@ impl Session {
                         .await?;
                 self.notice_with(SqlState("00000"), "NOTICE", &message);
             }
+            Command::RunJob(name) => {
+                let Some(jobs) = &self.shared.jobs else {
+                    return Err(PgError::new(
+                        SqlState::UNDEFINED_OBJECT,
+                        format!("job \"{name}\" does not exist (no [[jobs]] are configured)"),
+                    ));
+                };
+                let caller = crate::jobs::Caller {
+                    admin: self.policy.admin,
+                    roles: &self.identity.roles,
+                };
+                let run = jobs.run_now(name, &caller).await?;
+                let message = format!(
+                    "job \"{}\" succeeded: {}, {} row(s) (run {})",
+                    run.job, run.return_message, run.rows, run.runid
+                );
+                self.notice_with(SqlState("00000"), "NOTICE", &message);
+            }
             Command::ResetQueryGroups => {
                 if !self.policy.admin {
                     return Err(PgError::new(
@@ -260,6 +278,7 @@ impl Session {
             engine: &self.shared.engine,
             results: self.shared.results.as_deref(),
             matviews: self.shared.matviews.as_deref(),
+            jobs: self.shared.jobs.as_deref(),
             upstreams: &self.shared.upstreams,
             observer: &self.shared.observer,
             database: &self.shared.config.server.database,

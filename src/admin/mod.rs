@@ -17,6 +17,7 @@ pub mod pools;
 pub mod query_groups;
 pub mod refresh_lake;
 pub mod result_cache;
+pub mod sessions;
 
 use crate::auth::Identity;
 use crate::auth::policy::Policy;
@@ -62,6 +63,7 @@ pub static VIEWS: &[&dyn AdminView] = &[
     &pools::PoolsView,
     &credentials::CredentialsView,
     &query_groups::QueryGroupsInfoView,
+    &sessions::SessionsView,
 ];
 
 /// The view `SHOW name` names, if any: a `sluice.*` view, or one of PgBouncer's

@@ -316,11 +316,12 @@ impl Session {
     /// Reads and dispatches frames until the client leaves, or until the gateway
     /// ends the session (idle timeouts, maximum age, an admin's terminate).
     async fn serve(&mut self) -> Result<(), Disconnect> {
+        let kill = self.cancel.kill.clone();
+        let cancel_signal = self.cancel.signal.clone();
         loop {
-            if let Some(ending) = self.cancel.kill.ending() {
+            if let Some(ending) = kill.ending() {
                 return self.end_session(ending).await;
             }
-            let kill = self.cancel.kill.clone();
             let deadline = self.rest_deadline();
             let read = tokio::select! {
                 biased;
@@ -349,7 +350,7 @@ impl Session {
             // work that does not end within the grace period is dropped.
             let dispatched = tokio::select! {
                 r = self.dispatch(frame) => Some(r),
-                _ = killed_for(&kill, TERMINATE_GRACE) => None,
+                _ = killed_for(&kill, &cancel_signal, TERMINATE_GRACE) => None,
             };
             match dispatched {
                 None => return self.end_session_telling(Ending::Terminated, false).await,

@@ -75,8 +75,19 @@ pub(super) enum Waited {
 /// before it is dropped; also the bound on flushing the final FATAL.
 pub(super) const TERMINATE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolves `grace` after the session is marked terminated.
-pub(super) async fn killed_for(kill: &Kill, grace: std::time::Duration) {
+/// Resolves `grace` after the session is marked terminated. Meanwhile the
+/// session's cancel signal is raised again every 100 ms: a statement between two
+/// cancellable stages (planned, not yet streaming) when the first one fired still
+/// sees it, so it ends cooperatively (and is recorded) rather than being dropped.
+pub(super) async fn killed_for(
+    kill: &Kill,
+    cancel: &tokio::sync::Notify,
+    grace: std::time::Duration,
+) {
     kill.wait().await;
-    tokio::time::sleep(grace).await;
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        cancel.notify_waiters();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -227,8 +227,7 @@ async fn per_user_connection_limit_refuses_the_extra_connection_with_53300() {
         .expect("second");
     let e = connect_watched(gw.port, "demo", "demo", None)
         .await
-        .err()
-        .expect("the third is refused");
+        .expect_err("the third is refused");
     assert_eq!(sqlstate(&e), "53300", "{e:?}");
     assert_eq!(error_message(&e), "too many connections for role \"demo\"");
     // Others keep working: the user's open sessions, and other users.
@@ -290,8 +289,7 @@ async fn an_admin_terminates_another_session_and_it_is_audited() {
     let e = other
         .simple_query(&format!("SELECT pg_terminate_backend({pid})"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
     assert_eq!(scalar(&victim, "SELECT 5").await, "5");
     // An unknown pid: false, as PostgreSQL.
@@ -348,8 +346,7 @@ async fn engine_settings_are_not_the_users_to_raise() {
     let e = demo
         .simple_query("SELECT set_config('datafusion.execution.batch_size', '1', false)")
         .await
-        .err()
-        .expect("set_config refused");
+        .expect_err("set_config refused");
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
     // Nor at startup (options=-c): the login fails with the same error.
     let e = connect_watched(
@@ -359,8 +356,7 @@ async fn engine_settings_are_not_the_users_to_raise() {
         Some("-c datafusion.execution.batch_size=1"),
     )
     .await
-    .err()
-    .expect("startup option refused");
+    .expect_err("startup option refused");
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
     // An allowed (display) option works, and reaches the engine.
     demo.simple_query("SET datafusion.explain.format = 'tree'")
@@ -388,8 +384,7 @@ async fn engine_settings_are_not_the_users_to_raise() {
     let e = root
         .simple_query("SET datafusion.execution.batch_size = 'many'")
         .await
-        .err()
-        .expect("a bad value");
+        .expect_err("a bad value");
     assert_eq!(sqlstate(&e), "22023", "{e:?}");
 }
 
@@ -434,7 +429,7 @@ async fn terminating_a_busy_session_cancels_its_statement() {
         .expect("the statement was stopped")
         .expect("task");
     // Cancelled (57014), then the FATAL on its own.
-    let e = result.err().expect("the statement failed");
+    let e = result.expect_err("the statement failed");
     assert_eq!(sqlstate(&e), "57014", "{e:?}");
     assert_eq!(sqlstate(&ended_with(conn).await), "57P01");
 }

@@ -19,6 +19,7 @@ pub mod query_groups;
 pub mod queues;
 pub mod refresh_lake;
 pub mod result_cache;
+pub mod sessions;
 
 use crate::auth::Identity;
 use crate::auth::policy::Policy;
@@ -71,6 +72,7 @@ pub static VIEWS: &[&dyn AdminView] = &[
     &query_groups::QueryGroupsInfoView,
     &queues::QueuesView,
     &jobs::JobsView,
+    &sessions::SessionsView,
 ];
 
 /// The view `SHOW name` names, if any: a `sluice.*` view, or one of PgBouncer's

@@ -60,6 +60,17 @@ pub enum AuditEvent {
         #[serde(flatten)]
         who: std::sync::Arc<Who>,
         duration_us: u64,
+        /// Why the gateway ended the session, when it did: `idle_session_timeout`,
+        /// `idle_in_transaction_session_timeout`, `max_session_age`, `terminated`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    /// An admin session (`who`) terminated another (`target`: its session number,
+    /// user, roles, client, …) with `sluice.terminate` / `pg_terminate_backend`.
+    Terminate {
+        #[serde(flatten)]
+        who: std::sync::Arc<Who>,
+        target: std::sync::Arc<Who>,
     },
     Statement(Box<StatementEvent>),
 }
@@ -118,6 +129,7 @@ impl AuditEvent {
             AuditEvent::Login { .. } => "login",
             AuditEvent::LoginFailed { .. } => "login_failed",
             AuditEvent::Logoff { .. } => "logoff",
+            AuditEvent::Terminate { .. } => "terminate",
             AuditEvent::Statement(_) => "statement",
         }
     }

@@ -1,7 +1,9 @@
 //! `format = "ocsf"`: each event as an OCSF 1.3.0 event object.
 //!
 //! - login, login_failed, logoff → Authentication (class 3002, category 3 Identity
-//!   & Access Management), activity 1 Logon / 2 Logoff.
+//!   & Access Management), activity 1 Logon / 2 Logoff (a logoff the gateway forced
+//!   carries its reason in `status_detail`); terminate → the target's Logoff with
+//!   the admin who ended it as `actor`.
 //! - statement → Datastore Activity (class 6005, category 6 Application Activity):
 //!   activity 5 Write when the statement writes tables, 4 Query when it only reads
 //!   tables, 99 Other when Sluice did not see tables (SET, SHOW, `SELECT 1`, text
@@ -33,8 +35,34 @@ pub(super) fn to_ocsf(time: DateTime<Utc>, event: &AuditEvent) -> Value {
             reason,
             sqlstate,
         } => authentication(time, who, (1, "Logon"), Some((reason, sqlstate)), None),
-        AuditEvent::Logoff { who, duration_us } => {
-            authentication(time, who, (2, "Logoff"), None, Some(*duration_us))
+        AuditEvent::Logoff {
+            who,
+            duration_us,
+            reason,
+        } => {
+            let mut event = authentication(time, who, (2, "Logoff"), None, Some(*duration_us));
+            if let (Some(reason), Some(map)) = (reason, event.as_object_mut()) {
+                map.insert("status_detail".into(), (*reason).into());
+            }
+            event
+        }
+        AuditEvent::Terminate { who, target } => {
+            // The target's logoff, forced by the admin (the actor).
+            let mut event = authentication(time, target, (2, "Logoff"), None, None);
+            if let Some(map) = event.as_object_mut() {
+                map.insert(
+                    "actor".into(),
+                    json!({
+                        "user": user(who),
+                        "session": { "uid": who.session.to_string() },
+                    }),
+                );
+                map.insert(
+                    "status_detail".into(),
+                    "terminated by an administrator".into(),
+                );
+            }
+            event
         }
         AuditEvent::Statement(statement) => datastore_activity(time, statement),
     }
@@ -307,12 +335,26 @@ mod tests {
         let logoff = AuditEvent::Logoff {
             who: who(),
             duration_us: 5_000_000,
+            reason: None,
         };
         let e = to_ocsf(at(), &logoff);
         assert_eq!(e["activity_id"], 2);
         assert_eq!(e["type_uid"], 300202);
         assert_eq!(e["status_id"], 1);
         assert_eq!(e["duration"], 5000);
+
+        let terminate = AuditEvent::Terminate {
+            who: std::sync::Arc::new(Who {
+                user: "root".into(),
+                session: 9,
+                ..Who::default()
+            }),
+            target: who(),
+        };
+        let e = to_ocsf(at(), &terminate);
+        assert_eq!(e["activity_id"], 2);
+        assert_eq!(e["actor"]["user"]["name"], "root");
+        assert_eq!(e["user"]["name"], who().user.as_str());
     }
 
     #[test]

@@ -112,6 +112,10 @@ mod tests {
             manage_materialized_views: false,
             redshift_user: None,
             redshift_groups: vec![],
+            idle_session_timeout_secs: None,
+            idle_in_transaction_session_timeout_secs: None,
+            max_session_age_secs: None,
+            max_connections: None,
         }
     }
 

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod cache;
 mod jobs;
+mod engine;
 mod lake;
 mod ldap;
 pub use admin::{AdminConfig, QueryGroupsConfig};
@@ -21,6 +22,7 @@ pub use audit::{
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
+pub use engine::EngineConfig;
 pub use lake::{GlueLakeConfig, S3Config};
 pub use ldap::LdapConfig;
 mod redshift;
@@ -58,6 +60,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub lake: LakeConfig,
+    /// The lake engine's settings sessions may change (`[engine]`).
+    #[serde(default)]
+    pub engine: EngineConfig,
     #[serde(default)]
     pub role_mapping: Vec<RoleMappingRule>,
     #[serde(default)]
@@ -116,6 +121,19 @@ pub struct ServerConfig {
     /// Threads serving connections (wire, TLS, relay), each session pinned to one;
     /// default: one per core. Lake queries run on their own threads whatever this says.
     pub worker_threads: Option<usize>,
+    /// Session hygiene defaults (0 = off; roles may set their own): seconds a
+    /// session may sit idle outside a transaction (FATAL 57P05), idle inside one
+    /// (FATAL 25P03), and the most a session may live (FATAL 57P01 when next idle
+    /// outside a transaction).
+    #[serde(default)]
+    pub idle_session_timeout_secs: u64,
+    #[serde(default)]
+    pub idle_in_transaction_session_timeout_secs: u64,
+    #[serde(default)]
+    pub max_session_age_secs: u64,
+    /// Most concurrent sessions of one login name (53300 past it); 0 = no limit.
+    #[serde(default)]
+    pub max_connections_per_user: usize,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +145,10 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             auth_timeout_secs: default_auth_timeout(),
             worker_threads: None,
+            idle_session_timeout_secs: 0,
+            idle_in_transaction_session_timeout_secs: 0,
+            max_session_age_secs: 0,
+            max_connections_per_user: 0,
         }
     }
 }
@@ -452,6 +474,9 @@ impl Config {
         self.cache
             .validate()
             .map_err(|(k, m)| invalid(format!("cache.{k}"), m))?;
+        self.engine
+            .validate()
+            .map_err(|(k, m)| invalid(format!("engine.{k}"), m))?;
         if let Some(mv) = &self.materialized_views {
             mv.validate(&self.roles)
                 .map_err(|(k, m)| invalid(format!("materialized_views.{k}"), m))?;

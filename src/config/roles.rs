@@ -53,6 +53,15 @@ pub struct RoleConfig {
     /// GetClusterCredentials API requires.
     #[serde(default)]
     pub redshift_groups: Vec<String>,
+    /// Session hygiene for holders of this role, overriding `[server]`'s (0 = off;
+    /// with several roles the shortest non-zero value applies): seconds idle
+    /// outside a transaction (57P05), idle inside one (25P03), and the most a
+    /// session may live (it ends when next idle outside a transaction).
+    pub idle_session_timeout_secs: Option<u64>,
+    pub idle_in_transaction_session_timeout_secs: Option<u64>,
+    pub max_session_age_secs: Option<u64>,
+    /// Most concurrent sessions holding this role directly (53300 past it).
+    pub max_connections: Option<usize>,
 }
 
 /// One ordered `[[role_mapping]]` rule: every condition given must hold; the first
@@ -89,6 +98,12 @@ impl Config {
                 return Err(invalid(
                     format!("roles[{i}].name"),
                     format!("role `{}` is empty or defined twice", r.name),
+                ));
+            }
+            if r.max_connections == Some(0) {
+                return Err(invalid(
+                    format!("roles[{i}].max_connections"),
+                    "must be at least 1 (omit it for no limit)".into(),
                 ));
             }
             if r.row_limit == Some(0) {

@@ -344,6 +344,7 @@ impl Engine {
         if !qc.time_zone.eq_ignore_ascii_case("utc") {
             options.execution.time_zone = Some(qc.time_zone.clone());
         }
+        session_vars::apply_engine_options(&qc.vars, options)?;
         let constant = |name: &str, value: String| {
             let v = ScalarValue::Utf8(Some(value));
             Arc::new(create_udf(

@@ -29,6 +29,9 @@ pub struct SessionVars {
     pub values: HashMap<String, String>,
     /// Changes `set_config` made; the session drains and applies them.
     pub changes: Arc<Mutex<Vec<SettingChange>>>,
+    /// The `datafusion.*` options this session may set (`[engine]`), when it is
+    /// restricted (not an admin role): `set_config` refuses others with 42501.
+    pub engine_settable: Option<Arc<crate::config::EngineConfig>>,
 }
 
 impl SessionVars {
@@ -192,6 +195,22 @@ impl ScalarUDFImpl for SetConfig {
             if !self.vars.known(name) {
                 return Err(unrecognized(name));
             }
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("datafusion.")
+                && let Some(allowed) = &self.vars.engine_settable
+                && !allowed.user_may_set(&lower)
+            {
+                return Err(DataFusionError::External(Box::new(
+                    PgError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("permission denied to set parameter \"{lower}\""),
+                    )
+                    .with_hint(
+                        "lake engine settings are for roles with admin = true; others may set \
+                         only those listed in the gateway's [engine] user_settable",
+                    ),
+                )));
+            }
             // A NULL value resets to the default, as in PostgreSQL.
             let v = (!values.is_null(i)).then(|| values.value(i).to_owned());
             let is_local = !local.is_null(i) && local.value(i);
@@ -202,4 +221,45 @@ impl ScalarUDFImpl for SetConfig {
         }
         Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
     }
+}
+
+/// Whether the engine knows option `name` (`datafusion.…`) and accepts `value`:
+/// 42704 for an unknown option, 22023 for a value it refuses.
+pub fn check_engine_option(name: &str, value: &str) -> std::result::Result<(), PgError> {
+    let mut options = datafusion::config::ConfigOptions::default();
+    options.set(name, value).map_err(|e| {
+        let message = e.to_string();
+        let lower = message.to_lowercase();
+        if lower.contains("not found") || lower.contains("could not find") {
+            PgError::new(
+                SqlState::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        } else {
+            PgError::new(
+                SqlState::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"{name}\": \"{value}\""),
+            )
+            .with_detail(message)
+        }
+    })
+}
+
+/// Applies the session's `datafusion.*` settings (checked when they were set) to a
+/// statement's engine options.
+pub fn apply_engine_options(
+    vars: &SessionVars,
+    options: &mut datafusion::config::ConfigOptions,
+) -> std::result::Result<(), PgError> {
+    for (name, value) in vars.values.iter() {
+        if name.starts_with("datafusion.") {
+            options.set(name, value).map_err(|e| {
+                PgError::new(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("the session's setting {name} = '{value}' is not valid: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -36,6 +36,7 @@ pub struct Metrics {
     // Clients and logins.
     pub client_connections: IntGaugeVec,
     pub logins: IntCounterVec,
+    pub session_terminations: IntCounterVec,
     pub token_refusals: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub received_bytes: IntCounter,
@@ -171,6 +172,13 @@ impl Metrics {
                 "sluice_logins_total",
                 "Login attempts by method (password, token, ldap) and outcome (ok, failed).",
                 &["method", "outcome"],
+            ),
+            session_terminations: counter_vec(
+                &r,
+                "sluice_session_terminations_total",
+                "Sessions the gateway ended, by reason (idle_session_timeout, \
+                 idle_in_transaction_session_timeout, max_session_age, terminated).",
+                &["reason"],
             ),
             token_refusals: counter_vec(
                 &r,

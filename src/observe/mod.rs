@@ -199,11 +199,24 @@ impl Observer {
         }
     }
 
-    pub fn logoff(&self, who: &Arc<Who>, duration: Duration) {
+    /// A session ended; `reason` when the gateway ended it (idle timeouts,
+    /// maximum age, an admin's terminate).
+    pub fn logoff(&self, who: &Arc<Who>, duration: Duration, reason: Option<&'static str>) {
         if let Some(audit) = &self.audit {
             audit.emit(AuditEvent::Logoff {
                 who: who.clone(),
                 duration_us: duration.as_micros() as u64,
+                reason,
+            });
+        }
+    }
+
+    /// An admin session (`by`) terminated another session (`target`).
+    pub fn terminated(&self, by: &Arc<Who>, target: &Arc<Who>) {
+        if let Some(audit) = &self.audit {
+            audit.emit(AuditEvent::Terminate {
+                who: by.clone(),
+                target: target.clone(),
             });
         }
     }

@@ -74,6 +74,8 @@ pub struct SessionStatus {
     request_time_us: AtomicU64,
     /// Microseconds since the epoch when the session started waiting (0: not waiting).
     wait_since_us: AtomicU64,
+    /// Microseconds since the epoch when the session entered its current state.
+    state_since_us: AtomicU64,
     statements: AtomicU64,
     application: Mutex<Arc<str>>,
     route: Mutex<&'static str>,
@@ -94,7 +96,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SessionStatus {
     /// A statement starts (`route`: where it goes).
     pub fn start(&self, route: &'static str) {
-        self.request_time_us.store(now_us(), Ordering::Relaxed);
+        let now = now_us();
+        self.request_time_us.store(now, Ordering::Relaxed);
+        self.state_since_us.store(now, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.state.store(State::Active as u8, Ordering::Relaxed);
         *lock(&self.route) = route;
@@ -107,13 +111,16 @@ impl SessionStatus {
         } else {
             State::Idle
         };
-        self.state.store(s as u8, Ordering::Relaxed);
+        if self.state.swap(s as u8, Ordering::Relaxed) != s as u8 {
+            self.state_since_us.store(now_us(), Ordering::Relaxed);
+        }
     }
 
     /// The session waits for a resource (an upstream session) before it can go on.
     pub fn waiting(&self, waiting: bool) {
         if waiting {
             self.wait_since_us.store(now_us(), Ordering::Relaxed);
+            self.state_since_us.store(now_us(), Ordering::Relaxed);
             self.state.store(State::Waiting as u8, Ordering::Relaxed);
         } else {
             self.wait_since_us.store(0, Ordering::Relaxed);
@@ -140,6 +147,10 @@ impl SessionStatus {
             connect_time: self.connect_time,
             local_addr: self.local_addr.clone(),
             state: State::from_u8(self.state.load(Ordering::Relaxed)),
+            state_since: match self.state_since_us.load(Ordering::Relaxed) {
+                0 => self.connect_time,
+                us => UNIX_EPOCH + std::time::Duration::from_micros(us),
+            },
             request_time: (request > 0)
                 .then(|| UNIX_EPOCH + std::time::Duration::from_micros(request)),
             wait_us: if wait_since > 0 {
@@ -162,6 +173,8 @@ pub struct SessionSnapshot {
     pub connect_time: SystemTime,
     pub local_addr: String,
     pub state: State,
+    /// When the session entered `state`.
+    pub state_since: SystemTime,
     pub request_time: Option<SystemTime>,
     pub wait_us: u64,
     pub statements: u64,
@@ -198,6 +211,7 @@ impl SessionBoard {
             state: AtomicU8::new(State::Idle as u8),
             request_time_us: AtomicU64::new(0),
             wait_since_us: AtomicU64::new(0),
+            state_since_us: AtomicU64::new(0),
             statements: AtomicU64::new(0),
             route: Mutex::new(""),
             server: Mutex::new(None),
@@ -207,6 +221,11 @@ impl SessionBoard {
             board: self.clone(),
             status,
         }
+    }
+
+    /// The session with this number, if it is on the board.
+    pub fn get(&self, session: i32) -> Option<Arc<SessionStatus>> {
+        lock(&self.sessions).get(&session).cloned()
     }
 
     /// Every session, in session-number order.

@@ -397,6 +397,10 @@ mod tests {
             manage_materialized_views: false,
             redshift_user: user.map(str::to_owned),
             redshift_groups: groups.iter().map(|s| s.to_string()).collect(),
+            idle_session_timeout_secs: None,
+            idle_in_transaction_session_timeout_secs: None,
+            max_session_age_secs: None,
+            max_connections: None,
         }
     }
 

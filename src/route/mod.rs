@@ -83,6 +83,12 @@ pub enum Command {
     ResetQueryGroups,
     /// `CALL sluice.run_job('name')`: run a scheduled job now.
     RunJob(String),
+    /// `SELECT sluice.terminate(pid)` / `SELECT pg_terminate_backend(pid)`: end
+    /// another gateway session (admin roles). `function` names the result column.
+    Terminate {
+        pid: i64,
+        function: &'static str,
+    },
 }
 
 impl Command {
@@ -115,6 +121,7 @@ impl Command {
             Command::CloseCursor(None) => "CLOSE CURSOR ALL",
             Command::CloseCursor(Some(_)) => "CLOSE CURSOR",
             Command::RefreshLake(_) | Command::ResetQueryGroups | Command::RunJob(_) => "CALL",
+            Command::Terminate { .. } => "SELECT 1",
         }
     }
 }
@@ -318,6 +325,77 @@ pub fn classify(stmt: Statement) -> Result<Step, PgError> {
             ));
         }
     })
+}
+
+/// Gateway sessions' process ids start here (above Linux's largest pid, so a client
+/// never mistakes one for an upstream backend's).
+pub const FIRST_SESSION_PID: i32 = 4_194_305;
+
+/// `SELECT sluice.terminate(<pid>)` or `SELECT pg_terminate_backend(<pid>)` (one
+/// call, a literal pid, nothing else in the query): a command the gateway answers
+/// (`decide` says when, in a forwarding session). Recognised from the text before
+/// the engine's parser, whose compatibility rewrites drop schema qualifiers.
+/// `sluice.terminate` with anything but a literal pid is a usage error;
+/// `pg_terminate_backend` in any other shape is left to the usual decision.
+pub fn terminate_command(sql: &str) -> Option<Result<Command, PgError>> {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, SelectItem, SetExpr};
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    // Cheap refusals first: this runs before every decision.
+    if sql.len() > 256
+        || !sql
+            .as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"terminate"))
+    {
+        return None;
+    }
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Query(q)] = statements.as_slice() else {
+        return None;
+    };
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    if q.with.is_some() || !select.from.is_empty() || select.selection.is_some() {
+        return None;
+    }
+    let [item] = select.projection.as_slice() else {
+        return None;
+    };
+    let (SelectItem::UnnamedExpr(Expr::Function(f))
+    | SelectItem::ExprWithAlias {
+        expr: Expr::Function(f),
+        ..
+    }) = item
+    else {
+        return None;
+    };
+    let name = f.name.to_string().to_lowercase();
+    let function = match name.as_str() {
+        "sluice.terminate" => "terminate",
+        "pg_terminate_backend" | "pg_catalog.pg_terminate_backend" => "pg_terminate_backend",
+        _ => return None,
+    };
+    let pid = match &f.args {
+        FunctionArguments::List(list) => match list.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))] => match &v.value {
+                Value::Number(n, _) => n.parse::<i64>().ok(),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    match (pid, function) {
+        (Some(pid), _) => Some(Ok(Command::Terminate { pid, function })),
+        (None, "terminate") => Some(Err(PgError::new(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "sluice.terminate takes one session pid as a number literal, in a SELECT of its own",
+        )
+        .with_hint("SELECT sluice.terminate(4194400); SHOW sluice.sessions lists the pids"))),
+        (None, _) => None,
+    }
 }
 
 fn classify_set(set: Set) -> Result<Command, PgError> {

@@ -168,3 +168,37 @@ fn run_job_takes_one_job_name() {
         assert!(e.message.contains("run_job"), "{bad}: {}", e.message);
     }
 }
+
+#[test]
+fn terminating_a_session_is_a_command_in_its_exact_form() {
+    let cmd = |sql: &str| terminate_command(sql).map(|r| r.map_err(|e| e.code));
+    assert_eq!(
+        cmd("SELECT sluice.terminate(4194400)"),
+        Some(Ok(Command::Terminate {
+            pid: 4194400,
+            function: "terminate"
+        }))
+    );
+    assert_eq!(
+        cmd("select PG_TERMINATE_BACKEND(12) AS killed;"),
+        Some(Ok(Command::Terminate {
+            pid: 12,
+            function: "pg_terminate_backend"
+        }))
+    );
+    // sluice.terminate without a literal pid: refused with a hint.
+    assert_eq!(
+        cmd("SELECT sluice.terminate(pid)"),
+        Some(Err(SqlState::FEATURE_NOT_SUPPORTED))
+    );
+    // Other shapes are ordinary statements.
+    for sql in [
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+        "SELECT pg_terminate_backend(pid)",
+        "SELECT 1, sluice.terminate(3)",
+        "SELECT terminate(3)",
+        "SELECT 1",
+    ] {
+        assert_eq!(cmd(sql), None, "{sql}");
+    }
+}

@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::redshift::wire::{self, CancelTarget};
+use crate::server::hygiene::{Ending, Kill};
 
 /// The upstream backend a session's cancel goes to, while it holds one.
 pub type UpstreamCancel = Arc<Mutex<Option<CancelTarget>>>;
@@ -23,6 +24,7 @@ struct Registered {
     secret: i32,
     signal: Arc<Notify>,
     upstream: UpstreamCancel,
+    kill: Arc<Kill>,
 }
 
 #[derive(Default)]
@@ -39,6 +41,8 @@ pub struct CancelHandle {
     pub signal: Arc<Notify>,
     /// Set while the session holds an upstream session (see the module docs).
     pub upstream: UpstreamCancel,
+    /// Set when an admin terminates the session (`server::hygiene`).
+    pub kill: Arc<Kill>,
 }
 
 impl CancelHandle {
@@ -62,7 +66,7 @@ impl Drop for CancelHandle {
 /// Session numbers start above Linux's largest possible pid (2^22), so a client can
 /// never mistake one for a real backend's pid (e.g. the upstream's, seen in
 /// `pg_backend_pid()` or a NOTIFY).
-const FIRST_PID: i32 = 4_194_305;
+const FIRST_PID: i32 = crate::route::FIRST_SESSION_PID;
 
 impl CancelRegistry {
     pub fn new() -> Arc<CancelRegistry> {
@@ -76,6 +80,7 @@ impl CancelRegistry {
         let secret: i32 = rand::thread_rng().r#gen();
         let signal = Arc::new(Notify::new());
         let upstream = UpstreamCancel::default();
+        let kill = Arc::new(Kill::default());
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
             let n = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
@@ -90,6 +95,7 @@ impl CancelRegistry {
                 secret,
                 signal: signal.clone(),
                 upstream: upstream.clone(),
+                kill: kill.clone(),
             },
         );
         CancelHandle {
@@ -98,6 +104,7 @@ impl CancelRegistry {
             secret,
             signal,
             upstream,
+            kill,
         }
     }
 
@@ -111,19 +118,20 @@ impl CancelRegistry {
         if !bool::from(session.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) {
             return false;
         }
-        session.signal.notify_waiters();
-        let target = session
-            .upstream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let (Some(target), Ok(runtime)) = (target, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move {
-                if let Err(e) = wire::send_cancel(&target).await {
-                    tracing::warn!(error = %e.message, "forwarding a cancel request failed");
-                }
-            });
-        }
+        interrupt(session);
+        true
+    }
+
+    /// An admin's terminate: marks session `pid` ([`Ending::Terminated`]), cancels
+    /// its running statement (and its upstream backend's) and wakes its loop, which
+    /// sends FATAL 57P01 and closes. `false` when no session has that pid.
+    pub fn terminate(&self, pid: i32) -> bool {
+        let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(session) = map.get(&pid) else {
+            return false;
+        };
+        session.kill.kill(Ending::Terminated);
+        interrupt(session);
         true
     }
 
@@ -133,6 +141,23 @@ impl CancelRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Interrupts what a session runs: its own work, and its upstream backend's.
+fn interrupt(session: &Registered) {
+    session.signal.notify_waiters();
+    let target = session
+        .upstream
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let (Some(target), Ok(runtime)) = (target, tokio::runtime::Handle::try_current()) {
+        runtime.spawn(async move {
+            if let Err(e) = wire::send_cancel(&target).await {
+                tracing::warn!(error = %e.message, "forwarding a cancel request failed");
+            }
+        });
     }
 }
 
@@ -148,8 +173,13 @@ mod tests {
         assert!(!reg.cancel(h.pid, h.secret.wrapping_add(1)));
         assert!(reg.cancel(h.pid, h.secret));
         waiting.await;
+        assert!(h.kill.ending().is_none());
+        assert!(reg.terminate(h.pid));
+        assert_eq!(h.kill.ending(), Some(Ending::Terminated));
+        h.kill.wait().await;
         let pid = h.pid;
         drop(h);
+        assert!(!reg.terminate(pid));
         assert!(!reg.cancel(pid, 0));
         assert!(reg.is_empty());
     }

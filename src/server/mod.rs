@@ -8,6 +8,7 @@ pub mod cancel;
 #[cfg(test)]
 mod fuzz;
 pub mod http;
+pub mod hygiene;
 pub mod session;
 pub mod settings;
 pub mod startup;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub observer: Arc<crate::observe::Observer>,
     /// Workload queues and monitoring rules, when `[workload]` configures any.
     pub workload: Option<Arc<crate::workload::Workload>>,
+    /// Sessions per user and role, for their connection limits.
+    pub connections: Arc<hygiene::ConnectionCounts>,
     /// The last `/readyz` answer and when it was made (reused briefly).
     pub(crate) readiness: std::sync::Mutex<Option<(std::time::Instant, bool, String)>>,
 }
@@ -169,6 +172,7 @@ impl Server {
             router: crate::route::Router::new(engine.clone()),
             observer,
             readiness: std::sync::Mutex::new(None),
+            connections: Arc::default(),
             engine,
             accounts,
             oidc,
@@ -333,6 +337,28 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         }
         Err(_) => {
             tracing::info!(%peer, "authentication timed out");
+            return;
+        }
+    };
+    // Connection limits count authenticated sessions; the place is given back when
+    // `_slot` drops, however the session ends.
+    let _slot = match shared.connections.admit(
+        &identity.user,
+        &identity.roles,
+        shared.config.server.max_connections_per_user,
+        &shared.access_rules().roles,
+    ) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let mut conn = conn;
+            tracing::info!(%peer, user = %identity.user, error = %e.message, "login refused: connection limit");
+            shared.observer.login_failed(
+                who(&identity, 0, peer, &conn, &params),
+                &e.message,
+                e.code.0,
+            );
+            conn.send_error(&e);
+            conn.shutdown().await;
             return;
         }
     };

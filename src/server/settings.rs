@@ -79,6 +79,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("default_transaction_read_only", "on"),
     ("extra_float_digits", "1"),
     ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
     ("in_hot_standby", "off"),
     ("integer_datetimes", "on"),
     ("IntervalStyle", "postgres"),
@@ -133,6 +134,12 @@ pub struct Settings {
     custom: BTreeMap<String, String>,
     pub time_zone: Option<Tz>,
     pub statement_timeout: Option<Duration>,
+    /// `idle_session_timeout` / `idle_in_transaction_session_timeout` when set
+    /// (non-zero); the role's and server's apply otherwise (`server::hygiene`).
+    pub idle_session_timeout: Option<Duration>,
+    pub idle_in_transaction_session_timeout: Option<Duration>,
+    /// Which `datafusion.*` settings this session may change (`None`: any).
+    engine_guard: Option<super::hygiene::EngineGuard>,
 }
 
 impl Settings {
@@ -147,7 +154,20 @@ impl Settings {
             custom: BTreeMap::new(),
             time_zone: None,
             statement_timeout: None,
+            idle_session_timeout: None,
+            idle_in_transaction_session_timeout: None,
+            engine_guard: None,
         }
+    }
+
+    /// What this session may set of the lake engine's options (`None`: anything).
+    pub fn engine_guard(&self) -> Option<&super::hygiene::EngineGuard> {
+        self.engine_guard.as_ref()
+    }
+
+    /// From now on `datafusion.*` settings go through `guard` (the session's roles).
+    pub fn guard_engine(&mut self, guard: super::hygiene::EngineGuard) {
+        self.engine_guard = Some(guard);
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -216,6 +236,9 @@ impl Settings {
         let Some(canon) = canonical(name) else {
             if name.contains('.') {
                 let key = name.to_lowercase();
+                if key.starts_with("datafusion.") {
+                    super::hygiene::check_engine_setting(self.engine_guard.as_ref(), &key, value)?;
+                }
                 match value {
                     Some(v) => self.custom.insert(key, v.to_owned()),
                     None => self.custom.remove(&key),
@@ -344,6 +367,18 @@ impl Settings {
                 })?;
                 self.statement_timeout = (!d.is_zero()).then_some(d);
                 d.as_millis().to_string()
+            }
+            "idle_session_timeout" | "idle_in_transaction_session_timeout" => {
+                let d = parse_duration_ms(value).ok_or_else(|| {
+                    invalid("milliseconds, or a number with a unit such as 5s or 1min")
+                })?;
+                let d = (!d.is_zero()).then_some(d);
+                if name == "idle_session_timeout" {
+                    self.idle_session_timeout = d;
+                } else {
+                    self.idle_in_transaction_session_timeout = d;
+                }
+                d.map_or(0, |d| d.as_millis()).to_string()
             }
             "default_transaction_read_only" | "transaction_read_only" => {
                 if !matches!(

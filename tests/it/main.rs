@@ -5,6 +5,7 @@ mod cache;
 mod clients;
 mod glue;
 mod harness;
+mod hygiene;
 mod idp;
 mod jdbc;
 mod jobs;

@@ -48,7 +48,7 @@ pub(super) const CONNECTION_COLUMNS: &[&str] = &[
 ];
 
 /// PgBouncer's timestamp format (`2024-01-31 12:00:00 UTC`).
-pub(super) fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%d %H:%M:%S UTC")
         .to_string()

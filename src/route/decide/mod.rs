@@ -363,6 +363,20 @@ impl Router {
             };
             return Decision::new(Plan::Local(vec![step]), None);
         }
+        // `sluice.terminate(pid)`, and `pg_terminate_backend(pid)` unless it names
+        // one of a forwarding session's upstream backends (pids below the gateway's).
+        match super::terminate_command(sql) {
+            Some(Ok(Command::Terminate { pid, function }))
+                if cx.forwarding.is_none()
+                    || function == "terminate"
+                    || pid >= i64::from(super::FIRST_SESSION_PID) =>
+            {
+                let step = Step::Session(Command::Terminate { pid, function });
+                return Decision::new(Plan::Local(vec![step]), None);
+            }
+            Some(Err(e)) => return Decision::new(Plan::Local(vec![Step::Refuse(e)]), None),
+            _ => {}
+        }
         let analysed = cx.want_analysis.then(|| self.parsed(sql));
         // FETCH/MOVE forms the parser lacks: to whichever side holds the cursor.
         if let Some(motion) = cursor_motion::parse(sql) {
@@ -498,6 +512,18 @@ fn is_sluice_name(name: &str) -> bool {
     name.to_lowercase().starts_with("sluice.")
 }
 
+/// Settings that belong to the gateway, not the upstream: its session hygiene
+/// timeouts (Redshift has no such GUCs; the gateway enforces them between client
+/// and gateway) and the lake engine's `datafusion.*` options. A forwarding session
+/// answers SET/RESET of them itself and never sends them upstream.
+pub fn gateway_setting(name: &str) -> bool {
+    let name = name.to_lowercase();
+    is_sluice_name(&name)
+        || name.starts_with("datafusion.")
+        || name == "idle_session_timeout"
+        || name == "idle_in_transaction_session_timeout"
+}
+
 /// Where one parsed statement of a forwarding session goes, or why the role may not
 /// send it.
 fn statement_side(
@@ -511,16 +537,15 @@ fn statement_side(
     };
     let here = match stmt {
         Statement::ShowVariable { variable } => {
-            variable
-                .first()
-                .is_some_and(|i| i.value.eq_ignore_ascii_case("sluice"))
+            let name: Vec<&str> = variable.iter().map(|i| i.value.as_str()).collect();
+            gateway_setting(&name.join("."))
                 || (variable.len() == 1 && super::is_console_view(&variable[0].value))
         }
         Statement::Set(Set::SingleAssignment { variable, .. }) => {
-            is_sluice_name(&variable.to_string())
+            gateway_setting(&variable.to_string())
         }
         Statement::Reset(r) => match &r.reset {
-            Reset::ConfigurationParameter(name) => is_sluice_name(&name.to_string()),
+            Reset::ConfigurationParameter(name) => gateway_setting(&name.to_string()),
             Reset::ALL => false,
         },
         Statement::Call(func) => is_sluice_name(&func.name.to_string()),

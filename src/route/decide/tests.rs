@@ -80,6 +80,16 @@ async fn a_forwarding_session_splits_lake_from_upstream() {
         ("MOVE 5 IN mine", "session"),
         ("MOVE 5 IN theirs", "upstream"),
         ("VACUUM; ANALYZE", "upstream"),
+        // The gateway's own settings and sessions stay here.
+        ("SET idle_session_timeout = '5s'", "session"),
+        ("SET datafusion.execution.batch_size = 1", "session"),
+        ("RESET idle_in_transaction_session_timeout", "session"),
+        ("SHOW datafusion.explain.format", "session"),
+        ("SELECT sluice.terminate(4194400)", "session"),
+        ("SELECT pg_terminate_backend(4194400)", "session"),
+        // …while the upstream's own backends are the upstream's.
+        ("SELECT pg_terminate_backend(1234)", "upstream"),
+        ("SET statement_timeout = '5s'", "upstream"),
     ] {
         assert_eq!(
             routes(&decide(&r, sql, true, true, false)),

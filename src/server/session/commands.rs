@@ -35,6 +35,17 @@ impl Session {
                 self.show(name, format, describe)?;
                 return Ok(());
             }
+            Command::Terminate { pid, function } => {
+                let done = self.terminate(*pid)?;
+                let schema = Self::terminate_schema(function);
+                if describe {
+                    rows::row_description(&mut self.conn.out, &schema, &[format]);
+                }
+                bool_row(&mut self.conn.out, done, format);
+                self.conn
+                    .send(&CommandComplete::new("SELECT 1".to_string()));
+                return Ok(());
+            }
             Command::RefreshLake(database) => {
                 let message =
                     admin::refresh_lake::refresh_lake(&self.view_context(), database.as_deref())
@@ -187,6 +198,41 @@ impl Session {
         Ok(())
     }
 
+    /// `sluice.terminate(pid)` / `pg_terminate_backend(pid)`: admin roles only;
+    /// `false` with a WARNING when no gateway session has that pid, as PostgreSQL.
+    /// Each termination is an audit event naming both sides.
+    fn terminate(&mut self, pid: i64) -> Result<bool, PgError> {
+        if !self.policy.admin {
+            return Err(PgError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied to terminate process",
+            )
+            .with_hint("terminating sessions needs a Sluice role with admin = true"));
+        }
+        let target = i32::try_from(pid)
+            .ok()
+            .and_then(|p| self.shared.observer.board.get(p));
+        let Some(target) = target.filter(|t| self.shared.cancels.terminate(t.who.session)) else {
+            self.notice(
+                SqlState::WARNING,
+                &format!("PID {pid} is not a Sluice session"),
+            );
+            return Ok(false);
+        };
+        tracing::info!(pid, user = %target.who.user, by = %self.identity.user, "session terminated by an admin");
+        self.shared.observer.terminated(&self.who, &target.who);
+        Ok(true)
+    }
+
+    /// The one boolean column `sluice.terminate` answers with.
+    pub(super) fn terminate_schema(function: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new(
+            function,
+            DataType::Boolean,
+            true,
+        )]))
+    }
+
     /// `SHOW sluice.lake`: the Glue databases this session's roles may see.
     pub(super) fn notice(&mut self, code: SqlState, message: &str) {
         self.notice_with(code, "WARNING", message);
@@ -285,4 +331,18 @@ impl Session {
             workload: self.shared.workload.as_deref(),
         }
     }
+}
+
+/// One DataRow with one boolean, in `format`.
+fn bool_row(out: &mut bytes::BytesMut, value: bool, format: Format) {
+    use bytes::BufMut;
+    let (len, byte) = match format {
+        Format::Binary => (1, u8::from(value)),
+        Format::Text => (1, if value { b't' } else { b'f' }),
+    };
+    out.put_u8(b'D');
+    out.put_i32(4 + 2 + 4 + len);
+    out.put_i16(1);
+    out.put_i32(len);
+    out.put_u8(byte);
 }

@@ -255,6 +255,7 @@ impl Session {
             Prepared::Command(cmd) => {
                 let columns = match cmd {
                     Command::Show(name) => Self::show_schema(name).fields().len(),
+                    Command::Terminate { .. } => 1,
                     Command::Fetch {
                         cursor,
                         discard: false,
@@ -376,6 +377,10 @@ impl Session {
         match cmd {
             Command::Show(name) => {
                 let schema = Self::show_schema(name);
+                rows::row_description(&mut self.conn.out, &schema, formats);
+            }
+            Command::Terminate { function, .. } => {
+                let schema = Self::terminate_schema(function);
                 rows::row_description(&mut self.conn.out, &schema, formats);
             }
             Command::Fetch {

@@ -101,6 +101,8 @@ impl Forwarding {
                     // its client_protocol_version for Redshift's extended row
                     // descriptions, which Sluice told the client not to expect.
                     && !crate::server::settings::REDSHIFT_DRIVER_PARAMS.contains(&k.as_str())
+                    // The gateway's own settings (idle timeouts, the lake engine's).
+                    && !crate::route::decide::gateway_setting(k)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -485,6 +487,7 @@ impl Session {
                         b'E' => Tx::Failed,
                         _ => Tx::Idle,
                     };
+                    self.at_rest_since = Some(tokio::time::Instant::now());
                     if self.tx == Tx::Idle {
                         self.portals.retain(|_, p| p.hold);
                         // Before the client sees this ReadyForQuery: once it knows

@@ -11,6 +11,7 @@
 //! - `view_ddl.rs`: gateway materialized view statements.
 //! - `forward.rs`: relaying to the upstream session, and its per-message fast path.
 //! - `upstream.rs`: the upstream session's labels, loss and release.
+//! - `rest.rs`: the session at rest: idle timeouts, maximum age, being terminated.
 //! - `cached.rs`: the result cache around the run stage.
 //!
 //! The loop owns the raw [`Frame`]s, not a handler that can only answer with rows:
@@ -23,6 +24,7 @@ mod extended;
 mod forward;
 mod pipeline;
 mod portals;
+mod rest;
 mod upstream;
 mod view_ddl;
 
@@ -46,6 +48,7 @@ use crate::route::view_ddl::MatViewStatement;
 use crate::server::Shared;
 use crate::server::authenticate::ClientKind;
 use crate::server::cancel::CancelHandle;
+use crate::server::hygiene::{Ending, EngineGuard, SessionRules};
 use crate::server::settings::{self, Settings};
 use crate::wire::frame::{self, Frame, Target};
 use crate::wire::messages::{
@@ -53,6 +56,7 @@ use crate::wire::messages::{
 };
 use crate::wire::rows::Format;
 use crate::wire::{Connection, Disconnect};
+use rest::{TERMINATE_GRACE, Waited, killed_for};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tx {
@@ -186,14 +190,23 @@ pub struct Session {
     relay_failure: Option<PgError>,
     /// The running statement's workload slot, limits and rules.
     admission: admission::Admission,
+    /// Idle timeouts and maximum age from `[server]` and the session's roles.
+    rules: SessionRules,
+    /// When the session last told its client it is ready (ReadyForQuery) with
+    /// nothing read since: the idle timeouts run from here.
+    at_rest_since: Option<Instant>,
+    /// Why the gateway ended the session, when it did (for the logoff event).
+    ending: Option<Ending>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.count_traffic();
-        self.shared
-            .observer
-            .logoff(&self.who, self.login_at.elapsed());
+        self.shared.observer.logoff(
+            &self.who,
+            self.login_at.elapsed(),
+            self.ending.map(Ending::name),
+        );
     }
 }
 
@@ -206,13 +219,16 @@ impl Session {
         client: ClientKind,
         who: Arc<Who>,
     ) -> Session {
-        let settings = Settings::new(&identity.user);
+        let mut settings = Settings::new(&identity.user);
         let local_addr = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let board = shared.observer.board.join(who.clone(), local_addr);
-        let policy = Arc::new(Policy::resolve(
-            &identity.roles,
-            &shared.access_rules().roles,
-        ));
+        let access = shared.access_rules();
+        let policy = Arc::new(Policy::resolve(&identity.roles, &access.roles));
+        let rules = SessionRules::resolve(&shared.config.server, &identity.roles, &access.roles);
+        settings.guard_engine(EngineGuard {
+            admin: policy.admin,
+            config: Arc::new(shared.config.engine.clone()),
+        });
         Session {
             policy,
             conn,
@@ -237,6 +253,9 @@ impl Session {
             counted_traffic: (0, 0),
             relay_failure: None,
             admission: admission::Admission::default(),
+            rules,
+            at_rest_since: None,
+            ending: None,
         }
     }
 
@@ -299,31 +318,58 @@ impl Session {
         result
     }
 
-    /// Reads and dispatches frames until the client leaves.
+    /// Reads and dispatches frames until the client leaves, or until the gateway
+    /// ends the session (idle timeouts, maximum age, an admin's terminate).
     async fn serve(&mut self) -> Result<(), Disconnect> {
+        let kill = self.cancel.kill.clone();
+        let cancel_signal = self.cancel.signal.clone();
         loop {
-            let frame = match self.conn.read_frame(|tag| frame::max_len(tag, false)).await {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(Disconnect::Protocol(e)) => {
+            if let Some(ending) = kill.ending() {
+                return self.end_session(ending).await;
+            }
+            let deadline = self.rest_deadline();
+            let read = tokio::select! {
+                biased;
+                _ = kill.wait() => Waited::Killed,
+                _ = sleep_until(deadline.map(|(at, _)| at)) => Waited::Expired,
+                r = self.conn.read_frame(|tag| frame::max_len(tag, false)) => Waited::Read(r),
+            };
+            let frame = match read {
+                Waited::Killed => continue,
+                Waited::Expired => match deadline {
+                    Some((_, ending)) => return self.end_session(ending).await,
+                    None => continue,
+                },
+                Waited::Read(Ok(Some(f))) => f,
+                Waited::Read(Ok(None)) => return Ok(()),
+                Waited::Read(Err(Disconnect::Protocol(e))) => {
                     self.conn.send_error(&e);
                     self.conn.shutdown().await;
                     return Err(Disconnect::Protocol(e));
                 }
-                Err(e) => return Err(e),
+                Waited::Read(Err(e)) => return Err(e),
             };
-            match self.dispatch(frame).await {
-                Ok(true) => {}
-                Ok(false) => {
+            self.at_rest_since = None;
+            // Terminated mid-statement: the cancel signal ends cooperative work (the
+            // statement is recorded with 57014, then FATAL 57P01 at the loop's top);
+            // work that does not end within the grace period is dropped.
+            let dispatched = tokio::select! {
+                r = self.dispatch(frame) => Some(r),
+                _ = killed_for(&kill, &cancel_signal, TERMINATE_GRACE) => None,
+            };
+            match dispatched {
+                None => return self.end_session_telling(Ending::Terminated, false).await,
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => {
                     self.conn.shutdown().await;
                     return Ok(());
                 }
-                Err(Disconnect::Protocol(e)) => {
+                Some(Err(Disconnect::Protocol(e))) => {
                     self.conn.send_error(&e);
                     self.conn.shutdown().await;
                     return Err(Disconnect::Protocol(e));
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) => return Err(e),
             }
         }
     }
@@ -362,6 +408,7 @@ impl Session {
             Tx::Failed => TransactionStatus::Error,
         };
         self.conn.send(&ReadyForQuery::new(status));
+        self.at_rest_since = Some(Instant::now());
         self.board.status.idle(self.tx != Tx::Idle);
         self.count_traffic();
         if self.tx == Tx::Idle
@@ -396,6 +443,11 @@ impl Session {
             vars: Arc::new(crate::engine::session_vars::SessionVars {
                 values: self.settings.all_lowercase(),
                 changes: self.setting_changes.clone(),
+                engine_settable: self
+                    .settings
+                    .engine_guard()
+                    .filter(|g| !g.admin)
+                    .map(|g| g.config.clone()),
             }),
         }
     }

@@ -139,7 +139,7 @@ impl Observer {
                 application: s.application.to_owned(),
                 query_group: s.query_group.map(str::to_owned),
                 route: s.route,
-                fingerprint: crate::route::fingerprint::hex(s.label.fingerprint),
+                fingerprint: s.label.fingerprint,
                 statement: statement.into_owned(),
                 parameters: s.parameters,
                 tables_read: s.label.tables_read.clone(),

@@ -88,20 +88,13 @@ impl Observer {
 
     /// Stage 4 of the pipeline: one call per statement at its end.
     pub fn statement(&self, s: StatementEnd<'_>) {
-        let m = metrics();
         let ok = s.error.is_none();
-        let outcome = if ok { "ok" } else { "error" };
-        m.statement_duration
-            .with_label_values(&[s.route, outcome])
-            .observe(s.duration.as_secs_f64());
-        if let Some(rows) = s.rows {
-            m.statement_rows.with_label_values(&[s.route]).inc_by(rows);
-        }
-        m.statement_bytes
-            .with_label_values(&[s.route])
-            .inc_by(s.bytes);
+        crate::metrics::statement(s.route, ok, s.duration.as_secs_f64(), s.rows, s.bytes);
         if s.route == "refused" {
-            m.statements_refused.with_label_values(&[s.sqlstate]).inc();
+            metrics()
+                .statements_refused
+                .with_label_values(&[s.sqlstate])
+                .inc();
         }
         let us = s.duration.as_micros() as u64;
         self.totals.queries.fetch_add(1, Ordering::Relaxed);

@@ -140,7 +140,10 @@ impl Observer {
                 duration_us: us,
                 rows: s.rows,
                 bytes: s.bytes,
-                sqlstate: Cow::Owned(s.sqlstate.to_owned()),
+                sqlstate: match s.sqlstate {
+                    "00000" => Cow::Borrowed("00000"),
+                    other => Cow::Owned(other.to_owned()),
+                },
                 error,
             })));
         }

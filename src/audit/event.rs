@@ -1,6 +1,7 @@
 //! What the audit trail records: one event per login attempt, per logoff and per
-//! statement. Events are plain data, serialised to one JSON object per line (see
-//! `mod.rs` and `file.rs`); the OCSF variant maps the same fields (`ocsf.rs`).
+//! statement. Events are plain data, written as one JSON object per line (by hand,
+//! `json.rs`, as serde_json would serialise these types; `file.rs` adds the chain);
+//! the OCSF variant maps the same fields (`ocsf.rs`).
 //!
 //! Nothing secret is ever put in an event: statement text is redacted of passwords
 //! and credentials before it gets here (`route::redact`), bound parameters are
@@ -87,8 +88,9 @@ pub struct StatementEvent {
     pub query_group: Option<String>,
     /// lake, upstream, cache, cross_engine, view, session, cursor, refused.
     pub route: &'static str,
-    /// The query group fingerprint, 16 hex digits.
-    pub fingerprint: String,
+    /// The query group fingerprint, written as 16 hex digits.
+    #[serde(serialize_with = "fingerprint_hex")]
+    pub fingerprint: u64,
     /// The statement text, passwords and credentials redacted.
     pub statement: String,
     /// Bound parameters as text (`None` → not logged, or none bound).
@@ -120,6 +122,10 @@ pub struct StatementEvent {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn fingerprint_hex<S: serde::Serializer>(fp: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{fp:016x}"))
 }
 
 impl AuditEvent {

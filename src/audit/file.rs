@@ -38,21 +38,31 @@ pub(super) fn digest(line: &[u8]) -> [u8; 32] {
 }
 
 pub(super) fn hex(digest: &[u8; 32]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    let mut out = Vec::with_capacity(64);
+    super::json::push_hex(&mut out, digest);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// One chained line (without its newline).
-pub(super) fn chain_line(seq: u64, body: &str, prev: &[u8; 32]) -> String {
-    super::wrap_object(
-        body,
-        &format!("\"seq\":{seq}"),
-        &format!("\"prev\":\"{}\"", hex(prev)),
-    )
+/// Appends one chained line (without its newline): the record's object `body` with
+/// `"seq":N` put first and `"prev":"<hex>"` last. The digest chain covers exactly
+/// these bytes, so they must not change shape: `verify` checks files written by
+/// every version.
+pub(super) fn push_chain_line(out: &mut Vec<u8>, seq: u64, body: &str, prev: &[u8; 32]) {
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or("");
+    out.extend_from_slice(b"{\"seq\":");
+    let mut digits = String::new();
+    super::json::push_u64(&mut digits, seq);
+    out.extend_from_slice(digits.as_bytes());
+    if !inner.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(inner.as_bytes());
+    }
+    out.extend_from_slice(b",\"prev\":\"");
+    super::json::push_hex(out, prev);
+    out.extend_from_slice(b"\"}");
 }
 
 pub(super) struct FileSink {
@@ -128,18 +138,30 @@ impl FileSink {
             pending.bytes.push(b'\n');
             pending.prefix = 1;
         }
+        pending
+            .bytes
+            .reserve(lines.iter().map(|l| l.body.len() + 100).sum());
         let (mut seq, mut prev) = (self.seq, self.prev);
         for line in lines {
-            let text = chain_line(seq + 1, &line.body, &prev);
-            let before = self.size + pending.bytes.len() as u64;
-            if before > 0 && before + text.len() as u64 + 1 > self.max_size {
+            // The line is rendered in place; when it would overflow the file, what
+            // comes before it is written, the file rotated, and the line moved to
+            // the next batch (its text depends on the chain, not on the file).
+            let mut start = pending.bytes.len();
+            push_chain_line(&mut pending.bytes, seq + 1, &line.body, &prev);
+            let len = (pending.bytes.len() - start) as u64;
+            let before = self.size + start as u64;
+            if before > 0 && before + len + 1 > self.max_size {
+                let text = pending.bytes.split_off(start);
                 committed += self.append(&pending).map_err(|(n, e)| (committed + n, e))?;
-                pending = Pending::default();
+                pending = Pending {
+                    bytes: text,
+                    ..Pending::default()
+                };
+                start = 0;
                 self.rotate().map_err(|e| (committed, e))?;
             }
             seq += 1;
-            prev = digest(text.as_bytes());
-            pending.bytes.extend_from_slice(text.as_bytes());
+            prev = digest(&pending.bytes[start..]);
             pending.bytes.push(b'\n');
             pending.ends.push((pending.bytes.len(), seq, prev));
         }
@@ -406,4 +428,48 @@ fn newline_before(file: &mut File, end: u64) -> io::Result<Option<u64>> {
         high = low;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod chain_tests {
+    /// The chained line as it was built before `push_chain_line` (`format!`).
+    fn reference(seq: u64, body: &str, prev: &[u8; 32]) -> String {
+        let inner = body
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .unwrap_or("");
+        let prev: String = prev.iter().map(|b| format!("{b:02x}")).collect();
+        let parts = [
+            format!("\"seq\":{seq}"),
+            inner.to_owned(),
+            format!("\"prev\":\"{prev}\""),
+        ];
+        let parts: Vec<&str> = parts
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+            .collect();
+        format!("{{{}}}", parts.join(","))
+    }
+
+    #[test]
+    fn chained_lines_keep_their_shape() {
+        let prev: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        for body in [
+            "{\"time\":\"t\",\"event\":\"login\"}",
+            "{}",
+            "not an object",
+            "",
+        ] {
+            for seq in [1, 10, 123_456_789] {
+                let mut out = b"kept".to_vec();
+                super::push_chain_line(&mut out, seq, body, &prev);
+                assert_eq!(&out[..4], b"kept");
+                assert_eq!(
+                    String::from_utf8(out[4..].to_vec()).unwrap(),
+                    reference(seq, body, &prev)
+                );
+            }
+        }
+    }
 }

@@ -21,6 +21,7 @@
 
 mod event;
 mod file;
+mod json;
 mod ocsf;
 mod s3;
 mod stdout;
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditConfig, AuditFormat, AuditOnFailure};
@@ -261,51 +262,22 @@ impl Auditor {
 }
 
 /// The record's JSON object without chain fields: `time` first, then the event.
-fn render(format: AuditFormat, stamped: &Stamped) -> Line {
-    let body = match format {
-        AuditFormat::Json => render_json(stamped),
-        AuditFormat::Ocsf => ocsf::to_ocsf(stamped.time, &stamped.event).to_string(),
+/// `buffer` is scratch space the writer keeps from one record to the next.
+fn render(format: AuditFormat, stamped: &Stamped, buffer: &mut String) -> Line {
+    let body: Arc<str> = match format {
+        AuditFormat::Json => {
+            buffer.clear();
+            json::render(buffer, &stamped.time, &stamped.event);
+            Arc::from(buffer.as_str())
+        }
+        AuditFormat::Ocsf => ocsf::to_ocsf(stamped.time, &stamped.event)
+            .to_string()
+            .into(),
     };
     Line {
         time: stamped.time,
-        body: body.into(),
+        body,
     }
-}
-
-fn render_json(stamped: &Stamped) -> String {
-    let time = stamped.time.to_rfc3339_opts(SecondsFormat::Micros, true);
-    match serde_json::to_string(&stamped.event) {
-        Ok(fields) => wrap_object(&fields, &format!("\"time\":\"{time}\""), ""),
-        // Not expected (every field is plain data); the record is kept, marked.
-        Err(e) => serde_json::json!({
-            "time": time,
-            "event": stamped.event.kind(),
-            "render_error": e.to_string(),
-        })
-        .to_string(),
-    }
-}
-
-/// Inserts fields at the start and at the end of a rendered JSON object:
-/// `{"a":1}` with `head = "\"seq\":3"` and `tail = "\"prev\":\"…\""`.
-fn wrap_object(body: &str, head: &str, tail: &str) -> String {
-    let inner = body
-        .strip_prefix('{')
-        .and_then(|b| b.strip_suffix('}'))
-        .unwrap_or("");
-    let mut out = String::with_capacity(body.len() + head.len() + tail.len() + 4);
-    out.push('{');
-    for part in [head, inner, tail] {
-        if part.is_empty() {
-            continue;
-        }
-        if out.len() > 1 {
-            out.push(',');
-        }
-        out.push_str(part);
-    }
-    out.push('}');
-    out
 }
 
 #[cfg(test)]

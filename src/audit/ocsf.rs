@@ -183,7 +183,7 @@ fn datastore_activity(time: DateTime<Utc>, s: &StatementEvent) -> Value {
     event.insert("duration".into(), (s.duration_us / 1000).into());
     let mut unmapped = json!({
         "route": s.route,
-        "fingerprint": s.fingerprint,
+        "fingerprint": format!("{:016x}", s.fingerprint),
         "bytes": s.bytes,
         "tables_read": s.tables_read,
         "tables_written": s.tables_written,
@@ -279,7 +279,7 @@ mod tests {
             application: "dbt".into(),
             query_group: Some("nightly".into()),
             route: "upstream",
-            fingerprint: "0123456789abcdef".into(),
+            fingerprint: 0x0123_4567_89ab_cdef,
             statement: "INSERT INTO s.t SELECT * FROM s.u".into(),
             parameters: Some(vec![Some("1".into()), None]),
             tables_read: read.iter().map(|t| t.to_string()).collect(),

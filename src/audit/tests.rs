@@ -31,7 +31,7 @@ fn statement(text: &str) -> AuditEvent {
         application: "psql".into(),
         query_group: None,
         route: "lake",
-        fingerprint: "00000000000000aa".into(),
+        fingerprint: 0xaa,
         statement: text.into(),
         parameters: Some(vec![Some("42".into())]),
         tables_read: vec!["nyc.trips".into()],

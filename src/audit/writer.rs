@@ -98,6 +98,8 @@ pub(super) struct Writer {
     force_to: u64,
     /// Dropping was logged in the current failure streak.
     drops_logged: bool,
+    /// Scratch space for rendering records.
+    buffer: String,
 }
 
 impl Writer {
@@ -131,6 +133,7 @@ impl Writer {
             flushes: Vec::new(),
             force_to: 0,
             drops_logged: false,
+            buffer: String::with_capacity(1024),
         }
     }
 
@@ -192,7 +195,10 @@ impl Writer {
 
     fn accept(&mut self, command: Command) {
         match command {
-            Command::Record(stamped) => self.queue.push_back(render(self.format, &stamped)),
+            Command::Record(stamped) => {
+                let line = render(self.format, &stamped, &mut self.buffer);
+                self.queue.push_back(line);
+            }
             Command::Flush(done) => {
                 let target = self.end();
                 self.force_to = self.force_to.max(target);

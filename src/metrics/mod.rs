@@ -12,11 +12,11 @@
 //! with the `sluice_` prefix; the rest are Sluice's own. The README's Operations and
 //! Workload sections list them all.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Statement and view-refresh duration buckets, in seconds: half a millisecond
@@ -382,6 +382,79 @@ impl Metrics {
     }
 }
 
+/// The routes the record stage names (`StatementEnd::route`); a route not listed
+/// here is still counted, through a label lookup per statement.
+const ROUTES: [&str; 8] = [
+    "upstream",
+    "lake",
+    "cache",
+    "session",
+    "refused",
+    "view",
+    "cross_engine",
+    "cursor",
+];
+
+/// One route's statement series, resolved once rather than per statement (a
+/// `with_label_values` call hashes the labels and takes the vector's lock). Each
+/// is made on first use, as `with_label_values` would make it, so `/metrics` shows
+/// the same series as before: none for a route or outcome not seen yet.
+struct RouteSeries {
+    route: &'static str,
+    ok: OnceLock<Histogram>,
+    error: OnceLock<Histogram>,
+    rows: OnceLock<IntCounter>,
+    bytes: OnceLock<IntCounter>,
+}
+
+static ROUTE_SERIES: [RouteSeries; ROUTES.len()] = {
+    let mut i = 0;
+    let mut all = [const {
+        RouteSeries {
+            route: "",
+            ok: OnceLock::new(),
+            error: OnceLock::new(),
+            rows: OnceLock::new(),
+            bytes: OnceLock::new(),
+        }
+    }; ROUTES.len()];
+    while i < ROUTES.len() {
+        all[i].route = ROUTES[i];
+        i += 1;
+    }
+    all
+};
+
+/// A finished statement's duration, rows and bytes, by route and outcome.
+pub fn statement(route: &'static str, ok: bool, seconds: f64, rows: Option<u64>, bytes: u64) {
+    let outcome = if ok { "ok" } else { "error" };
+    let Some(series) = ROUTE_SERIES.iter().find(|r| r.route == route) else {
+        let m = metrics();
+        m.statement_duration
+            .with_label_values(&[route, outcome])
+            .observe(seconds);
+        if let Some(rows) = rows {
+            m.statement_rows.with_label_values(&[route]).inc_by(rows);
+        }
+        m.statement_bytes.with_label_values(&[route]).inc_by(bytes);
+        return;
+    };
+    let m = metrics();
+    let cell = if ok { &series.ok } else { &series.error };
+    cell.get_or_init(|| m.statement_duration.with_label_values(&[route, outcome]))
+        .observe(seconds);
+    if let Some(rows) = rows {
+        series
+            .rows
+            .get_or_init(|| m.statement_rows.with_label_values(&[route]))
+            .inc_by(rows);
+    }
+    series
+        .bytes
+        .get_or_init(|| m.statement_bytes.with_label_values(&[route]))
+        .inc_by(bytes);
+}
+
 /// `ok` or `error`, the outcome label of request counters.
 pub fn outcome<T, E>(r: &Result<T, E>) -> &'static str {
     if r.is_ok() { "ok" } else { "error" }
@@ -405,5 +478,39 @@ mod tests {
         );
         assert!(text.contains("sluice_logins_total{method=\"token\",outcome=\"ok\"}"));
         assert!(text.contains("sluice_build_info{version="));
+    }
+
+    #[test]
+    fn statements_count_by_route_and_outcome() {
+        let m = metrics();
+        let count = |route: &str, outcome: &str| {
+            m.statement_duration
+                .with_label_values(&[route, outcome])
+                .get_sample_count()
+        };
+        let bytes = |route: &str| m.statement_bytes.with_label_values(&[route]).get();
+        let rows = |route: &str| m.statement_rows.with_label_values(&[route]).get();
+        for route in ["cursor", "a_route_not_listed"] {
+            let before = (
+                count(route, "ok"),
+                count(route, "error"),
+                bytes(route),
+                rows(route),
+            );
+            statement(route, true, 0.001, Some(3), 10);
+            statement(route, false, 0.001, None, 5);
+            statement(route, true, 0.001, Some(2), 0);
+            let after = (
+                count(route, "ok"),
+                count(route, "error"),
+                bytes(route),
+                rows(route),
+            );
+            assert_eq!(
+                after,
+                (before.0 + 2, before.1 + 1, before.2 + 15, before.3 + 5),
+                "{route}"
+            );
+        }
     }
 }

@@ -92,20 +92,13 @@ impl Observer {
 
     /// Stage 4 of the pipeline: one call per statement at its end.
     pub fn statement(&self, s: StatementEnd<'_>) {
-        let m = metrics();
         let ok = s.error.is_none();
-        let outcome = if ok { "ok" } else { "error" };
-        m.statement_duration
-            .with_label_values(&[s.route, outcome])
-            .observe(s.duration.as_secs_f64());
-        if let Some(rows) = s.rows {
-            m.statement_rows.with_label_values(&[s.route]).inc_by(rows);
-        }
-        m.statement_bytes
-            .with_label_values(&[s.route])
-            .inc_by(s.bytes);
+        crate::metrics::statement(s.route, ok, s.duration.as_secs_f64(), s.rows, s.bytes);
         if s.route == "refused" {
-            m.statements_refused.with_label_values(&[s.sqlstate]).inc();
+            metrics()
+                .statements_refused
+                .with_label_values(&[s.sqlstate])
+                .inc();
         }
         let us = s.duration.as_micros() as u64;
         self.totals.queries.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +137,7 @@ impl Observer {
                 application: s.application.to_owned(),
                 query_group: s.query_group.map(str::to_owned),
                 route: s.route,
-                fingerprint: crate::route::fingerprint::hex(s.label.fingerprint),
+                fingerprint: s.label.fingerprint,
                 statement: statement.into_owned(),
                 parameters: s.parameters,
                 tables_read: s.label.tables_read.clone(),
@@ -152,7 +145,10 @@ impl Observer {
                 duration_us: us,
                 rows: s.rows,
                 bytes: s.bytes,
-                sqlstate: Cow::Owned(s.sqlstate.to_owned()),
+                sqlstate: match s.sqlstate {
+                    "00000" => Cow::Borrowed("00000"),
+                    other => Cow::Owned(other.to_owned()),
+                },
                 error,
                 queue: s.queue_name.map(str::to_owned),
                 queue_wait_us: s.queue.as_micros() as u64,

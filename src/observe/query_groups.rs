@@ -87,7 +87,9 @@ pub struct GroupRow {
 }
 
 pub struct QueryGroups {
-    shards: Vec<Mutex<HashMap<u64, Group>>>,
+    /// Groups by `key` (already a hash: the maps rehash it with foldhash, not
+    /// SipHash).
+    shards: Vec<Mutex<HashMap<u64, Group, foldhash::fast::FixedState>>>,
     hasher: foldhash::fast::FixedState,
     max_groups: usize,
     groups: AtomicU64,
@@ -130,7 +132,9 @@ fn ms(us: u64) -> f64 {
 impl QueryGroups {
     pub fn new(max_groups: usize) -> QueryGroups {
         QueryGroups {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(foldhash::fast::FixedState::default())))
+                .collect(),
             hasher: foldhash::fast::FixedState::with_seed(0x5155_4943_4500),
             max_groups: max_groups.max(SHARDS),
             groups: AtomicU64::new(0),

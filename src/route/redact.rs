@@ -36,8 +36,8 @@ const KEYWORDS: [&str; 6] = [
 /// `sql` with its credentials masked; borrowed, untouched, when it has none.
 pub fn redact(sql: &str) -> Cow<'_, str> {
     // Runs for every audited statement: most mention no credential and cost one
-    // byte scan per word.
-    if !KEYWORDS.iter().any(|m| contains_ignore_case(sql, m)) {
+    // byte scan.
+    if !mentions_keyword(sql) {
         return Cow::Borrowed(sql);
     }
     let Some(tokens) = tokens::spanned(sql) else {
@@ -92,7 +92,23 @@ fn is_secret_literal(token: &Token) -> bool {
     is_literal(token) || matches!(token, Token::Word(w) if w.quote_style.is_some())
 }
 
+/// Whether `sql` contains one of `KEYWORDS`, ASCII case-insensitively: one pass
+/// over the text, comparing a keyword only where a byte matches its first letter.
+fn mentions_keyword(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        let first = b.to_ascii_lowercase();
+        KEYWORDS.iter().any(|k| {
+            k.as_bytes()[0] == first
+                && bytes
+                    .get(i..i + k.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+        })
+    })
+}
+
 /// ASCII case-insensitive substring test; `needle` is lower case.
+#[cfg(test)]
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
     let Some((&first, rest)) = needle.split_first() else {

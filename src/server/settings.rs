@@ -177,6 +177,14 @@ impl Settings {
         }
     }
 
+    /// `get` for a name spelled as in the defaults (`application_name`,
+    /// `query_group`): one map lookup, without `get`'s case-insensitive search of
+    /// the defaults. For the record stage, which reads two settings per statement.
+    pub fn get_canonical(&self, name: &'static str) -> Option<&str> {
+        debug_assert_eq!(canonical(name), Some(name), "not a canonical name");
+        self.values.get(name).map(String::as_str)
+    }
+
     /// Every value (custom ones included, `sluice.cache` aside) as one string: what
     /// the result cache keys answers by.
     pub fn fingerprint(&self) -> String {

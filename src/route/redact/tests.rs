@@ -128,3 +128,25 @@ fn fast_path_search() {
     assert!(!contains_ignore_case("passwor", "password"));
     assert!(!contains_ignore_case("é café", "password"));
 }
+
+#[test]
+fn the_one_pass_test_finds_what_a_scan_per_keyword_finds() {
+    for sql in [
+        "",
+        "p",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        "ALTER USER a PASSWORD 'x'",
+        "alter user a passworD 'x'",
+        "copy t from 's3://b' CREDENTIALS 'aws_access_key_id=A'",
+        "ACCESS_KEY_ID 'a'",
+        "x SECRET_ACCESS_KEY",
+        "session_toke",
+        "SESSION_TOKEN",
+        "mASTER_SYMMETRIC_KEY",
+        "é passwörd café password",
+        "passwor",
+    ] {
+        let by_scans = KEYWORDS.iter().any(|k| contains_ignore_case(sql, k));
+        assert_eq!(mentions_keyword(sql), by_scans, "{sql}");
+    }
+}

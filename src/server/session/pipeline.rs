@@ -21,7 +21,7 @@
 //! the upstream's ReadyForQuery ends its pipeline (the relay copies answers without
 //! reading them, so a relayed statement's SQLSTATE is not known here).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use super::{Session, Tx};
@@ -229,24 +229,25 @@ impl Session {
             "statement ended"
         );
         let observer = self.shared.observer.clone();
-        let empty = Label::default();
+        // Without query groups or statement auditing, nothing reads the label.
+        static EMPTY: LazyLock<Arc<Label>> = LazyLock::new(Arc::default);
         let (text, label, parameters): (&str, Arc<Label>, _) = if !self.records_texts() {
-            ("", Arc::new(empty), None)
+            ("", EMPTY.clone(), None)
         } else {
             match &outcome.text {
                 Text::Step(sql, decision, i) => (*sql, decision.step_label(sql, *i), None),
                 Text::Whole(sql, decision) => (*sql, decision.label(sql), None),
                 Text::Prepared(Some(p)) => (&*p.text, p.label.clone(), p.parameters.clone()),
-                Text::Prepared(None) => ("", Arc::new(empty), None),
+                Text::Prepared(None) => ("", EMPTY.clone(), None),
             }
         };
         let tags = sqlcommenter::tags(text);
         let application = sqlcommenter::tag(&tags, "application")
-            .or_else(|| self.settings.get("application_name"))
+            .or_else(|| self.settings.get_canonical("application_name"))
             .unwrap_or("");
         let query_group = self
             .settings
-            .get("query_group")
+            .get_canonical("query_group")
             .filter(|g| !g.is_empty() && *g != "default")
             .or_else(|| sqlcommenter::tag(&tags, "route"));
         observer.statement(StatementEnd {

@@ -28,10 +28,27 @@ pub(super) fn render(out: &mut String, time: &DateTime<Utc>, event: &AuditEvent)
             push_key(out, "sqlstate");
             push_str(out, sqlstate);
         }
-        AuditEvent::Logoff { who, duration_us } => {
+        AuditEvent::Logoff {
+            who,
+            duration_us,
+            reason,
+        } => {
             push_who(out, who);
             push_key(out, "duration_us");
             push_u64(out, *duration_us);
+            if let Some(reason) = reason {
+                push_key(out, "reason");
+                push_str(out, reason);
+            }
+        }
+        AuditEvent::Terminate { who, target } => {
+            push_who(out, who);
+            push_key(out, "target");
+            // Who's fields as an object of their own: `{"session":…}`.
+            let start = out.len();
+            push_who(out, target);
+            out.replace_range(start..start + 1, "{");
+            out.push('}');
         }
         AuditEvent::Statement(s) => push_statement(out, s),
     }
@@ -116,6 +133,18 @@ fn push_statement(out: &mut String, s: &StatementEvent) {
     if let Some(error) = &s.error {
         push_key(out, "error");
         push_str(out, error);
+    }
+    if let Some(queue) = &s.queue {
+        push_key(out, "queue");
+        push_str(out, queue);
+    }
+    if s.queue_wait_us != 0 {
+        push_key(out, "queue_wait_us");
+        push_u64(out, s.queue_wait_us);
+    }
+    if !s.rules.is_empty() {
+        push_key(out, "rules");
+        push_strings(out, &s.rules);
     }
 }
 
@@ -296,6 +325,9 @@ mod tests {
             bytes: 0,
             sqlstate: Cow::Borrowed("00000"),
             error: None,
+            queue: None,
+            queue_wait_us: 0,
+            rules: vec![],
         };
         let full = StatementEvent {
             who: who.clone(),
@@ -312,6 +344,9 @@ mod tests {
             bytes: 1_234_567_890,
             sqlstate: Cow::Owned("42501".into()),
             error: Some(AWKWARD.into()),
+            queue: Some(AWKWARD.into()),
+            queue_wait_us: 1_500,
+            rules: vec!["slow:cancel".into(), AWKWARD.into()],
         };
         let empty_parameters = StatementEvent {
             parameters: Some(vec![]),
@@ -341,6 +376,16 @@ mod tests {
             events.push(AuditEvent::Logoff {
                 who: who.clone(),
                 duration_us: 5_000_000,
+                reason: None,
+            });
+            events.push(AuditEvent::Logoff {
+                who: who.clone(),
+                duration_us: 1,
+                reason: Some("idle_session_timeout"),
+            });
+            events.push(AuditEvent::Terminate {
+                who: who.clone(),
+                target: who.clone(),
             });
             for s in statements(&who) {
                 events.push(AuditEvent::Statement(Box::new(s)));

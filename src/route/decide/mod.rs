@@ -8,6 +8,10 @@
 //!
 //! Adding a route means adding a [`Step`] (or [`Plan`]) variant here and its handler
 //! in the session's run stage (`server::session::pipeline`).
+//!
+//! (Over 600 lines: the decision's types and the one function that makes them are
+//! kept side by side, so a reader sees every route and how it is chosen in one
+//! file; the statement facts it reads live in `route::facts`.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};

@@ -346,3 +346,53 @@ fn bool_row(out: &mut bytes::BytesMut, value: bool, format: Format) {
     out.put_i32(len);
     out.put_u8(byte);
 }
+
+impl Session {
+    /// `options=-c name=value …` from the startup packet.
+    pub(super) fn apply_options(&mut self, options: &str) -> Result<(), PgError> {
+        let mut words = options.split_whitespace();
+        while let Some(w) = words.next() {
+            let assignment = if w == "-c" {
+                words.next().unwrap_or("")
+            } else if let Some(rest) = w.strip_prefix("-c") {
+                rest
+            } else if let Some(rest) = w.strip_prefix("--") {
+                rest
+            } else {
+                return Err(PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported startup option \"{w}\""),
+                ));
+            };
+            let (name, value) = assignment.split_once('=').ok_or_else(|| {
+                PgError::new(
+                    SqlState::SYNTAX_ERROR,
+                    format!("invalid startup option \"{assignment}\""),
+                )
+            })?;
+            self.settings.set(&name.replace('-', "_"), Some(value))?;
+        }
+        Ok(())
+    }
+
+    /// Applies what `set_config` did during a lake statement, as `SET` would (with
+    /// ParameterStatus for reported settings). A value the setting refuses is
+    /// reported as a WARNING: the statement itself already succeeded.
+    pub(super) fn apply_setting_changes(&mut self) {
+        let changes: Vec<_> = match self.setting_changes.lock() {
+            Ok(mut c) if !c.is_empty() => c.drain(..).collect(),
+            _ => return,
+        };
+        for (name, value, _local) in changes {
+            match self.settings.set(&name, value.as_deref()) {
+                Ok(Some((n, v))) => self.conn.send(&ParameterStatus::new(n.to_string(), v)),
+                Ok(None) => {}
+                Err(e) => self.notice_with(
+                    SqlState::WARNING,
+                    "WARNING",
+                    &format!("set_config({name}) was not applied: {}", e.message),
+                ),
+            }
+        }
+    }
+}

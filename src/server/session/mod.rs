@@ -41,7 +41,7 @@ use crate::auth::Identity;
 use crate::auth::policy::Policy;
 use crate::engine::QueryContext;
 use crate::engine::params::ParamType;
-use crate::error::{PgError, Severity, SqlState};
+use crate::error::{PgError, Severity};
 use crate::observe::sessions::BoardEntry;
 use crate::route::Command;
 use crate::route::view_ddl::MatViewStatement;

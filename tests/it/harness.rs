@@ -4,14 +4,15 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use sluice::config::Config;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 pub const USER: &str = "demo";
 pub const PASSWORD: &str = "demo";
@@ -569,4 +570,34 @@ pub async fn count(c: &Client, table: &str) -> Result<i64, tokio_postgres::Error
 /// `SHOW sluice.identity`: user, method, issuer, subject, group count, groups, roles.
 pub async fn identity(c: &Client) -> Vec<String> {
     rows(c, "SHOW sluice.identity").await.remove(0)
+}
+
+/// A plaintext loopback client with an `application_name`, and the NOTICEs it gets.
+pub async fn connect_app_noticed(
+    port: u16,
+    user: &str,
+    password: &str,
+    app: &str,
+) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let (client, mut conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .dbname("sluice")
+        .user(user)
+        .password(password)
+        .application_name(app)
+        .connect(NoTls)
+        .await
+        .expect("connect");
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notice(n) = message {
+                sink.lock().expect("notices").push(n.message().to_owned());
+            }
+        }
+    });
+    (client, notices)
 }

@@ -79,18 +79,9 @@ fn audit_lines(path: &Path) -> Vec<Value> {
 
 /// A plaintext loopback client with an `application_name`.
 async fn connect_app(port: u16, user: &str, password: &str, app: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .dbname("sluice")
-        .user(user)
-        .password(password)
-        .application_name(app)
-        .connect(tokio_postgres::NoTls)
+    crate::harness::connect_app_noticed(port, user, password, app)
         .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
+        .0
 }
 
 /// Waits until the audit file holds an event matching `pred`.

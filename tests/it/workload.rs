@@ -2,50 +2,21 @@
 //! statements relayed to the PostgreSQL stand-in (`redshift::Rig`), and a
 //! scan-size rule on a Glue lake in moto, whose object reads the gateway counts.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::Value;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::NoTls;
 
 use crate::glue::{
     PARQUET_INPUT, PARQUET_SERDE, TableSpec, create_database, create_table, parquet, put,
 };
-use crate::harness::{GatewayConfig, error_message, http_get, metric, spawn_sluice, sqlstate};
+use crate::harness::{
+    GatewayConfig, connect_app_noticed, error_message, http_get, metric, spawn_sluice, sqlstate,
+};
 use crate::moto::Moto;
 use crate::postgres;
 use crate::redshift::{Options, Rig};
-
-/// A plaintext loopback client with an `application_name`, and the NOTICEs it gets.
-async fn connect_noticed(
-    port: u16,
-    user: &str,
-    password: &str,
-    app: &str,
-) -> (Client, Arc<Mutex<Vec<String>>>) {
-    let (client, mut conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .dbname("sluice")
-        .user(user)
-        .password(password)
-        .application_name(app)
-        .connect(NoTls)
-        .await
-        .expect("connect");
-    let notices = Arc::new(Mutex::new(Vec::new()));
-    let sink = notices.clone();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notice(n) = message {
-                sink.lock().expect("notices").push(n.message().to_owned());
-            }
-        }
-    });
-    (client, notices)
-}
 
 fn workload_extra(admin: u16) -> String {
     format!(
@@ -116,7 +87,8 @@ async fn a_queue_runs_its_slots_at_once_and_the_rest_wait_with_a_notice() {
     let (rig, _) = workload_rig().await;
     let mut clients = Vec::new();
     for i in 0..5 {
-        clients.push(connect_noticed(rig.port, "alice", "alice-pw", &format!("report-{i}")).await);
+        clients
+            .push(connect_app_noticed(rig.port, "alice", "alice-pw", &format!("report-{i}")).await);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -163,10 +135,10 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
     let (rig, _) = workload_rig().await;
 
     // The queue timeout: 53300, naming the queue.
-    let (holder, _) = connect_noticed(rig.port, "bob", "bob-pw", "tight-holder").await;
+    let (holder, _) = connect_app_noticed(rig.port, "bob", "bob-pw", "tight-holder").await;
     let held = tokio::spawn(async move { holder.simple_query("SELECT pg_sleep(3)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (waiter, notices) = connect_noticed(rig.port, "bob", "bob-pw", "tight-waiter").await;
+    let (waiter, notices) = connect_app_noticed(rig.port, "bob", "bob-pw", "tight-waiter").await;
     let e = waiter
         .simple_query("SELECT 1")
         .await
@@ -179,13 +151,13 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
     waiter.simple_query("SELECT 1").await.expect("slot free");
 
     // A cancel while waiting in line.
-    let (holder, _) = connect_noticed(rig.port, "bob", "bob-pw", "patient-holder").await;
+    let (holder, _) = connect_app_noticed(rig.port, "bob", "bob-pw", "patient-holder").await;
     let held = tokio::spawn(async move {
         let r = holder.simple_query("SELECT pg_sleep(3)").await;
         (r, Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (waiter, notices) = connect_noticed(rig.port, "bob", "bob-pw", "patient-waiter").await;
+    let (waiter, notices) = connect_app_noticed(rig.port, "bob", "bob-pw", "patient-waiter").await;
     let cancel = waiter.cancel_token();
     let waiting = tokio::spawn(async move {
         let r = waiter.simple_query("SELECT 1").await;
@@ -208,7 +180,7 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
     );
 
     // The upstream dies mid-statement: the slot comes back.
-    let (victim, _) = connect_noticed(rig.port, "bob", "bob-pw", "patient-victim").await;
+    let (victim, _) = connect_app_noticed(rig.port, "bob", "bob-pw", "patient-victim").await;
     let running = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(30)").await });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -247,7 +219,7 @@ async fn queue_timeouts_cancels_and_lost_upstreams_all_give_the_slot_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_cancel_slow_upstream_statements_and_show_in_audit_metrics_and_query_groups() {
     let (rig, admin) = workload_rig().await;
-    let (bob, _) = connect_noticed(rig.port, "bob", "bob-pw", "watched-app").await;
+    let (bob, _) = connect_app_noticed(rig.port, "bob", "bob-pw", "watched-app").await;
     let started = Instant::now();
     let e = bob
         .simple_query("SELECT pg_sleep(20)")
@@ -274,7 +246,7 @@ async fn rules_cancel_slow_upstream_statements_and_show_in_audit_metrics_and_que
     );
 
     // A queue's row cap on the lake is exact, in both protocols.
-    let (capped, _) = connect_noticed(rig.port, "bob", "bob-pw", "lakecap-app").await;
+    let (capped, _) = connect_app_noticed(rig.port, "bob", "bob-pw", "lakecap-app").await;
     for e in [
         capped
             .simple_query("SELECT zone FROM nyc.zones")

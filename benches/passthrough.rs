@@ -20,11 +20,14 @@
 //! weighs on both sides of one ratio; the table shows the median tps of each side, the
 //! median of the per-round ratios and their min–max.
 //!
+//! `--aa-only` compares two identical gateways the same way: the comparison's own
+//! bias and noise, against which the other two are read.
+//!
 //! The cost of admission (`--workload-only`) compares a Sluice without workload
 //! queues and one whose statements all take a slot of one default queue, the same way.
 //!
 //! Run: `cargo bench --bench passthrough` (options: `--seconds N`, `--rounds N`,
-//! `--skip-suite`, `--observability-only`, `--workload-only`, and to run one case of the pgbench tables
+//! `--skip-suite`, `--observability-only`, `--workload-only`, `--aa-only`, and to run one case of the pgbench tables
 //! `--mode simple|prepared`, `--clients N`).
 //! Needs Debian's `postgresql`, `pgbouncer` and `pgbench`, and for the suite part
 //! `pip install pytest pg8000==1.31.6` plus pg8000's source (fetched with pip).
@@ -49,6 +52,8 @@ struct Args {
     observability_only: bool,
     /// Only the admission (workload queue) off/on comparison.
     workload_only: bool,
+    /// Only an A/A comparison: two identical gateways (the bench's own bias).
+    aa_only: bool,
     /// Only this pgbench protocol (`simple` or `prepared`), when given.
     mode: Option<String>,
     /// Only this client count, when given.
@@ -78,6 +83,7 @@ fn args() -> Args {
         skip_suite: false,
         observability_only: false,
         workload_only: false,
+        aa_only: false,
         mode: None,
         clients: None,
     };
@@ -89,6 +95,7 @@ fn args() -> Args {
             "--skip-suite" => a.skip_suite = true,
             "--observability-only" => a.observability_only = true,
             "--workload-only" => a.workload_only = true,
+            "--aa-only" => a.aa_only = true,
             "--mode" => a.mode = it.next(),
             "--clients" => a.clients = it.next().and_then(|s| s.parse().ok()),
             _ => {}
@@ -505,6 +512,17 @@ fn main() -> Result<()> {
     }
     if args.workload_only {
         return admission_overhead(&runtime, pg.port, &args);
+    }
+    if args.aa_only {
+        compare_gateways(
+            &runtime,
+            pg.port,
+            &args,
+            "A/A: two identical gateways (observing off), the comparison's own bias",
+            OBSERVE_OFF,
+            OBSERVE_OFF,
+        )?;
+        return Ok(());
     }
     let bouncer = Bouncer::start(pg.port)?;
     let dir = tempfile::tempdir()?;

@@ -159,14 +159,11 @@ impl Watch {
         }
         tracing::debug!(error = %limit.error.message, "cancelling a relayed statement past its limit");
         self.tripped = Some(limit);
-        if let (Some(target), Ok(runtime)) =
-            (up.cancel.clone(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                if let Err(e) = wire::send_cancel(&target).await {
-                    tracing::warn!(error = %e.message, "could not cancel an upstream statement past its limit");
-                }
-            });
+        if let Some(target) = up.cancel.clone() {
+            wire::cancel_in_background(
+                target,
+                "could not cancel an upstream statement past its limit",
+            );
         }
     }
 

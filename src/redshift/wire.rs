@@ -494,6 +494,19 @@ pub async fn send_cancel(target: &CancelTarget) -> Result<(), PgError> {
     Ok(())
 }
 
+/// Sends a CancelRequest on its own task (when a runtime is running), logging
+/// `failure` with the error if it cannot be delivered: for callers that must not
+/// wait on the upstream.
+pub fn cancel_in_background(target: CancelTarget, failure: &'static str) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(e) = send_cancel(&target).await {
+                tracing::warn!(error = %e.message, "{failure}");
+            }
+        });
+    }
+}
+
 /// An ErrorResponse body from the upstream as a `PgError`, keeping its SQLSTATE.
 pub fn upstream_error(body: &[u8], context: &str) -> PgError {
     let mut code = String::new();

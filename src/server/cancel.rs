@@ -152,12 +152,8 @@ fn interrupt(session: &Registered) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if let (Some(target), Ok(runtime)) = (target, tokio::runtime::Handle::try_current()) {
-        runtime.spawn(async move {
-            if let Err(e) = wire::send_cancel(&target).await {
-                tracing::warn!(error = %e.message, "forwarding a cancel request failed");
-            }
-        });
+    if let Some(target) = target {
+        wire::cancel_in_background(target, "forwarding a cancel request failed");
     }
 }
 

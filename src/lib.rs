@@ -24,3 +24,9 @@ pub mod route;
 pub mod server;
 pub mod wire;
 pub mod workload;
+
+/// The process allocator, set here so the gateway binary and every in-process bench
+/// and test run on the one production uses: DataFusion allocates many short-lived
+/// buffers per batch, which mimalloc serves faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

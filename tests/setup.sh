@@ -47,6 +47,13 @@ if ! "$PY" -c 'import redshift_connector; assert redshift_connector.__version__ 
   "$PY" -m pip install -q 'redshift_connector==2.2.0'
 fi
 
+# DuckDB, the lake's yardstick (tests/it/lake_answers.rs, benches/lake), with its S3
+# reader from PyPI so nothing is downloaded at run time; the two versions must match.
+if ! "$PY" -c 'import duckdb, duckdb_extension_httpfs; assert duckdb.__version__ == "1.5.5"' >/dev/null 2>&1; then
+  echo "setup: installing DuckDB"
+  "$PY" -m pip install -q 'duckdb==1.5.5' 'duckdb-extension-httpfs==1.5.5'
+fi
+
 # node-postgres for tests/it/clients.rs, at the version package-lock.json pins.
 CLIENTS="$(cd "$(dirname "$0")" && pwd)/clients"
 if [ ! -f "$CLIENTS/node_modules/pg/package.json" ]; then

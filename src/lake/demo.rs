@@ -52,10 +52,24 @@ fn cents(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// What the marker file says for a data set of `trips_per_month` trips a month (the
+/// demo's own size keeps the plain version, so existing copies stay current).
+fn marker_text(trips_per_month: usize) -> String {
+    if trips_per_month == TRIPS_PER_MONTH {
+        VERSION.to_owned()
+    } else {
+        format!("{VERSION} trips_per_month={trips_per_month}")
+    }
+}
+
 /// True when `root` holds a current copy of the demo data.
 pub fn is_present(root: &Path) -> bool {
+    is_present_sized(root, TRIPS_PER_MONTH)
+}
+
+fn is_present_sized(root: &Path, trips_per_month: usize) -> bool {
     std::fs::read_to_string(root.join(MARKER))
-        .map(|v| v.trim() == VERSION)
+        .map(|v| v.trim() == marker_text(trips_per_month))
         .unwrap_or(false)
 }
 
@@ -63,7 +77,17 @@ pub fn is_present(root: &Path) -> bool {
 /// sibling temporary directory and renames it into place, so an interrupted run never
 /// leaves a half-written lake behind.
 pub fn ensure(root: &Path) -> Result<bool, String> {
-    if is_present(root) {
+    ensure_sized(root, TRIPS_PER_MONTH)
+}
+
+/// [`ensure`] with `trips_per_month` trips in each monthly file instead of the demo's
+/// 100,000: the same generator, so any size is NYC-shaped and deterministic (the
+/// lake benchmark uses 1,000,000 a month: 12 M trips).
+pub fn ensure_sized(root: &Path, trips_per_month: usize) -> Result<bool, String> {
+    if trips_per_month == 0 {
+        return Err("trips_per_month must be positive".into());
+    }
+    if is_present_sized(root, trips_per_month) {
         return Ok(false);
     }
     if root.exists() {
@@ -88,7 +112,7 @@ pub fn ensure(root: &Path) -> Result<bool, String> {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    write_all(&tmp).map_err(|e| {
+    write_all(&tmp, trips_per_month).map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
         format!("cannot generate demo data: {e}")
     })?;
@@ -99,7 +123,7 @@ pub fn ensure(root: &Path) -> Result<bool, String> {
     match std::fs::rename(&tmp, root) {
         Ok(()) => Ok(true),
         // Another process generated it concurrently: theirs is as good as ours.
-        Err(_) if is_present(root) => {
+        Err(_) if is_present_sized(root, trips_per_month) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(false)
         }
@@ -110,11 +134,11 @@ pub fn ensure(root: &Path) -> Result<bool, String> {
     }
 }
 
-fn write_all(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    write_trips(&dir.join("nyc").join("trips"))?;
+fn write_all(dir: &Path, trips_per_month: usize) -> Result<(), Box<dyn std::error::Error>> {
+    write_trips(&dir.join("nyc").join("trips"), trips_per_month)?;
     write_zones(&dir.join("nyc").join("zones"))?;
     write_vendors(&dir.join("nyc").join("vendors"))?;
-    std::fs::write(dir.join(MARKER), VERSION)?;
+    std::fs::write(dir.join(MARKER), marker_text(trips_per_month))?;
     Ok(())
 }
 
@@ -150,7 +174,10 @@ fn days_in_month(month: u32) -> i64 {
     }
 }
 
-fn write_trips(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// Rows built and written at a time: bounds the generator's memory at any size.
+const CHUNK_ROWS: usize = 1 << 20;
+
+fn write_trips(dir: &Path, trips_per_month: usize) -> Result<(), Box<dyn std::error::Error>> {
     let schema = trips_schema();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
@@ -159,100 +186,114 @@ fn write_trips(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut trip_id = 0i64;
     for month in 1..=MONTHS {
         let mut rng = Rng(0x5EED_0000 + month as u64);
-        let n = TRIPS_PER_MONTH;
         let start = chrono::NaiveDate::from_ymd_opt(2024, month, 1)
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .ok_or("bad date")?
             .and_utc()
             .timestamp_micros();
         let span = days_in_month(month) * 86_400_000_000;
-        let mut pickups: Vec<i64> = (0..n)
+        let mut pickups: Vec<i64> = (0..trips_per_month)
             .map(|_| start + rng.below(span as u64) as i64)
             .collect();
         pickups.sort_unstable();
 
-        let mut vendor = Vec::with_capacity(n);
-        let mut dropoff = Vec::with_capacity(n);
-        let mut passengers = Vec::with_capacity(n);
-        let mut distance = Vec::with_capacity(n);
-        let mut location = Vec::with_capacity(n);
-        let mut payment = Vec::with_capacity(n);
-        let mut fare = Vec::with_capacity(n);
-        let mut extra = Vec::with_capacity(n);
-        let mut mta = Vec::with_capacity(n);
-        let mut tip = Vec::with_capacity(n);
-        let mut tolls = Vec::with_capacity(n);
-        let mut surcharge = Vec::with_capacity(n);
-        let mut total = Vec::with_capacity(n);
-        let mut lon = Vec::with_capacity(n);
-        let mut lat = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        for &p in &pickups {
-            let d = cents(0.3 + -(1.0 - rng.unit()).ln() * 2.8);
-            let minutes = (d * 3.5 + rng.unit() * 10.0) as i64 + 1;
-            let hour = (p / 3_600_000_000).rem_euclid(24);
-            let f = cents(3.0 + d * 2.5 + rng.unit() * 2.0);
-            let e = if (16..20).contains(&hour) {
-                1.0
-            } else if !(6..20).contains(&hour) {
-                0.5
-            } else {
-                0.0
-            };
-            let card = rng.unit() < 0.7;
-            let t = if card {
-                cents(f * (rng.below(6) as f64 * 5.0) / 100.0)
-            } else {
-                0.0
-            };
-            let toll = if rng.unit() < 0.05 { 6.94 } else { 0.0 };
-            vendor.push(1 + rng.below(2) as i32);
-            dropoff.push(p + minutes * 60_000_000);
-            passengers.push(1 + (rng.unit().powi(3) * 5.0) as i32);
-            distance.push(d);
-            location.push(1 + rng.below(265) as i32);
-            payment.push(if card { 1 } else { 2 });
-            fare.push(f);
-            extra.push(e);
-            mta.push(0.5);
-            tip.push(t);
-            tolls.push(toll);
-            surcharge.push(1.0);
-            total.push(cents(f + e + 0.5 + t + toll + 1.0));
-            lon.push(-73.98 + (rng.unit() - 0.5) * 0.1);
-            lat.push(40.75 + (rng.unit() - 0.5) * 0.1);
-            trip_id += 1;
-            ids.push(trip_id);
-        }
-        let f64a = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from(vendor)),
-            Arc::new(TimestampMicrosecondArray::from(pickups)),
-            Arc::new(TimestampMicrosecondArray::from(dropoff)),
-            Arc::new(Int32Array::from(passengers)),
-            f64a(distance),
-            Arc::new(Int32Array::from(location)),
-            Arc::new(Int32Array::from(payment)),
-            f64a(fare),
-            f64a(extra),
-            f64a(mta),
-            f64a(tip),
-            f64a(tolls),
-            f64a(surcharge),
-            f64a(total),
-            f64a(lon),
-            f64a(lat),
-            Arc::new(Int64Array::from(ids)),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let month_dir = dir.join(format!("month=2024-{month:02}"));
         std::fs::create_dir_all(&month_dir)?;
         let file = File::create(month_dir.join("part-0.parquet"))?;
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))?;
-        writer.write(&batch)?;
+        // The generator draws in the same order whatever the chunking, so the rows
+        // (and row groups) do not depend on CHUNK_ROWS.
+        for chunk in pickups.chunks(CHUNK_ROWS) {
+            let batch = trips_batch(&schema, chunk, &mut rng, &mut trip_id)?;
+            writer.write(&batch)?;
+        }
         writer.close()?;
     }
     Ok(())
+}
+
+/// One batch of trips for the sorted `pickups`.
+fn trips_batch(
+    schema: &Arc<Schema>,
+    pickups: &[i64],
+    rng: &mut Rng,
+    trip_id: &mut i64,
+) -> Result<RecordBatch, Box<dyn std::error::Error>> {
+    let n = pickups.len();
+    let mut vendor = Vec::with_capacity(n);
+    let mut dropoff = Vec::with_capacity(n);
+    let mut passengers = Vec::with_capacity(n);
+    let mut distance = Vec::with_capacity(n);
+    let mut location = Vec::with_capacity(n);
+    let mut payment = Vec::with_capacity(n);
+    let mut fare = Vec::with_capacity(n);
+    let mut extra = Vec::with_capacity(n);
+    let mut mta = Vec::with_capacity(n);
+    let mut tip = Vec::with_capacity(n);
+    let mut tolls = Vec::with_capacity(n);
+    let mut surcharge = Vec::with_capacity(n);
+    let mut total = Vec::with_capacity(n);
+    let mut lon = Vec::with_capacity(n);
+    let mut lat = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for &p in pickups {
+        let d = cents(0.3 + -(1.0 - rng.unit()).ln() * 2.8);
+        let minutes = (d * 3.5 + rng.unit() * 10.0) as i64 + 1;
+        let hour = (p / 3_600_000_000).rem_euclid(24);
+        let f = cents(3.0 + d * 2.5 + rng.unit() * 2.0);
+        let e = if (16..20).contains(&hour) {
+            1.0
+        } else if !(6..20).contains(&hour) {
+            0.5
+        } else {
+            0.0
+        };
+        let card = rng.unit() < 0.7;
+        let t = if card {
+            cents(f * (rng.below(6) as f64 * 5.0) / 100.0)
+        } else {
+            0.0
+        };
+        let toll = if rng.unit() < 0.05 { 6.94 } else { 0.0 };
+        vendor.push(1 + rng.below(2) as i32);
+        dropoff.push(p + minutes * 60_000_000);
+        passengers.push(1 + (rng.unit().powi(3) * 5.0) as i32);
+        distance.push(d);
+        location.push(1 + rng.below(265) as i32);
+        payment.push(if card { 1 } else { 2 });
+        fare.push(f);
+        extra.push(e);
+        mta.push(0.5);
+        tip.push(t);
+        tolls.push(toll);
+        surcharge.push(1.0);
+        total.push(cents(f + e + 0.5 + t + toll + 1.0));
+        lon.push(-73.98 + (rng.unit() - 0.5) * 0.1);
+        lat.push(40.75 + (rng.unit() - 0.5) * 0.1);
+        *trip_id += 1;
+        ids.push(*trip_id);
+    }
+    let f64a = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vendor)),
+        Arc::new(TimestampMicrosecondArray::from(pickups.to_vec())),
+        Arc::new(TimestampMicrosecondArray::from(dropoff)),
+        Arc::new(Int32Array::from(passengers)),
+        f64a(distance),
+        Arc::new(Int32Array::from(location)),
+        Arc::new(Int32Array::from(payment)),
+        f64a(fare),
+        f64a(extra),
+        f64a(mta),
+        f64a(tip),
+        f64a(tolls),
+        f64a(surcharge),
+        f64a(total),
+        f64a(lon),
+        f64a(lat),
+        Arc::new(Int64Array::from(ids)),
+    ];
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 const BOROUGHS: [&str; 6] = [

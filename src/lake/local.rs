@@ -206,7 +206,7 @@ pub async fn open_table(ctx: &SessionContext, dir: &Path) -> Result<Arc<ListingT
         .with_table_partition_cols(
             partition_cols
                 .into_iter()
-                .map(|c| (c, DataType::Utf8))
+                .map(|c| (c, crate::lake::PARTITION_TEXT))
                 .collect(),
         );
     let state = ctx.state();

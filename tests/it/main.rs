@@ -9,9 +9,14 @@ mod hygiene;
 mod idp;
 mod jdbc;
 mod jobs;
+mod lake_answers;
+#[path = "../support/lake_queries.rs"]
+mod lake_queries;
 mod ldap;
 #[path = "../support/moto.rs"]
 mod moto;
+#[path = "../support/nyc_lake.rs"]
+mod nyc_lake;
 mod oidc;
 mod operations;
 mod policy;

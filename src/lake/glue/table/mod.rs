@@ -13,7 +13,7 @@ use aws_sdk_glue::types::Table;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::CsvOptions;
-use datafusion::common::{DataFusionError, Result, ScalarValue, project_schema};
+use datafusion::common::{DataFusionError, Result, ScalarValue, TableReference, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -34,6 +34,7 @@ use datafusion::physical_plan::expressions::{
 };
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::union::UnionExec;
+use datafusion_datasource::compute_all_files_statistics;
 use futures::{StreamExt, TryStreamExt};
 
 use super::GlueShared;
@@ -106,7 +107,7 @@ impl GlueTable {
             .map(|c| {
                 let hive = c.r#type().unwrap_or("string");
                 PartitionKey {
-                    field: field(c.name(), hive),
+                    field: crate::lake::partition_field(field(c.name(), hive)),
                     hive_type: hive.trim().to_lowercase(),
                 }
             })
@@ -284,18 +285,48 @@ impl TableProvider for GlueTable {
         let renamed = !Arc::ptr_eq(&file_schema, &self.file_schema);
         let target = state.config().target_partitions().max(1);
         let partition_fields: Vec<FieldRef> = self.keys.iter().map(|k| k.field.clone()).collect();
+        // Parquet footers give per-file statistics (as a ListingTable collects them).
+        let collect_statistics = *format == Format::Parquet && state.config().collect_statistics();
+        let scan_schema = Arc::new(Schema::new(
+            file_schema
+                .fields()
+                .iter()
+                .chain(&partition_fields)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        let table_ref = TableReference::partial(self.database.as_str(), self.name.as_str());
         let mut plans = Vec::with_capacity(groups.len());
         for ((url, compression), mut files) in groups {
             // Deterministic order: the same files in the same groups every run.
             files.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+            let store_url = ObjectStoreUrl::parse(&url)?;
             let file_format = self.file_format(state, format, compression);
+            if collect_statistics {
+                files = stats::attach(
+                    state,
+                    &file_format,
+                    &store_url,
+                    &file_schema,
+                    &table_ref,
+                    files,
+                )
+                .await?;
+            }
+            let (file_groups, statistics) = compute_all_files_statistics(
+                FileGroup::new(files).split_files(target),
+                scan_schema.clone(),
+                collect_statistics,
+                false,
+            )?;
             let source = file_format.file_source(
                 TableSchema::builder(file_schema.clone())
                     .with_table_partition_cols(partition_fields.clone())
                     .build(),
             );
-            let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(&url)?, source)
-                .with_file_groups(FileGroup::new(files).split_files(target))
+            let config = FileScanConfigBuilder::new(store_url, source)
+                .with_file_groups(file_groups)
+                .with_statistics(statistics)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .build();
@@ -640,5 +671,6 @@ fn single_byte(v: &str) -> Option<u8> {
     v.parse::<u8>().ok()
 }
 
+mod stats;
 #[cfg(test)]
 mod tests;

@@ -245,8 +245,27 @@ fn spill_limit(e: &DataFusionError) -> Option<String> {
     const MARK: &str = "during the spilling process has exceeded the allowable limit of ";
     let text = e.to_string();
     let rest = &text[text.find(MARK)? + MARK.len()..];
-    let end = rest.find(". ").or_else(|| rest.find('.')).unwrap_or(rest.len());
-    Some(rest[..end].trim().to_owned())
+    let end = rest.find(". ").unwrap_or(rest.len());
+    let printed = rest[..end].trim();
+    // DataFusion prints 1024-based sizes ("1024.0 KB", "100.0 GB"); the key is in MB.
+    let mb = printed.split_once(' ').and_then(|(n, unit)| {
+        let n: f64 = n.parse().ok()?;
+        let scale = match unit {
+            "B" => 1.0 / 1024.0 / 1024.0,
+            "KB" => 1.0 / 1024.0,
+            "MB" => 1.0,
+            "GB" => 1024.0,
+            "TB" => 1024.0 * 1024.0,
+            "PB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(n * scale)
+    });
+    Some(match mb {
+        Some(v) if (v - v.round()).abs() < 0.05 => format!("{} MB", v.round() as u64),
+        Some(v) => format!("{v:.1} MB"),
+        None => printed.to_owned(),
+    })
 }
 
 /// 53200, from a memory pool's refusal. Sluice's pool (`engine::memory`) puts the
@@ -383,7 +402,7 @@ mod tests {
         assert_eq!(other.code, SqlState::OUT_OF_MEMORY);
         assert!(other.message.starts_with("out of memory: Memory Exhausted"), "{}", other.message);
         let io = std::io::Error::other(
-            "The used disk space during the spilling process has exceeded the allowable limit of 1.0 MB. Please try increasing the config: `datafusion.runtime.max_temp_directory_size`.",
+            "The used disk space during the spilling process has exceeded the allowable limit of 1024.0 KB. Please try increasing the config: `datafusion.runtime.max_temp_directory_size`.",
         );
         let spill = DataFusionError::ArrowError(
             Box::new(datafusion::arrow::error::ArrowError::IoError(io.to_string(), io)),
@@ -391,6 +410,6 @@ mod tests {
         );
         let e = PgError::from(DataFusionError::Context("spilling".into(), Box::new(spill)));
         assert_eq!(e.code, SqlState::CONFIGURATION_LIMIT_EXCEEDED);
-        assert_eq!(e.message, "temporary file size exceeds engine.spill_max_mb (1.0 MB)");
+        assert_eq!(e.message, "temporary file size exceeds engine.spill_max_mb (1 MB)");
     }
 }

@@ -139,7 +139,7 @@ impl LakeMemory {
                 .or_insert_with(|| {
                     Arc::new(RoleBudget {
                         role: share.role.clone(),
-                        used: AtomicUsize::new(0),
+                        state: Mutex::new(RoleState::default()),
                         limit: AtomicUsize::new(0),
                     })
                 })
@@ -155,6 +155,7 @@ impl LakeMemory {
                 budget,
                 limit: role_limit,
                 percent: share.percent,
+                fair: self.kind == PoolKind::Fair,
             }),
         })
     }
@@ -176,7 +177,7 @@ impl LakeMemory {
             .map(|b| {
                 (
                     b.role.clone(),
-                    b.used.load(Ordering::Relaxed),
+                    b.used(),
                     b.limit.load(Ordering::Relaxed),
                 )
             })
@@ -195,13 +196,44 @@ fn share_of(limit: usize, percent: u8) -> usize {
     ((limit as u128 * u128::from(percent.clamp(1, 100)) / 100) as usize).max(1)
 }
 
-/// Bytes held by the statements of every session acting under one role.
+/// What the statements of every session acting under one role hold.
 #[derive(Debug)]
 struct RoleBudget {
     role: String,
-    used: AtomicUsize,
+    state: Mutex<RoleState>,
     /// The role's limit as last configured (for the metrics).
     limit: AtomicUsize,
+}
+
+/// Like DataFusion's `FairSpillPool`, per role: bytes held by operators that can
+/// spill and by the rest, and how many can spill.
+#[derive(Debug, Default)]
+struct RoleState {
+    spillable: usize,
+    unspillable: usize,
+    num_spill: usize,
+}
+
+impl RoleBudget {
+    fn state(&self) -> std::sync::MutexGuard<'_, RoleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn used(&self) -> usize {
+        let s = self.state();
+        s.spillable + s.unspillable
+    }
+
+    fn give_back(&self, spill: bool, bytes: usize) {
+        let mut s = self.state();
+        let held = if spill {
+            &mut s.spillable
+        } else {
+            &mut s.unspillable
+        };
+        // Never below zero, whatever a caller does.
+        *held = held.saturating_sub(bytes);
+    }
 }
 
 #[derive(Debug)]
@@ -210,6 +242,11 @@ struct Share {
     /// Bytes.
     limit: usize,
     percent: u8,
+    /// `memory_pool = "fair"`: within the share too, operators that can spill
+    /// divide what the others leave equally, so one sort cannot take the room
+    /// another operator's unspillable reservation (a sort's merge headroom, a hash
+    /// table) needs.
+    fair: bool,
 }
 
 /// The pool a context's runtime reserves from: an optional role budget in front of
@@ -223,18 +260,26 @@ pub struct LakePool {
 }
 
 impl LakePool {
-    fn role_refusal(&self, share: &Share, r: &MemoryReservation, additional: usize) -> DataFusionError {
+    fn role_refusal(
+        &self,
+        share: &Share,
+        r: &MemoryReservation,
+        additional: usize,
+        state: &RoleState,
+    ) -> DataFusionError {
         let global = self.limit.map(mb).unwrap_or_default();
         DataFusionError::ResourcesExhausted(format!(
             "out of memory: role \"{role}\" may hold {limit} MB of lake query memory ({percent}% of engine.memory_limit_mb = {global} MB)\n\
-             {consumer} asked for {additional} more; the role's statements held {used}, this operator {own}.",
+             {consumer} asked for {additional} more, holding {own}; the role's statements held {used} ({spilling} by {n} operators that can spill).",
             role = share.budget.role,
             limit = mb(share.limit),
             percent = share.percent,
             consumer = r.consumer().name(),
             additional = human(additional),
-            used = human(share.budget.used.load(Ordering::Relaxed)),
             own = human(r.size()),
+            used = human(state.spillable + state.unspillable),
+            spilling = human(state.spillable),
+            n = state.num_spill,
         ))
     }
 
@@ -267,53 +312,68 @@ impl MemoryPool for LakePool {
     }
 
     fn register(&self, consumer: &MemoryConsumer) {
-        self.global.register(consumer)
+        self.global.register(consumer);
+        if let Some(s) = &self.share
+            && consumer.can_spill()
+        {
+            s.budget.state().num_spill += 1;
+        }
     }
 
     fn unregister(&self, consumer: &MemoryConsumer) {
-        self.global.unregister(consumer)
+        self.global.unregister(consumer);
+        if let Some(s) = &self.share
+            && consumer.can_spill()
+        {
+            let mut state = s.budget.state();
+            state.num_spill = state.num_spill.saturating_sub(1);
+        }
     }
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.global.grow(reservation, additional);
         if let Some(s) = &self.share {
-            s.budget.used.fetch_add(additional, Ordering::Relaxed);
+            let mut state = s.budget.state();
+            if reservation.consumer().can_spill() {
+                state.spillable += additional;
+            } else {
+                state.unspillable += additional;
+            }
         }
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
         self.global.shrink(reservation, shrink);
         if let Some(s) = &self.share {
-            // Never below zero, whatever a caller does.
-            let _ = s
-                .budget
-                .used
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                    Some(u.saturating_sub(shrink))
-                });
+            s.budget
+                .give_back(reservation.consumer().can_spill(), shrink);
         }
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let spill = reservation.consumer().can_spill();
         if let Some(s) = &self.share {
-            let took = s
-                .budget
-                .used
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                    u.checked_add(additional).filter(|n| *n <= s.limit)
-                });
-            if took.is_err() {
-                return Err(self.role_refusal(s, reservation, additional));
+            let mut state = s.budget.state();
+            let held = state.spillable + state.unspillable;
+            let fits = if spill && s.fair {
+                // FairSpillPool's rule, within the share.
+                let available = s.limit.saturating_sub(state.unspillable) / state.num_spill.max(1);
+                reservation.size().saturating_add(additional) <= available
+            } else {
+                held.saturating_add(additional) <= s.limit
+            };
+            if !fits {
+                return Err(self.role_refusal(s, reservation, additional, &state));
+            }
+            if spill {
+                state.spillable += additional;
+            } else {
+                state.unspillable += additional;
             }
         }
         if let Err(e) = self.global.try_grow(reservation, additional) {
             if let Some(s) = &self.share {
-                let _ = s
-                    .budget
-                    .used
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                        Some(u.saturating_sub(additional))
-                    });
+                s.budget.give_back(spill, additional);
             }
             return Err(self.global_refusal(e));
         }
@@ -550,13 +610,32 @@ mod tests {
         let pool = memory.pool_for(Some(&share("analyst", 50)));
         let a = reservation(&pool, "ExternalSorter[0]", true);
         let b = reservation(&pool, "ExternalSorter[1]", true);
-        // The fair pool gives each of two spillers half of 100 MB; the role 50 MB.
-        a.try_grow(40 * MB).expect("a");
-        assert!(b.try_grow(20 * MB).is_err(), "the role's 50 MB");
-        b.try_grow(10 * MB).expect("b");
-        a.free();
-        assert!(a.try_grow(51 * MB).is_err());
-        a.try_grow(40 * MB).expect("fair share and role share both allow it");
+        // Two spillers divide the role's 50 MB: 25 MB each at most.
+        assert!(a.try_grow(26 * MB).is_err(), "more than half of the share");
+        a.try_grow(20 * MB).expect("a");
+        b.try_grow(20 * MB).expect("b");
+        // An operator that cannot spill still finds the room they leave…
+        let merge = reservation(&pool, "ExternalSorterMerge[0]", false);
+        merge.try_grow(10 * MB).expect("merge headroom");
+        // …which now shrinks what spillers may hold: (50 - 10) / 2 = 20 MB each.
+        assert!(a.try_grow(MB).is_err());
+        assert!(merge.try_grow(MB).is_err(), "the share is full");
+        // One spiller gone: the other may take its part.
+        drop(b);
+        a.try_grow(20 * MB).expect("a alone: 40 MB");
+        assert_eq!(memory.stats().roles[0].1, 50 * MB);
+        drop(a);
+        drop(merge);
+        assert_eq!(memory.stats().roles[0].1, 0);
+        assert_eq!(memory.stats().reserved, 0);
+
+        // Greedy: first come, first served within the share as well.
+        let greedy = LakeMemory::new(Some(100), PoolKind::Greedy);
+        let pool = greedy.pool_for(Some(&share("analyst", 50)));
+        let a = reservation(&pool, "ExternalSorter[0]", true);
+        let _b = reservation(&pool, "ExternalSorter[1]", true);
+        a.try_grow(50 * MB).expect("the whole share");
+        assert!(a.try_grow(1).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod idp;
 mod jdbc;
 mod jobs;
 mod ldap;
+mod memory;
 #[path = "../support/moto.rs"]
 mod moto;
 mod oidc;

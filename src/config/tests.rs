@@ -228,6 +228,28 @@ fn the_shipped_audit_example_is_valid() {
 }
 
 #[test]
+fn the_shipped_engine_example_is_valid_with_its_commented_parts() {
+    let shipped = include_str!("../../conf/sluice.toml");
+    let example: Vec<&str> = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("[engine]"))
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| !l.starts_with("# Memory") && !l.starts_with("# joins"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    let c = parse(&example.join("\n")).unwrap();
+    assert_eq!(
+        c.engine.memory_limit_mb.as_ref().and_then(|m| m.mb()),
+        Some(2048)
+    );
+    assert_eq!(c.engine.spill_max_mb, 102400);
+    assert_eq!(
+        c.engine.spill_dir(|p| c.resolve(p)),
+        PathBuf::from("/etc/sluice/spill")
+    );
+}
+
+#[test]
 fn the_shipped_workload_example_is_valid_with_its_commented_parts() {
     let shipped = include_str!("../../conf/sluice.toml");
     let example: Vec<&str> = shipped

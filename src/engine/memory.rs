@@ -89,8 +89,8 @@ impl LakeMemory {
     pub fn from_config(config: &Config) -> LakeMemory {
         let e = &config.engine;
         let limit_mb = match &e.memory_limit_mb {
-            Some(l) if e.unlimited_memory() => {
-                tracing::info!(setting = ?l, "lake query memory: unlimited (engine.memory_limit_mb)");
+            Some(_) if e.unlimited_memory() => {
+                tracing::info!("lake query memory: unlimited (engine.memory_limit_mb)");
                 None
             }
             Some(l) => {
@@ -188,6 +188,35 @@ impl LakeMemory {
             limit: self.limit,
             roles,
         }
+    }
+}
+
+/// Logs a warning when a role's share is too small for DataFusion's sorts to spill
+/// reliably: each partition's sort keeps `sort_spill_reservation_bytes` of merge
+/// headroom that it gives up and must get back around every spill, so a share
+/// below twice that for every partition can fail sorts (53200) that a larger one
+/// would spill.
+pub fn warn_if_too_small(
+    share: &MemoryShare,
+    pool: &LakePool,
+    target_partitions: usize,
+    sort_spill_reservation_bytes: usize,
+) {
+    let Some(limit) = pool.share.as_ref().map(|s| s.limit) else {
+        return;
+    };
+    let needed = target_partitions
+        .max(1)
+        .saturating_mul(sort_spill_reservation_bytes)
+        .saturating_mul(2);
+    if limit < needed {
+        tracing::warn!(
+            role = %share.role,
+            share_mb = %mb(limit),
+            recommended_mb = %mb(needed),
+            "this role's memory_share is small for the lake engine: sorts may fail with 53200 instead of spilling (each of its {target_partitions} partitions keeps {} MB of merge headroom); raise memory_share or engine.memory_limit_mb",
+            mb(sort_spill_reservation_bytes)
+        );
     }
 }
 

@@ -245,10 +245,20 @@ impl Engine {
     fn runtime_for(&self, policy: &Policy) -> Result<Arc<RuntimeEnv>, String> {
         match &policy.memory {
             None => Ok(self.runtime.clone()),
-            Some(share) => RuntimeEnvBuilder::from_runtime_env(&self.runtime)
-                .with_memory_pool(self.memory.pool_for(Some(share)))
-                .build_arc()
-                .map_err(|e| format!("cannot set up the query runtime: {e}")),
+            Some(share) => {
+                let pool = self.memory.pool_for(Some(share));
+                let execution = &self.session_config.options().execution;
+                memory::warn_if_too_small(
+                    share,
+                    &pool,
+                    execution.target_partitions,
+                    execution.sort_spill_reservation_bytes,
+                );
+                RuntimeEnvBuilder::from_runtime_env(&self.runtime)
+                    .with_memory_pool(pool)
+                    .build_arc()
+                    .map_err(|e| format!("cannot set up the query runtime: {e}"))
+            }
         }
     }
 

@@ -395,21 +395,37 @@ mod tests {
         );
         let e = PgError::from(wrapped);
         assert_eq!(e.code, SqlState::OUT_OF_MEMORY);
-        assert!(e.message.contains("memory_limit_mb = 128 MB"), "{}", e.message);
+        assert!(
+            e.message.contains("memory_limit_mb = 128 MB"),
+            "{}",
+            e.message
+        );
         assert!(e.detail.as_deref().unwrap_or("").contains("HashJoinInput"));
         assert!(e.hint.is_some());
-        let other = PgError::from(DataFusionError::ResourcesExhausted("Memory Exhausted while spilling (DiskManager is disabled)".into()));
+        let other = PgError::from(DataFusionError::ResourcesExhausted(
+            "Memory Exhausted while spilling (DiskManager is disabled)".into(),
+        ));
         assert_eq!(other.code, SqlState::OUT_OF_MEMORY);
-        assert!(other.message.starts_with("out of memory: Memory Exhausted"), "{}", other.message);
+        assert!(
+            other.message.starts_with("out of memory: Memory Exhausted"),
+            "{}",
+            other.message
+        );
         let io = std::io::Error::other(
             "The used disk space during the spilling process has exceeded the allowable limit of 1024.0 KB. Please try increasing the config: `datafusion.runtime.max_temp_directory_size`.",
         );
         let spill = DataFusionError::ArrowError(
-            Box::new(datafusion::arrow::error::ArrowError::IoError(io.to_string(), io)),
+            Box::new(datafusion::arrow::error::ArrowError::IoError(
+                io.to_string(),
+                io,
+            )),
             None,
         );
         let e = PgError::from(DataFusionError::Context("spilling".into(), Box::new(spill)));
         assert_eq!(e.code, SqlState::CONFIGURATION_LIMIT_EXCEEDED);
-        assert_eq!(e.message, "temporary file size exceeds engine.spill_max_mb (1 MB)");
+        assert_eq!(
+            e.message,
+            "temporary file size exceeds engine.spill_max_mb (1 MB)"
+        );
     }
 }

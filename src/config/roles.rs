@@ -116,7 +116,9 @@ impl Config {
                 if !(1..=100).contains(&share) {
                     return Err(invalid(
                         format!("roles[{i}].memory_share"),
-                        format!("{share} is not a percentage of engine.memory_limit_mb from 1 to 100"),
+                        format!(
+                            "{share} is not a percentage of engine.memory_limit_mb from 1 to 100"
+                        ),
                     ));
                 }
                 if self.engine.unlimited_memory() {

@@ -104,8 +104,13 @@ fn memory_settings_are_checked_with_their_key() {
     let e = parse("[engine]\nmemory_limit_mb = 0\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("`engine.memory_limit_mb`") && e.contains("unlimited"), "{e}");
-    let e = parse("[engine]\nspill_max_mb = 0\n").unwrap_err().to_string();
+    assert!(
+        e.contains("`engine.memory_limit_mb`") && e.contains("unlimited"),
+        "{e}"
+    );
+    let e = parse("[engine]\nspill_max_mb = 0\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`engine.spill_max_mb`"), "{e}");
     let e = parse("[[roles]]\nname = \"a\"\nmemory_share = 0\n")
         .unwrap_err()
@@ -115,10 +120,15 @@ fn memory_settings_are_checked_with_their_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`roles[0].memory_share`"), "{e}");
-    let e = parse("[engine]\nmemory_limit_mb = \"unlimited\"\n[[roles]]\nname = \"a\"\nmemory_share = 20\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`roles[0].memory_share`") && e.contains("unlimited"), "{e}");
+    let e = parse(
+        "[engine]\nmemory_limit_mb = \"unlimited\"\n[[roles]]\nname = \"a\"\nmemory_share = 20\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`roles[0].memory_share`") && e.contains("unlimited"),
+        "{e}"
+    );
     let c = parse("[engine]\nmemory_limit_mb = 512\nspill_dir = \"spill\"\n[[roles]]\nname = \"a\"\nmemory_share = 20\n")
         .unwrap();
     assert_eq!(

@@ -174,13 +174,7 @@ impl LakeMemory {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|b| {
-                (
-                    b.role.clone(),
-                    b.used(),
-                    b.limit.load(Ordering::Relaxed),
-                )
-            })
+            .map(|b| (b.role.clone(), b.used(), b.limit.load(Ordering::Relaxed)))
             .collect();
         roles.sort();
         MemoryStats {
@@ -493,7 +487,10 @@ pub fn machine_memory(root: &Path) -> Option<(u64, &'static str)> {
     let total = read("proc/meminfo").and_then(|t| meminfo_total(&t));
     let cgroup = read("proc/self/cgroup").and_then(|t| {
         cgroup_max(&t, |dir| {
-            read(&format!("sys/fs/cgroup/{}/memory.max", dir.trim_matches('/')))
+            read(&format!(
+                "sys/fs/cgroup/{}/memory.max",
+                dir.trim_matches('/')
+            ))
         })
     });
     match (total, cgroup) {
@@ -589,7 +586,10 @@ mod tests {
         );
         // A refusal takes nothing; the reservation keeps what it had.
         assert_eq!(rb.size(), 5 * MB);
-        assert_eq!(memory.stats().roles, vec![("analyst".into(), 25 * MB, 25 * MB)]);
+        assert_eq!(
+            memory.stats().roles,
+            vec![("analyst".into(), 25 * MB, 25 * MB)]
+        );
         assert_eq!(memory.stats().reserved, 25 * MB);
         // Shrinking gives back to the role and the global pool.
         ra.shrink(10 * MB);
@@ -614,7 +614,8 @@ mod tests {
         let f = reservation(&finance, "f", false);
         let p = reservation(&plain, "p", false);
         s.try_grow(60 * MB).expect("sales' share");
-        f.try_grow(30 * MB).expect("finance, within the global limit");
+        f.try_grow(30 * MB)
+            .expect("finance, within the global limit");
         let e = f.try_grow(20 * MB).expect_err("global limit");
         let text = e.to_string();
         assert!(
@@ -622,10 +623,13 @@ mod tests {
             "{text}"
         );
         // The refused role gets its bytes back: it still may take its last 10 MB.
-        assert_eq!(memory.stats().roles, vec![
-            ("finance".into(), 30 * MB, 60 * MB),
-            ("sales".into(), 60 * MB, 60 * MB),
-        ]);
+        assert_eq!(
+            memory.stats().roles,
+            vec![
+                ("finance".into(), 30 * MB, 60 * MB),
+                ("sales".into(), 60 * MB, 60 * MB),
+            ]
+        );
         p.try_grow(10 * MB).expect("the last 10 MB");
         assert!(p.try_grow(1).is_err());
         assert_eq!(memory.stats().reserved, 100 * MB);
@@ -694,7 +698,12 @@ mod tests {
         }
         let stats = memory.stats();
         assert_eq!(stats.reserved, 0);
-        assert!(stats.roles.iter().all(|(_, used, limit)| *used == 0 && *limit == 100 * MB));
+        assert!(
+            stats
+                .roles
+                .iter()
+                .all(|(_, used, limit)| *used == 0 && *limit == 100 * MB)
+        );
     }
 
     #[test]
@@ -761,8 +770,15 @@ mod tests {
             cgroup_max("0::/system.slice/sluice.service\n", tree),
             Some(4 << 30)
         );
-        assert_eq!(cgroup_max("0::/\n", |p| (p.is_empty()).then(|| "1073741824".into())), Some(1 << 30));
-        assert_eq!(cgroup_max("1:memory:/x\n", tree), None, "cgroup v1 is not read");
+        assert_eq!(
+            cgroup_max("0::/\n", |p| (p.is_empty()).then(|| "1073741824".into())),
+            Some(1 << 30)
+        );
+        assert_eq!(
+            cgroup_max("1:memory:/x\n", tree),
+            None,
+            "cgroup v1 is not read"
+        );
         assert_eq!(cgroup_max("0::/other\n", |_| Some("max".into())), None);
 
         let dir = tempfile::tempdir().expect("tempdir");

@@ -6,10 +6,13 @@
 //! one disk manager (`engine.spill_dir`, at most `engine.spill_max_mb`).
 //!
 //! A role with a `memory_share` gets a [`LakePool`] of its own in the runtime of
-//! every policy context that counts against it: a byte counter shared by all those
+//! every policy context that counts against it: one budget shared by all those
 //! contexts (all sessions acting under the role), checked before the global pool is
-//! asked. Operators that can spill see the refusal of either as "spill now"; the
-//! rest fail the statement with 53200 and a message naming the limit.
+//! asked, and divided between operators that can spill the way `FairSpillPool`
+//! divides the whole (with `memory_pool = "fair"`). Operators that can spill see
+//! the refusal of either as "spill now"; the rest fail the statement with 53200 and
+//! a message naming the limit (`error::from_datafusion` keeps its first line as the
+//! message and the rest as the detail).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -44,6 +44,7 @@ impl SqlState {
     pub const GROUPING_ERROR: SqlState = SqlState("42803");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
@@ -166,6 +167,19 @@ pub fn from_datafusion(e: &DataFusionError) -> PgError {
     {
         return pg.clone();
     }
+    if let Some(limit) = spill_limit(e) {
+        return PgError::new(
+            SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+            format!("temporary file size exceeds engine.spill_max_mb ({limit})"),
+        )
+        .with_hint(
+            "The spill files of all running lake statements together are limited by engine.spill_max_mb. \
+             Read fewer rows or columns, retry when fewer large statements run, or ask an administrator to raise the limit.",
+        );
+    }
+    if let DataFusionError::ResourcesExhausted(m) = root {
+        return out_of_memory(m);
+    }
     let message = strip_prefixes(&root.to_string());
     if let Some(name) = missing_table(&message) {
         return PgError::new(
@@ -223,6 +237,66 @@ pub fn from_datafusion(e: &DataFusionError) -> PgError {
         return PgError::new(code, "division by zero");
     }
     PgError::new(code, message)
+}
+
+/// DataFusion's refusal of a spill write past the disk manager's limit (an I/O
+/// error, wrapped differently by each writer): the limit as it printed it.
+fn spill_limit(e: &DataFusionError) -> Option<String> {
+    const MARK: &str = "during the spilling process has exceeded the allowable limit of ";
+    let text = e.to_string();
+    let rest = &text[text.find(MARK)? + MARK.len()..];
+    let end = rest.find(". ").unwrap_or(rest.len());
+    let printed = rest[..end].trim();
+    // DataFusion prints 1024-based sizes ("1024.0 KB", "100.0 GB"); the key is in MB.
+    let mb = printed.split_once(' ').and_then(|(n, unit)| {
+        let n: f64 = n.parse().ok()?;
+        let scale = match unit {
+            "B" => 1.0 / 1024.0 / 1024.0,
+            "KB" => 1.0 / 1024.0,
+            "MB" => 1.0,
+            "GB" => 1024.0,
+            "TB" => 1024.0 * 1024.0,
+            "PB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(n * scale)
+    });
+    Some(match mb {
+        Some(v) if (v - v.round()).abs() < 0.05 => format!("{} MB", v.round() as u64),
+        Some(v) => format!("{v:.1} MB"),
+        None => printed.to_owned(),
+    })
+}
+
+/// 53200, from a memory pool's refusal. Sluice's pool (`engine::memory`) puts the
+/// sentence naming the limit on the first line and what was asked for (and the top
+/// consumers) after it: that becomes the detail.
+fn out_of_memory(message: &str) -> PgError {
+    let message = strip_prefixes_keep_lines(message);
+    let (first, rest) = message.split_once('\n').unwrap_or((&message, ""));
+    let first = if first.starts_with("out of memory") {
+        first.to_owned()
+    } else {
+        format!("out of memory: {first}")
+    };
+    let mut e = PgError::new(SqlState::OUT_OF_MEMORY, first).with_hint(
+        "The statement could not spill enough to disk to fit (hash joins and some aggregates cannot spill). \
+         Read fewer rows or columns, filter or aggregate before joining, put the smaller table on the join's build side, \
+         or ask an administrator to raise the role's memory_share or engine.memory_limit_mb.",
+    );
+    let rest = rest.trim();
+    if !rest.is_empty() {
+        e = e.with_detail(truncate(rest, 2000).to_owned());
+    }
+    e
+}
+
+fn strip_prefixes_keep_lines(s: &str) -> String {
+    let mut s = s.trim();
+    while let Some(rest) = s.strip_prefix("Resources exhausted: ") {
+        s = rest;
+    }
+    s.to_owned()
 }
 
 /// `table 'catalog.schema.name' not found` → the name as a user would write it.
@@ -307,6 +381,51 @@ mod tests {
             !e.message.starts_with("Error during planning"),
             "{}",
             e.message
+        );
+    }
+
+    #[test]
+    fn memory_and_spill_limits_name_the_key() {
+        let pool = DataFusionError::ResourcesExhausted(
+            "out of memory: role \"analyst\" may hold 32 MB of lake query memory (25% of engine.memory_limit_mb = 128 MB)\nHashJoinInput asked for 2 MB more".into(),
+        );
+        let wrapped = DataFusionError::Context(
+            "Not enough memory".into(),
+            Box::new(DataFusionError::Shared(std::sync::Arc::new(pool))),
+        );
+        let e = PgError::from(wrapped);
+        assert_eq!(e.code, SqlState::OUT_OF_MEMORY);
+        assert!(
+            e.message.contains("memory_limit_mb = 128 MB"),
+            "{}",
+            e.message
+        );
+        assert!(e.detail.as_deref().unwrap_or("").contains("HashJoinInput"));
+        assert!(e.hint.is_some());
+        let other = PgError::from(DataFusionError::ResourcesExhausted(
+            "Memory Exhausted while spilling (DiskManager is disabled)".into(),
+        ));
+        assert_eq!(other.code, SqlState::OUT_OF_MEMORY);
+        assert!(
+            other.message.starts_with("out of memory: Memory Exhausted"),
+            "{}",
+            other.message
+        );
+        let io = std::io::Error::other(
+            "The used disk space during the spilling process has exceeded the allowable limit of 1024.0 KB. Please try increasing the config: `datafusion.runtime.max_temp_directory_size`.",
+        );
+        let spill = DataFusionError::ArrowError(
+            Box::new(datafusion::arrow::error::ArrowError::IoError(
+                io.to_string(),
+                io,
+            )),
+            None,
+        );
+        let e = PgError::from(DataFusionError::Context("spilling".into(), Box::new(spill)));
+        assert_eq!(e.code, SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+        assert_eq!(
+            e.message,
+            "temporary file size exceeds engine.spill_max_mb (1 MB)"
         );
     }
 }

@@ -24,6 +24,17 @@ pub struct Policy {
     pub result_cache_ttl_secs: Option<u64>,
     /// May create, refresh and drop gateway materialized views.
     pub manage_materialized_views: bool,
+    /// The role whose memory share the session's lake statements count against
+    /// (the most generous of its roles); `None`: only `engine.memory_limit_mb`.
+    pub memory: Option<MemoryShare>,
+}
+
+/// A role's share of the lake engine's memory: every session acting under `role`
+/// counts against one budget of `percent` % of `engine.memory_limit_mb`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemoryShare {
+    pub role: String,
+    pub percent: u8,
 }
 
 impl Policy {
@@ -35,6 +46,8 @@ impl Policy {
         let mut policy = Policy::default();
         let mut limits = Vec::new();
         let mut unlimited_reader = false;
+        let mut shares: Vec<MemoryShare> = Vec::new();
+        let mut unshared_reader = false;
         while let Some(name) = stack.pop() {
             if !seen.insert(name.to_owned()) {
                 continue;
@@ -54,6 +67,14 @@ impl Policy {
                 policy.result_cache_ttl_secs =
                     Some(policy.result_cache_ttl_secs.map_or(ttl, |t| t.min(ttl)));
             }
+            match role.memory_share {
+                Some(p) => shares.push(MemoryShare {
+                    role: role.name.clone(),
+                    percent: p.clamp(1, 100) as u8,
+                }),
+                None if !role.read.is_empty() => unshared_reader = true,
+                None => {}
+            }
             match role.row_limit {
                 Some(l) => limits.push(l),
                 None if !role.read.is_empty() => unlimited_reader = true,
@@ -66,6 +87,16 @@ impl Policy {
             None
         } else {
             limits.into_iter().max()
+        };
+        // Memory too: the most generous share (ties: the first role name, so the
+        // same roles always count against the same budget); 100 % is no share.
+        policy.memory = if unshared_reader {
+            None
+        } else {
+            shares
+                .into_iter()
+                .min_by(|a, b| b.percent.cmp(&a.percent).then(a.role.cmp(&b.role)))
+                .filter(|s| s.percent < 100)
         };
         policy
     }
@@ -116,6 +147,7 @@ mod tests {
             idle_in_transaction_session_timeout_secs: None,
             max_session_age_secs: None,
             max_connections: None,
+            memory_share: None,
         }
     }
 
@@ -146,5 +178,40 @@ mod tests {
         assert!(!base.can_read("nyc", "zones"));
         assert!(!base.may_read_in("nyc"));
         assert!(Policy::all().can_read("x", "y"));
+    }
+
+    #[test]
+    fn the_most_generous_memory_share_applies() {
+        let share = |name: &str, read: &[&str], includes: &[&str], share: Option<u64>| RoleConfig {
+            memory_share: share,
+            ..role(name, read, includes, None)
+        };
+        let defined = vec![
+            share("small", &["nyc.*"], &[], Some(10)),
+            share("medium", &["sales.*"], &[], Some(40)),
+            share("other40", &["x.*"], &[], Some(40)),
+            share("free", &["nyc.*"], &[], None),
+            share("nothing", &[], &[], None),
+            share("includes_free", &[], &["free"], Some(20)),
+            share("full", &[], &[], Some(100)),
+        ];
+        let of = |roles: &[&str]| {
+            Policy::resolve(
+                &roles.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &defined,
+            )
+            .memory
+            .map(|m| (m.role, m.percent))
+        };
+        assert_eq!(of(&["small"]), Some(("small".into(), 10)));
+        assert_eq!(of(&["small", "medium"]), Some(("medium".into(), 40)));
+        assert_eq!(of(&["other40", "medium"]), Some(("medium".into(), 40)));
+        // A role granting reads without a share, directly or included, lifts it.
+        assert_eq!(of(&["small", "free"]), None);
+        assert_eq!(of(&["includes_free"]), None);
+        // A role that reads nothing and sets nothing does not.
+        assert_eq!(of(&["small", "nothing"]), Some(("small".into(), 10)));
+        assert_eq!(of(&["small", "full"]), None);
+        assert_eq!(of(&["nothing"]), None);
     }
 }

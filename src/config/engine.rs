@@ -1,4 +1,7 @@
-//! `[engine]`: what sessions may change of the lake engine (DataFusion).
+//! `[engine]`: the lake engine's (DataFusion's) memory, spilling, and what sessions
+//! may change of it.
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -12,15 +15,73 @@ pub struct EngineConfig {
     /// `datafusion.*` setting names, `*` wildcards (`datafusion.explain.*`).
     #[serde(default = "default_user_settable")]
     pub user_settable: Vec<String>,
+    /// The memory all lake queries together may hold, in MiB (DataFusion's memory
+    /// pool): a number, or `"unlimited"`. Default: half of the machine's memory (or
+    /// of the cgroup's `memory.max`, when lower), decided at start-up.
+    pub memory_limit_mb: Option<MemoryLimit>,
+    /// How the limit is shared between a statement's operators.
+    #[serde(default)]
+    pub memory_pool: PoolKind,
+    /// Where sorts, aggregates and joins that can spill write their temporary files
+    /// (created at start). Default: `sluice-spill` under the OS temp directory.
+    pub spill_dir: Option<PathBuf>,
+    /// The most the spill files of all statements together may take on disk, in MiB;
+    /// past it a statement fails with 53400.
+    #[serde(default = "default_spill_max_mb")]
+    pub spill_max_mb: u64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             user_settable: default_user_settable(),
+            memory_limit_mb: None,
+            memory_pool: PoolKind::default(),
+            spill_dir: None,
+            spill_max_mb: default_spill_max_mb(),
         }
     }
 }
+
+/// `engine.memory_limit_mb`: MiB, or the word `unlimited`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum MemoryLimit {
+    Mb(u64),
+    Word(String),
+}
+
+impl MemoryLimit {
+    /// MiB, or `None` for no limit (checked by `validate`).
+    pub fn mb(&self) -> Option<u64> {
+        match self {
+            MemoryLimit::Mb(mb) => Some(*mb),
+            MemoryLimit::Word(_) => None,
+        }
+    }
+}
+
+/// `engine.memory_pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// DataFusion's `FairSpillPool`: operators that can spill share what the others
+    /// leave equally, so one big sort cannot starve the rest (the default).
+    #[default]
+    Fair,
+    /// DataFusion's `GreedyMemoryPool`: first come, first served.
+    Greedy,
+}
+
+/// DataFusion's own default (100 GiB).
+const DEFAULT_SPILL_MAX_MB: u64 = 100 * 1024;
+
+fn default_spill_max_mb() -> u64 {
+    DEFAULT_SPILL_MAX_MB
+}
+
+/// The most `memory_limit_mb` may say (1 PiB): beyond it the number is a typo.
+const MAX_MB: u64 = 1 << 30;
 
 /// Display-only options: EXPLAIN's output and the formatting of values.
 pub const DEFAULT_USER_SETTABLE: &[&str] = &["datafusion.explain.*", "datafusion.format.*"];
@@ -40,7 +101,53 @@ impl EngineConfig {
             .any(|p| super::values::glob(&p.to_lowercase(), name))
     }
 
+    /// Whether `memory_limit_mb = "unlimited"` was written.
+    pub fn unlimited_memory(&self) -> bool {
+        matches!(self.memory_limit_mb, Some(MemoryLimit::Word(_)))
+    }
+
+    /// The spill directory as configured (relative paths: to the config file), or
+    /// `sluice-spill` under the OS temp directory.
+    pub fn spill_dir(&self, resolve: impl Fn(&std::path::Path) -> PathBuf) -> PathBuf {
+        match &self.spill_dir {
+            Some(p) => resolve(p),
+            None => std::env::temp_dir().join("sluice-spill"),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        match &self.memory_limit_mb {
+            Some(MemoryLimit::Word(w)) if !w.eq_ignore_ascii_case("unlimited") => {
+                return Err((
+                    "memory_limit_mb".into(),
+                    format!("`{w}` is neither a number of MiB nor \"unlimited\""),
+                ));
+            }
+            Some(MemoryLimit::Mb(0)) => {
+                return Err((
+                    "memory_limit_mb".into(),
+                    "must be at least 1 (write \"unlimited\" for no limit; omit it for half of the machine's memory)".into(),
+                ));
+            }
+            Some(MemoryLimit::Mb(mb)) if *mb > MAX_MB => {
+                return Err((
+                    "memory_limit_mb".into(),
+                    format!("{mb} MiB is more than any machine has (at most {MAX_MB})"),
+                ));
+            }
+            _ => {}
+        }
+        if self.spill_max_mb == 0 || self.spill_max_mb > MAX_MB {
+            return Err((
+                "spill_max_mb".into(),
+                format!("must be from 1 to {MAX_MB} MiB"),
+            ));
+        }
+        if let Some(dir) = &self.spill_dir
+            && dir.as_os_str().is_empty()
+        {
+            return Err(("spill_dir".into(), "must not be empty".into()));
+        }
         for (i, p) in self.user_settable.iter().enumerate() {
             if !p.to_lowercase().starts_with("datafusion.") {
                 return Err((
@@ -72,10 +179,44 @@ mod tests {
         }
         assert!(
             EngineConfig {
-                user_settable: vec!["sluice.x".into()]
+                user_settable: vec!["sluice.x".into()],
+                ..EngineConfig::default()
             }
             .validate()
             .is_err()
         );
+    }
+
+    fn engine(toml: &str) -> Result<EngineConfig, String> {
+        let c: EngineConfig = toml::from_str(toml).map_err(|e| e.to_string())?;
+        c.validate().map_err(|(k, m)| format!("{k}: {m}"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn memory_keys_parse_and_validate() {
+        let c = engine("").expect("defaults");
+        assert_eq!(c.memory_limit_mb, None);
+        assert_eq!(c.memory_pool, PoolKind::Fair);
+        assert_eq!(c.spill_max_mb, 100 * 1024);
+        let c = engine("memory_limit_mb = 512\nmemory_pool = \"greedy\"\nspill_max_mb = 10")
+            .expect("valid");
+        assert_eq!(c.memory_limit_mb.and_then(|m| m.mb()), Some(512));
+        assert_eq!(c.memory_pool, PoolKind::Greedy);
+        let c = engine("memory_limit_mb = \"Unlimited\"").expect("valid");
+        assert!(c.unlimited_memory());
+        for (bad, key) in [
+            ("memory_limit_mb = 0", "memory_limit_mb"),
+            ("memory_limit_mb = \"lots\"", "memory_limit_mb"),
+            ("spill_max_mb = 0", "spill_max_mb"),
+            ("spill_dir = \"\"", "spill_dir"),
+        ] {
+            let e = engine(bad).expect_err(bad);
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
+        assert!(engine("memory_pool = \"lifo\"").is_err());
+        assert!(engine("memory_limit_mb = -1").is_err());
+        let dir = EngineConfig::default().spill_dir(|p| p.to_owned());
+        assert!(dir.ends_with("sluice-spill"), "{}", dir.display());
     }
 }

@@ -21,7 +21,7 @@ pub use audit::{
 };
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
-pub use engine::EngineConfig;
+pub use engine::{EngineConfig, MemoryLimit, PoolKind};
 pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
 pub use lake::{GlueLakeConfig, S3Config};
 pub use ldap::LdapConfig;

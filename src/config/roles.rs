@@ -62,6 +62,12 @@ pub struct RoleConfig {
     pub max_session_age_secs: Option<u64>,
     /// Most concurrent sessions holding this role directly (53300 past it).
     pub max_connections: Option<usize>,
+    /// The percentage of `engine.memory_limit_mb` the lake statements of all
+    /// sessions acting under this role may hold together (1–100; default 100). A
+    /// session with several roles gets the most generous share among them and the
+    /// roles they include; a role that reads lake tables and sets no share counts
+    /// as 100.
+    pub memory_share: Option<u64>,
 }
 
 /// One ordered `[[role_mapping]]` rule: every condition given must hold; the first
@@ -105,6 +111,22 @@ impl Config {
                     format!("roles[{i}].max_connections"),
                     "must be at least 1 (omit it for no limit)".into(),
                 ));
+            }
+            if let Some(share) = r.memory_share {
+                if !(1..=100).contains(&share) {
+                    return Err(invalid(
+                        format!("roles[{i}].memory_share"),
+                        format!(
+                            "{share} is not a percentage of engine.memory_limit_mb from 1 to 100"
+                        ),
+                    ));
+                }
+                if self.engine.unlimited_memory() {
+                    return Err(invalid(
+                        format!("roles[{i}].memory_share"),
+                        "is a share of engine.memory_limit_mb, which is \"unlimited\": set a limit, or drop the share".into(),
+                    ));
+                }
             }
             if r.row_limit == Some(0) {
                 return Err(invalid(

@@ -100,6 +100,45 @@ fn roles_are_checked() {
 }
 
 #[test]
+fn memory_settings_are_checked_with_their_key() {
+    let e = parse("[engine]\nmemory_limit_mb = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`engine.memory_limit_mb`") && e.contains("unlimited"),
+        "{e}"
+    );
+    let e = parse("[engine]\nspill_max_mb = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`engine.spill_max_mb`"), "{e}");
+    let e = parse("[[roles]]\nname = \"a\"\nmemory_share = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`roles[0].memory_share`"), "{e}");
+    let e = parse("[[roles]]\nname = \"a\"\nmemory_share = 101\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`roles[0].memory_share`"), "{e}");
+    let e = parse(
+        "[engine]\nmemory_limit_mb = \"unlimited\"\n[[roles]]\nname = \"a\"\nmemory_share = 20\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`roles[0].memory_share`") && e.contains("unlimited"),
+        "{e}"
+    );
+    let c = parse("[engine]\nmemory_limit_mb = 512\nspill_dir = \"spill\"\n[[roles]]\nname = \"a\"\nmemory_share = 20\n")
+        .unwrap();
+    assert_eq!(
+        c.engine.spill_dir(|p| c.resolve(p)),
+        PathBuf::from("/etc/sluice/spill")
+    );
+    assert_eq!(c.roles[0].memory_share, Some(20));
+}
+
+#[test]
 fn relative_paths_resolve_against_config_dir() {
     let c = parse("").unwrap();
     assert_eq!(
@@ -196,6 +235,28 @@ fn the_shipped_audit_example_is_valid() {
     let c = parse(&example.join("\n")).unwrap();
     let audit = c.audit.unwrap();
     assert!(audit.file.is_some() && audit.stdout.is_some() && audit.s3.is_some());
+}
+
+#[test]
+fn the_shipped_engine_example_is_valid_with_its_commented_parts() {
+    let shipped = include_str!("../../conf/sluice.toml");
+    let example: Vec<&str> = shipped
+        .lines()
+        .skip_while(|l| !l.starts_with("[engine]"))
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| !l.starts_with("# Memory") && !l.starts_with("# joins"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    let c = parse(&example.join("\n")).unwrap();
+    assert_eq!(
+        c.engine.memory_limit_mb.as_ref().and_then(|m| m.mb()),
+        Some(2048)
+    );
+    assert_eq!(c.engine.spill_max_mb, 102400);
+    assert_eq!(
+        c.engine.spill_dir(|p| c.resolve(p)),
+        PathBuf::from("/etc/sluice/spill")
+    );
 }
 
 #[test]

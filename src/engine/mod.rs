@@ -8,6 +8,7 @@
 
 mod execute;
 mod federated;
+pub mod memory;
 pub use execute::PhysicalQuery;
 pub use federated::RemoteTables;
 pub mod params;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
@@ -90,8 +92,12 @@ pub struct Engine {
     cpu: CpuRuntime,
     database: String,
     parser: PostgresCompatibilityParser,
-    /// Object stores (local disk, S3 buckets) shared by every context.
+    /// Object stores (local disk, S3 buckets), caches and the spill disk manager,
+    /// shared by every context; contexts of a role with a memory share get a copy
+    /// with that role's pool.
     runtime: Arc<RuntimeEnv>,
+    /// The lake queries' memory pool and the roles' budgets.
+    memory: Arc<memory::LakeMemory>,
     glue: Option<Arc<lake::glue::GlueCatalog>>,
     /// Moves when gateway view schemas or views appear or go.
     local_generation: std::sync::atomic::AtomicU64,
@@ -125,7 +131,8 @@ impl Engine {
             }
             None => None,
         };
-        let runtime = lake_runtime(config, aws.as_ref())?;
+        let memory = Arc::new(memory::LakeMemory::from_config(config));
+        let runtime = lake_runtime(config, aws.as_ref(), &memory)?;
         let loader = SessionContext::new_with_config_rt(session_config.clone(), runtime.clone());
         let lake = Arc::new(MemoryCatalogProvider::new());
         lake.register_schema("public", Arc::new(MemorySchemaProvider::new()))
@@ -179,6 +186,7 @@ impl Engine {
             database,
             parser: PostgresCompatibilityParser::new(),
             runtime,
+            memory,
             glue,
             local_generation: std::sync::atomic::AtomicU64::new(0),
             matviews: Arc::new(std::sync::RwLock::new(Vec::new())),
@@ -203,8 +211,10 @@ impl Engine {
             return Ok(ctx);
         }
         let internal = |e: String| PgError::new(SqlState::INTERNAL_ERROR, e);
-        let ctx =
-            SessionContext::new_with_config_rt(self.session_config.clone(), self.runtime.clone());
+        let ctx = SessionContext::new_with_config_rt(
+            self.session_config.clone(),
+            self.runtime_for(policy).map_err(internal)?,
+        );
         let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));
         if let Some(tables) = self.system.get() {
             system::install(&view, tables.as_ref(), &Arc::new(policy.clone())).map_err(internal)?;
@@ -227,6 +237,34 @@ impl Engine {
             return Ok(m.entry(policy.clone()).or_insert(ctx).clone());
         }
         Ok(ctx)
+    }
+
+    /// The runtime a policy's context runs in: the shared one, or, when its roles
+    /// have a memory share, a copy reserving through that role's budget (object
+    /// stores, caches and the spill disk manager stay shared).
+    fn runtime_for(&self, policy: &Policy) -> Result<Arc<RuntimeEnv>, String> {
+        match &policy.memory {
+            None => Ok(self.runtime.clone()),
+            Some(share) => {
+                let pool = self.memory.pool_for(Some(share));
+                let execution = &self.session_config.options().execution;
+                memory::warn_if_too_small(
+                    share,
+                    &pool,
+                    execution.target_partitions,
+                    execution.sort_spill_reservation_bytes,
+                );
+                RuntimeEnvBuilder::from_runtime_env(&self.runtime)
+                    .with_memory_pool(pool)
+                    .build_arc()
+                    .map_err(|e| format!("cannot set up the query runtime: {e}"))
+            }
+        }
+    }
+
+    /// The lake queries' memory (pool, role budgets), for the metrics.
+    pub fn memory(&self) -> &memory::LakeMemory {
+        &self.memory
     }
 
     /// Changes whenever the set of lake schemas or gateway views may have changed
@@ -467,6 +505,7 @@ impl Engine {
 fn lake_runtime(
     config: &Config,
     aws: Option<&aws_config::SdkConfig>,
+    memory: &memory::LakeMemory,
 ) -> Result<Arc<RuntimeEnv>, String> {
     let s3 = match (&config.lake.glue, aws) {
         (Some(glue), Some(sdk)) => {
@@ -483,10 +522,32 @@ fn lake_runtime(
         }
         _ => None,
     };
+    // Spill files go under the spill directory, in a `datafusion-*` directory of
+    // this process's own (removed when the engine goes).
+    let spill_dir = config.engine.spill_dir(|p| config.resolve(p));
+    std::fs::create_dir_all(&spill_dir).map_err(|e| {
+        format!(
+            "engine.spill_dir: cannot create {}: {e}",
+            spill_dir.display()
+        )
+    })?;
+    let spill_max = config.engine.spill_max_mb.saturating_mul(1024 * 1024);
+    tracing::info!(spill_dir = %spill_dir.display(), spill_max_mb = config.engine.spill_max_mb, "lake query spill directory");
     RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(lake::stores::LakeStores::new(s3)))
+        .with_memory_pool(memory.unshared())
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![spill_dir.clone()]))
+                .with_max_temp_directory_size(spill_max),
+        )
         .build_arc()
-        .map_err(|e| format!("cannot set up the query runtime: {e}"))
+        .map_err(|e| {
+            format!(
+                "cannot set up the query runtime (engine.spill_dir {}): {e}",
+                spill_dir.display()
+            )
+        })
 }
 
 /// The first schema on the search path that exists, like PostgreSQL.

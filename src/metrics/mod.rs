@@ -78,6 +78,14 @@ pub struct Metrics {
     pub workload_running: IntGaugeVec,
     pub workload_waiting: IntGaugeVec,
     pub workload_slots: IntGaugeVec,
+    // Lake query memory and spilling (set at scrape).
+    pub lake_memory_limit: IntGauge,
+    pub lake_memory_reserved: IntGauge,
+    pub lake_memory_role_reserved: IntGaugeVec,
+    pub lake_memory_role_limit: IntGaugeVec,
+    pub lake_spill_bytes: IntGauge,
+    pub lake_spill_limit: IntGauge,
+    pub lake_spill_files: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -368,6 +376,43 @@ impl Metrics {
                 "sluice_workload_queue_slots",
                 "Slots of each queue (-1: unlimited).",
                 &["queue"],
+            ),
+            lake_memory_limit: gauge(
+                &r,
+                "sluice_lake_memory_limit_bytes",
+                "The memory all lake queries together may hold (engine.memory_limit_mb; -1: unlimited).",
+            ),
+            lake_memory_reserved: gauge(
+                &r,
+                "sluice_lake_memory_reserved_bytes",
+                "Memory lake query operators hold now (DataFusion's memory pool).",
+            ),
+            lake_memory_role_reserved: gauge_vec(
+                &r,
+                "sluice_lake_memory_role_reserved_bytes",
+                "Memory held now by the lake queries of sessions acting under a role with a memory_share.",
+                &["role"],
+            ),
+            lake_memory_role_limit: gauge_vec(
+                &r,
+                "sluice_lake_memory_role_limit_bytes",
+                "A role's memory_share of engine.memory_limit_mb, in bytes.",
+                &["role"],
+            ),
+            lake_spill_bytes: gauge(
+                &r,
+                "sluice_lake_spill_bytes",
+                "Bytes in lake query spill files now (engine.spill_dir).",
+            ),
+            lake_spill_limit: gauge(
+                &r,
+                "sluice_lake_spill_limit_bytes",
+                "The most spill files may hold together (engine.spill_max_mb).",
+            ),
+            lake_spill_files: gauge(
+                &r,
+                "sluice_lake_spill_files",
+                "Lake query spill files open now.",
             ),
             registry: r,
         }

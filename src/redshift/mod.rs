@@ -401,6 +401,7 @@ mod tests {
             idle_in_transaction_session_timeout_secs: None,
             max_session_age_secs: None,
             max_connections: None,
+            memory_share: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod lake_answers;
 #[path = "../support/lake_queries.rs"]
 mod lake_queries;
 mod ldap;
+mod memory;
 #[path = "../support/moto.rs"]
 mod moto;
 #[path = "../support/nyc_lake.rs"]

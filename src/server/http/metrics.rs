@@ -49,6 +49,7 @@ pub(super) fn scrape(shared: &Shared) -> Response<Body> {
             m.workload_slots.with_label_values(&name).set(slots);
         }
     }
+    lake_memory(&shared.engine);
     if let Some(audit) = &shared.observer.audit {
         m.audit_pending.set(audit.stats().pending as i64);
     }
@@ -57,4 +58,27 @@ pub(super) fn scrape(shared: &Shared) -> Response<Body> {
         "text/plain; version=0.0.4; charset=utf-8",
         m.render(),
     )
+}
+
+/// The lake engine's memory pool, role budgets and spill directory.
+fn lake_memory(engine: &crate::engine::Engine) {
+    let m = metrics();
+    let memory = engine.memory().stats();
+    m.lake_memory_limit
+        .set(memory.limit.map_or(-1, |l| l as i64));
+    m.lake_memory_reserved.set(memory.reserved as i64);
+    for (role, used, limit) in &memory.roles {
+        m.lake_memory_role_reserved
+            .with_label_values(&[role])
+            .set(*used as i64);
+        m.lake_memory_role_limit
+            .with_label_values(&[role])
+            .set(*limit as i64);
+    }
+    let disk = &engine.runtime().disk_manager;
+    m.lake_spill_bytes.set(disk.used_disk_space() as i64);
+    m.lake_spill_limit
+        .set(disk.max_temp_directory_size() as i64);
+    m.lake_spill_files
+        .set(disk.spilling_progress().active_files_count as i64);
 }

@@ -21,6 +21,7 @@ fn role(name: &str, idle: Option<u64>, idle_tx: Option<u64>, includes: &[&str]) 
         idle_in_transaction_session_timeout_secs: idle_tx,
         max_session_age_secs: None,
         max_connections: None,
+        memory_share: None,
     }
 }
 

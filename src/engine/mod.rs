@@ -12,6 +12,7 @@ pub mod memory;
 pub use execute::PhysicalQuery;
 pub use federated::RemoteTables;
 pub mod params;
+pub mod partition_aggregate;
 pub mod pg_compat;
 pub mod session_vars;
 pub mod system;
@@ -211,10 +212,13 @@ impl Engine {
             return Ok(ctx);
         }
         let internal = |e: String| PgError::new(SqlState::INTERNAL_ERROR, e);
-        let ctx = SessionContext::new_with_config_rt(
-            self.session_config.clone(),
-            self.runtime_for(policy).map_err(internal)?,
-        );
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_config(self.session_config.clone())
+            .with_runtime_env(self.runtime_for(policy).map_err(internal)?)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(partition_aggregate::PartitionAggregateRule))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));
         if let Some(tables) = self.system.get() {
             system::install(&view, tables.as_ref(), &Arc::new(policy.clone())).map_err(internal)?;

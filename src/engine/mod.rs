@@ -12,9 +12,9 @@ pub mod memory;
 pub use execute::PhysicalQuery;
 pub use federated::RemoteTables;
 pub mod params;
-pub mod partition_aggregate;
 pub mod pg_compat;
 pub mod session_vars;
+pub mod shortcut_aggregate;
 pub mod system;
 pub mod visibility;
 
@@ -216,7 +216,7 @@ impl Engine {
             .with_config(self.session_config.clone())
             .with_runtime_env(self.runtime_for(policy).map_err(internal)?)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(partition_aggregate::PartitionAggregateRule))
+            .with_physical_optimizer_rules(shortcut_aggregate::physical_optimizer_rules())
             .build();
         let ctx = SessionContext::new_with_state(state);
         let view = visibility::PolicyCatalog::new(self.lake.clone(), Arc::new(policy.clone()));

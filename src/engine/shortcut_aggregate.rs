@@ -1,27 +1,34 @@
-//! Aggregates grouped only by Hive partition columns (`GROUP BY month` over
-//! `…/month=2024-03/…`), run the way DuckDB runs them: one ungrouped aggregate per
-//! partition value instead of a hash table probed once per row.
+//! Two shapes of partial aggregate that DataFusion runs with a hash table probed
+//! once per row, although their groups are known without hashing:
 //!
-//! A partition column has one value per file, and a file scan never mixes files in a
-//! batch, so each batch holds one run (or a few) of equal keys. The rule replaces
-//! DataFusion's partial `AggregateExec` over such a scan with
-//! [`PartitionAggregateExec`], which finds the runs in each batch (a linear compare of
-//! adjacent keys), feeds each run whole to that key's accumulators — vectorised
-//! `sum`/`count`/`avg` over the slice — and emits the same partial state the hash
-//! aggregate would, so DataFusion's final aggregate above is unchanged. The answer
-//! never depends on the runs being long: any batch is split correctly, only slower.
+//! - **By Hive partition columns** (`GROUP BY month` over `…/month=2024-03/…`), run
+//!   the way DuckDB runs them: a partition column has one value per file and a file
+//!   scan never mixes files in a batch, so each batch holds a run (or a few) of equal
+//!   keys. The runs are found by comparing adjacent keys, and each run is fed whole to
+//!   its key's accumulators (vectorised `sum`/`count`/`avg` over a slice).
+//! - **By a `CASE` of literals** (`CASE WHEN r < 0.05 THEN 'low' … ELSE 'high' END`,
+//!   the brief's tip buckets): each row's group is the branch it takes. The WHENs are
+//!   evaluated as `CASE` does, each only on the rows no earlier WHEN took, and each
+//!   branch's rows are fed to that literal's accumulators, without building the
+//!   strings at all.
 //!
-//! Applies when: the aggregate is `Partial`, a plain `GROUP BY` (no grouping sets) of
-//! columns that trace back through projections, filters and repartitions to the
-//! partition columns of a file scan, with no `FILTER`, `DISTINCT` or ordered aggregates
-//! and no group limit. Measured in README ("The lake engine's speed").
+//! [`ShortcutAggregateExec`] emits the same partial state the hash aggregate would,
+//! so DataFusion's final aggregate above is unchanged, and the answer never depends
+//! on the shortcut paying off (any batch is split correctly, only more slowly).
+//!
+//! Applies to `Partial` aggregates with a plain `GROUP BY` (no grouping sets), no
+//! `FILTER`, `DISTINCT` or ordered aggregates and no group limit; the partition shape
+//! when every key traces back through projections, filters and repartitions to a file
+//! scan's partition columns, the CASE shape when the one key is a projection's CASE
+//! whose results are all literals. Measured in README ("The lake engine's speed").
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{cast, partition};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, filter_record_batch, partition, prep_null_mask_filter};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue};
@@ -34,7 +41,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::expressions::{CaseExpr, Column, Literal};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -46,11 +53,24 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-/// The physical optimizer rule; runs after DataFusion's own.
+/// The physical optimizer rule.
 #[derive(Debug, Default)]
-pub struct PartitionAggregateRule;
+pub struct ShortcutAggregateRule;
 
-impl PhysicalOptimizerRule for PartitionAggregateRule {
+/// DataFusion's physical optimizer rules with [`ShortcutAggregateRule`] placed before
+/// the first projection pushdown: after that, a CASE computed for the aggregate may
+/// have moved into the file scan, out of the rule's sight.
+pub fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "ProjectionPushdown")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(ShortcutAggregateRule));
+    rules
+}
+
+impl PhysicalOptimizerRule for ShortcutAggregateRule {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
@@ -60,7 +80,7 @@ impl PhysicalOptimizerRule for PartitionAggregateRule {
             let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
-            Ok(match PartitionAggregateExec::replacing(aggregate) {
+            Ok(match ShortcutAggregateExec::replacing(aggregate) {
                 Some(exec) => Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>),
                 None => Transformed::no(node),
             })
@@ -69,7 +89,7 @@ impl PhysicalOptimizerRule for PartitionAggregateRule {
     }
 
     fn name(&self) -> &str {
-        "sluice_partition_aggregate"
+        "sluice_shortcut_aggregate"
     }
 
     fn schema_check(&self) -> bool {
@@ -120,18 +140,18 @@ fn is_partition_column(plan: &Arc<dyn ExecutionPlan>, index: usize) -> bool {
 
 /// A partial aggregate by partition columns: see the module comment.
 #[derive(Debug)]
-pub struct PartitionAggregateExec {
+pub struct ShortcutAggregateExec {
     input: Arc<dyn ExecutionPlan>,
-    group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    keys: Keys,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     /// The replaced aggregate's: same schema, partitioning and ordering guarantees.
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl PartitionAggregateExec {
+impl ShortcutAggregateExec {
     /// The replacement for `aggregate`, when it qualifies (module comment).
-    pub fn replacing(aggregate: &AggregateExec) -> Option<PartitionAggregateExec> {
+    pub fn replacing(aggregate: &AggregateExec) -> Option<ShortcutAggregateExec> {
         let group_by = aggregate.group_expr();
         let qualifies = *aggregate.mode() == AggregateMode::Partial
             && group_by.is_single()
@@ -146,32 +166,137 @@ impl PartitionAggregateExec {
                 e.downcast_ref::<Column>()
                     .is_some_and(|c| is_partition_column(aggregate.input(), c.index()))
             });
-        qualifies.then(|| PartitionAggregateExec {
-            input: aggregate.input().clone(),
-            group_by: group_by.expr().to_vec(),
-            aggregates: aggregate.aggr_expr().to_vec(),
+        if qualifies {
+            return Some(ShortcutAggregateExec {
+                input: aggregate.input().clone(),
+                keys: Keys::Runs(group_by.expr().to_vec()),
+                aggregates: aggregate.aggr_expr().to_vec(),
+                properties: aggregate.properties().clone(),
+                metrics: ExecutionPlanMetricsSet::new(),
+            });
+        }
+        Self::by_case(aggregate)
+    }
+
+    /// The CASE shape: the one key is a CASE of literals computed by the projection
+    /// below, which is skipped (its other outputs are inlined into the arguments).
+    fn by_case(aggregate: &AggregateExec) -> Option<ShortcutAggregateExec> {
+        let group_by = aggregate.group_expr();
+        let simple = *aggregate.mode() == AggregateMode::Partial
+            && group_by.is_single()
+            && group_by.expr().len() == 1
+            && aggregate.limit_options().is_none()
+            && aggregate.filter_expr().iter().all(Option::is_none)
+            && aggregate
+                .aggr_expr()
+                .iter()
+                .all(|a| !a.is_distinct() && a.order_bys().is_empty());
+        if !simple {
+            return None;
+        }
+        let projection = aggregate.input().downcast_ref::<ProjectionExec>()?;
+        let key = group_by.expr()[0].0.downcast_ref::<Column>()?;
+        let case = projection
+            .expr()
+            .get(key.index())?
+            .expr
+            .downcast_ref::<CaseExpr>()?;
+        if case.expr().is_some() {
+            return None;
+        }
+        let literal =
+            |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Literal>().map(|l| l.value().clone());
+        let mut whens = Vec::new();
+        let mut values = Vec::new();
+        for (when, then) in case.when_then_expr() {
+            whens.push(when.clone());
+            values.push(literal(then)?);
+        }
+        let key_type = aggregate.schema().field(0).data_type().clone();
+        let otherwise = match case.else_expr() {
+            Some(e) => literal(e)?,
+            None => ScalarValue::try_from(&key_type).ok()?,
+        };
+        values.push(otherwise);
+        // The aggregates' arguments, over the projection's input instead of its output.
+        let outputs: Vec<Arc<dyn PhysicalExpr>> =
+            projection.expr().iter().map(|p| p.expr.clone()).collect();
+        let mut aggregates = Vec::with_capacity(aggregate.aggr_expr().len());
+        for a in aggregate.aggr_expr() {
+            let inlined = a
+                .expressions()
+                .into_iter()
+                .map(|e| inline_columns(e, &outputs))
+                .collect::<Option<Vec<_>>>()?;
+            aggregates.push(Arc::new(a.with_new_expressions(inlined, vec![])?));
+        }
+        Some(ShortcutAggregateExec {
+            input: projection.input().clone(),
+            keys: Keys::CaseBranches { whens, values },
+            aggregates,
             properties: aggregate.properties().clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
 
-impl DisplayAs for PartitionAggregateExec {
+/// `expr` with each column replaced by the projection expression it names.
+fn inline_columns(
+    expr: Arc<dyn PhysicalExpr>,
+    outputs: &[Arc<dyn PhysicalExpr>],
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let mut missing = false;
+    let inlined = expr
+        .transform_up(|e| {
+            Ok(match e.downcast_ref::<Column>() {
+                Some(c) => match outputs.get(c.index()) {
+                    Some(o) => Transformed::yes(o.clone()),
+                    None => {
+                        missing = true;
+                        Transformed::no(e)
+                    }
+                },
+                None => Transformed::no(e),
+            })
+        })
+        .ok()?
+        .data;
+    (!missing).then_some(inlined)
+}
+
+/// How the groups of a batch are found.
+#[derive(Debug, Clone)]
+enum Keys {
+    /// Runs of equal values of these key expressions.
+    Runs(Vec<(Arc<dyn PhysicalExpr>, String)>),
+    /// The branch of `CASE WHEN whens[0] THEN values[0] … ELSE values[last] END`.
+    CaseBranches {
+        whens: Vec<Arc<dyn PhysicalExpr>>,
+        values: Vec<ScalarValue>,
+    },
+}
+
+impl DisplayAs for ShortcutAggregateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.group_by.iter().map(|(_, n)| n.as_str()).collect();
+        let by = match &self.keys {
+            Keys::Runs(keys) => {
+                let names: Vec<&str> = keys.iter().map(|(_, n)| n.as_str()).collect();
+                format!("partition runs of [{}]", names.join(", "))
+            }
+            Keys::CaseBranches { values, .. } => format!("{} CASE branches", values.len()),
+        };
         let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "PartitionAggregateExec: mode=Partial, gby=[{}], aggr=[{}]",
-            keys.join(", "),
+            "ShortcutAggregateExec: mode=Partial, by={by}, aggr=[{}]",
             aggregates.join(", ")
         )
     }
 }
 
-impl ExecutionPlan for PartitionAggregateExec {
+impl ExecutionPlan for ShortcutAggregateExec {
     fn name(&self) -> &str {
-        "PartitionAggregateExec"
+        "ShortcutAggregateExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -191,10 +316,11 @@ impl ExecutionPlan for PartitionAggregateExec {
             .iter()
             .flat_map(|a| a.expressions())
             .collect();
-        apply_expression_roots(
-            self.group_by.iter().map(|(e, _)| e).chain(arguments.iter()),
-            f,
-        )
+        let keys: Vec<&Arc<dyn PhysicalExpr>> = match &self.keys {
+            Keys::Runs(keys) => keys.iter().map(|(e, _)| e).collect(),
+            Keys::CaseBranches { whens, .. } => whens.iter().collect(),
+        };
+        apply_expression_roots(keys.into_iter().chain(arguments.iter()), f)
     }
 
     fn with_new_children(
@@ -205,13 +331,13 @@ impl ExecutionPlan for PartitionAggregateExec {
             (Some(input), true) => input,
             _ => {
                 return Err(datafusion::error::DataFusionError::Internal(
-                    "PartitionAggregateExec has exactly one input".into(),
+                    "ShortcutAggregateExec has exactly one input".into(),
                 ));
             }
         };
-        Ok(Arc::new(PartitionAggregateExec {
+        Ok(Arc::new(ShortcutAggregateExec {
             input,
-            group_by: self.group_by.clone(),
+            keys: self.keys.clone(),
             aggregates: self.aggregates.clone(),
             properties: self.properties.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -230,7 +356,7 @@ impl ExecutionPlan for PartitionAggregateExec {
         let mut input = self.input.execute(partition, context)?;
         let schema = self.schema();
         let mut groups = Groups {
-            keys: self.group_by.iter().map(|(e, _)| e.clone()).collect(),
+            keys: self.keys.clone(),
             aggregates: self.aggregates.clone(),
             index: HashMap::new(),
             accumulators: Vec::new(),
@@ -254,7 +380,7 @@ impl ExecutionPlan for PartitionAggregateExec {
 
 /// One partition's groups: each key's accumulators, in first-seen order.
 struct Groups {
-    keys: Vec<Arc<dyn PhysicalExpr>>,
+    keys: Keys,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     index: HashMap<Vec<ScalarValue>, usize>,
     accumulators: Vec<(Vec<ScalarValue>, Vec<Box<dyn Accumulator>>)>,
@@ -262,17 +388,81 @@ struct Groups {
 
 impl Groups {
     fn update(&mut self, batch: &RecordBatch) -> Result<()> {
-        let rows = batch.num_rows();
-        if rows == 0 {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
-        let keys = self
-            .keys
-            .iter()
-            .map(|e| e.evaluate(batch)?.into_array(rows))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        let arguments = self
-            .aggregates
+        match &self.keys {
+            Keys::Runs(keys) => {
+                let rows = batch.num_rows();
+                let keys = keys
+                    .iter()
+                    .map(|(e, _)| e.evaluate(batch)?.into_array(rows))
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let arguments = self.arguments(batch)?;
+                for run in partition(&keys)?.ranges() {
+                    let key = keys
+                        .iter()
+                        .map(|k| ScalarValue::try_from_array(k, run.start))
+                        .collect::<Result<Vec<_>>>()?;
+                    let slot = self.slot(key)?;
+                    let sliced: Vec<Vec<ArrayRef>> = if run.start == 0 && run.end == rows {
+                        arguments.clone()
+                    } else {
+                        arguments
+                            .iter()
+                            .map(|args| {
+                                args.iter()
+                                    .map(|a| a.slice(run.start, run.end - run.start))
+                                    .collect()
+                            })
+                            .collect()
+                    };
+                    self.feed(slot, &sliced)?;
+                }
+            }
+            Keys::CaseBranches { whens, values } => {
+                let (whens, values) = (whens.clone(), values.clone());
+                // As CASE evaluates: each WHEN only on the rows no earlier one took.
+                let mut rest = batch.clone();
+                for (when, value) in whens.iter().zip(&values) {
+                    if rest.num_rows() == 0 {
+                        return Ok(());
+                    }
+                    let hit = when.evaluate(&rest)?.into_array(rest.num_rows())?;
+                    let Some(hit) = hit.as_any().downcast_ref::<BooleanArray>() else {
+                        return Err(datafusion::error::DataFusionError::Internal(
+                            "CASE WHEN is not boolean".into(),
+                        ));
+                    };
+                    // NULL is not a match (and `not` keeps NULL NULL): make it false.
+                    let hit = if hit.null_count() > 0 {
+                        prep_null_mask_filter(hit)
+                    } else {
+                        hit.clone()
+                    };
+                    if hit.true_count() > 0 {
+                        let taken = filter_record_batch(&rest, &hit)?;
+                        let arguments = self.arguments(&taken)?;
+                        let slot = self.slot(vec![value.clone()])?;
+                        self.feed(slot, &arguments)?;
+                        rest = filter_record_batch(&rest, &not(&hit)?)?;
+                    }
+                }
+                if rest.num_rows() > 0 {
+                    let arguments = self.arguments(&rest)?;
+                    let otherwise = values.last().cloned().unwrap_or(ScalarValue::Null);
+                    let slot = self.slot(vec![otherwise])?;
+                    self.feed(slot, &arguments)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each aggregate's arguments evaluated over `batch`.
+    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        let rows = batch.num_rows();
+        self.aggregates
             .iter()
             .map(|a| {
                 a.expressions()
@@ -280,37 +470,27 @@ impl Groups {
                     .map(|e| e.evaluate(batch)?.into_array(rows))
                     .collect::<Result<Vec<ArrayRef>>>()
             })
+            .collect()
+    }
+
+    /// The accumulators' index for `key`, created on first sight.
+    fn slot(&mut self, key: Vec<ScalarValue>) -> Result<usize> {
+        if let Some(slot) = self.index.get(&key) {
+            return Ok(*slot);
+        }
+        let accumulators = self
+            .aggregates
+            .iter()
+            .map(|a| a.create_accumulator())
             .collect::<Result<Vec<_>>>()?;
-        for run in partition(&keys)?.ranges() {
-            let key = keys
-                .iter()
-                .map(|k| ScalarValue::try_from_array(k, run.start))
-                .collect::<Result<Vec<_>>>()?;
-            let slot = match self.index.get(&key) {
-                Some(slot) => *slot,
-                None => {
-                    let accumulators = self
-                        .aggregates
-                        .iter()
-                        .map(|a| a.create_accumulator())
-                        .collect::<Result<Vec<_>>>()?;
-                    self.accumulators.push((key.clone(), accumulators));
-                    self.index.insert(key, self.accumulators.len() - 1);
-                    self.accumulators.len() - 1
-                }
-            };
-            let whole = run.start == 0 && run.end == rows;
-            for (accumulator, args) in self.accumulators[slot].1.iter_mut().zip(&arguments) {
-                if whole {
-                    accumulator.update_batch(args)?;
-                } else {
-                    let sliced: Vec<ArrayRef> = args
-                        .iter()
-                        .map(|a| a.slice(run.start, run.end - run.start))
-                        .collect();
-                    accumulator.update_batch(&sliced)?;
-                }
-            }
+        self.accumulators.push((key.clone(), accumulators));
+        self.index.insert(key, self.accumulators.len() - 1);
+        Ok(self.accumulators.len() - 1)
+    }
+
+    fn feed(&mut self, slot: usize, arguments: &[Vec<ArrayRef>]) -> Result<()> {
+        for (accumulator, args) in self.accumulators[slot].1.iter_mut().zip(arguments) {
+            accumulator.update_batch(args)?;
         }
         Ok(())
     }
@@ -412,7 +592,7 @@ mod tests {
             .with_config(config)
             .with_default_features();
         if with_rule {
-            builder = builder.with_physical_optimizer_rule(Arc::new(PartitionAggregateRule));
+            builder = builder.with_physical_optimizer_rules(physical_optimizer_rules());
         }
         let ctx = SessionContext::new_with_state(builder.build());
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -435,7 +615,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grouping_by_partition_columns_answers_as_the_hash_aggregate_does() {
+    async fn shortcuts_answer_as_the_hash_aggregate_does() {
         let dir = tempfile::tempdir().unwrap();
         let plain = context(dir.path(), false).await;
         let ruled = context(dir.path(), true).await;
@@ -455,6 +635,31 @@ mod tests {
                  GROUP BY day ORDER BY day",
                 true,
             ),
+            // By a CASE of literals: NULL conditions fall through, a later WHEN that
+            // would divide by zero is never evaluated on the rows an earlier one took,
+            // and a CASE without ELSE groups the rest as NULL.
+            (
+                "SELECT b, count(*), sum(x), avg(id) FROM (SELECT CASE WHEN x < 40 THEN 'low' \
+                 WHEN x < 200 THEN 'mid' ELSE 'high' END AS b, x, id FROM t) s \
+                 GROUP BY b ORDER BY b",
+                true,
+            ),
+            (
+                "SELECT b, count(*) FROM (SELECT CASE WHEN id % 10 = 0 THEN 'tens' \
+                 WHEN 100 / (id % 10) > 20 THEN 'big' ELSE 'small' END AS b FROM t) s \
+                 GROUP BY b ORDER BY b",
+                true,
+            ),
+            (
+                "SELECT b, max(x) FROM (SELECT CASE WHEN x > 300 THEN 1 END AS b, x FROM t) s \
+                 GROUP BY b ORDER BY b",
+                true,
+            ),
+            (
+                "SELECT b, count(*) FROM (SELECT CASE WHEN x > 300 THEN region ELSE 'n' END AS b \
+                 FROM t) s GROUP BY b ORDER BY b",
+                false,
+            ),
             // Not by partition columns only, DISTINCT, FILTER: the hash aggregate stays.
             (
                 "SELECT id % 3 AS k, count(*) FROM t GROUP BY 1 ORDER BY 1",
@@ -472,7 +677,7 @@ mod tests {
             assert_eq!(run(&ruled, sql).await, run(&plain, sql).await, "{sql}");
             let plan = run(&ruled, &format!("EXPLAIN {sql}")).await;
             assert_eq!(
-                plan.contains("PartitionAggregateExec"),
+                plan.contains("ShortcutAggregateExec"),
                 applies,
                 "{sql}\n{plan}"
             );

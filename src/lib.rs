@@ -24,11 +24,3 @@ pub mod route;
 pub mod server;
 pub mod wire;
 pub mod workload;
-
-/// The process allocator, set here so the gateway binary and every in-process bench
-/// and test run on the one production uses: DataFusion allocates many short-lived
-/// buffers per batch, which mimalloc serves faster than the system allocator. (The
-/// library's own unit tests install the fuzzer's allocation watch instead.)
-#[cfg(not(test))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

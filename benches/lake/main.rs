@@ -189,7 +189,11 @@ async fn run() -> Result<()> {
     peers::set_session_options(args.settings.clone());
     let local = peers::Gateway::start(&peers::lake_local(&data, false)).await?;
     if !args.explain.is_empty() {
-        return queries::explain(&local.client, &args.explain).await;
+        queries::explain("local catalog", &local.client, &args.explain).await?;
+        let moto = moto::Moto::start()?;
+        nyc_lake::load_glue(&moto, &data, "nyc_s3", Some("nyc")).await?;
+        let glue = peers::Gateway::start(&peers::lake_glue(&moto, &["nyc"])).await?;
+        return queries::explain("Glue table on local disk", &glue.client, &args.explain).await;
     }
     if args.wants("queries") {
         if args.local {

@@ -205,6 +205,15 @@ pub struct LocalLakeConfig {
     /// Generate the NYC-taxi demo data set under `root` when it is missing.
     #[serde(default)]
     pub demo_data: bool,
+    /// How long a table's file listing is reused before the directory is listed
+    /// again (0: list on every query). Footers and file statistics are cached until
+    /// the file changes, whatever this is.
+    #[serde(default = "default_local_listing_ttl")]
+    pub listing_ttl_secs: u64,
+}
+
+fn default_local_listing_ttl() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -537,7 +538,22 @@ fn lake_runtime(
     })?;
     let spill_max = config.engine.spill_max_mb.saturating_mul(1024 * 1024);
     tracing::info!(spill_dir = %spill_dir.display(), spill_max_mb = config.engine.spill_max_mb, "lake query spill directory");
+    // Footers and per-file statistics are cached by path, size and modification time
+    // (a changed file is read again); a local table's file listing for
+    // `[lake.local] listing_ttl_secs`, as Glue listings are, so new files show up.
+    let listing_ttl = config
+        .lake
+        .local
+        .as_ref()
+        .map_or(60, |l| l.listing_ttl_secs);
+    let caches = if listing_ttl == 0 {
+        CacheManagerConfig::default().with_list_files_cache_limit(0)
+    } else {
+        CacheManagerConfig::default()
+            .with_list_files_cache_ttl(Some(std::time::Duration::from_secs(listing_ttl)))
+    };
     RuntimeEnvBuilder::new()
+        .with_cache_manager(caches)
         .with_object_store_registry(Arc::new(lake::stores::LakeStores::new(s3)))
         .with_memory_pool(memory.unshared())
         .with_disk_manager_builder(

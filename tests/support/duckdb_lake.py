@@ -4,7 +4,7 @@
 Reads a job as JSON on stdin:
   {"root": DIR | null,                      # local files: DIR/nyc/trips/month=*/*.parquet
    "s3": {"endpoint": "127.0.0.1:PORT", "bucket": "lake"} | null,   # the same on S3 (moto)
-   "iters": N, "answers": bool, "queries": [[name, sql], ...]}
+   "iters": N, "answers": bool, "file_cache": bool, "queries": [[name, sql], ...]}
 and prints {name: {"times_ms": [...], "rows": R, "answers": [[cell, ...], ...] | null}}.
 Cells are rendered as text the way PostgreSQL's text format would (floats by repr,
 NULL as null), so the caller can compare them with what a gateway returns.
@@ -22,6 +22,11 @@ import duckdb
 job = json.load(sys.stdin)
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+# DuckDB keeps remote files it has read in memory by default (its external file
+# cache), so a repeated query on S3 reads nothing; "file_cache": false makes every
+# run read the objects, like the other sides.
+if not job.get("file_cache", True):
+    con.execute("SET enable_external_file_cache = false")
 con.execute("CREATE SCHEMA nyc")
 if job.get("s3"):
     import duckdb_extension_httpfs

@@ -130,8 +130,12 @@ pub async fn load_glue(
 /// Where DuckDB reads the trips from.
 pub enum DuckSource<'a> {
     Local(&'a Path),
-    /// The uploaded copy in moto's S3.
-    S3(&'a Moto),
+    /// The uploaded copy in moto's S3; `file_cache`: DuckDB's external file cache
+    /// (on by default: repeated reads of an object come from memory).
+    S3 {
+        moto: &'a Moto,
+        file_cache: bool,
+    },
 }
 
 /// One query's result on DuckDB.
@@ -151,14 +155,15 @@ pub fn duckdb(
     answers: bool,
 ) -> Result<HashMap<String, DuckResult>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/duckdb_lake.py");
-    let (root, s3) = match source {
-        DuckSource::Local(root) => (Some(root.display().to_string()), None),
-        DuckSource::S3(moto) => (
+    let (root, s3, file_cache) = match source {
+        DuckSource::Local(root) => (Some(root.display().to_string()), None, true),
+        DuckSource::S3 { moto, file_cache } => (
             None,
             Some(serde_json::json!({
                 "endpoint": format!("127.0.0.1:{}", moto.port),
                 "bucket": BUCKET,
             })),
+            file_cache,
         ),
     };
     let job = serde_json::json!({
@@ -166,6 +171,7 @@ pub fn duckdb(
         "s3": s3,
         "iters": iters,
         "answers": answers,
+        "file_cache": file_cache,
         "queries": queries,
     });
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());

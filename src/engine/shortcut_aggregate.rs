@@ -378,12 +378,15 @@ impl ExecutionPlan for ShortcutAggregateExec {
     }
 }
 
+/// One group's accumulators, one per aggregate.
+type Accumulators = Vec<Box<dyn Accumulator>>;
+
 /// One partition's groups: each key's accumulators, in first-seen order.
 struct Groups {
     keys: Keys,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     index: HashMap<Vec<ScalarValue>, usize>,
-    accumulators: Vec<(Vec<ScalarValue>, Vec<Box<dyn Accumulator>>)>,
+    accumulators: Vec<(Vec<ScalarValue>, Accumulators)>,
 }
 
 impl Groups {

@@ -21,6 +21,9 @@
 //! when every key traces back through projections, filters and repartitions to a file
 //! scan's partition columns, the CASE shape when the one key is a projection's CASE
 //! whose results are all literals. Measured in README ("The lake engine's speed").
+//!
+//! Its groups are as many as the partition values or CASE branches a statement
+//! reads — a few accumulators each — so they are not reserved from the memory pool.
 
 use std::collections::HashMap;
 use std::fmt;

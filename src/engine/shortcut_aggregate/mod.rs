@@ -155,21 +155,15 @@ pub struct ShortcutAggregateExec {
 impl ShortcutAggregateExec {
     /// The replacement for `aggregate`, when it qualifies (module comment).
     pub fn replacing(aggregate: &AggregateExec) -> Option<ShortcutAggregateExec> {
+        if !Self::plain_partial(aggregate) {
+            return None;
+        }
         let group_by = aggregate.group_expr();
-        let qualifies = *aggregate.mode() == AggregateMode::Partial
-            && group_by.is_single()
-            && !group_by.expr().is_empty()
-            && aggregate.limit_options().is_none()
-            && aggregate.filter_expr().iter().all(Option::is_none)
-            && aggregate
-                .aggr_expr()
-                .iter()
-                .all(|a| !a.is_distinct() && a.order_bys().is_empty())
-            && group_by.expr().iter().all(|(e, _)| {
-                e.downcast_ref::<Column>()
-                    .is_some_and(|c| is_partition_column(aggregate.input(), c.index()))
-            });
-        if qualifies {
+        let by_partition = group_by.expr().iter().all(|(e, _)| {
+            e.downcast_ref::<Column>()
+                .is_some_and(|c| is_partition_column(aggregate.input(), c.index()))
+        });
+        if by_partition {
             return Some(ShortcutAggregateExec {
                 input: aggregate.input().clone(),
                 keys: Keys::Runs(group_by.expr().to_vec()),
@@ -181,20 +175,26 @@ impl ShortcutAggregateExec {
         Self::by_case(aggregate)
     }
 
-    /// The CASE shape: the one key is a CASE of literals computed by the projection
-    /// below, which is skipped (its other outputs are inlined into the arguments).
-    fn by_case(aggregate: &AggregateExec) -> Option<ShortcutAggregateExec> {
+    /// What both shapes need: a `Partial` aggregate with a plain, non-empty `GROUP BY`,
+    /// no group limit, and no `FILTER`, `DISTINCT` or ordered aggregates.
+    fn plain_partial(aggregate: &AggregateExec) -> bool {
         let group_by = aggregate.group_expr();
-        let simple = *aggregate.mode() == AggregateMode::Partial
+        *aggregate.mode() == AggregateMode::Partial
             && group_by.is_single()
-            && group_by.expr().len() == 1
+            && !group_by.expr().is_empty()
             && aggregate.limit_options().is_none()
             && aggregate.filter_expr().iter().all(Option::is_none)
             && aggregate
                 .aggr_expr()
                 .iter()
-                .all(|a| !a.is_distinct() && a.order_bys().is_empty());
-        if !simple {
+                .all(|a| !a.is_distinct() && a.order_bys().is_empty())
+    }
+
+    /// The CASE shape: the one key is a CASE of literals computed by the projection
+    /// below, which is skipped (its other outputs are inlined into the arguments).
+    fn by_case(aggregate: &AggregateExec) -> Option<ShortcutAggregateExec> {
+        let group_by = aggregate.group_expr();
+        if group_by.expr().len() != 1 {
             return None;
         }
         let projection = aggregate.input().downcast_ref::<ProjectionExec>()?;
@@ -411,18 +411,18 @@ impl Groups {
                         .map(|k| ScalarValue::try_from_array(k, run.start))
                         .collect::<Result<Vec<_>>>()?;
                     let slot = self.slot(key)?;
-                    let sliced: Vec<Vec<ArrayRef>> = if run.start == 0 && run.end == rows {
-                        arguments.clone()
-                    } else {
-                        arguments
-                            .iter()
-                            .map(|args| {
-                                args.iter()
-                                    .map(|a| a.slice(run.start, run.end - run.start))
-                                    .collect()
-                            })
-                            .collect()
-                    };
+                    if run.start == 0 && run.end == rows {
+                        self.feed(slot, &arguments)?;
+                        continue;
+                    }
+                    let sliced: Vec<Vec<ArrayRef>> = arguments
+                        .iter()
+                        .map(|args| {
+                            args.iter()
+                                .map(|a| a.slice(run.start, run.end - run.start))
+                                .collect()
+                        })
+                        .collect();
                     self.feed(slot, &sliced)?;
                 }
             }

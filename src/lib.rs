@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -3,3 +3,4 @@
 
 pub mod matview;
 pub mod results;
+pub mod shared;

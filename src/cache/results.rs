@@ -106,6 +106,8 @@ pub struct ResultCache {
     pub max_entry_bytes: usize,
     pub default_ttl: Duration,
     wait: Duration,
+    /// With `[cluster]`: where writes seen here are passed on to other gateways.
+    shared: std::sync::OnceLock<Arc<super::shared::SharedInvalidations>>,
 }
 
 /// What a lookup found.
@@ -191,7 +193,25 @@ impl ResultCache {
             .unwrap_or(usize::MAX),
             default_ttl: Duration::from_secs(config.result_ttl_secs),
             wait: Duration::from_secs(config.result_wait_secs),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares invalidations with the other gateways of a cluster through `journal`
+    /// (`cache::shared`), every `poll`.
+    pub fn share(self: &Arc<Self>, journal: crate::cluster::journal::Journal, poll: Duration) {
+        let _ = self.shared.set(super::shared::SharedInvalidations::start(
+            journal, poll, self,
+        ));
+    }
+
+    /// A client wrote `tables` (`None`: unknown ones) through this gateway: cached
+    /// results that read them go here, and on the other gateways of a cluster.
+    pub fn invalidate_written(&self, tables: Option<&[String]>) {
+        self.invalidate(tables);
+        if let Some(shared) = self.shared.get() {
+            shared.note(tables);
+        }
     }
 
     /// The cached answer for `key`, or the lead to compute it. Waits (at most the

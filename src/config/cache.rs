@@ -92,9 +92,14 @@ pub struct MatViewsConfig {
     /// from the lake, their `redshift_user` / `redshift_groups` the Redshift identity.
     #[serde(default)]
     pub refresh_roles: Vec<String>,
-    /// How long files of a replaced version are kept for readers still scanning it.
+    /// How long files of a replaced version are kept for readers still scanning it
+    /// (on this gateway and on others sharing the storage).
     #[serde(default = "default_keep")]
     pub keep_replaced_secs: u64,
+    /// How often a gateway reads the changes other gateways sharing the storage
+    /// made to views (created, refreshed, dropped); 0 turns reading them off.
+    #[serde(default = "default_sync_ms")]
+    pub sync_ms: u64,
     /// Views declared here are created at start-up when missing (and kept in step
     /// with their definition here).
     #[serde(default)]
@@ -132,12 +137,27 @@ impl MatViewsConfig {
             }
             if matches!(
                 s.as_str(),
-                "public" | "pg_catalog" | "information_schema" | "_jobs"
+                "public" | "pg_catalog" | "information_schema" | "_jobs" | "_views" | "_cluster"
             ) {
                 return Err(("schemas".into(), format!("`{s}` is reserved")));
             }
         }
         check_storage(&self.storage).map_err(|m| ("storage".to_string(), m))?;
+        if self.sync_ms != 0 && !(50..=600_000).contains(&self.sync_ms) {
+            return Err((
+                "sync_ms".into(),
+                "0 (off) or from 50 to 600000 milliseconds".into(),
+            ));
+        }
+        if self.keep_replaced_secs.saturating_mul(1000) < self.sync_ms.saturating_mul(2) {
+            return Err((
+                "keep_replaced_secs".into(),
+                format!(
+                    "must be at least twice sync_ms ({} ms): gateways that have not read a refresh yet still scan the version it replaced (sync_ms = 0 when no other gateway shares the storage)",
+                    self.sync_ms
+                ),
+            ));
+        }
         if self.refresh_user.trim().is_empty() {
             return Err(("refresh_user".into(), "must not be empty".into()));
         }
@@ -219,4 +239,8 @@ fn default_refresh_user() -> String {
 
 fn default_keep() -> u64 {
     300
+}
+
+fn default_sync_ms() -> u64 {
+    1000
 }

@@ -11,6 +11,7 @@ mod admin;
 mod audit;
 mod auth;
 mod cache;
+mod cluster;
 mod engine;
 mod jobs;
 mod lake;
@@ -21,6 +22,7 @@ pub use audit::{
 };
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
+pub use cluster::ClusterConfig;
 pub use engine::{EngineConfig, MemoryLimit, PoolKind};
 pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
 pub use lake::{GlueLakeConfig, S3Config};
@@ -94,6 +96,9 @@ pub struct Config {
     /// Where job runs are kept.
     #[serde(default)]
     pub job_history: JobHistoryConfig,
+    /// Several gateways as one service (cancel peering, shared cache
+    /// invalidation); off when absent.
+    pub cluster: Option<ClusterConfig>,
     /// Directory of the config file; relative paths in the config resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -515,6 +520,12 @@ impl Config {
             }
         }
         self.validate_jobs().map_err(|(k, m)| invalid(k, m))?;
+        if let Some(cluster) = &self.cluster {
+            let views = self.materialized_views.as_ref().map(|m| m.storage.as_str());
+            cluster
+                .validate(views)
+                .map_err(|(k, m)| invalid(format!("cluster.{k}"), m))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level".into(), e.to_string()))?;
         Ok(())
@@ -547,6 +558,16 @@ impl Config {
             .as_deref()
             .or(self.materialized_views.as_ref().map(|m| m.storage.as_str()))
             .unwrap_or("jobs")
+    }
+
+    /// Where gateways share cache invalidations: `cluster.storage`, else beside the
+    /// views (validation makes sure one is set when `[cluster]` is).
+    pub fn cluster_storage(&self) -> Option<&str> {
+        let cluster = self.cluster.as_ref()?;
+        cluster
+            .storage
+            .as_deref()
+            .or(self.materialized_views.as_ref().map(|m| m.storage.as_str()))
     }
 }
 

@@ -413,3 +413,80 @@ fn the_shipped_job_examples_are_valid() {
         ]
     );
 }
+
+#[test]
+fn cluster_settings_are_checked_with_their_key() {
+    let ok = "[cluster]\ngateway_id = 2\nstorage = \"s3://b/cluster\"\n[cluster.peers]\n1 = \"10.0.0.11:5439\"\n2 = \"gw-2.internal:5439\"\n";
+    let c = parse(ok).unwrap();
+    assert_eq!(c.cluster_storage(), Some("s3://b/cluster"));
+    let cluster = c.cluster.as_ref().unwrap();
+    assert_eq!(cluster.poll_ms, 1000);
+    assert_eq!(cluster.peer_addresses().unwrap().len(), 2);
+    // Without its own storage: beside the views.
+    let c = parse("[materialized_views]\nstorage = \"s3://b/views\"\n[cluster]\ngateway_id = 1\n")
+        .unwrap();
+    assert_eq!(c.cluster_storage(), Some("s3://b/views"));
+    assert_eq!(parse("").unwrap().cluster_storage(), None);
+    for (bad, key) in [
+        ("[cluster]\ngateway_id = 1\n", "cluster.storage"),
+        (
+            "[cluster]\ngateway_id = 0\nstorage = \"d\"\n",
+            "cluster.gateway_id",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"ftp://x\"\n",
+            "cluster.storage",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"d\"\npoll_ms = 10\n",
+            "cluster.poll_ms",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"d\"\n[cluster.peers]\n0 = \"h:1\"\n",
+            "cluster.peers.0",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"d\"\n[cluster.peers]\nx = \"h:1\"\n",
+            "cluster.peers.x",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"d\"\n[cluster.peers]\n2 = \"h\"\n",
+            "cluster.peers.2",
+        ),
+        (
+            "[cluster]\ngateway_id = 1\nstorage = \"d\"\n[cluster.peers]\n2 = \"h:0\"\n",
+            "cluster.peers.2",
+        ),
+        (
+            "[materialized_views]\nsync_ms = 10\n",
+            "materialized_views.sync_ms",
+        ),
+        (
+            "[materialized_views]\nsync_ms = 60000\nkeep_replaced_secs = 60\n",
+            "materialized_views.keep_replaced_secs",
+        ),
+        (
+            "[materialized_views]\nschemas = [\"_views\"]\n",
+            "materialized_views.schemas",
+        ),
+    ] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: expected {key} in: {e}");
+    }
+    // 256 is not a gateway number: the TOML type says so, naming the key.
+    let e = parse("[cluster]\ngateway_id = 256\nstorage = \"d\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway_id"), "{e}");
+}
+
+#[test]
+fn the_shipped_cluster_example_is_valid() {
+    let c = Config::parse(
+        include_str!("../../conf/cluster.example.toml"),
+        Path::new("conf/cluster.example.toml"),
+        PathBuf::from("/etc/sluice"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.map(|c| c.gateway_id), Some(1));
+}

@@ -85,22 +85,6 @@ pub struct Jobs {
     gateway: String,
 }
 
-/// This gateway's name in runs and leases: host, process, and a random part (two
-/// gateways in one process differ too).
-fn gateway_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into());
-    format!(
-        "{host}/{}/{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
 /// The statements as runs and logs carry them: each through `route::redact`, one
 /// per line; and whether that masked anything.
 fn redacted(statements: &[String]) -> (String, bool) {
@@ -176,7 +160,7 @@ impl Jobs {
             roles: config.roles.clone(),
             history: Mutex::new(BTreeMap::new()),
             seen: tokio::sync::Mutex::new(Seen::new()),
-            gateway: gateway_id(),
+            gateway: crate::cluster::gateway_name(),
         });
         all.sync()
             .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use crate::cache::matview::schedule::{Schedule, parse_cron};
@@ -33,12 +33,8 @@ impl JobSchedule {
     /// The first tick strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.schedule {
-            Schedule::Every(d) => {
-                let step = i64::try_from(d.as_millis()).ok().filter(|s| *s > 0)?;
-                let now = after.timestamp_millis();
-                let next = (now.div_euclid(step) + 1).checked_mul(step)?;
-                Utc.timestamp_millis_opt(next).single()
-            }
+            // Aligned to the epoch (the views' schedule does it).
+            Schedule::Every(_) => self.schedule.next_after(after),
             Schedule::Cron(c) => c
                 .after(&after.with_timezone(&self.tz))
                 .next()
@@ -58,6 +54,7 @@ impl JobSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     fn job(schedule: Option<&str>, every: Option<u64>, tz: &str) -> JobConfig {
         let text = format!(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PgError, SqlState};
@@ -253,52 +253,15 @@ impl RunStore {
         tick: DateTime<Utc>,
         gateway: &str,
     ) -> Result<bool, PgError> {
-        let path = self
-            .leases_dir(job)
-            .join(format!("{:015}", tick.timestamp_millis().max(0)));
-        let body = serde_json::json!({
-            "gateway": gateway,
-            "tick": tick.to_rfc3339(),
-            "claimed_at": Utc::now().to_rfc3339(),
-        });
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&path, body.to_string().into_bytes().into(), opts)
+        let path = crate::cluster::lease::tick_path(&self.leases_dir(job), tick);
+        crate::cluster::lease::claim(self.store.as_ref(), &path, gateway, tick)
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(io_error(e)),
-        }
+            .map_err(io_error)
     }
 
     /// Deletes a job's leases for ticks before `before`. Best effort.
     pub async fn prune_leases(&self, job: &str, before: DateTime<Utc>) {
-        let listed: Vec<object_store::ObjectMeta> = match self
-            .store
-            .list(Some(&self.leases_dir(job)))
-            .try_collect()
-            .await
-        {
-            Ok(l) => l,
-            Err(_) => return,
-        };
-        let cutoff = before.timestamp_millis();
-        for meta in listed {
-            let old = meta
-                .location
-                .filename()
-                .and_then(|n| n.parse::<i64>().ok())
-                .is_some_and(|t| t < cutoff);
-            if old {
-                let _ = self.store.delete(&meta.location).await;
-            }
-        }
+        crate::cluster::lease::prune(self.store.as_ref(), &self.leases_dir(job), before).await;
     }
 }
 

@@ -63,6 +63,12 @@ pub struct Metrics {
     pub job_run_duration: HistogramVec,
     pub job_failing: IntGaugeVec,
     pub job_leases_lost: IntCounterVec,
+    // Several gateways as one (`cluster`).
+    pub view_leases_lost: IntCounterVec,
+    pub view_changes_applied: IntCounter,
+    pub cache_shared_invalidations: IntCounterVec,
+    pub cluster_sync_errors: IntCounterVec,
+    pub cancels_forwarded: IntCounter,
     // The lake's catalog and storage.
     pub glue_requests: IntCounterVec,
     pub s3_requests: IntCounterVec,
@@ -308,6 +314,34 @@ impl Metrics {
                 "sluice_job_leases_lost_total",
                 "Scheduled ticks another gateway sharing the job storage took (this one skipped them).",
                 &["job"],
+            ),
+            view_leases_lost: counter_vec(
+                &r,
+                "sluice_view_leases_lost_total",
+                "Scheduled view refreshes another gateway sharing the view storage took (this one skipped them).",
+                &["view"],
+            ),
+            view_changes_applied: counter(
+                &r,
+                "sluice_view_changes_applied_total",
+                "View changes (created, refreshed, dropped) made by other gateways and applied here.",
+            ),
+            cache_shared_invalidations: counter_vec(
+                &r,
+                "sluice_cache_shared_invalidations_total",
+                "Result-cache invalidations shared with other gateways: published (writes seen here) and received.",
+                &["direction"],
+            ),
+            cluster_sync_errors: counter_vec(
+                &r,
+                "sluice_cluster_sync_errors_total",
+                "Failed reads or writes of the shared storage gateways coordinate through, by what (views, invalidations).",
+                &["what"],
+            ),
+            cancels_forwarded: counter(
+                &r,
+                "sluice_cancels_forwarded_total",
+                "Cancel requests for another gateway's session passed on to it.",
             ),
             glue_requests: counter_vec(
                 &r,

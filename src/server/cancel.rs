@@ -31,6 +31,9 @@ struct Registered {
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<i32, Registered>>,
     next_pid: AtomicI32,
+    /// `cluster.gateway_id`: session pids then name this gateway
+    /// (`cluster::session_pid`), so peers can pass cancels on.
+    gateway: Option<u8>,
 }
 
 /// A session's registration; dropping it unregisters.
@@ -70,9 +73,15 @@ const FIRST_PID: i32 = crate::route::FIRST_SESSION_PID;
 
 impl CancelRegistry {
     pub fn new() -> Arc<CancelRegistry> {
+        CancelRegistry::for_gateway(None)
+    }
+
+    /// A registry whose pids carry `gateway` (one of several behind a balancer).
+    pub fn for_gateway(gateway: Option<u8>) -> Arc<CancelRegistry> {
         Arc::new(CancelRegistry {
             sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(rand::thread_rng().gen_range(0..1_000_000)),
+            gateway,
         })
     }
 
@@ -84,7 +93,10 @@ impl CancelRegistry {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
             let n = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
-            let pid = FIRST_PID + n % (0x3fff_ffff - FIRST_PID);
+            let pid = match self.gateway {
+                Some(g) => crate::cluster::session_pid(g, n as u32),
+                None => FIRST_PID + n % (0x3fff_ffff - FIRST_PID),
+            };
             if !map.contains_key(&pid) {
                 break pid;
             }
@@ -178,5 +190,16 @@ mod tests {
         assert!(!reg.terminate(pid));
         assert!(!reg.cancel(pid, 0));
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_clustered_gateways_pids_name_it() {
+        let reg = CancelRegistry::for_gateway(Some(7));
+        let handles: Vec<_> = (0..100).map(|_| reg.register()).collect();
+        for h in &handles {
+            assert_eq!(crate::cluster::gateway_of(h.pid), Some(7));
+        }
+        let unclustered = CancelRegistry::new().register();
+        assert_eq!(crate::cluster::gateway_of(unclustered.pid), None);
     }
 }

@@ -44,10 +44,13 @@ pub struct Shared {
     /// LDAP password checks, when `[auth.ldap]` is configured.
     pub ldap: Option<crate::auth::ldap::LdapAuthenticator>,
     pub cancels: Arc<CancelRegistry>,
+    /// This gateway among its peers, when `[cluster]` is configured.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub tls: tls::Tls,
     /// Redshift upstreams (`[[redshift]]`), possibly none.
     pub upstreams: crate::redshift::Upstreams,
-    /// The result cache, when a TTL is configured (globally or for a role).
+    /// The result cache, when a TTL is configured (globally or for a role), and
+    /// always in a cluster (it passes this gateway's writes on).
     pub results: Option<Arc<crate::cache::results::ResultCache>>,
     /// Gateway materialized views, when `[materialized_views]` is configured.
     pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
@@ -126,7 +129,40 @@ impl Server {
                 .roles
                 .iter()
                 .any(|r| r.result_cache_ttl_secs.is_some_and(|t| t > 0));
-        let results = caching.then(|| crate::cache::results::ResultCache::new(&config.cache));
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(crate::cluster::Cluster::from_config)
+            .transpose()?
+            .map(Arc::new);
+        // In a cluster every gateway keeps the cache object, even with no TTL: it
+        // notes the writes it relays for the other gateways' caches.
+        let results = (caching || cluster.is_some())
+            .then(|| crate::cache::results::ResultCache::new(&config.cache));
+        if let (Some(results), Some(c), Some(location)) =
+            (&results, &config.cluster, config.cluster_storage())
+        {
+            let storage = crate::cache::matview::storage::Storage::open(
+                &config,
+                location,
+                "cluster.storage",
+                &engine,
+            )?;
+            let dir = storage
+                .root()
+                .clone()
+                .join("_cluster")
+                .join("invalidations");
+            results.share(
+                crate::cluster::journal::Journal::new(storage.store.clone(), dir),
+                Duration::from_millis(c.poll_ms),
+            );
+            tracing::info!(
+                gateway = c.gateway_id,
+                storage = location,
+                "cluster: sharing result-cache invalidations"
+            );
+        }
         let matviews = crate::cache::matview::MatViews::start(
             &config,
             engine.clone(),
@@ -177,7 +213,8 @@ impl Server {
             accounts,
             oidc,
             ldap,
-            cancels: CancelRegistry::new(),
+            cancels: CancelRegistry::for_gateway(cluster.as_ref().map(|c| c.gateway_id)),
+            cluster,
             tls,
             upstreams,
             results,

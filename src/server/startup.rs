@@ -117,8 +117,15 @@ pub async fn handshake(
             }
             frame::CANCEL_REQUEST_CODE => {
                 if let Some((pid, secret)) = frame::decode_cancel(&body) {
-                    let hit = shared.cancels.cancel(pid, secret);
-                    tracing::debug!(pid, hit, "cancel request");
+                    let peer = shared.cluster.as_ref().and_then(|c| c.peer_for(pid));
+                    match peer {
+                        // Another gateway's session: passed on, as its client would.
+                        Some(address) => forward_cancel(address.to_owned(), pid, secret),
+                        None => {
+                            let hit = shared.cancels.cancel(pid, secret);
+                            tracing::debug!(pid, hit, "cancel request");
+                        }
+                    }
                 }
                 return Ok(Handshake::Done);
             }
@@ -243,4 +250,18 @@ pub(crate) fn negotiate(
             }
         });
     }
+}
+
+/// Passes a cancel request on to the gateway that handed out `pid`, on its own task
+/// (the client that sent it does not wait for an answer).
+fn forward_cancel(address: String, pid: i32, secret: i32) {
+    crate::metrics::metrics().cancels_forwarded.inc();
+    tokio::spawn(async move {
+        match crate::cluster::forward_cancel(&address, pid, secret).await {
+            Ok(()) => tracing::debug!(pid, peer = %address, "cancel request passed on"),
+            Err(e) => {
+                tracing::warn!(pid, peer = %address, error = %e, "cannot pass a cancel request on to the gateway holding the session")
+            }
+        }
+    });
 }

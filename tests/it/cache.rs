@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::{rows, scalar, sqlstate};
-use crate::redshift::{Options, Rig};
+use crate::redshift::{MOTO_S3, Options, Rig};
 
 const EXTRA: &str = r#"
 [cache]
@@ -777,21 +777,13 @@ async fn hits(c: &Client) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn materialized_views_in_s3_survive_restarts() {
     let extra = r#"
-[lake.glue]
-region = "us-east-1"
-aws_endpoint = "{aws}"
-databases = ["no-such-database"]
-[lake.glue.s3]
-endpoint = "{aws}"
-path_style = true
-
 [materialized_views]
 schemas = ["mv"]
 storage = "s3://views/sluice"
 refresh_roles = ["mv_refresh"]
 "#;
     let mut rig = Rig::start(Options {
-        extra: format!("{extra}{VIEW_ROLES}"),
+        extra: format!("{MOTO_S3}{extra}{VIEW_ROLES}"),
         buckets: vec!["views"],
         ..Options::default()
     })

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{http_get, metric, rows, scalar, spawn_sluice, sqlstate};
+use crate::harness::{http_get, metric, rows, scalar, sqlstate};
 use crate::postgres;
-use crate::redshift::{Options, Rig};
+use crate::redshift::{MOTO_S3, Options, Rig};
 
 /// The job runner role: bob's Redshift identity (`IAM:bob`, who may write); jobs
 /// that rs_writer holders may run by hand.
@@ -416,15 +416,7 @@ timeout_secs = 1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_sharing_the_storage_run_each_scheduled_tick_once() {
     let extra = format!(
-        r#"{JOB_ROLES}
-[lake.glue]
-region = "us-east-1"
-aws_endpoint = "{{aws}}"
-databases = ["no-such-database"]
-[lake.glue.s3]
-endpoint = "{{aws}}"
-path_style = true
-
+        r#"{JOB_ROLES}{MOTO_S3}
 [job_history]
 storage = "s3://shared/sluice"
 
@@ -444,17 +436,8 @@ statements = ["SELECT 1"]
     })
     .await;
     // The second gateway: the same config on another port.
-    let port2 = postgres::free_port().expect("port");
-    let dir2 = tempfile::tempdir().expect("tempdir");
-    let config = std::fs::read_to_string(rig.dir.path().join("sluice.toml")).expect("config");
-    let config2 = config.replace(
-        &format!("listen = \"127.0.0.1:{}\"", rig.port),
-        &format!("listen = \"127.0.0.1:{port2}\""),
-    );
-    assert_ne!(config, config2);
-    let path2 = dir2.path().join("sluice.toml");
-    std::fs::write(&path2, config2).expect("write config");
-    let mut second = spawn_sluice(&path2, port2, &[]).await;
+    let second = rig.another_gateway(&[]).await;
+    let port2 = second.port;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let ops = rig.connect("ops", "ops-pw").await;
@@ -518,5 +501,5 @@ statements = ["SELECT 1"]
         "a lost lease is S3's 412 Precondition Failed"
     );
     assert_eq!(scalar(&ops2, "SHOW sluice.jobs").await, "tick");
-    let _ = second.kill().await;
+    drop(second);
 }

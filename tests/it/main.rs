@@ -3,6 +3,7 @@
 
 mod cache;
 mod clients;
+mod cluster;
 mod glue;
 mod harness;
 mod hygiene;

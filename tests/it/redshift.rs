@@ -29,6 +29,33 @@ pub(crate) struct Rig {
     pub(crate) dir: tempfile::TempDir,
 }
 
+/// A further gateway process started by [`Rig::another_gateway`]; killed on drop.
+pub(crate) struct Peer {
+    pub(crate) port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Peer {
+    pub(crate) async fn connect(&self, user: &str, password: &str) -> Client {
+        connect_plain(self.port, user, password)
+            .await
+            .expect("connect to the other gateway")
+    }
+}
+
+/// A Glue lake with no database, at moto: S3 locations in the config (view and job
+/// storage, `cluster.storage`) then go to moto's S3. `{aws}` is filled in by
+/// `Rig::start`.
+pub(crate) const MOTO_S3: &str = r#"
+[lake.glue]
+region = "us-east-1"
+aws_endpoint = "{aws}"
+databases = ["no-such-database"]
+[lake.glue.s3]
+endpoint = "{aws}"
+path_style = true
+"#;
+
 pub(crate) struct Options {
     /// Extra keys for the `[[redshift]]` section.
     pub(crate) upstream: String,
@@ -38,7 +65,8 @@ pub(crate) struct Options {
     pub(crate) create_cluster: bool,
     /// Host/port of the upstream; `None` = discover through DescribeClusters.
     pub(crate) host: bool,
-    /// More TOML at the end (`{pgport}` = the PostgreSQL port).
+    /// More TOML at the end (`{pgport}` = the PostgreSQL port, `{port}` the
+    /// gateway's, `{aws}` moto's endpoint).
     pub(crate) extra: String,
     /// S3 buckets to create in moto before the gateway starts.
     pub(crate) buckets: Vec<&'static str>,
@@ -195,6 +223,7 @@ credentials = "get_cluster_credentials"
             extra = opts
                 .extra
                 .replace("{pgport}", &pg.port.to_string())
+                .replace("{port}", &port.to_string())
                 .replace("{aws}", &moto.endpoint()),
         );
         let pgdir = pg.dir.path();
@@ -223,6 +252,35 @@ credentials = "get_cluster_credentials"
         let _ = self.sluice.kill().await;
         let path = self.dir.path().join("sluice.toml");
         self.sluice = spawn_sluice(&path, self.port, ENV).await;
+    }
+
+    /// Another gateway process on the rig's config (on its own port, each `(from,
+    /// to)` of `edits` applied first): it shares the rig's upstream, moto and storage.
+    pub(crate) async fn another_gateway(&self, edits: &[(&str, &str)]) -> Peer {
+        let port = postgres::free_port().expect("port");
+        self.another_gateway_on(port, edits).await
+    }
+
+    /// [`Rig::another_gateway`] listening on `port`.
+    pub(crate) async fn another_gateway_on(&self, port: u16, edits: &[(&str, &str)]) -> Peer {
+        let config = std::fs::read_to_string(self.dir.path().join("sluice.toml")).expect("config");
+        let mut edited = config.replace(
+            &format!("listen = \"127.0.0.1:{}\"", self.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        for (from, to) in edits {
+            assert!(edited.contains(from), "{from} is not in the config");
+            edited = edited.replace(from, to);
+        }
+        assert_ne!(config, edited);
+        // Relative paths (the demo lake, view storage) resolve as the rig's do.
+        let path = self.dir.path().join(format!("sluice-{port}.toml"));
+        std::fs::write(&path, edited).expect("write config");
+        let child = spawn_sluice(&path, port, ENV).await;
+        Peer {
+            port,
+            _child: child,
+        }
     }
 
     pub(crate) async fn connect(&self, user: &str, password: &str) -> Client {

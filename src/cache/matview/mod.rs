@@ -11,6 +11,7 @@
 mod listing;
 mod refresh;
 pub mod schedule;
+mod shared;
 pub mod storage;
 pub mod table;
 
@@ -49,6 +50,9 @@ pub struct View {
     /// Set (under `refresh_lock`) when the view is dropped: a refresh that was
     /// waiting its turn must not write it back.
     dropped: AtomicBool,
+    /// Its manifest is in the storage (a view being created is mounted first):
+    /// only a stored view missing from the storage was dropped by another gateway.
+    stored: AtomicBool,
 }
 
 impl View {
@@ -116,6 +120,11 @@ pub struct MatViews {
     views: RwLock<BTreeMap<ViewName, Arc<View>>>,
     results: Option<Arc<ResultCache>>,
     refresh_policy: Arc<Policy>,
+    /// Where this gateway announces the views it changed, and reads which views
+    /// other gateways sharing the storage changed (`shared.rs`).
+    changes: crate::cluster::journal::Journal,
+    /// This gateway's name in the leases of scheduled refreshes.
+    holder: String,
 }
 
 fn internal(what: impl std::fmt::Display) -> PgError {
@@ -142,6 +151,9 @@ impl MatViews {
             schemas.insert(name.clone(), schema);
         }
         let refresh_policy = Arc::new(Policy::resolve(&mv.refresh_roles, &config.roles));
+        // Read 30 s back: changes announced while the views load are not missed.
+        let changes =
+            crate::cluster::journal::Journal::new(storage.store.clone(), storage.changes_dir());
         let views = Arc::new(MatViews {
             config: mv.clone(),
             engine,
@@ -152,6 +164,8 @@ impl MatViews {
             views: RwLock::new(BTreeMap::new()),
             results,
             refresh_policy,
+            changes,
+            holder: crate::cluster::gateway_name(),
         });
         views
             .load()
@@ -160,6 +174,12 @@ impl MatViews {
         views.reconcile_declared().await.map_err(|e| e.message)?;
         views.publish();
         tokio::spawn(scheduler(Arc::downgrade(&views)));
+        if mv.sync_ms > 0 {
+            tokio::spawn(shared::syncer(
+                Arc::downgrade(&views),
+                Duration::from_millis(mv.sync_ms),
+            ));
+        }
         Ok(Some(views))
     }
 
@@ -200,7 +220,7 @@ impl MatViews {
                 continue;
             }
             self.storage
-                .delete_data_except(&name, &manifest.state.files)
+                .delete_data_except(&name, &manifest.state.files, storage::ORPHAN_AGE)
                 .await;
             let view = match self.mount(name.clone(), manifest).await {
                 Ok(v) => v,
@@ -209,6 +229,7 @@ impl MatViews {
                     continue;
                 }
             };
+            view.stored.store(true, Ordering::Release);
             view.plan_next(Utc::now());
             tracing::info!(view = %name, "materialized view loaded");
         }
@@ -226,6 +247,7 @@ impl MatViews {
             next_due: Mutex::new(None),
             refreshing: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
+            stored: AtomicBool::new(false),
         });
         {
             // Check and insert in one step: two CREATEs of one name cannot both win.
@@ -314,22 +336,27 @@ impl MatViews {
                             *n = Some(Utc::now());
                         }
                     }
-                    self.storage.save(&m).await?;
+                    self.storage.save(&mut m).await?;
                     view.set_manifest(m);
+                    self.announce(&name).await;
                     if same {
                         view.plan_next(Utc::now());
                     }
                     tracing::info!(view = %name, "materialized view definition updated from the config");
                 }
                 None => {
-                    let manifest = Manifest {
+                    let mut manifest = Manifest {
                         schema: name.schema.clone(),
                         name: name.name.clone(),
                         definition,
                         state: State::default(),
+                        revision: 0,
+                        stamp: 0,
                     };
-                    self.storage.save(&manifest).await?;
+                    self.storage.save(&mut manifest).await?;
                     let view = self.mount(name.clone(), manifest).await?;
+                    view.stored.store(true, Ordering::Release);
+                    self.announce(&name).await;
                     if let Ok(mut n) = view.next_due.lock() {
                         *n = Some(Utc::now());
                     }
@@ -386,7 +413,9 @@ impl MatViews {
             let qc = self.refresh_context();
             self.engine.plan(&stmt, &qc).await?;
         }
-        let manifest = Manifest {
+        let mut manifest = Manifest {
+            revision: 0,
+            stamp: 0,
             schema: name.schema.clone(),
             name: name.name.clone(),
             definition: Definition {
@@ -402,10 +431,12 @@ impl MatViews {
         };
         // Registered first (the name is taken atomically), stored second.
         let view = self.mount(name.clone(), manifest.clone()).await?;
-        if let Err(e) = self.storage.save(&manifest).await {
+        if let Err(e) = self.storage.save(&mut manifest).await {
             self.unmount(name);
             return Err(e);
         }
+        view.set_manifest(manifest);
+        view.stored.store(true, Ordering::Release);
         let outcome = if with_data {
             match self.refresh_view(&view, true).await {
                 Ok(o) => Some(o),
@@ -420,6 +451,7 @@ impl MatViews {
         };
         view.plan_next(Utc::now());
         self.publish();
+        self.announce(name).await;
         Ok(outcome)
     }
 
@@ -444,13 +476,17 @@ impl MatViews {
         }
         // Wait for a running refresh, so it cannot store files after the delete.
         let _guard = view.refresh_lock.lock().await;
+        // The storage first: if that fails the view stays, as stored.
+        self.storage.remove_view(name).await?;
         view.dropped.store(true, Ordering::Release);
         self.unmount(name);
-        self.storage.remove_view(name).await?;
+        // Readers here or on other gateways may still be scanning its files.
+        self.delete_later(name, &view.manifest().state.files);
         if let Some(r) = &self.results {
             r.invalidate(Some(std::slice::from_ref(&name.name)));
         }
         self.publish();
+        self.announce(name).await;
         Ok(true)
     }
 
@@ -485,22 +521,18 @@ impl MatViews {
         self.engine.set_matviews(listing);
     }
 
-    /// Views whose scheduled refresh is due.
-    fn due(&self, now: DateTime<Utc>) -> Vec<Arc<View>> {
+    /// Views whose scheduled refresh is due, with the tick that is due.
+    fn due(&self, now: DateTime<Utc>) -> Vec<(Arc<View>, DateTime<Utc>)> {
         let Ok(views) = self.views.read() else {
             return Vec::new();
         };
         views
             .values()
-            .filter(|v| {
-                !v.refreshing.load(Ordering::Acquire)
-                    && v.next_due
-                        .lock()
-                        .ok()
-                        .and_then(|n| *n)
-                        .is_some_and(|n| n <= now)
+            .filter(|v| !v.refreshing.load(Ordering::Acquire))
+            .filter_map(|v| {
+                let due = v.next_due.lock().ok().and_then(|n| *n)?;
+                (due <= now).then(|| (v.clone(), due))
             })
-            .cloned()
             .collect()
     }
 }
@@ -515,13 +547,19 @@ async fn scheduler(views: std::sync::Weak<MatViews>) {
             return;
         };
         let now = Utc::now();
-        for view in all.due(now) {
+        for (view, tick) in all.due(now) {
             // Not due again until this run has finished and planned the next.
             if let Ok(mut n) = view.next_due.lock() {
                 *n = None;
             }
             let all = all.clone();
             tokio::spawn(async move {
+                // Of the gateways sharing the storage, the one whose lease is
+                // created refreshes; the others read its result (`shared.rs`).
+                if !all.claim_tick(&view, tick).await {
+                    view.plan_next(Utc::now());
+                    return;
+                }
                 let result = all.refresh_view(&view, true).await;
                 view.plan_next(Utc::now());
                 // A failure is already logged and recorded; a view that never loaded

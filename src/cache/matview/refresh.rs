@@ -145,10 +145,18 @@ impl MatViews {
             m.state.last_error = Some(format!("{}: {}", e.code.0, e.message));
             m.state.last_attempt_at = Some(Utc::now().to_rfc3339());
             m.state.failures += 1;
-            if let Err(save) = self.storage.save(&m).await {
-                tracing::error!(view = %view.name, error = %save.message, "cannot record the failed refresh");
+            match self.storage.save(&mut m).await {
+                Ok(()) => {
+                    view.set_manifest(m);
+                    self.announce(&view.name).await;
+                }
+                Err(save) => {
+                    tracing::error!(view = %view.name, error = %save.message, "cannot record the failed refresh");
+                    view.set_manifest(m);
+                }
             }
-            view.set_manifest(m);
+        } else if result.is_ok() {
+            self.announce(&view.name).await;
         }
         self.publish();
         result
@@ -177,7 +185,7 @@ impl MatViews {
                 last_attempt_at: Some(now),
                 ..State::default()
             };
-            self.storage.save(&manifest).await?;
+            self.storage.save(&mut manifest).await?;
             view.table.swap(
                 Arc::new(datafusion::arrow::datatypes::Schema::empty()),
                 Version::Unpopulated {
@@ -300,7 +308,7 @@ impl MatViews {
             columns: storage::columns_of(&schema),
         };
         let (schema, version) = self.version_of(&view.name, &manifest.state).await?;
-        if let Err(e) = self.storage.save(&manifest).await {
+        if let Err(e) = self.storage.save(&mut manifest).await {
             if increment.is_none() || rows > 0 {
                 self.storage
                     .delete_files(&view.name, &[new_file(rows, bytes)])
@@ -326,14 +334,20 @@ impl MatViews {
         if let Some(r) = &self.results {
             r.invalidate(Some(std::slice::from_ref(&view.name.name)));
         }
-        if replaced.is_empty() {
+        self.delete_later(&view.name, &replaced);
+    }
+
+    /// Deletes `files` of `view` after `keep_replaced_secs`: readers here, and on
+    /// gateways that have not read the change yet, may still be scanning them.
+    pub(super) fn delete_later(&self, view: &ViewName, files: &[DataFile]) {
+        if files.is_empty() {
             return;
         }
         let keep = Duration::from_secs(self.config.keep_replaced_secs);
         let store = self.storage.store.clone();
-        let paths: Vec<_> = replaced
+        let paths: Vec<_> = files
             .iter()
-            .map(|f| self.storage.file_path(&view.name, &f.path))
+            .map(|f| self.storage.file_path(view, &f.path))
             .collect();
         tokio::spawn(async move {
             tokio::time::sleep(keep).await;

@@ -14,10 +14,17 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The first time after `after` a refresh is due.
+    /// The first time after `after` a refresh is due. Intervals are aligned to the
+    /// Unix epoch, so every gateway sharing the storage computes the same ticks
+    /// (each tick's lease is named by its time).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Schedule::Every(d) => chrono::Duration::from_std(*d).ok().map(|d| after + d),
+            Schedule::Every(d) => {
+                let step = i64::try_from(d.as_millis()).ok().filter(|s| *s > 0)?;
+                let now = after.timestamp_millis();
+                let next = (now.div_euclid(step) + 1).checked_mul(step)?;
+                DateTime::from_timestamp_millis(next)
+            }
             Schedule::Cron(c) => c.after(&after).next(),
         }
     }
@@ -40,7 +47,13 @@ mod tests {
     fn intervals_and_cron_expressions() {
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 10, 7, 30).unwrap();
         let every = Schedule::Every(Duration::from_secs(60));
-        assert_eq!(every.next_after(t), Some(t + chrono::Duration::seconds(60)));
+        let minute = Utc.with_ymd_and_hms(2026, 1, 1, 10, 8, 0).unwrap();
+        assert_eq!(every.next_after(t), Some(minute));
+        assert_eq!(
+            every.next_after(minute),
+            Some(minute + chrono::Duration::seconds(60)),
+            "strictly after"
+        );
         let cron = Schedule::Cron(Box::new(parse_cron("*/15 * * * *").unwrap()));
         assert_eq!(
             cron.next_after(t),

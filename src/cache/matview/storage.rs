@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! <storage>/<schema>/<name>/view.json          definition and state (the manifest)
-//! <storage>/<schema>/<name>/data/<gen>-0.parquet
+//! <storage>/<schema>/<name>/data/<gen>-<random>.parquet
+//! <storage>/_views/changes/…                    which views changed (`cluster::journal`)
+//! <storage>/_views/leases/<schema>/<name>/<tick> who refreshes a scheduled tick
 //! ```
 //!
 //! A refresh writes new Parquet files first and the manifest last (one `put`, atomic
 //! on both stores): a crash in between leaves the previous manifest, naming the
-//! previous files, and the orphans are deleted at the next start.
+//! previous files, and the orphans are deleted at a later start (once they are an
+//! hour old: another gateway sharing the storage may be about to name them).
 
 use std::sync::Arc;
 
@@ -130,7 +133,32 @@ pub struct Manifest {
     pub name: String,
     pub definition: Definition,
     pub state: State,
+    /// Counts saves: gateways sharing the storage apply a stored manifest whose
+    /// revision is newer than theirs.
+    #[serde(default)]
+    pub revision: u64,
+    /// Random per save: tells two saves of one revision (by two gateways) apart.
+    #[serde(default)]
+    pub stamp: u64,
 }
+
+impl Manifest {
+    pub fn view_name(&self) -> ViewName {
+        ViewName {
+            schema: self.schema.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Whether `self` (stored) should replace `current` (what this gateway has).
+    pub fn supersedes(&self, current: &Manifest) -> bool {
+        self.revision > current.revision
+            || (self.revision == current.revision && self.stamp != current.stamp)
+    }
+}
+
+/// Data files older than this that no manifest names are deleted at start.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The view store: an object store and the prefix views live under.
 pub struct Storage {
@@ -231,17 +259,43 @@ impl Storage {
         )
     }
 
-    pub async fn save(&self, manifest: &Manifest) -> Result<(), PgError> {
-        let view = ViewName {
-            schema: manifest.schema.clone(),
-            name: manifest.name.clone(),
-        };
-        let json = serde_json::to_vec_pretty(manifest).map_err(io_error)?;
+    /// Stores `manifest` as a new revision (its `revision` and `stamp` move).
+    pub async fn save(&self, manifest: &mut Manifest) -> Result<(), PgError> {
+        manifest.revision += 1;
+        manifest.stamp = rand::random();
+        let json = serde_json::to_vec_pretty(&*manifest).map_err(io_error)?;
         self.store
-            .put(&self.manifest_path(&view), json.into())
+            .put(&self.manifest_path(&manifest.view_name()), json.into())
             .await
             .map_err(io_error)?;
         Ok(())
+    }
+
+    /// One view's stored manifest; `None` when there is none.
+    pub async fn load(&self, view: &ViewName) -> Result<Option<Manifest>, PgError> {
+        let bytes = match self.store.get(&self.manifest_path(view)).await {
+            Ok(r) => r.bytes().await.map_err(io_error)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io_error(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io_error(format!("{view}: unreadable manifest: {e}")))
+    }
+
+    /// Where gateways announce which views changed.
+    pub fn changes_dir(&self) -> Path {
+        self.root.clone().join("_views").join("changes")
+    }
+
+    /// Where the leases of a view's scheduled refreshes live.
+    pub fn leases_dir(&self, view: &ViewName) -> Path {
+        self.root
+            .clone()
+            .join("_views")
+            .join("leases")
+            .join(view.schema.as_str())
+            .join(view.name.as_str())
     }
 
     /// Every stored manifest. Unreadable ones are logged and skipped.
@@ -271,20 +325,28 @@ impl Storage {
         Ok(manifests)
     }
 
-    /// Deletes a view's directory (manifest and data).
+    /// Deletes a view's manifest; its data files are the caller's to delete once
+    /// readers (here and on other gateways) are done with them.
     pub async fn remove_view(&self, view: &ViewName) -> Result<(), PgError> {
         self.store
             .delete(&self.manifest_path(view))
             .await
             .or_else(not_found_is_fine)
             .map_err(io_error)?;
-        self.delete_data_except(view, &[]).await;
         Ok(())
     }
 
-    /// Deletes data files of a view that `keep` does not name (failed or replaced
-    /// versions). Best effort: failures are logged.
-    pub async fn delete_data_except(&self, view: &ViewName, keep: &[DataFile]) {
+    /// Deletes data files of a view that `keep` does not name and that were last
+    /// written more than `min_age` ago (failed or replaced versions). Best effort:
+    /// failures are logged.
+    pub async fn delete_data_except(
+        &self,
+        view: &ViewName,
+        keep: &[DataFile],
+        min_age: std::time::Duration,
+    ) {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::zero());
         let dir = self.view_dir(view).join("data");
         let listed: Vec<object_store::ObjectMeta> =
             match self.store.list(Some(&dir)).try_collect().await {
@@ -292,9 +354,10 @@ impl Storage {
                 Err(_) => return,
             };
         for meta in listed {
-            let keep_it = keep
-                .iter()
-                .any(|f| self.file_path(view, &f.path) == meta.location);
+            let keep_it = meta.last_modified > cutoff
+                || keep
+                    .iter()
+                    .any(|f| self.file_path(view, &f.path) == meta.location);
             if !keep_it && let Err(e) = self.store.delete(&meta.location).await {
                 tracing::warn!(file = %meta.location, error = %e, "cannot delete an old view file");
             }

@@ -218,7 +218,7 @@ impl Session {
     /// and again when the transaction ends.
     fn note_write(&mut self, tables: Option<Vec<String>>) {
         if let Some(cache) = &self.shared.results {
-            cache.invalidate(tables.as_deref());
+            cache.invalidate_written(tables.as_deref());
         }
         match (tables, &mut self.cache.written_in_tx) {
             (Some(t), Some(w)) => w.extend(t),
@@ -237,7 +237,7 @@ impl Session {
         self.cache.wrote_in_tx = false;
         let written = self.cache.written_in_tx.replace(Vec::new());
         if let Some(cache) = &self.shared.results {
-            cache.invalidate(written.as_deref());
+            cache.invalidate_written(written.as_deref());
         }
     }
 

@@ -443,6 +443,8 @@ impl MatViews {
                 Err(e) => {
                     self.unmount(name);
                     let _ = self.storage.remove_view(name).await;
+                    // Others may have read the unpopulated manifest meanwhile.
+                    self.announce(name).await;
                     return Err(e);
                 }
             }

@@ -173,6 +173,8 @@ impl MatViews {
                 format!("materialized view \"{}\" was dropped", view.name),
             ));
         }
+        // Another gateway sharing the storage may have refreshed it since.
+        self.catch_up(view).await?;
         let started = Instant::now();
         let now = Utc::now().to_rfc3339();
         let mut manifest = view.manifest();

@@ -106,10 +106,7 @@ impl MatViews {
                 let Ok(_turn) = view.refresh_lock.try_lock() else {
                     return Ok(false);
                 };
-                view.dropped.store(true, Ordering::Release);
-                self.unmount(name);
-                self.changed_elsewhere(name);
-                tracing::info!(view = %name, "materialized view dropped on another gateway: unmounted");
+                self.dropped_elsewhere(&view);
             }
             (Some(view), Some(m)) => {
                 if !m.supersedes(&view.manifest()) {
@@ -118,39 +115,76 @@ impl MatViews {
                 let Ok(_turn) = view.refresh_lock.try_lock() else {
                     return Ok(false);
                 };
-                let current = view.manifest();
-                if !m.supersedes(&current) {
-                    return Ok(true);
-                }
-                let paths = |m: &Manifest| -> Vec<String> {
-                    m.state.files.iter().map(|f| f.path.clone()).collect()
-                };
-                let new_data = paths(&current) != paths(&m)
-                    || current.state.populated != m.state.populated
-                    || current.state.columns != m.state.columns;
-                if new_data {
-                    let (schema, version) = self.version_of(name, &m.state).await?;
-                    view.table.swap(schema, version);
-                    // Files the applied version no longer names: replaced there (that
-                    // gateway deletes them too), or written by a refresh here that
-                    // another gateway's overtook. Deleting twice is harmless.
-                    let gone: Vec<DataFile> = current
-                        .state
-                        .files
-                        .iter()
-                        .filter(|f| !m.state.files.iter().any(|g| g.path == f.path))
-                        .cloned()
-                        .collect();
-                    self.delete_later(name, &gone);
-                }
-                view.set_manifest(m);
-                view.stored.store(true, Ordering::Release);
-                view.plan_next(Utc::now());
-                self.changed_elsewhere(name);
-                tracing::info!(view = %name, new_data, "materialized view changed on another gateway: applied");
+                self.apply_stored(&view, m).await?;
             }
         }
         Ok(true)
+    }
+
+    /// Before a refresh here (its lock held): catches up with what other gateways
+    /// did to the view, so the refresh starts from the stored version (an
+    /// incremental one from the stored high-water mark). A view dropped elsewhere
+    /// is unmounted and the refresh fails with 42P01.
+    pub(super) async fn catch_up(&self, view: &Arc<View>) -> Result<(), PgError> {
+        match self.storage.load(&view.name).await? {
+            Some(m) => self.apply_stored(view, m).await,
+            None if view.stored.load(Ordering::Acquire) && !view.manifest().definition.declared => {
+                self.dropped_elsewhere(view);
+                Err(PgError::new(
+                    SqlState::UNDEFINED_TABLE,
+                    format!(
+                        "materialized view \"{}\" was dropped on another gateway",
+                        view.name
+                    ),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Applies stored manifest `m` if it supersedes what `view` has (its refresh
+    /// lock held): new data swapped in, the definition and schedule taken over.
+    async fn apply_stored(&self, view: &Arc<View>, m: Manifest) -> Result<(), PgError> {
+        let current = view.manifest();
+        if !m.supersedes(&current) {
+            return Ok(());
+        }
+        let name = &view.name;
+        let paths = |m: &Manifest| -> Vec<String> {
+            m.state.files.iter().map(|f| f.path.clone()).collect()
+        };
+        let new_data = paths(&current) != paths(&m)
+            || current.state.populated != m.state.populated
+            || current.state.columns != m.state.columns;
+        if new_data {
+            let (schema, version) = self.version_of(name, &m.state).await?;
+            view.table.swap(schema, version);
+            // Files the applied version no longer names: replaced there (that
+            // gateway deletes them too), or written by a refresh here that another
+            // gateway's overtook. Deleting twice is harmless.
+            let gone: Vec<DataFile> = current
+                .state
+                .files
+                .iter()
+                .filter(|f| !m.state.files.iter().any(|g| g.path == f.path))
+                .cloned()
+                .collect();
+            self.delete_later(name, &gone);
+        }
+        view.set_manifest(m);
+        view.stored.store(true, Ordering::Release);
+        view.plan_next(Utc::now());
+        self.changed_elsewhere(name);
+        tracing::info!(view = %name, new_data, "materialized view changed on another gateway: applied");
+        Ok(())
+    }
+
+    /// The view's manifest is gone from the storage (its refresh lock held).
+    fn dropped_elsewhere(&self, view: &Arc<View>) {
+        view.dropped.store(true, Ordering::Release);
+        self.unmount(&view.name);
+        self.changed_elsewhere(&view.name);
+        tracing::info!(view = %view.name, "materialized view dropped on another gateway: unmounted");
     }
 
     /// After applying another gateway's change: cached results that read the view

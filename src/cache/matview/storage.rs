@@ -534,3 +534,63 @@ fn literal_text(v: &ScalarValue, text: String) -> String {
         _ => format!("'{}'", text.replace('\'', "''")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            schema: "mv".into(),
+            name: "v".into(),
+            definition: Definition {
+                query: "SELECT 1".into(),
+                refresh_every_secs: None,
+                refresh_cron: None,
+                incremental_column: None,
+                owner: "test".into(),
+                created_at: String::new(),
+                declared: false,
+            },
+            state: State::default(),
+            revision: 0,
+            stamp: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_move_the_revision_and_newer_or_concurrent_saves_supersede() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+        let storage = Storage::new(Arc::new(fs), Path::from("views"), "file:///x".into());
+        let mut ours = manifest();
+        storage.save(&mut ours).await.expect("save");
+        assert_eq!(ours.revision, 1);
+        let stored = storage
+            .load(&ours.view_name())
+            .await
+            .expect("load")
+            .expect("stored");
+        assert!(!stored.supersedes(&ours), "our own save");
+        // Another gateway's next save supersedes ours; ours does not supersede it.
+        let mut theirs = stored.clone();
+        storage.save(&mut theirs).await.expect("save");
+        assert!(theirs.supersedes(&ours) && !ours.supersedes(&theirs));
+        // Two saves of one revision: the stored one wins wherever it is read.
+        let mut concurrent = ours.clone();
+        concurrent.revision = theirs.revision - 1;
+        storage.save(&mut concurrent).await.expect("save");
+        assert_eq!(concurrent.revision, theirs.revision);
+        assert!(concurrent.supersedes(&theirs) && theirs.supersedes(&concurrent));
+        assert!(
+            storage
+                .load(&ViewName {
+                    schema: "mv".into(),
+                    name: "gone".into()
+                })
+                .await
+                .expect("load")
+                .is_none()
+        );
+    }
+}

@@ -7,9 +7,11 @@
 //! for their tables. A write through one gateway therefore leaves every other
 //! gateway's cache within two poll intervals plus the storage's latency.
 //!
-//! When the journal cannot be read for longer than two intervals, nothing vouches
-//! for the cached results any more: the gateway clears its cache at every failed
-//! read until reading works again, so staleness stays bounded either way.
+//! Every storage call is bounded (`journal::CALL_TIMEOUT`). When more than two
+//! intervals (plus `READ_SLACK` for the storage's latency) have passed since the
+//! start of the last complete read, nothing vouches
+//! for the cached results any more: the gateway clears its cache, at every
+//! interval, until reading works again, so staleness stays bounded either way.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::results::ResultCache;
 use crate::cluster::journal::Journal;
+
+/// Latency allowed a read before the cache stops being trusted.
+const READ_SLACK: Duration = Duration::from_secs(2);
 
 /// One gateway's writes of one interval: `None` when a write's tables were unknown
 /// (everything goes).
@@ -75,7 +80,8 @@ impl SharedInvalidations {
         let record = Record {
             tables: (!taken.everything).then(|| taken.tables.iter().cloned().collect()),
         };
-        let body = serde_json::to_vec(&record).unwrap_or_default();
+        // Serialising a list of strings cannot fail; were it to, "everything" is safe.
+        let body = serde_json::to_vec(&record).unwrap_or_else(|_| br#"{"tables":null}"#.to_vec());
         match self.journal.append(body).await {
             Ok(()) => {
                 crate::metrics::metrics()
@@ -122,9 +128,10 @@ async fn run(shared: Arc<SharedInvalidations>, cache: Weak<ResultCache>) {
         if let Err(e) = shared.flush().await {
             warn("publish", &e);
         }
+        let read_started = Instant::now();
         match shared.journal.read_new().await {
             Ok(records) => {
-                last_read = Instant::now();
+                last_read = read_started;
                 for body in records {
                     let Ok(record) = serde_json::from_slice::<Record>(&body) else {
                         tracing::warn!(
@@ -139,12 +146,10 @@ async fn run(shared: Arc<SharedInvalidations>, cache: Weak<ResultCache>) {
                     cache.invalidate(record.tables.as_deref());
                 }
             }
-            Err(e) => {
-                warn("read", &e);
-                if last_read.elapsed() > 2 * shared.poll {
-                    cache.invalidate(None);
-                }
-            }
+            Err(e) => warn("read", &e),
+        }
+        if last_read.elapsed() > 2 * shared.poll + READ_SLACK {
+            cache.invalidate(None);
         }
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();

@@ -28,6 +28,23 @@ use object_store::{ObjectStore, ObjectStoreExt};
 pub const LOOKBACK: Duration = Duration::from_secs(30);
 /// How long records are kept.
 pub const RETAIN: Duration = Duration::from_secs(600);
+/// The longest one storage call may take: a call that hangs counts as failed (and
+/// a record is appended again under a new name), well inside `LOOKBACK`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`, failed with a timeout error after `CALL_TIMEOUT`.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, object_store::Error>>,
+) -> Result<T, object_store::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(object_store::Error::Generic {
+                store: "journal",
+                source: format!("no answer within {} s", CALL_TIMEOUT.as_secs()).into(),
+            })
+        })
+}
 
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
@@ -69,22 +86,23 @@ impl Journal {
             self.writer,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        self.store
-            .put(&self.dir.clone().join(name), body.into())
+        bounded(self.store.put(&self.dir.clone().join(name), body.into()))
             .await
             .map(|_| ())
     }
 
-    /// The other writers' records not read before, oldest first.
+    /// The other writers' records not read before, oldest first. On an error none
+    /// of them counts as read: the next call returns them again.
     pub async fn read_new(&self) -> Result<Vec<Bytes>, object_store::Error> {
         let mut seen = self.seen.lock().await;
         let from = Utc::now().timestamp_millis() - LOOKBACK.as_millis() as i64;
         let offset = self.dir.clone().join(format!("{:015}", from.max(0)));
-        let listed: Vec<object_store::ObjectMeta> = match self
-            .store
-            .list_with_offset(Some(&self.dir), &offset)
-            .try_collect()
-            .await
+        let listed: Vec<object_store::ObjectMeta> = match bounded(
+            self.store
+                .list_with_offset(Some(&self.dir), &offset)
+                .try_collect(),
+        )
+        .await
         {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
@@ -101,15 +119,16 @@ impl Journal {
             .collect();
         fresh.sort();
         let mut out = Vec::with_capacity(fresh.len());
-        for (name, millis) in fresh {
-            match self.store.get(&self.dir.clone().join(name.as_str())).await {
-                Ok(r) => out.push(r.bytes().await?),
+        for (name, _) in &fresh {
+            let path = self.dir.clone().join(name.as_str());
+            match bounded(async { self.store.get(&path).await?.bytes().await }).await {
+                Ok(body) => out.push(body),
                 // Pruned between the listing and the read: too old to matter.
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
-            seen.insert(name, millis);
         }
+        seen.extend(fresh);
         seen.retain(|_, millis| *millis >= from - 1000);
         Ok(out)
     }

@@ -11,7 +11,8 @@
 //!   ([`session_pid`]), so a CancelRequest that the balancer sends to another
 //!   gateway is passed on to the right one — PgBouncer's peering, in spirit.
 //!
-//! This module knows nothing of sessions or caches: it imports only `config`.
+//! This module knows nothing of sessions or caches: it imports only `config` and
+//! `wire` (the cancel packet).
 
 pub mod journal;
 pub mod lease;
@@ -85,16 +86,22 @@ impl Cluster {
     }
 }
 
-/// Sends a CancelRequest for (`pid`, `secret`) to the gateway at `address`, as a
-/// client would (plaintext: it carries no credential but the key itself).
+/// Passes a cancel for (`pid`, `secret`) on to the gateway at `address`: plaintext,
+/// like a client's (it carries no credential but the key itself), with Sluice's
+/// peer request code, which the receiver never passes on again.
 pub async fn forward_cancel(address: &str, pid: i32, secret: i32) -> std::io::Result<()> {
     let timeout = Duration::from_secs(3);
     let mut tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let mut buf = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
-    tcp.write_all(&buf).await?;
+    let packet = crate::wire::frame::encode_cancel(
+        crate::wire::frame::PEER_CANCEL_REQUEST_CODE,
+        pid,
+        secret,
+    );
+    tokio::time::timeout(timeout, tcp.write_all(&packet))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "send timed out"))??;
     // The peer closes the connection once it has read the request.
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(timeout, tcp.read(&mut sink)).await;
@@ -120,6 +127,25 @@ mod tests {
         assert_eq!(gateway_of((1 << 30) - 1), None);
         assert_eq!(gateway_of(12345), None);
         assert_eq!(gateway_of(-5), None);
+    }
+
+    #[test]
+    fn a_passed_on_cancel_carries_the_peer_code_and_the_key() {
+        use crate::wire::frame;
+        let packet = frame::encode_cancel(frame::PEER_CANCEL_REQUEST_CODE, session_pid(2, 7), -5);
+        assert_eq!(
+            i32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]),
+            16
+        );
+        assert_eq!(
+            i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+            frame::PEER_CANCEL_REQUEST_CODE
+        );
+        assert_ne!(frame::PEER_CANCEL_REQUEST_CODE, frame::CANCEL_REQUEST_CODE);
+        assert_eq!(
+            frame::decode_cancel(&packet[8..]),
+            Some((session_pid(2, 7), -5))
+        );
     }
 
     #[test]

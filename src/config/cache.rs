@@ -97,9 +97,10 @@ pub struct MatViewsConfig {
     #[serde(default = "default_keep")]
     pub keep_replaced_secs: u64,
     /// How often a gateway reads the changes other gateways sharing the storage
-    /// made to views (created, refreshed, dropped); 0 turns reading them off.
-    #[serde(default = "default_sync_ms")]
-    pub sync_ms: u64,
+    /// made to views (created, refreshed, dropped), in milliseconds; 0 turns
+    /// reading them off. Default: 1000 with `[cluster]`, else 0 (one LIST request
+    /// a second on S3 is wasted on a gateway nobody shares the storage with).
+    pub sync_ms: Option<u64>,
     /// Views declared here are created at start-up when missing (and kept in step
     /// with their definition here).
     #[serde(default)]
@@ -124,7 +125,11 @@ pub struct MatViewDecl {
 }
 
 impl MatViewsConfig {
-    pub(super) fn validate(&self, roles: &[super::RoleConfig]) -> Result<(), (String, String)> {
+    pub(super) fn validate(
+        &self,
+        roles: &[super::RoleConfig],
+        clustered: bool,
+    ) -> Result<(), (String, String)> {
         if self.schemas.is_empty() {
             return Err(("schemas".into(), "name at least one schema".into()));
         }
@@ -143,18 +148,18 @@ impl MatViewsConfig {
             }
         }
         check_storage(&self.storage).map_err(|m| ("storage".to_string(), m))?;
-        if self.sync_ms != 0 && !(50..=600_000).contains(&self.sync_ms) {
+        let sync_ms = self.sync_interval_ms(clustered);
+        if sync_ms != 0 && !(50..=600_000).contains(&sync_ms) {
             return Err((
                 "sync_ms".into(),
                 "0 (off) or from 50 to 600000 milliseconds".into(),
             ));
         }
-        if self.keep_replaced_secs.saturating_mul(1000) < self.sync_ms.saturating_mul(2) {
+        if self.keep_replaced_secs.saturating_mul(1000) < sync_ms.saturating_mul(2) {
             return Err((
                 "keep_replaced_secs".into(),
                 format!(
-                    "must be at least twice sync_ms ({} ms): gateways that have not read a refresh yet still scan the version it replaced (sync_ms = 0 when no other gateway shares the storage)",
-                    self.sync_ms
+                    "must be at least twice sync_ms ({sync_ms} ms): gateways that have not read a refresh yet still scan the version it replaced (sync_ms = 0 when no other gateway shares the storage)"
                 ),
             ));
         }
@@ -241,6 +246,9 @@ fn default_keep() -> u64 {
     300
 }
 
-fn default_sync_ms() -> u64 {
-    1000
+impl MatViewsConfig {
+    /// `sync_ms` as it applies: the default depends on `[cluster]`.
+    pub fn sync_interval_ms(&self, clustered: bool) -> u64 {
+        self.sync_ms.unwrap_or(if clustered { 1000 } else { 0 })
+    }
 }

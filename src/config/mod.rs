@@ -492,7 +492,7 @@ impl Config {
             .validate()
             .map_err(|(k, m)| invalid(format!("engine.{k}"), m))?;
         if let Some(mv) = &self.materialized_views {
-            mv.validate(&self.roles)
+            mv.validate(&self.roles, self.cluster.is_some())
                 .map_err(|(k, m)| invalid(format!("materialized_views.{k}"), m))?;
         }
         if let Some(audit) = &self.audit {

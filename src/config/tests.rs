@@ -466,6 +466,10 @@ fn cluster_settings_are_checked_with_their_key() {
             "materialized_views.keep_replaced_secs",
         ),
         (
+            "[materialized_views]\nkeep_replaced_secs = 1\n[cluster]\ngateway_id = 1\n",
+            "materialized_views.keep_replaced_secs",
+        ),
+        (
             "[materialized_views]\nschemas = [\"_views\"]\n",
             "materialized_views.schemas",
         ),
@@ -473,6 +477,19 @@ fn cluster_settings_are_checked_with_their_key() {
         let e = parse(bad).unwrap_err().to_string();
         assert!(e.contains(key), "{bad}: expected {key} in: {e}");
     }
+    // Views are read back from the storage by default only in a cluster.
+    let views = |extra: &str| {
+        parse(&format!(
+            "[materialized_views]\nkeep_replaced_secs = 1\n{extra}"
+        ))
+    };
+    let alone = views("").unwrap();
+    assert_eq!(alone.materialized_views.unwrap().sync_interval_ms(false), 0);
+    let clustered = views("sync_ms = 0\n[cluster]\ngateway_id = 1\n").unwrap();
+    assert_eq!(
+        clustered.materialized_views.unwrap().sync_interval_ms(true),
+        0
+    );
     // 256 is not a gateway number: the TOML type says so, naming the key.
     let e = parse("[cluster]\ngateway_id = 256\nstorage = \"d\"\n")
         .unwrap_err()

@@ -129,6 +129,14 @@ pub async fn handshake(
                 }
                 return Ok(Handshake::Done);
             }
+            // Passed on by a peer gateway: this gateway's sessions only, never again.
+            frame::PEER_CANCEL_REQUEST_CODE if shared.cluster.is_some() => {
+                if let Some((pid, secret)) = frame::decode_cancel(&body) {
+                    let hit = shared.cancels.cancel(pid, secret);
+                    tracing::debug!(pid, hit, "cancel request from a peer gateway");
+                }
+                return Ok(Handshake::Done);
+            }
             SSL_REQUEST | GSSENC_REQUEST => {
                 return Err(refuse(
                     &mut stream,
@@ -255,8 +263,15 @@ pub(crate) fn negotiate(
 /// Passes a cancel request on to the gateway that handed out `pid`, on its own task
 /// (the client that sent it does not wait for an answer).
 fn forward_cancel(address: String, pid: i32, secret: i32) {
+    // A flood of cancels for another gateway must not become a flood of tasks.
+    static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+    let Ok(permit) = IN_FLIGHT.try_acquire() else {
+        tracing::warn!(pid, peer = %address, "too many cancel requests being passed on; this one is dropped");
+        return;
+    };
     crate::metrics::metrics().cancels_forwarded.inc();
     tokio::spawn(async move {
+        let _permit = permit;
         match crate::cluster::forward_cancel(&address, pid, secret).await {
             Ok(()) => tracing::debug!(pid, peer = %address, "cancel request passed on"),
             Err(e) => {

@@ -403,6 +403,21 @@ pub fn decode_startup_params(body: &[u8]) -> Result<Vec<(String, String)>, PgErr
 /// The request code of a CancelRequest packet (after its length).
 pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
+/// Sluice's own request code for a CancelRequest one gateway passes on to another
+/// (`cluster`): same body, but the receiver only ever matches it against its own
+/// sessions, so a misconfigured peer list can never bounce it around.
+pub const PEER_CANCEL_REQUEST_CODE: i32 = 80_877_190;
+
+/// A cancel packet: length, `code`, process id, secret key.
+pub fn encode_cancel(code: i32, pid: i32, secret: i32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&16i32.to_be_bytes());
+    out[4..8].copy_from_slice(&code.to_be_bytes());
+    out[8..12].copy_from_slice(&pid.to_be_bytes());
+    out[12..16].copy_from_slice(&secret.to_be_bytes());
+    out
+}
+
 /// A CancelRequest's body after the request code: (process id, secret key).
 pub fn decode_cancel(body: &[u8]) -> Option<(i32, i32)> {
     let mut c = Cursor::new(body, "CancelRequest");

@@ -12,6 +12,7 @@ mod listing;
 mod refresh;
 pub mod schedule;
 mod shared;
+pub mod sink;
 pub mod storage;
 pub mod table;
 
@@ -35,7 +36,8 @@ use crate::redshift::{self, Upstream, rows};
 use crate::route::decide::ViewSource;
 use crate::route::view_ddl::{ViewName, ViewOptions};
 use schedule::Schedule;
-use storage::{DataFile, Definition, Manifest, ParquetSink, State, Storage};
+use sink::ParquetSink;
+use storage::{DataFile, Definition, Manifest, State, Storage};
 use table::{MatViewSchema, MatViewTable, Version};
 
 /// One view: its table (what readers scan) and its manifest (what is stored).
@@ -125,6 +127,9 @@ pub struct MatViews {
     changes: crate::cluster::journal::Journal,
     /// This gateway's name in the leases of scheduled refreshes.
     holder: String,
+    /// Held while a drop here removes a manifest and unmounts, and while the sync
+    /// mounts a view it read: a view dropped here is never mounted back.
+    ddl: tokio::sync::Mutex<()>,
 }
 
 fn internal(what: impl std::fmt::Display) -> PgError {
@@ -166,6 +171,7 @@ impl MatViews {
             refresh_policy,
             changes,
             holder: crate::cluster::gateway_name(),
+            ddl: tokio::sync::Mutex::new(()),
         });
         views
             .load()
@@ -173,11 +179,12 @@ impl MatViews {
             .map_err(|e| format!("materialized_views.storage: {}", e.message))?;
         views.reconcile_declared().await.map_err(|e| e.message)?;
         views.publish();
-        tokio::spawn(scheduler(Arc::downgrade(&views)));
-        if mv.sync_ms > 0 {
+        tokio::spawn(schedule::scheduler(Arc::downgrade(&views)));
+        let sync_ms = mv.sync_interval_ms(config.cluster.is_some());
+        if sync_ms > 0 {
             tokio::spawn(shared::syncer(
                 Arc::downgrade(&views),
-                Duration::from_millis(mv.sync_ms),
+                Duration::from_millis(sync_ms),
             ));
         }
         Ok(Some(views))
@@ -353,7 +360,18 @@ impl MatViews {
                         revision: 0,
                         stamp: 0,
                     };
-                    self.storage.save(&mut manifest).await?;
+                    if let Err(e) = self.storage.save_new(&mut manifest).await {
+                        // Another gateway with this config created it just now: it
+                        // makes the first refresh.
+                        let stored = match self.storage.load(&name).await? {
+                            Some(m) if e.code.0 == "42P07" => m,
+                            _ => return Err(e),
+                        };
+                        let view = self.mount(name.clone(), stored).await?;
+                        view.stored.store(true, Ordering::Release);
+                        view.plan_next(Utc::now());
+                        continue;
+                    }
                     let view = self.mount(name.clone(), manifest).await?;
                     view.stored.store(true, Ordering::Release);
                     self.announce(&name).await;
@@ -431,7 +449,7 @@ impl MatViews {
         };
         // Registered first (the name is taken atomically), stored second.
         let view = self.mount(name.clone(), manifest.clone()).await?;
-        if let Err(e) = self.storage.save(&mut manifest).await {
+        if let Err(e) = self.storage.save_new(&mut manifest).await {
             self.unmount(name);
             return Err(e);
         }
@@ -478,12 +496,24 @@ impl MatViews {
         }
         // Wait for a running refresh, so it cannot store files after the delete.
         let _guard = view.refresh_lock.lock().await;
-        // The storage first: if that fails the view stays, as stored.
-        self.storage.remove_view(name).await?;
-        view.dropped.store(true, Ordering::Release);
-        self.unmount(name);
+        // Another gateway may have refreshed it (its files are the ones to delete)
+        // or dropped it already.
+        if let Err(e) = self.catch_up(&view).await {
+            return match e.code.0 {
+                "42P01" if if_exists => Ok(false),
+                _ => Err(e),
+            };
+        }
+        {
+            let _ddl = self.ddl.lock().await;
+            // The storage first: if that fails the view stays, as stored.
+            self.storage.remove_view(name).await?;
+            view.dropped.store(true, Ordering::Release);
+            self.unmount(name);
+        }
         // Readers here or on other gateways may still be scanning its files.
         self.delete_later(name, &view.manifest().state.files);
+        self.forget_leases(name).await;
         if let Some(r) = &self.results {
             r.invalidate(Some(std::slice::from_ref(&name.name)));
         }
@@ -536,45 +566,6 @@ impl MatViews {
                 (due <= now).then(|| (v.clone(), due))
             })
             .collect()
-    }
-}
-
-/// Starts due refreshes once a second until the views are gone.
-async fn scheduler(views: std::sync::Weak<MatViews>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(all) = views.upgrade() else {
-            return;
-        };
-        let now = Utc::now();
-        for (view, tick) in all.due(now) {
-            // Not due again until this run has finished and planned the next.
-            if let Ok(mut n) = view.next_due.lock() {
-                *n = None;
-            }
-            let all = all.clone();
-            tokio::spawn(async move {
-                // Of the gateways sharing the storage, the one whose lease is
-                // created refreshes; the others read its result (`shared.rs`).
-                if !all.claim_tick(&view, tick).await {
-                    view.plan_next(Utc::now());
-                    return;
-                }
-                let result = all.refresh_view(&view, true).await;
-                view.plan_next(Utc::now());
-                // A failure is already logged and recorded; a view that never loaded
-                // retries on its schedule or, without one, in a minute.
-                if result.is_err()
-                    && view.schedule().is_none()
-                    && !view.manifest().state.populated
-                    && let Ok(mut n) = view.next_due.lock()
-                {
-                    *n = Some(Utc::now() + chrono::Duration::seconds(60));
-                }
-            });
-        }
     }
 }
 

@@ -141,20 +141,7 @@ impl MatViews {
             && !view.dropped.load(Ordering::Acquire)
         {
             tracing::warn!(view = %view.name, code = e.code.0, error = %e.message, "materialized view refresh failed; the previous version keeps serving");
-            let mut m = view.manifest();
-            m.state.last_error = Some(format!("{}: {}", e.code.0, e.message));
-            m.state.last_attempt_at = Some(Utc::now().to_rfc3339());
-            m.state.failures += 1;
-            match self.storage.save(&mut m).await {
-                Ok(()) => {
-                    view.set_manifest(m);
-                    self.announce(&view.name).await;
-                }
-                Err(save) => {
-                    tracing::error!(view = %view.name, error = %save.message, "cannot record the failed refresh");
-                    view.set_manifest(m);
-                }
-            }
+            self.record_failure(view, e).await;
         } else if result.is_ok() {
             self.announce(&view.name).await;
         }
@@ -187,6 +174,8 @@ impl MatViews {
                 last_attempt_at: Some(now),
                 ..State::default()
             };
+            let mut replaced = self.before_save(view, &mut manifest).await?;
+            replaced.extend(old_files);
             self.storage.save(&mut manifest).await?;
             view.table.swap(
                 Arc::new(datafusion::arrow::datatypes::Schema::empty()),
@@ -195,7 +184,7 @@ impl MatViews {
                 },
             );
             view.set_manifest(manifest);
-            self.after_swap(view, old_files);
+            self.after_swap(view, replaced);
             return Ok(RefreshOutcome {
                 rows_added: 0,
                 rows: 0,
@@ -276,7 +265,7 @@ impl MatViews {
             replaced = old_files;
         }
         let high_water = match max {
-            Some(v) => match storage::sql_literal(&v) {
+            Some(v) => match sink::sql_literal(&v) {
                 Some(l) => Some(l),
                 None => {
                     self.storage
@@ -310,7 +299,14 @@ impl MatViews {
             columns: storage::columns_of(&schema),
         };
         let (schema, version) = self.version_of(&view.name, &manifest.state).await?;
-        if let Err(e) = self.storage.save(&mut manifest).await {
+        let saved = match self.before_save(view, &mut manifest).await {
+            Ok(theirs) => {
+                replaced.extend(theirs);
+                self.storage.save(&mut manifest).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
             if increment.is_none() || rows > 0 {
                 self.storage
                     .delete_files(&view.name, &[new_file(rows, bytes)])

@@ -1,4 +1,5 @@
-//! When scheduled refreshes are due: a fixed interval or a cron expression (UTC).
+//! When scheduled refreshes are due (a fixed interval or a cron expression, UTC),
+//! and the task that starts them.
 
 use std::time::Duration;
 
@@ -34,6 +35,45 @@ impl Schedule {
         match self {
             Schedule::Every(d) => format!("every {} s", d.as_secs()),
             Schedule::Cron(c) => format!("cron {c}"),
+        }
+    }
+}
+
+/// Starts due refreshes once a second until the views are gone.
+pub(super) async fn scheduler(views: std::sync::Weak<super::MatViews>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(all) = views.upgrade() else {
+            return;
+        };
+        let now = Utc::now();
+        for (view, tick) in all.due(now) {
+            // Not due again until this run has finished and planned the next.
+            if let Ok(mut n) = view.next_due.lock() {
+                *n = None;
+            }
+            let all = all.clone();
+            tokio::spawn(async move {
+                // Of the gateways sharing the storage, the one whose lease is
+                // created refreshes; the others read its result (`shared.rs`).
+                if !all.claim_tick(&view, tick).await {
+                    view.plan_next(Utc::now());
+                    return;
+                }
+                let result = all.refresh_view(&view, true).await;
+                view.plan_next(Utc::now());
+                // A failure is already logged and recorded; a view that never loaded
+                // retries on its schedule or, without one, in a minute.
+                if result.is_err()
+                    && view.schedule().is_none()
+                    && !view.manifest().state.populated
+                    && let Ok(mut n) = view.next_due.lock()
+                {
+                    *n = Some(Utc::now() + chrono::Duration::seconds(60));
+                }
+            });
         }
     }
 }

@@ -23,6 +23,14 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::cluster::lease;
 
+/// `m` with failed refresh `e` recorded.
+fn failed(mut m: Manifest, e: &PgError) -> Manifest {
+    m.state.last_error = Some(format!("{}: {}", e.code.0, e.message));
+    m.state.last_attempt_at = Some(Utc::now().to_rfc3339());
+    m.state.failures += 1;
+    m
+}
+
 /// One announcement: the view that changed.
 #[derive(Serialize, Deserialize)]
 struct Change {
@@ -83,10 +91,12 @@ impl MatViews {
         if !self.is_view_schema(&name.schema) {
             return Ok(true);
         }
-        let stored = self.storage.load(name).await?;
-        match (self.get(name), stored) {
-            (None, None) => {}
-            (None, Some(m)) => match self.mount(name.clone(), m).await {
+        let Some(view) = self.get(name) else {
+            let _ddl = self.ddl.lock().await;
+            let Some(m) = self.storage.load(name).await? else {
+                return Ok(true);
+            };
+            match self.mount(name.clone(), m).await {
                 Ok(view) => {
                     view.stored.store(true, Ordering::Release);
                     view.plan_next(Utc::now());
@@ -96,27 +106,20 @@ impl MatViews {
                 // Created here meanwhile; its own save and announcement follow.
                 Err(e) if e.code.0 == "42P07" => {}
                 Err(e) => return Err(e),
-            },
-            (Some(view), None) => {
-                // Mounted but not yet stored: being created here. Declared views
-                // are this gateway's config, whatever another one did.
-                if !view.stored.load(Ordering::Acquire) || view.manifest().definition.declared {
-                    return Ok(true);
-                }
-                let Ok(_turn) = view.refresh_lock.try_lock() else {
-                    return Ok(false);
-                };
-                self.dropped_elsewhere(&view);
             }
-            (Some(view), Some(m)) => {
-                if !m.supersedes(&view.manifest()) {
-                    return Ok(true);
-                }
-                let Ok(_turn) = view.refresh_lock.try_lock() else {
-                    return Ok(false);
-                };
-                self.apply_stored(&view, m).await?;
+            return Ok(true);
+        };
+        // The lock first, then the read: a refresh here cannot save in between.
+        let Ok(_turn) = view.refresh_lock.try_lock() else {
+            return Ok(false);
+        };
+        match self.storage.load(name).await? {
+            Some(m) => self.apply_stored(&view, m).await?,
+            // Mounted but not yet stored: being created here. Declared views are
+            // this gateway's config, whatever another one did.
+            None if !view.stored.load(Ordering::Acquire) || view.manifest().definition.declared => {
             }
+            None => self.dropped_elsewhere(&view),
         }
         Ok(true)
     }
@@ -179,6 +182,85 @@ impl MatViews {
         Ok(())
     }
 
+    /// Right before a refresh here stores `manifest` (its lock held): a view
+    /// dropped on another gateway meanwhile stays dropped (42P01); when another
+    /// gateway stored a version meanwhile, this refresh becomes the next revision
+    /// (the later refresh wins) and returns that version's files, which this one
+    /// replaces. What is left of the race is the time between this read and the
+    /// write — one request, not the length of a refresh.
+    pub(super) async fn before_save(
+        &self,
+        view: &Arc<View>,
+        manifest: &mut Manifest,
+    ) -> Result<Vec<DataFile>, PgError> {
+        match self.storage.load(&view.name).await? {
+            None if view.stored.load(Ordering::Acquire) && !manifest.definition.declared => {
+                self.dropped_elsewhere(view);
+                Err(PgError::new(
+                    SqlState::UNDEFINED_TABLE,
+                    format!(
+                        "materialized view \"{}\" was dropped on another gateway during its refresh",
+                        view.name
+                    ),
+                ))
+            }
+            Some(stored) if stored.stamp != manifest.stamp => {
+                manifest.revision = manifest.revision.max(stored.revision);
+                Ok(stored
+                    .state
+                    .files
+                    .into_iter()
+                    .filter(|f| !manifest.state.files.iter().any(|g| g.path == f.path))
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Records a failed refresh in the stored manifest (its lock held), on the
+    /// stored version: what this gateway holds may be older.
+    pub(super) async fn record_failure(&self, view: &Arc<View>, e: &PgError) {
+        let stored = self.storage.load(&view.name).await;
+        match stored {
+            Ok(Some(m)) => {
+                if let Err(apply) = self.apply_stored(view, m).await {
+                    tracing::warn!(view = %view.name, error = %apply.message, "cannot apply the stored version");
+                }
+            }
+            // Dropped on another gateway: nothing to record.
+            Ok(None) if view.stored.load(Ordering::Acquire) => return,
+            Ok(None) => {}
+            // The storage cannot be read: recorded here only, never written over a
+            // version this gateway may not have seen.
+            Err(_) => {
+                view.set_manifest(failed(view.manifest(), e));
+                return;
+            }
+        }
+        let mut m = failed(view.manifest(), e);
+        match self.storage.save(&mut m).await {
+            Ok(()) => {
+                view.set_manifest(m);
+                self.announce(&view.name).await;
+            }
+            Err(save) => {
+                tracing::error!(view = %view.name, error = %save.message, "cannot record the failed refresh");
+                view.set_manifest(m);
+            }
+        }
+    }
+
+    /// Deletes a dropped view's leases. Best effort.
+    pub(super) async fn forget_leases(&self, name: &ViewName) {
+        let all = Utc::now() + chrono::Duration::days(366);
+        lease::prune(
+            self.storage.store.as_ref(),
+            &self.storage.leases_dir(name),
+            all,
+        )
+        .await;
+    }
+
     /// The view's manifest is gone from the storage (its refresh lock held).
     fn dropped_elsewhere(&self, view: &Arc<View>) {
         view.dropped.store(true, Ordering::Release);
@@ -211,8 +293,15 @@ impl MatViews {
         }
         let mut busy = BTreeSet::new();
         for name in names {
-            if !self.sync_view(&name).await? {
-                busy.insert(name);
+            match self.sync_view(&name).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    busy.insert(name);
+                }
+                // One unreadable view does not stop the others.
+                Err(e) => {
+                    tracing::warn!(view = %name, error = %e.message, "cannot bring a materialized view in step with the storage");
+                }
             }
         }
         Ok(busy)

@@ -35,7 +35,9 @@
 //! `--set name=value` (repeatable) sets a `datafusion.*` option in Sluice's sessions
 //! (DataFusion in-process keeps its defaults), to try a change before making it the
 //! gateway's default; `--explain NAME` prints `EXPLAIN ANALYZE` of a query through
-//! Sluice on local disk and stops.
+//! Sluice on local disk and stops; `--gateway-bin PATH` runs the gateways as that
+//! `sluice` binary instead of in the bench's process (to compare build profiles:
+//! `cargo build --profile dist`, then `--gateway-bin target/dist/sluice`).
 //!
 //! `--rows` (default 12,000,000; `--rows 120000000` is the 10× variant) is split over
 //! the 12 months. The data is generated once into `--data` (default
@@ -68,6 +70,9 @@ struct Args {
     settings: Vec<(String, String)>,
     /// Print `EXPLAIN ANALYZE` of these queries through Sluice, then stop.
     explain: Vec<String>,
+    /// Run gateways as this `sluice` binary (`--gateway-bin`), e.g. to compare
+    /// build profiles.
+    gateway_bin: Option<PathBuf>,
 }
 
 const SECTIONS: [&str; 3] = ["queries", "streaming", "observability"];
@@ -83,6 +88,7 @@ impl Args {
             data: None,
             settings: Vec::new(),
             explain: Vec::new(),
+            gateway_bin: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -111,6 +117,7 @@ impl Args {
                         .push((name.trim().to_owned(), setting.trim().to_owned()));
                 }
                 "--explain" => out.explain.push(value()?),
+                "--gateway-bin" => out.gateway_bin = Some(PathBuf::from(value()?)),
                 "--storage" => match value()?.as_str() {
                     "local" => (out.local, out.s3) = (true, false),
                     "s3" => (out.local, out.s3) = (false, true),
@@ -125,7 +132,7 @@ impl Args {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown argument `{arg}` (expected --rows, --iters, --storage, --sections, --data, --set, --explain)"
+                        "unknown argument `{arg}` (expected --rows, --iters, --storage, --sections, --data, --set, --explain, --gateway-bin)"
                     )
                     .into());
                 }
@@ -187,6 +194,9 @@ async fn run() -> Result<()> {
     );
 
     peers::set_session_options(args.settings.clone());
+    if let Some(bin) = &args.gateway_bin {
+        peers::use_gateway_binary(bin.clone());
+    }
     let local = peers::Gateway::start(&peers::lake_local(&data, false)).await?;
     if !args.explain.is_empty() {
         queries::explain("local catalog", &local.client, &args.explain).await?;

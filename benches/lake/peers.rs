@@ -1,5 +1,6 @@
-//! The sides of the comparison: in-process Sluice gateways with a connected client,
-//! and DataFusion contexts over the same files (local disk or moto's S3).
+//! The sides of the comparison: Sluice gateways (in-process, or a `sluice` binary
+//! given with `--gateway-bin`) with a connected client, and DataFusion contexts over
+//! the same files (local disk or moto's S3).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,16 +19,76 @@ use super::Result;
 use crate::moto::Moto;
 use crate::nyc_lake::BUCKET;
 
-/// A gateway serving on an ephemeral loopback port, with one connected client.
+/// A gateway serving on a loopback port, with one connected client.
 pub struct Gateway {
     pub client: Client,
-    server: tokio::task::JoinHandle<()>,
+    /// The in-process server's task, when it runs here.
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The `sluice serve` process (`--gateway-bin`), killed when dropped.
+    _process: Option<GatewayProcess>,
+}
+
+/// A `sluice serve` child and its config file's directory.
+struct GatewayProcess {
+    _child: tokio::process::Child,
+    _config: tempfile::TempDir,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
+}
+
+/// `--gateway-bin`: gateways run as this binary (e.g. one built with another
+/// profile) instead of in this process.
+static GATEWAY_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+pub fn use_gateway_binary(path: PathBuf) {
+    println!("sluice gateways: {} serve", path.display());
+    let _ = GATEWAY_BIN.set(path);
+}
+
+/// Starts `bin serve` on `toml` (its `listen` port 0 replaced by a free port) and
+/// waits until it accepts connections.
+async fn spawn_gateway(bin: &Path, toml: &str) -> Result<(GatewayProcess, std::net::SocketAddr)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let toml = toml.replace(
+        "listen = \"127.0.0.1:0\"\n\n[server.tls]",
+        &format!("listen = \"127.0.0.1:{port}\"\n\n[server.tls]"),
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, toml)?;
+    let child = tokio::process::Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{} did not listen on {addr}", bin.display()).into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let process = GatewayProcess {
+        _child: child,
+        _config: dir,
+    };
+    Ok((process, addr))
 }
 
 impl Gateway {
@@ -57,9 +118,17 @@ user_settable = ["datafusion.*"]
         );
         let config = Config::parse(&toml, Path::new("bench.toml"), PathBuf::from("."))?;
         let database = config.server.database.clone();
-        let server = Server::bind(config).await?;
-        let addr = server.local_addr()?;
-        let server = tokio::spawn(server.run());
+        let (task, process, addr) = match GATEWAY_BIN.get() {
+            Some(bin) => {
+                let (process, addr) = spawn_gateway(bin, &toml).await?;
+                (None, Some(process), addr)
+            }
+            None => {
+                let server = Server::bind(config).await?;
+                let addr = server.local_addr()?;
+                (Some(tokio::spawn(server.run())), None, addr)
+            }
+        };
         let (client, connection) = tokio_postgres::Config::new()
             .host(addr.ip().to_string())
             .port(addr.port())
@@ -79,7 +148,11 @@ user_settable = ["datafusion.*"]
                 .batch_execute(&format!("SET {name} = '{value}'"))
                 .await?;
         }
-        Ok(Gateway { client, server })
+        Ok(Gateway {
+            client,
+            task,
+            _process: process,
+        })
     }
 }
 

@@ -133,8 +133,13 @@ impl Journal {
         Ok(out)
     }
 
-    /// Deletes every record older than `RETAIN`. Best effort.
+    /// Deletes every record older than `RETAIN`. Best effort, and bounded: a
+    /// reader's loop never stalls here.
     pub async fn prune(&self) {
+        let _ = tokio::time::timeout(CALL_TIMEOUT * 3, self.prune_unbounded()).await;
+    }
+
+    async fn prune_unbounded(&self) {
         let cutoff = Utc::now().timestamp_millis() - RETAIN.as_millis() as i64;
         let offset = self.dir.clone().join(format!("{:015}", cutoff.max(0)));
         let Ok(listed) = self

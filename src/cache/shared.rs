@@ -34,9 +34,23 @@ struct Record {
 
 #[derive(Default)]
 struct Pending {
-    any: bool,
     everything: bool,
     tables: BTreeSet<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.everything && self.tables.is_empty()
+    }
+
+    fn merge(&mut self, other: Pending) {
+        self.everything |= other.everything;
+        if self.everything {
+            self.tables.clear();
+        } else {
+            self.tables.extend(other.tables);
+        }
+    }
 }
 
 pub struct SharedInvalidations {
@@ -59,20 +73,21 @@ impl SharedInvalidations {
 
     /// Tables a client wrote here (`None`: unknown ones), for the other gateways.
     pub fn note(&self, tables: Option<&[String]>) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.any = true;
-        match tables {
-            None => p.everything = true,
-            Some(t) if !p.everything => p.tables.extend(t.iter().cloned()),
-            Some(_) => {}
-        }
+        let noted = Pending {
+            everything: tables.is_none(),
+            tables: tables.unwrap_or_default().iter().cloned().collect(),
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(noted);
     }
 
     /// Appends what was noted since the last flush; kept for the next one on failure.
     async fn flush(&self) -> Result<(), object_store::Error> {
         let taken = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if !p.any {
+            if p.is_empty() {
                 return Ok(());
             }
             std::mem::take(&mut *p)
@@ -92,11 +107,10 @@ impl SharedInvalidations {
             }
             Err(e) => {
                 // Put the tables back (merged with anything noted meanwhile).
-                if taken.everything {
-                    self.note(None);
-                } else {
-                    self.note(Some(&taken.tables.into_iter().collect::<Vec<_>>()));
-                }
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .merge(taken);
                 Err(e)
             }
         }

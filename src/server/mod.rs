@@ -49,8 +49,7 @@ pub struct Shared {
     pub tls: tls::Tls,
     /// Redshift upstreams (`[[redshift]]`), possibly none.
     pub upstreams: crate::redshift::Upstreams,
-    /// The result cache, when a TTL is configured (globally or for a role), and
-    /// always in a cluster (it passes this gateway's writes on).
+    /// The result cache, when a TTL is configured (globally or for a role).
     pub results: Option<Arc<crate::cache::results::ResultCache>>,
     /// Gateway materialized views, when `[materialized_views]` is configured.
     pub matviews: Option<Arc<crate::cache::matview::MatViews>>,
@@ -135,10 +134,9 @@ impl Server {
             .map(crate::cluster::Cluster::from_config)
             .transpose()?
             .map(Arc::new);
-        // In a cluster every gateway keeps the cache object, even with no TTL: it
-        // notes the writes it relays for the other gateways' caches.
-        let results = (caching || cluster.is_some())
-            .then(|| crate::cache::results::ResultCache::new(&config.cache));
+        // Gateways of a cluster share one config: when none caches, none needs the
+        // others' writes, and sessions skip the analysis the cache needs.
+        let results = caching.then(|| crate::cache::results::ResultCache::new(&config.cache));
         if let (Some(results), Some(c), Some(location)) =
             (&results, &config.cluster, config.cluster_storage())
         {

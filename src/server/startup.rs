@@ -115,25 +115,23 @@ pub async fn handshake(
                 gss_refused = true;
                 stream.write_all(b"N").await?;
             }
-            frame::CANCEL_REQUEST_CODE => {
+            code @ (frame::CANCEL_REQUEST_CODE | frame::PEER_CANCEL_REQUEST_CODE)
+                if code == frame::CANCEL_REQUEST_CODE || shared.cluster.is_some() =>
+            {
                 if let Some((pid, secret)) = frame::decode_cancel(&body) {
-                    let peer = shared.cluster.as_ref().and_then(|c| c.peer_for(pid));
+                    // A client's cancel for another gateway's session is passed on,
+                    // as its client would; one a peer passed on is for this
+                    // gateway's sessions only, never passed on again.
+                    let peer = (code == frame::CANCEL_REQUEST_CODE)
+                        .then(|| shared.cluster.as_ref()?.peer_for(pid))
+                        .flatten();
                     match peer {
-                        // Another gateway's session: passed on, as its client would.
                         Some(address) => forward_cancel(address.to_owned(), pid, secret),
                         None => {
                             let hit = shared.cancels.cancel(pid, secret);
-                            tracing::debug!(pid, hit, "cancel request");
+                            tracing::debug!(pid, hit, code, "cancel request");
                         }
                     }
-                }
-                return Ok(Handshake::Done);
-            }
-            // Passed on by a peer gateway: this gateway's sessions only, never again.
-            frame::PEER_CANCEL_REQUEST_CODE if shared.cluster.is_some() => {
-                if let Some((pid, secret)) = frame::decode_cancel(&body) {
-                    let hit = shared.cancels.cancel(pid, secret);
-                    tracing::debug!(pid, hit, "cancel request from a peer gateway");
                 }
                 return Ok(Handshake::Done);
             }

@@ -5,12 +5,15 @@ FROM rust:1.95-bookworm AS build
 # for about twice the build's CPU time and ~12 GB of memory at the final link (README
 # "Build profiles"); `--build-arg PROFILE=release` builds quicker in less memory.
 ARG PROFILE=dist
+# Distributed lake queries on Ballista ([engine.distributed], README "Lake statements
+# on a Ballista cluster"); `--build-arg FEATURES=` leaves them out.
+ARG FEATURES=distributed
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
-RUN cargo build --profile "$PROFILE" --locked --bin sluice \
+RUN cargo build --profile "$PROFILE" --locked --features "$FEATURES" --bin sluice \
     && cp "target/$PROFILE/sluice" /src/sluice
 
 FROM debian:bookworm-slim

@@ -23,13 +23,18 @@
 //!   `execute_stream` as the in-process reference.
 //! - **Observability**: the local lake with query groups, the audit file and the admin
 //!   listener off and on.
+//! - **Distributed** (only when asked: `--sections distributed`, built with
+//!   `--features distributed`): the query set on the gateway against Ballista with
+//!   two in-process executors, and the fixed cost of a job per stage
+//!   (`distributed.rs`).
 //!
 //! Needs `moto_server`, PyPI `duckdb` and `duckdb-extension-httpfs` (`tests/setup.sh`
 //! installs them). Timings are printed, never asserted. Run with
 //!
 //! ```text
 //! cargo bench --bench lake -- [--rows N] [--iters N] [--storage local|s3|both]
-//!                             [--sections queries,streaming,observability] [--data DIR]
+//!                             [--sections queries,streaming,observability,distributed]
+//!                             [--data DIR]
 //! ```
 //!
 //! `--set name=value` (repeatable) sets a `datafusion.*` option in Sluice's sessions
@@ -43,6 +48,11 @@
 //! the 12 months. The data is generated once into `--data` (default
 //! `<target>/tmp/sluice-bench-lake-<rows>`) and reused.
 
+#[cfg(feature = "distributed")]
+#[path = "../../tests/support/ballista.rs"]
+mod ballista;
+#[cfg(feature = "distributed")]
+mod distributed;
 #[path = "../../tests/support/lake_queries.rs"]
 mod lake_queries;
 #[path = "../../tests/support/moto.rs"]
@@ -75,7 +85,7 @@ struct Args {
     gateway_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 3] = ["queries", "streaming", "observability"];
+const SECTIONS: [&str; 4] = ["queries", "streaming", "observability", "distributed"];
 
 impl Args {
     fn parse() -> Result<Args> {
@@ -84,7 +94,8 @@ impl Args {
             iters: 3,
             local: true,
             s3: true,
-            sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
+            // `distributed` only when asked: it needs the feature.
+            sections: SECTIONS[..3].iter().map(|s| s.to_string()).collect(),
             data: None,
             settings: Vec::new(),
             explain: Vec::new(),
@@ -221,6 +232,12 @@ async fn run() -> Result<()> {
         let audit_dir = tempfile::tempdir()?;
         let observed = peers::Gateway::start(&peers::observed(&data, audit_dir.path())).await?;
         streaming::bench_observability(&local.client, &observed.client, args.iters).await?;
+    }
+    if args.wants("distributed") {
+        #[cfg(feature = "distributed")]
+        distributed::bench_distributed(&data, args.iters, 2).await?;
+        #[cfg(not(feature = "distributed"))]
+        return Err("--sections distributed needs `cargo bench --features distributed`".into());
     }
     Ok(())
 }

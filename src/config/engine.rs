@@ -29,6 +29,8 @@ pub struct EngineConfig {
     /// past it a statement fails with 53400.
     #[serde(default = "default_spill_max_mb")]
     pub spill_max_mb: u64,
+    /// `[engine.distributed]`: big lake statements on a Ballista cluster.
+    pub distributed: Option<super::DistributedConfig>,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +41,7 @@ impl Default for EngineConfig {
             memory_pool: PoolKind::default(),
             spill_dir: None,
             spill_max_mb: default_spill_max_mb(),
+            distributed: None,
         }
     }
 }
@@ -147,6 +150,16 @@ impl EngineConfig {
             && dir.as_os_str().is_empty()
         {
             return Err(("spill_dir".into(), "must not be empty".into()));
+        }
+        if let Some(d) = &self.distributed {
+            if !cfg!(feature = "distributed") {
+                return Err((
+                    "distributed".into(),
+                    "this Sluice was built without distributed lake queries; build it with `--features distributed` (the Docker image has them)".into(),
+                ));
+            }
+            d.validate()
+                .map_err(|(k, m)| (format!("distributed.{k}"), m))?;
         }
         for (i, p) in self.user_settable.iter().enumerate() {
             if !p.to_lowercase().starts_with("datafusion.") {

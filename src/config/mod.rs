@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod cache;
 mod cluster;
+mod distributed;
 mod engine;
 mod jobs;
 mod lake;
@@ -23,6 +24,7 @@ pub use audit::{
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use cluster::ClusterConfig;
+pub use distributed::{DistributedConfig, DistributedRoute, OnUnavailable};
 pub use engine::{EngineConfig, MemoryLimit, PoolKind};
 pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
 pub use lake::{GlueLakeConfig, S3Config};

@@ -1,29 +1,68 @@
 //! Running a planned lake query: physical planning (where the planned scan size
-//! is known, for the workload's scan rules) and execution on the query runtime.
+//! is known, for the workload's scan rules and the choice of engine) and execution
+//! on the query runtime, or as a job on the distributed cluster.
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 
+use super::distributed::{self, EngineChoice, NotDistributed, Placement};
 use super::{Engine, QueryContext};
+use crate::config::DistributedRoute;
 use crate::error::{PgError, SqlState};
 use crate::lake::scan_guard::ScanGuard;
 
 /// A lake query planned down to its physical plan, not started yet.
 pub struct PhysicalQuery {
-    plan: Arc<dyn ExecutionPlan>,
-    task_ctx: Arc<TaskContext>,
-    schema: SchemaRef,
+    pub(super) plan: Arc<dyn ExecutionPlan>,
+    /// What it was planned from, and with which state: a distributed run plans
+    /// again with Ballista's settings.
+    #[cfg_attr(not(feature = "distributed"), allow(dead_code))]
+    pub(super) logical: LogicalPlan,
+    pub(super) state: SessionState,
+    pub(super) schema: SchemaRef,
+    choice: EngineChoice,
+    /// Who runs it, for the distributed job's name.
+    #[cfg_attr(not(feature = "distributed"), allow(dead_code))]
+    pub(super) label: String,
+}
+
+/// Where the batches of a running query go: the session's end of the channel.
+pub type Batches = tokio::sync::mpsc::Sender<datafusion::error::Result<RecordBatch>>;
+
+/// The work of a distributed job once submitted: wait for it, then fetch its
+/// results into the channel. Dropping it (the session gave up) cancels the job.
+pub type JobWork = Box<dyn FnOnce(Batches) -> BoxFuture<'static, ()> + Send>;
+
+/// A started query: its batches, and a NOTICE for the client when it ran other
+/// than the session asked (a distributed statement that ran on the gateway).
+pub struct Launched {
+    pub stream: SendableRecordBatchStream,
+    pub notice: Option<String>,
 }
 
 impl PhysicalQuery {
+    /// Whether the plan reads any file (a lake table); only those can be worth
+    /// distributing.
+    pub fn reads_files(&self) -> bool {
+        fn walk(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            plan.downcast_ref::<DataSourceExec>()
+                .is_some_and(|s| s.data_source().downcast_ref::<FileScanConfig>().is_some())
+                || plan.children().into_iter().any(walk)
+        }
+        walk(&self.plan)
+    }
+
     /// Bytes of the files the plan reads, after partition pruning (whole files:
     /// projection and row-group pruning only make the real read smaller). Tables
     /// that are not files (cross-engine Redshift tables, system tables) count 0.
@@ -70,54 +109,121 @@ impl Engine {
         let physical = state.create_physical_plan(&plan).await?;
         Ok(PhysicalQuery {
             plan: physical,
-            task_ctx: state.task_ctx(),
+            logical: plan,
+            state,
             schema,
+            choice: EngineChoice::of(&qc.vars),
+            label: format!("sluice {} pid {}", qc.user, qc.backend_pid),
         })
     }
 
-    /// Starts a planned query on the query runtime. Batches cross to the session
-    /// through a small bounded channel, so a client that stops reading stops the
-    /// query (backpressure); dropping the stream aborts the query.
+    /// Starts a planned query where it belongs ([`distributed::place`]): on the
+    /// gateway ([`run`](Self::run)) or as a distributed job.
+    pub async fn launch(
+        &self,
+        query: PhysicalQuery,
+        route: DistributedRoute,
+    ) -> Result<Launched, PgError> {
+        let cluster = self.distributed.as_deref();
+        let placement = distributed::place(
+            cluster.map(|c| c.config()),
+            query.choice,
+            route,
+            query.scan_bytes(),
+            query.reads_files(),
+        );
+        let notice = match (placement, cluster) {
+            (Placement::Local(notice), _) => notice,
+            (Placement::Distributed, None) => None, // place() only says so with a cluster
+            (Placement::Distributed, Some(cluster)) => {
+                let Some(cpu) = self.cpu.0.as_ref() else {
+                    return Err(shutting_down());
+                };
+                match cluster.launch(&query, cpu.handle()).await {
+                    Ok(work) => {
+                        let stream = self.drive(query.schema.clone(), work)?;
+                        return Ok(Launched {
+                            stream,
+                            notice: None,
+                        });
+                    }
+                    Err(NotDistributed::RunLocally(notice)) => Some(notice),
+                    Err(NotDistributed::Fail(e)) => return Err(e),
+                }
+            }
+        };
+        Ok(Launched {
+            stream: self.run(query)?,
+            notice,
+        })
+    }
+
+    /// Starts a planned query on the gateway's query runtime.
     pub fn run(&self, query: PhysicalQuery) -> Result<SendableRecordBatchStream, PgError> {
         let PhysicalQuery {
             plan,
-            task_ctx,
+            state,
             schema,
+            ..
         } = query;
+        let task_ctx = state.task_ctx();
+        self.drive(
+            schema,
+            Box::new(move |tx: Batches| {
+                Box::pin(async move {
+                    let mut stream = match execute_stream(plan, task_ctx) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    while let Some(batch) = stream.next().await {
+                        if tx.send(batch).await.is_err() {
+                            break; // the session went away or gave up
+                        }
+                    }
+                })
+            }),
+        )
+    }
+
+    /// Runs `work` on the query runtime. Batches cross to the session through a
+    /// small bounded channel, so a client that stops reading stops the query
+    /// (backpressure); dropping the stream aborts the work.
+    fn drive(
+        &self,
+        schema: SchemaRef,
+        work: JobWork,
+    ) -> Result<SendableRecordBatchStream, PgError> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let Some(cpu) = self.cpu.0.as_ref() else {
-            return Err(PgError::new(
-                SqlState::ADMIN_SHUTDOWN,
-                "the server is shutting down",
-            ));
+            return Err(shutting_down());
         };
-        let driver = cpu.spawn(async move {
-            let mut stream = match execute_stream(plan, task_ctx) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            while let Some(batch) = stream.next().await {
-                if tx.send(batch).await.is_err() {
-                    break; // the session went away or gave up
-                }
-            }
-        });
+        let driver = cpu.spawn(work(tx));
         let batches = AbortOnDrop { rx, driver };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
-    /// Plans and starts a query ([`prepare`](Self::prepare), then [`run`](Self::run)).
+    /// Plans and starts a query of the gateway's own work (view refreshes, jobs):
+    /// [`prepare`](Self::prepare), then [`launch`](Self::launch) on the
+    /// `refreshes` route. A NOTICE has no client to go to: it is logged.
     pub async fn execute(
         &self,
         plan: LogicalPlan,
         qc: &QueryContext,
     ) -> Result<SendableRecordBatchStream, PgError> {
         let query = self.prepare(plan, qc, None).await?;
-        self.run(query)
+        let launched = self.launch(query, DistributedRoute::Refreshes).await?;
+        if let Some(notice) = launched.notice {
+            tracing::info!(%notice, "gateway query ran locally");
+        }
+        Ok(launched.stream)
     }
+}
+
+fn shutting_down() -> PgError {
+    PgError::new(SqlState::ADMIN_SHUTDOWN, "the server is shutting down")
 }
 
 /// The session's end of a running query; dropping it cancels the query.

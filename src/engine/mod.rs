@@ -6,10 +6,11 @@
 //! execution belong together; the catalog parts live in `visibility`, `federated`,
 //! `system` and `pg_compat`.)
 
+pub mod distributed;
 mod execute;
 mod federated;
 pub mod memory;
-pub use execute::PhysicalQuery;
+pub use execute::{Launched, PhysicalQuery};
 pub use federated::RemoteTables;
 pub mod params;
 pub mod pg_compat;
@@ -107,6 +108,8 @@ pub struct Engine {
     matviews: Arc<std::sync::RwLock<Vec<MatViewListing>>>,
     /// The `sluice` schema's tables, once the server supplies them.
     system: std::sync::OnceLock<Arc<dyn system::SystemTables>>,
+    /// The Ballista cluster big statements run on (`[engine.distributed]`).
+    distributed: Option<Arc<distributed::Cluster>>,
 }
 
 /// One gateway materialized view as `pg_matviews` lists it.
@@ -180,7 +183,17 @@ impl Engine {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start query runtime: {e}"))?;
+        #[cfg(feature = "distributed")]
+        let distributed = match &config.engine.distributed {
+            Some(d) => Some(Arc::new(distributed::Cluster::connect(d, |p| {
+                config.resolve(p)
+            })?)),
+            None => None,
+        };
+        #[cfg(not(feature = "distributed"))]
+        let distributed = None;
         let engine = Engine {
+            distributed,
             lake,
             session_config,
             contexts: std::sync::Mutex::new(HashMap::new()),

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub cache_shared_invalidations: IntCounterVec,
     pub cluster_sync_errors: IntCounterVec,
     pub cancels_forwarded: IntCounter,
+    // Distributed lake statements (`[engine.distributed]`).
+    pub distributed_jobs: IntCounterVec,
+    pub distributed_local_runs: IntCounterVec,
     // The lake's catalog and storage.
     pub glue_requests: IntCounterVec,
     pub s3_requests: IntCounterVec,
@@ -342,6 +345,18 @@ impl Metrics {
                 &r,
                 "sluice_cancels_forwarded_total",
                 "Cancel requests for another gateway's session passed on to it.",
+            ),
+            distributed_jobs: counter_vec(
+                &r,
+                "sluice_distributed_jobs_total",
+                "Distributed lake jobs by outcome: submitted, then succeeded, failed, canceled (the scheduler confirmed) or cancel_unconfirmed; unavailable counts statements refused because the scheduler was.",
+                &["outcome"],
+            ),
+            distributed_local_runs: counter_vec(
+                &r,
+                "sluice_distributed_local_runs_total",
+                "Statements placed on the distributed engine that ran on the gateway instead, by reason (not_distributable, unavailable).",
+                &["reason"],
             ),
             glue_requests: counter_vec(
                 &r,

@@ -247,6 +247,16 @@ impl Settings {
                 if key.starts_with("datafusion.") {
                     super::hygiene::check_engine_setting(self.engine_guard.as_ref(), &key, value)?;
                 }
+                if key == crate::engine::distributed::SETTING
+                    && let Some(v) = value
+                    && crate::engine::distributed::EngineChoice::parse(v).is_none()
+                {
+                    return Err(PgError::new(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        format!("invalid value for parameter \"{key}\": \"{v}\""),
+                    )
+                    .with_hint("Available values: auto, local, distributed."));
+                }
                 match value {
                     Some(v) => self.custom.insert(key, v.to_owned()),
                     None => self.custom.remove(&key),

@@ -79,7 +79,7 @@ fn toml_string(p: &Path) -> String {
 }
 
 /// The rows of a simple query, each cell as PostgreSQL text.
-async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+pub(crate) async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let messages = client
         .simple_query(sql)
         .await
@@ -97,7 +97,7 @@ async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
 
 /// Equal text, or numbers equal to 1e-9 relative: engines sum floating-point values
 /// in different orders, so averages and sums may differ in the last digits.
-fn same_cell(a: &Option<String>, b: &Option<String>) -> bool {
+pub(crate) fn same_cell(a: &Option<String>, b: &Option<String>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) if a == b => true,

@@ -1,9 +1,14 @@
 //! Integration tests: real Sluice gateways on loopback, real clients over real sockets.
 //! One test binary (modules below) keeps link time down.
 
+#[cfg(feature = "distributed")]
+#[path = "../support/ballista.rs"]
+mod ballista;
 mod cache;
 mod clients;
 mod cluster;
+#[cfg(feature = "distributed")]
+mod distributed;
 mod glue;
 mod harness;
 mod hygiene;

@@ -14,7 +14,8 @@ use super::{
     CursorSpec, ExecMode, LakeRun, Portal, PortalState, Prepared, PreparedStatement, Session, Tx,
     cancellable, sleep_until,
 };
-use crate::config::RuleAction;
+use crate::config::{DistributedRoute, RuleAction};
+use crate::engine::Launched;
 use crate::error::{PgError, SqlState};
 use crate::lake::scan_guard::ScanGuard;
 use crate::wire::messages::{CommandComplete, EmptyQueryResponse, PortalSuspended};
@@ -38,7 +39,7 @@ impl Session {
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let formats = vec![Format::Text; schema.fields().len()];
         let stream = match self.start(plan).await {
-            Ok(s) => s,
+            Ok(s) => self.started(s),
             Err(e) => return Ok(Err(e)),
         };
         rows::row_description(&mut self.conn.out, &schema, &formats);
@@ -181,12 +182,13 @@ impl Session {
         async move { cancellable(signal, async move { engine.plan(&stmt, &qc).await }).await }
     }
 
-    /// Starts a planned query (physical planning may list many files: cancellable).
+    /// Starts a planned query (physical planning may list many files: cancellable),
+    /// on the gateway or the distributed engine. Send its NOTICE with
+    /// [`started`](Self::started).
     pub(super) fn start(
         &self,
         plan: LogicalPlan,
-    ) -> impl std::future::Future<Output = Result<SendableRecordBatchStream, PgError>> + Send + use<>
-    {
+    ) -> impl std::future::Future<Output = Result<Launched, PgError>> + Send + use<> {
         let engine = self.shared.engine.clone();
         let qc = self.query_context();
         let signal = self.cancel.signal.clone();
@@ -213,10 +215,18 @@ impl Session {
                         .rules
                         .before_start(queue, query.scan_bytes(), &mut fired)?;
                 }
-                engine.run(query)
+                engine.launch(query, DistributedRoute::Queries).await
             })
             .await
         }
+    }
+
+    /// The stream of a started query, after any NOTICE it has for the client.
+    pub(super) fn started(&mut self, launched: Launched) -> SendableRecordBatchStream {
+        if let Some(notice) = &launched.notice {
+            self.notice_with(SqlState::SUCCESSFUL_COMPLETION, "NOTICE", notice);
+        }
+        launched.stream
     }
 
     pub(super) fn complete_query(&mut self, run: &LakeRun) {
@@ -411,7 +421,7 @@ impl Session {
             PortalState::Lake(run) => {
                 if let Some(plan) = run.plan.take() {
                     match self.start(plan).await {
-                        Ok(s) => run.stream = Some(s),
+                        Ok(s) => run.stream = Some(self.started(s)),
                         Err(e) => {
                             portal.state = PortalState::Done;
                             return Ok(Err(e));

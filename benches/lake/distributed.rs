@@ -33,7 +33,7 @@ const PROBES: &[(&str, &str)] = &[
 ];
 
 pub async fn bench_distributed(data: &Path, iters: usize, executors: usize) -> Result<()> {
-    let scheduler = crate::ballista::cluster(executors, 1).await?;
+    let scheduler = crate::ballista::cluster(executors, 1, Vec::new()).await?;
     let lake = format!(
         "{}\n[engine.distributed]\nscheduler = \"http://127.0.0.1:{}\"\npartitions = {}\n",
         peers::lake_local(data, false),

@@ -2,17 +2,24 @@
 //! cluster: Ballista's own standalone scheduler and two executors, in this process
 //! on loopback gRPC, with a gateway planning and submitting.
 //!
-//! The counters asserted here are the process's metrics: only these tests run
-//! distributed statements, and each test reads differences of its own labels.
+//! The gateway is the real `sluice` binary (built with the feature), with AWS
+//! credentials in its environment for Glue; the counters asserted are read from
+//! its `/metrics`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::harness::{GatewayConfig, PASSWORD, USER, connect_app_noticed, connect_plain, sqlstate};
+use crate::ballista::ExecutorStore;
+use crate::harness::{
+    GatewayConfig, PASSWORD, USER, connect_app_noticed, connect_plain, http_get, metric,
+    spawn_sluice, sqlstate,
+};
 use crate::lake_answers::{same_cell, text_rows};
 use crate::lake_queries::LAKE_QUERIES;
+use crate::moto::Moto;
+use crate::nyc_lake::{self, BUCKET};
 
 /// 12 months × 20,000 trips (about 7 MB of Parquet), as the DuckDB comparison uses.
 const TRIPS_PER_MONTH: usize = 20_000;
@@ -21,35 +28,50 @@ const TRIPS_PER_MONTH: usize = 20_000;
 const ENDLESS: &str = "SELECT count(*) FROM nyc.trips a JOIN nyc.trips b \
                        ON a.passenger_count = b.passenger_count";
 
-/// Ballista's standalone scheduler and `executors` executors (2 task slots each).
-async fn ballista_cluster(executors: usize) -> SocketAddr {
-    crate::ballista::cluster(executors, 2)
+/// Ballista's standalone scheduler and `executors` executors (2 task slots each),
+/// reading `stores` besides local files.
+async fn ballista_cluster(executors: usize, stores: Vec<ExecutorStore>) -> SocketAddr {
+    crate::ballista::cluster(executors, 2, stores)
         .await
         .expect("Ballista scheduler and executors start")
 }
 
-fn jobs(outcome: &str) -> u64 {
-    sluice::metrics::metrics()
-        .distributed_jobs
-        .with_label_values(&[outcome])
-        .get()
+/// A counter of the gateway's `/metrics` (`name{label="value"}`).
+struct Counters {
+    admin: u16,
 }
 
-fn local_runs(reason: &str) -> u64 {
-    sluice::metrics::metrics()
-        .distributed_local_runs
-        .with_label_values(&[reason])
-        .get()
-}
+impl Counters {
+    async fn get(&self, series: &str) -> u64 {
+        let (status, text) = http_get(self.admin, "/metrics", None).await;
+        assert_eq!(status, 200, "{text}");
+        metric(&text, series) as u64
+    }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn jobs(&self, outcome: &str) -> u64 {
+        self.get(&format!(
+            "sluice_distributed_jobs_total{{outcome=\"{outcome}\"}}"
+        ))
+        .await
+    }
+
+    async fn local_runs(&self, reason: &str) -> u64 {
+        self.get(&format!(
+            "sluice_distributed_local_runs_total{{reason=\"{reason}\"}}"
+        ))
+        .await
+    }
+
+    /// Waits until the `outcome` counter passes `above`.
+    async fn wait_for_jobs(&self, outcome: &str, above: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.jobs(outcome).await <= above {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {outcome} jobs above {above}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -78,25 +100,43 @@ async fn expect_canceled(client: &Client, sql: &str, what: &str) -> tokio_postgr
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lake_statements_run_distributed_with_the_same_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let scheduler = ballista_cluster(2).await;
-    let gateway = GatewayConfig::demo()
+    let local_lake = lake(dir.path());
+    // The same trips as Glue tables: in moto's S3, and over the local files.
+    let moto = Moto::start().expect("moto starts");
+    nyc_lake::load_glue(&moto, &dir.path().join("lake"), "nyc_s3", Some("nyc_disk"))
+        .await
+        .expect("trips in moto");
+    let s3: ExecutorStore = (
+        url::Url::parse(&format!("s3://{BUCKET}")).expect("url"),
+        moto.bucket(BUCKET).expect("bucket"),
+    );
+    let scheduler = ballista_cluster(2, vec![s3]).await;
+    let glue = format!(
+        "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{e}\"\n\
+         databases = [\"nyc_s3\", \"nyc_disk\"]\nallow_local_locations = true\n\
+         [lake.glue.s3]\nendpoint = \"{e}\"\npath_style = true\n",
+        e = moto.endpoint()
+    );
+    let port = crate::postgres::free_port().expect("port");
+    let admin = crate::postgres::free_port().expect("port");
+    let config = GatewayConfig::demo()
+        .port(port)
         .auth(&auth())
-        .lake(&lake(dir.path()))
+        .lake(&format!("{local_lake}\n{glue}"))
         .extra(&format!(
             "[engine.distributed]\nscheduler = \"http://127.0.0.1:{}\"\nscan_threshold_mb = 2\n\
-             on_unavailable = \"error\"\npartitions = 4\n",
+             on_unavailable = \"error\"\npartitions = 4\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
             scheduler.port()
         ))
-        .start()
-        .await;
-    let local = connect_plain(gateway.port, USER, PASSWORD)
-        .await
-        .expect("connect");
+        .write(dir.path());
+    let _sluice = spawn_sluice(&config, port, &[]).await;
+    let counters = Counters { admin };
+    let local = connect_plain(port, USER, PASSWORD).await.expect("connect");
     local
         .simple_query("SET sluice.engine = 'local'")
         .await
         .expect("set local");
-    let (spread, notices) = connect_app_noticed(gateway.port, USER, PASSWORD, "spread").await;
+    let (spread, notices) = connect_app_noticed(port, USER, PASSWORD, "spread").await;
     spread
         .simple_query("SET sluice.engine = 'distributed'")
         .await
@@ -108,9 +148,9 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
     let mut not_jobs = Vec::new();
     for &(name, sql) in LAKE_QUERIES {
         let expected = text_rows(&local, sql).await;
-        let succeeded = jobs("succeeded");
+        let succeeded = counters.jobs("succeeded").await;
         let got = text_rows(&spread, sql).await;
-        if jobs("succeeded") == succeeded {
+        if counters.jobs("succeeded").await == succeeded {
             not_jobs.push(name);
         }
         assert!(!expected.is_empty(), "{name}: no rows");
@@ -129,6 +169,33 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
     );
     assert!(notices.lock().expect("notices").is_empty(), "{notices:?}");
 
+    // Glue tables too, in S3 (read by the executors with their own store) and on
+    // disk.
+    for table in ["nyc_s3.trips", "nyc_disk.trips"] {
+        for &(name, sql) in LAKE_QUERIES {
+            if not_jobs.contains(&name) {
+                continue;
+            }
+            let sql = sql.replace("nyc.trips", table);
+            let expected = text_rows(&local, &sql).await;
+            let succeeded = counters.jobs("succeeded").await;
+            let got = text_rows(&spread, &sql).await;
+            assert_eq!(
+                counters.jobs("succeeded").await - succeeded,
+                1,
+                "{name} on {table} ran as a job ({:?})",
+                notices.lock().expect("notices")
+            );
+            assert_eq!(got.len(), expected.len(), "{name} on {table}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(
+                    g.iter().zip(e).all(|(a, b)| same_cell(a, b)),
+                    "{name} on {table}: distributed row {g:?}, local {e:?}"
+                );
+            }
+        }
+    }
+
     // No file is read twice: with work stealing on, each task would read all input.
     let totals = "SELECT count(*), count(DISTINCT trip_id), sum(trip_id) FROM nyc.trips \
                   WHERE trip_distance >= 0";
@@ -140,13 +207,11 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
 
     // `auto` goes distributed at the threshold: the whole table (about 7 MB) does,
     // one month (about 0.6 MB) does not.
-    let auto = connect_plain(gateway.port, USER, PASSWORD)
-        .await
-        .expect("connect");
-    let submitted = jobs("submitted");
+    let auto = connect_plain(port, USER, PASSWORD).await.expect("connect");
+    let submitted = counters.jobs("submitted").await;
     text_rows(&auto, "SELECT avg(fare_amount) FROM nyc.trips").await;
     assert_eq!(
-        jobs("submitted") - submitted,
+        counters.jobs("submitted").await - submitted,
         1,
         "the whole table runs distributed"
     );
@@ -156,41 +221,48 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
     )
     .await;
     assert_eq!(
-        jobs("submitted") - submitted,
+        counters.jobs("submitted").await - submitted,
         1,
         "one month stays on the gateway"
     );
 
     // The session's policy holds: an ungranted table is refused before anything
     // is submitted; a granted one runs distributed.
-    let zones = connect_plain(gateway.port, "zones", "zones")
+    let zones = connect_plain(port, "zones", "zones")
         .await
         .expect("connect");
     zones
         .simple_query("SET sluice.engine = 'distributed'")
         .await
         .expect("set");
-    let submitted = jobs("submitted");
+    let submitted = counters.jobs("submitted").await;
     let err = zones
         .simple_query("SELECT count(*) FROM nyc.trips WHERE trip_distance > 1")
         .await
         .expect_err("ungranted");
     assert_eq!(sqlstate(&err), "42501", "{err:?}");
-    assert_eq!(jobs("submitted"), submitted, "nothing was submitted");
+    assert_eq!(
+        counters.jobs("submitted").await,
+        submitted,
+        "nothing was submitted"
+    );
     let rows = text_rows(
         &zones,
         "SELECT count(*) FROM nyc.zones WHERE location_id > 0",
     )
     .await;
     assert_eq!(rows[0][0].as_deref(), Some("265"));
-    assert_eq!(jobs("submitted") - submitted, 1);
+    assert_eq!(counters.jobs("submitted").await - submitted, 1);
 
     // A cancel request reaches the job: the scheduler confirms it cancelled it.
-    let canceled = jobs("canceled");
-    let submitted = jobs("submitted");
+    let canceled = counters.jobs("canceled").await;
+    let submitted = counters.jobs("submitted").await;
     let token = spread.cancel_token();
+    let admin = counters.admin;
     let canceller = tokio::spawn(async move {
-        wait_for("the job to be submitted", || jobs("submitted") > submitted).await;
+        Counters { admin }
+            .wait_for_jobs("submitted", submitted)
+            .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         token
             .cancel_query(tokio_postgres::NoTls)
@@ -199,10 +271,7 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
     });
     expect_canceled(&spread, ENDLESS, "cancelled join").await;
     canceller.await.expect("canceller");
-    wait_for("the scheduler to cancel the job", || {
-        jobs("canceled") > canceled
-    })
-    .await;
+    counters.wait_for_jobs("canceled", canceled).await;
 
     // So does a statement timeout.
     spread
@@ -214,10 +283,7 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
         crate::harness::error_message(&err).contains("statement timeout"),
         "{err:?}"
     );
-    wait_for("the scheduler to cancel the timed-out job", || {
-        jobs("canceled") > canceled + 1
-    })
-    .await;
+    counters.wait_for_jobs("canceled", canceled + 1).await;
     spread
         .simple_query("RESET statement_timeout")
         .await
@@ -235,14 +301,17 @@ async fn lake_statements_run_distributed_with_the_same_answers() {
         rows,
         text_rows(&local, "SELECT count(*) FROM nyc.trips WHERE vendor_id = 1").await
     );
-    let fallbacks = local_runs("not_distributable");
+    let fallbacks = counters.local_runs("not_distributable").await;
     let rows = text_rows(
         &spread,
         "SELECT count(*), set_config('sluice.note', 'x', false) FROM nyc.trips WHERE vendor_id = 1",
     )
     .await;
     assert_eq!(rows[0][1].as_deref(), Some("x"));
-    assert_eq!(local_runs("not_distributable") - fallbacks, 1);
+    assert_eq!(
+        counters.local_runs("not_distributable").await - fallbacks,
+        1
+    );
     let notices = notices.lock().expect("notices").clone();
     assert!(
         notices

@@ -222,7 +222,19 @@ impl Cluster {
             .map_err(|e| first_line(&e.to_string()))?;
         let node = PhysicalPlanNode::try_from_physical_plan(plan, &self.codec)
             .map_err(|e| first_line(&e.to_string()))?;
-        node.try_into_physical_plan(&self.stock, &self.codec)
+        // The stock functions, with the gateway's object stores: decoding a file
+        // scan looks its store up (executors have their own).
+        let stock = TaskContext::new(
+            None,
+            String::new(),
+            self.stock.session_config().clone(),
+            self.stock.scalar_functions().clone(),
+            self.stock.higher_order_functions().clone(),
+            self.stock.aggregate_functions().clone(),
+            self.stock.window_functions().clone(),
+            state.runtime_env().clone(),
+        );
+        node.try_into_physical_plan(&stock, &self.codec)
             .map_err(|e| first_line(&e.to_string()))?;
         let mut bytes = Vec::new();
         node.try_encode(&mut bytes)
@@ -278,10 +290,12 @@ impl Cluster {
                 use execute_query_failure_result::Failure;
                 let why = match failure.failure {
                     Some(Failure::PlanParsingFailure(m)) => {
-                        format!("it could not read the plan: {m}")
+                        format!("it could not read the plan: {}", first_line(&m))
                     }
-                    Some(Failure::SessionNotFound(m)) => format!("session not found: {m}"),
-                    Some(Failure::SqlParsingFailure(m)) => m,
+                    Some(Failure::SessionNotFound(m)) => {
+                        format!("session not found: {}", first_line(&m))
+                    }
+                    Some(Failure::SqlParsingFailure(m)) => first_line(&m),
                     None => "no reason given".into(),
                 };
                 Err(self.unavailable(&format!(

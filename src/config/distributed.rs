@@ -20,9 +20,10 @@ pub struct DistributedConfig {
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// A lake statement whose planned scan (file bytes after partition pruning) is at
-    /// least this many MiB runs distributed. Omitted: only sessions that
-    /// `SET sluice.engine = 'distributed'` do.
-    pub scan_threshold_mb: Option<u64>,
+    /// least this many MiB runs distributed (sessions in `auto`, the default), or
+    /// `"never"`: only sessions that `SET sluice.engine = 'distributed'` do.
+    #[serde(default)]
+    pub scan_threshold_mb: ScanThreshold,
     /// Which work may run distributed: `"queries"` (client lake statements) and
     /// `"refreshes"` (materialized view refreshes and scheduled jobs).
     #[serde(default = "default_routes")]
@@ -39,6 +40,25 @@ pub struct DistributedConfig {
     /// How long connecting to the scheduler or an executor may take, in ms.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+}
+
+/// `scan_threshold_mb`: MiB, or the word `never`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ScanThreshold {
+    Mb(u64),
+    Word(String),
+}
+
+/// The default threshold, chosen from `cargo bench --bench lake --features
+/// distributed -- --sections distributed` (README "Lake statements on a Ballista
+/// cluster"): a job's fixed cost is about 5% of a gateway's scan this big.
+pub const DEFAULT_SCAN_THRESHOLD_MB: u64 = 4096;
+
+impl Default for ScanThreshold {
+    fn default() -> Self {
+        ScanThreshold::Mb(DEFAULT_SCAN_THRESHOLD_MB)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,9 +93,12 @@ impl DistributedConfig {
         self.routes.contains(&route)
     }
 
-    /// The threshold in bytes, when one is set.
+    /// The threshold in bytes; `None` for `"never"`.
     pub fn scan_threshold_bytes(&self) -> Option<u64> {
-        self.scan_threshold_mb.map(|mb| mb.saturating_mul(1 << 20))
+        match self.scan_threshold_mb {
+            ScanThreshold::Mb(mb) => Some(mb.saturating_mul(1 << 20)),
+            ScanThreshold::Word(_) => None,
+        }
     }
 
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
@@ -123,6 +146,14 @@ impl DistributedConfig {
         {
             return Err(("metadata".into(), "values must be printable ASCII".into()));
         }
+        if let ScanThreshold::Word(w) = &self.scan_threshold_mb
+            && !w.eq_ignore_ascii_case("never")
+        {
+            return Err((
+                "scan_threshold_mb".into(),
+                format!("`{w}` is neither a number of MiB nor \"never\""),
+            ));
+        }
         if self.routes.is_empty() {
             return Err((
                 "routes".into(),
@@ -158,8 +189,13 @@ mod tests {
         let c = parse("scheduler = \"http://sched:50050\"").expect("minimal");
         assert_eq!(c.routes, vec![DistributedRoute::Queries]);
         assert_eq!(c.on_unavailable, OnUnavailable::Local);
-        assert_eq!(c.scan_threshold_bytes(), None);
+        assert_eq!(
+            c.scan_threshold_bytes(),
+            Some(DEFAULT_SCAN_THRESHOLD_MB << 20)
+        );
         assert_eq!(c.partitions, 16);
+        let c = parse("scheduler = \"http://s:1\"\nscan_threshold_mb = \"Never\"").expect("never");
+        assert_eq!(c.scan_threshold_bytes(), None);
         let c = parse(
             "scheduler = \"https://sched:443\"\nca_file = \"ca.pem\"\nscan_threshold_mb = 2\n\
              routes = [\"queries\", \"refreshes\"]\non_unavailable = \"error\"\n\
@@ -175,6 +211,10 @@ mod tests {
             ("scheduler = \"http://s:1\"\nca_file = \"x\"", "ca_file"),
             ("scheduler = \"http://s:1\"\nroutes = []", "routes"),
             ("scheduler = \"http://s:1\"\npartitions = 0", "partitions"),
+            (
+                "scheduler = \"http://s:1\"\nscan_threshold_mb = \"big\"",
+                "scan_threshold_mb",
+            ),
             (
                 "scheduler = \"http://s:1\"\nmetadata = { \"X-Up\" = \"v\" }",
                 "metadata.X-Up",

@@ -24,7 +24,9 @@ pub use audit::{
 pub use auth::{AuthConfig, GraphConfig, IssuerConfig, LocalUser, LoginConfig, OidcConfig};
 pub use cache::{CacheConfig, MatViewDecl, MatViewsConfig};
 pub use cluster::ClusterConfig;
-pub use distributed::{DistributedConfig, DistributedRoute, OnUnavailable};
+pub use distributed::{
+    DEFAULT_SCAN_THRESHOLD_MB, DistributedConfig, DistributedRoute, OnUnavailable, ScanThreshold,
+};
 pub use engine::{EngineConfig, MemoryLimit, PoolKind};
 pub use jobs::{JobConfig, JobHistoryConfig, Overlap};
 pub use lake::{GlueLakeConfig, S3Config};

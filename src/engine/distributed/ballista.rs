@@ -46,9 +46,10 @@ use crate::metrics::metrics;
 type Scheduler = SchedulerGrpcClient<InterceptedService<Channel, Metadata>>;
 
 /// How often a running job's status is asked for: quickly at first (short jobs),
-/// then every 100 ms.
+/// then every 50 ms (as Ballista's own client does), which bounds the latency the
+/// polling adds to a job.
 const FIRST_POLL: Duration = Duration::from_millis(5);
-const MAX_POLL: Duration = Duration::from_millis(100);
+const MAX_POLL: Duration = Duration::from_millis(50);
 /// How long a cancel may take before it is given up (and counted unconfirmed).
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 

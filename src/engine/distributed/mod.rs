@@ -126,7 +126,10 @@ mod tests {
     fn config(threshold_mb: Option<u64>, routes: &[DistributedRoute]) -> DistributedConfig {
         let mut c: DistributedConfig =
             toml::from_str("scheduler = \"http://s:50050\"").expect("config");
-        c.scan_threshold_mb = threshold_mb;
+        c.scan_threshold_mb = match threshold_mb {
+            Some(mb) => crate::config::ScanThreshold::Mb(mb),
+            None => crate::config::ScanThreshold::Word("never".into()),
+        };
         c.routes = routes.to_vec();
         c
     }

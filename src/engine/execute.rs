@@ -129,8 +129,8 @@ impl Engine {
             cluster.map(|c| c.config()),
             query.choice,
             route,
-            query.scan_bytes(),
-            query.reads_files(),
+            || query.scan_bytes(),
+            || query.reads_files(),
         );
         let notice = match (placement, cluster) {
             (Placement::Local(notice), _) => notice,

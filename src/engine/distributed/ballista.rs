@@ -172,10 +172,7 @@ impl Cluster {
             }
         };
         let job_id = self.submit(plan, settings).await?;
-        metrics()
-            .distributed_jobs
-            .with_label_values(&["submitted"])
-            .inc();
+        count_job("submitted");
         tracing::debug!(job = %job_id, "distributed job submitted");
         let guard = JobGuard {
             scheduler: self.scheduler.clone(),
@@ -323,10 +320,7 @@ impl Cluster {
                 ))
             }
             OnUnavailable::Error => {
-                metrics()
-                    .distributed_jobs
-                    .with_label_values(&["unavailable"])
-                    .inc();
+                count_job("unavailable");
                 NotDistributed::Fail(
                     PgError::new(
                         SqlState("08001"),
@@ -374,7 +368,7 @@ impl Drop for JobGuard {
                 Err(_) => "cancel_unconfirmed",
             };
             tracing::debug!(job = %job_id, outcome, "distributed job cancel");
-            metrics().distributed_jobs.with_label_values(&[outcome]).inc();
+            count_job(outcome);
         });
     }
 }
@@ -454,7 +448,7 @@ impl Fetcher {
 /// Waits for the job, then streams its result partitions in partition order.
 async fn run_job(mut guard: JobGuard, mut fetch: Fetcher, tx: Batches) {
     let mut wait = FIRST_POLL;
-    let locations = loop {
+    let mut locations = loop {
         let params = GetJobStatusParams {
             job_id: guard.job_id.clone(),
         };
@@ -482,10 +476,7 @@ async fn run_job(mut guard: JobGuard, mut fetch: Fetcher, tx: Batches) {
             }
             Some(job_status::Status::Failed(failed)) => {
                 guard.armed = false;
-                metrics()
-                    .distributed_jobs
-                    .with_label_values(&["failed"])
-                    .inc();
+                count_job("failed");
                 let error = job_error(&format!(
                     "distributed job {} failed: {}",
                     guard.job_id,
@@ -496,10 +487,7 @@ async fn run_job(mut guard: JobGuard, mut fetch: Fetcher, tx: Batches) {
             }
             Some(job_status::Status::Successful(done)) => {
                 guard.armed = false;
-                metrics()
-                    .distributed_jobs
-                    .with_label_values(&["succeeded"])
-                    .inc();
+                count_job("succeeded");
                 tracing::debug!(
                     job = %guard.job_id,
                     queued_ms = done.started_at.saturating_sub(done.queued_at),
@@ -510,7 +498,6 @@ async fn run_job(mut guard: JobGuard, mut fetch: Fetcher, tx: Batches) {
             }
         }
     };
-    let mut locations = locations;
     locations.sort_by_key(|l| {
         l.partition_id
             .as_ref()
@@ -526,6 +513,14 @@ async fn run_job(mut guard: JobGuard, mut fetch: Fetcher, tx: Batches) {
             }
         }
     }
+}
+
+/// One more job with this outcome (`sluice_distributed_jobs_total`).
+fn count_job(outcome: &str) {
+    metrics()
+        .distributed_jobs
+        .with_label_values(&[outcome])
+        .inc();
 }
 
 /// A failure on the cluster's side: 58000 (system_error), the message passed on.

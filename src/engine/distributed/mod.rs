@@ -57,32 +57,41 @@ pub enum Placement {
 
 /// The placement rule: plans that read no files (catalog queries, constants,
 /// upstream tables alone) always stay local; `local` stays local; `distributed`
-/// goes when it can; `auto` goes at or above the scan threshold.
+/// goes when it can; `auto` goes at or above the scan threshold. The plan is only
+/// walked (`scan_bytes`, `reads_files`) when the answer depends on it: a gateway
+/// without a cluster pays nothing per statement.
 pub fn place(
     config: Option<&DistributedConfig>,
     choice: EngineChoice,
     route: DistributedRoute,
-    scan_bytes: u64,
-    reads_files: bool,
+    scan_bytes: impl FnOnce() -> u64,
+    reads_files: impl FnOnce() -> bool,
 ) -> Placement {
-    if !reads_files || choice == EngineChoice::Local {
+    if choice == EngineChoice::Local {
         return Placement::Local(None);
     }
     let forced = choice == EngineChoice::Distributed;
-    let Some(config) = config else {
-        return Placement::Local(forced.then(|| {
-            "sluice.engine = 'distributed', but this gateway has no [engine.distributed]: running on the gateway".to_string()
-        }));
+    let config = match config {
+        Some(c) if c.allows(route) => c,
+        other => {
+            let why = match other {
+                None => {
+                    "sluice.engine = 'distributed', but this gateway has no [engine.distributed]: running on the gateway"
+                }
+                Some(_) => {
+                    "[engine.distributed] routes does not include this kind of statement: running on the gateway"
+                }
+            };
+            return Placement::Local((forced && reads_files()).then(|| why.to_string()));
+        }
     };
-    if !config.allows(route) {
-        return Placement::Local(forced.then(|| {
-            "[engine.distributed] routes does not include this kind of statement: running on the gateway".to_string()
-        }));
+    if !reads_files() {
+        return Placement::Local(None);
     }
     if forced
         || config
             .scan_threshold_bytes()
-            .is_some_and(|threshold| scan_bytes >= threshold)
+            .is_some_and(|threshold| scan_bytes() >= threshold)
     {
         Placement::Distributed
     } else {
@@ -152,48 +161,48 @@ mod tests {
         let mb = 1 << 20;
         let c = config(Some(10), &[Queries]);
         assert_eq!(
-            place(Some(&c), Auto, Queries, 10 * mb, true),
+            place(Some(&c), Auto, Queries, || 10 * mb, || true),
             Placement::Distributed
         );
         assert_eq!(
-            place(Some(&c), Auto, Queries, 10 * mb - 1, true),
+            place(Some(&c), Auto, Queries, || 10 * mb - 1, || true),
             Placement::Local(None)
         );
         assert_eq!(
-            place(Some(&c), Local, Queries, 100 * mb, true),
+            place(Some(&c), Local, Queries, || 100 * mb, || true),
             Placement::Local(None)
         );
         assert_eq!(
-            place(Some(&c), Distributed, Queries, 0, true),
+            place(Some(&c), Distributed, Queries, || 0, || true),
             Placement::Distributed
         );
         // Nothing to distribute: no NOTICE even when asked.
         assert_eq!(
-            place(Some(&c), Distributed, Queries, 0, false),
+            place(Some(&c), Distributed, Queries, || 0, || false),
             Placement::Local(None)
         );
         // A route that is not enabled.
         assert_eq!(
-            place(Some(&c), Auto, Refreshes, 100 * mb, true),
+            place(Some(&c), Auto, Refreshes, || 100 * mb, || true),
             Placement::Local(None)
         );
         assert!(matches!(
-            place(Some(&c), Distributed, Refreshes, 0, true),
+            place(Some(&c), Distributed, Refreshes, || 0, || true),
             Placement::Local(Some(_))
         ));
         // No threshold: only sessions that ask.
         let c = config(None, &[Queries]);
         assert_eq!(
-            place(Some(&c), Auto, Queries, u64::MAX, true),
+            place(Some(&c), Auto, Queries, || u64::MAX, || true),
             Placement::Local(None)
         );
         // Not configured.
         assert_eq!(
-            place(None, Auto, Queries, u64::MAX, true),
+            place(None, Auto, Queries, || u64::MAX, || true),
             Placement::Local(None)
         );
         assert!(matches!(
-            place(None, Distributed, Queries, 1, true),
+            place(None, Distributed, Queries, || 1, || true),
             Placement::Local(Some(n)) if n.contains("[engine.distributed]")
         ));
     }

@@ -54,6 +54,18 @@ if ! "$PY" -c 'import duckdb, duckdb_extension_httpfs; assert duckdb.__version__
   "$PY" -m pip install -q 'duckdb==1.5.5' 'duckdb-extension-httpfs==1.5.5'
 fi
 
+# The open table formats' own writers (tests/it/open_formats.rs, benches/lake section
+# `formats`): delta-rs and pyiceberg (its Glue catalog, s3fs for moto, and its Rust
+# core for partition transforms), and DuckDB's delta, iceberg and avro readers.
+if ! "$PY" -c 'import deltalake, pyiceberg, s3fs, pyiceberg_core; assert deltalake.__version__ == "1.6.6" and pyiceberg.__version__ == "0.12.0"' >/dev/null 2>&1; then
+  echo "setup: installing deltalake and pyiceberg"
+  "$PY" -m pip install -q 'deltalake==1.6.6' 'pyiceberg[glue,pyarrow,s3fs,pyiceberg-core]==0.12.0'
+fi
+if ! "$PY" -c 'import duckdb_extension_delta, duckdb_extension_iceberg, duckdb_extension_avro' >/dev/null 2>&1; then
+  echo "setup: installing DuckDB's delta and iceberg readers"
+  "$PY" -m pip install -q 'duckdb-extension-delta==1.5.5' 'duckdb-extension-iceberg==1.5.5' 'duckdb-extension-avro==1.5.5'
+fi
+
 # node-postgres for tests/it/clients.rs, at the version package-lock.json pins.
 CLIENTS="$(cd "$(dirname "$0")" && pwd)/clients"
 if [ ! -f "$CLIENTS/node_modules/pg/package.json" ]; then

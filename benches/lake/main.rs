@@ -23,6 +23,9 @@
 //!   `execute_stream` as the in-process reference.
 //! - **Observability**: the local lake with query groups, the audit file and the admin
 //!   listener off and on.
+//! - **Formats** (only when asked: `--sections formats`): the query set on S3 over
+//!   the same trips as Parquet, as Delta Lake and as Iceberg, with the ratios to
+//!   Parquet (`formats.rs`; needs PyPI `deltalake` and `pyiceberg`).
 //! - **Distributed** (only when asked: `--sections distributed`, built with
 //!   `--features distributed`): the query set on the gateway against Ballista with
 //!   two in-process executors, and the fixed cost of a job per stage
@@ -33,7 +36,7 @@
 //!
 //! ```text
 //! cargo bench --bench lake -- [--rows N] [--iters N] [--storage local|s3|both]
-//!                             [--sections queries,streaming,observability,distributed]
+//!                             [--sections queries,streaming,observability,formats,distributed]
 //!                             [--data DIR]
 //! ```
 //!
@@ -53,6 +56,7 @@
 mod ballista;
 #[cfg(feature = "distributed")]
 mod distributed;
+mod formats;
 #[path = "../../tests/support/lake_queries.rs"]
 mod lake_queries;
 #[path = "../../tests/support/moto.rs"]
@@ -85,7 +89,13 @@ struct Args {
     gateway_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 4] = ["queries", "streaming", "observability", "distributed"];
+const SECTIONS: [&str; 5] = [
+    "queries",
+    "streaming",
+    "observability",
+    "formats",
+    "distributed",
+];
 
 impl Args {
     fn parse() -> Result<Args> {
@@ -94,7 +104,8 @@ impl Args {
             iters: 3,
             local: true,
             s3: true,
-            // `distributed` only when asked: it needs the feature.
+            // `formats` and `distributed` only when asked: they write their own
+            // copies of the data, and the latter needs the feature.
             sections: SECTIONS[..3].iter().map(|s| s.to_string()).collect(),
             data: None,
             settings: Vec::new(),
@@ -232,6 +243,9 @@ async fn run() -> Result<()> {
         let audit_dir = tempfile::tempdir()?;
         let observed = peers::Gateway::start(&peers::observed(&data, audit_dir.path())).await?;
         streaming::bench_observability(&local.client, &observed.client, args.iters).await?;
+    }
+    if args.wants("formats") {
+        formats::bench_formats(&data, args.iters).await?;
     }
     if args.wants("distributed") {
         #[cfg(feature = "distributed")]

@@ -169,7 +169,9 @@ impl Engine {
         }
 
         let glue = match config.lake.glue.as_ref().zip(aws.as_ref()) {
-            Some((g, sdk)) => Some(lake::glue::GlueCatalog::start(g, sdk, lake.clone()).await),
+            Some((g, sdk)) => {
+                Some(lake::glue::GlueCatalog::start(g, sdk, lake.clone(), runtime.clone()).await)
+            }
             None => None,
         };
 

@@ -111,7 +111,9 @@ impl SchemaProvider for PolicySchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if self.policy.can_read(&self.database, name) {
+        // A time-travel name (`"events@v3"`) is the base table's to grant.
+        let base = crate::lake::as_of::base_name(name);
+        if self.policy.can_read(&self.database, base) {
             return self.inner.table(name).await;
         }
         if self.inner.table_exist(name) {
@@ -126,6 +128,8 @@ impl SchemaProvider for PolicySchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.policy.can_read(&self.database, name) && self.inner.table_exist(name)
+        self.policy
+            .can_read(&self.database, crate::lake::as_of::base_name(name))
+            && self.inner.table_exist(name)
     }
 }

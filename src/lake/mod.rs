@@ -3,11 +3,19 @@
 //! Every catalog source yields DataFusion `SchemaProvider`s (one per lake database)
 //! holding `TableProvider`s; the engine mounts them under the gateway's catalog.
 //! `local` reads a directory tree, `glue` the AWS Glue Data Catalog; `stores` says
-//! where files are read from (local disk, S3).
+//! where files are read from (local disk, S3). Glue tables in open table formats are
+//! read by `delta` (Delta Lake, through delta-rs) and `iceberg` (Apache Iceberg);
+//! `as_of` parses their time-travel names and `conform` keeps a moving schema in
+//! the shape the catalog listed.
 
+pub mod as_of;
+mod conform;
 mod counted;
+pub mod delta;
 pub mod demo;
+pub mod file_stats;
 pub mod glue;
+pub mod iceberg;
 pub mod local;
 pub mod scan_guard;
 pub mod stores;

@@ -1,13 +1,23 @@
 //! A schema whose tables are held in memory by name: what a Glue database and a
 //! gateway view schema both are. Names match exactly, then lower-cased, so a quoted
-//! mixed-case name still finds a table stored lower case.
+//! mixed-case name still finds a table stored lower case. A name with a time-travel
+//! suffix (`"events@v3"`, `lake::as_of`) finds the base table as of that version.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
+
+use super::as_of::{self, AsOf};
+
+/// A table that may have earlier versions to read.
+#[async_trait]
+pub trait Versioned: TableProvider {
+    /// The table as of `as_of`; tables without versions say so.
+    async fn as_of(&self, as_of: AsOf) -> Result<Arc<dyn TableProvider>>;
+}
 
 #[derive(Debug)]
 pub struct TableMap<T> {
@@ -64,7 +74,7 @@ impl<T> TableMap<T> {
 }
 
 #[async_trait]
-impl<T: TableProvider + 'static> SchemaProvider for TableMap<T> {
+impl<T: Versioned + 'static> SchemaProvider for TableMap<T> {
     fn table_names(&self) -> Vec<String> {
         self.tables
             .read()
@@ -73,10 +83,21 @@ impl<T: TableProvider + 'static> SchemaProvider for TableMap<T> {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.get(name).map(|t| t as Arc<dyn TableProvider>))
+        if let Some(t) = self.get(name) {
+            return Ok(Some(t as Arc<dyn TableProvider>));
+        }
+        if !name.contains('@') {
+            return Ok(None);
+        }
+        let (base, version) =
+            as_of::split(name).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        match (self.get(base), version) {
+            (Some(table), Some(version)) => table.as_of(version).await.map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.get(name).is_some()
+        self.get(name).is_some() || self.get(as_of::base_name(name)).is_some()
     }
 }

@@ -25,6 +25,7 @@ mod moto;
 #[path = "../support/nyc_lake.rs"]
 mod nyc_lake;
 mod oidc;
+mod open_formats;
 mod operations;
 mod policy;
 #[path = "../support/postgres.rs"]

@@ -174,9 +174,33 @@ pub fn duckdb(
         "file_cache": file_cache,
         "queries": queries,
     });
+    run_python(
+        &script,
+        &job,
+        "DuckDB side failed (tests/setup.sh installs PyPI duckdb and duckdb-extension-httpfs)",
+    )
+}
+
+/// Runs a job of `tests/support/open_formats.py` (Delta and Iceberg tables written
+/// by their own writers, and DuckDB's readers of them) and returns what it printed.
+pub fn open_formats(job: &serde_json::Value) -> Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/open_formats.py");
+    run_python(
+        &script,
+        job,
+        "open_formats.py failed (tests/setup.sh installs PyPI deltalake, pyiceberg and DuckDB's readers)",
+    )
+}
+
+/// Runs a Python script with a JSON job on stdin; its stdout is JSON.
+fn run_python<T: serde::de::DeserializeOwned>(
+    script: &Path,
+    job: &serde_json::Value,
+    failed: &str,
+) -> Result<T> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = std::process::Command::new(python)
-        .arg(&script)
+        .arg(script)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -188,11 +212,7 @@ pub fn duckdb(
         .write_all(job.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
-            "DuckDB side failed (tests/setup.sh installs PyPI duckdb and duckdb-extension-httpfs): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
+        return Err(format!("{failed}: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }

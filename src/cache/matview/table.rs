@@ -106,5 +106,17 @@ impl TableProvider for MatViewTable {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::lake::tables::Versioned for MatViewTable {
+    async fn as_of(&self, as_of: crate::lake::as_of::AsOf) -> Result<Arc<dyn TableProvider>> {
+        Err(DataFusionError::External(Box::new(
+            crate::error::PgError::new(
+                crate::error::SqlState::FEATURE_NOT_SUPPORTED,
+                format!("materialized views have no earlier versions ({as_of} was asked for)"),
+            ),
+        )))
+    }
+}
+
 /// A schema holding gateway views (`materialized_views.schemas`).
 pub type MatViewSchema = crate::lake::tables::TableMap<MatViewTable>;

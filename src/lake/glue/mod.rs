@@ -25,7 +25,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::Expr;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 
 use crate::config::GlueLakeConfig;
@@ -81,6 +81,9 @@ pub struct GlueShared {
     metadata_ttl: Duration,
     listing_ttl: Duration,
     allow_local_locations: bool,
+    /// The lake's object stores, for reading Delta logs and Iceberg metadata when
+    /// the catalog loads (queries read through their own session's runtime).
+    runtime: Arc<RuntimeEnv>,
     /// Bumped by every refresh: a fetch that started before a refresh does not
     /// store its (possibly older) answer after it.
     epoch: AtomicU64,
@@ -118,8 +121,13 @@ fn catalog_error(message: String) -> DataFusionError {
 }
 
 impl GlueShared {
-    fn new(client: aws_sdk_glue::Client, config: &GlueLakeConfig) -> GlueShared {
+    fn new(
+        client: aws_sdk_glue::Client,
+        config: &GlueLakeConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> GlueShared {
         GlueShared {
+            runtime,
             client,
             catalog_id: config.catalog_id.clone(),
             metadata_ttl: Duration::from_secs(config.metadata_ttl_secs),
@@ -293,6 +301,41 @@ impl GlueShared {
         result
     }
 
+    /// An Iceberg table's current `metadata_location`, read from Glue now.
+    pub async fn metadata_location(
+        &self,
+        database: &str,
+        table: &str,
+    ) -> std::result::Result<String, String> {
+        self.count(database, |s| s.glue_requests += 1);
+        let out = self
+            .client
+            .get_table()
+            .set_catalog_id(self.catalog_id.clone())
+            .database_name(database)
+            .name(table)
+            .send()
+            .await
+            .inspect(|_| glue_request("GetTable", "ok"))
+            .inspect_err(|_| {
+                glue_request("GetTable", "error");
+                self.count(database, |s| s.glue_failures += 1);
+            })
+            .map_err(|e| crate::aws::describe_error("GetTable", &e))?;
+        out.table()
+            .and_then(|t| t.parameters())
+            .and_then(|p| {
+                p.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("metadata_location"))
+                    .map(|(_, v)| v.clone())
+            })
+            .ok_or_else(|| "Glue no longer gives the table a metadata_location".to_owned())
+    }
+
+    pub fn listing_ttl(&self) -> Duration {
+        self.listing_ttl
+    }
+
     /// The data files under a table or partition location (recursively, skipping
     /// hidden `_`/`.` names and folder markers), cached for `listing_ttl_secs`.
     pub async fn list_files(
@@ -403,8 +446,13 @@ impl GlueCatalog {
         config: &GlueLakeConfig,
         sdk: &aws_config::SdkConfig,
         lake: Arc<MemoryCatalogProvider>,
+        runtime: Arc<RuntimeEnv>,
     ) -> Arc<GlueCatalog> {
-        let shared = Arc::new(GlueShared::new(aws_sdk_glue::Client::new(sdk), config));
+        let shared = Arc::new(GlueShared::new(
+            aws_sdk_glue::Client::new(sdk),
+            config,
+            runtime,
+        ));
         let catalog = Arc::new(GlueCatalog {
             shared,
             config: config.clone(),
@@ -606,16 +654,24 @@ impl GlueCatalog {
         })
         .await
         .inspect_err(|_| shared.count(database, |s| s.glue_failures += 1))?;
-        Ok(tables
-            .iter()
+        // Delta and Iceberg tables read their schema from their own log or
+        // metadata: a few objects each, several tables at a time.
+        let loaded: Vec<(String, Arc<GlueTable>)> = futures::stream::iter(tables)
             .map(|t| {
-                let table = GlueTable::new(database, t, self.shared.clone());
-                if let Err(why) = table.format() {
-                    tracing::debug!(%database, table = t.name(), %why, "Glue table is not readable");
+                let (shared, database) = (self.shared.clone(), database.to_owned());
+                async move {
+                    let mut table = GlueTable::new(&database, &t, shared);
+                    if let Err(why) = table.format() {
+                        tracing::debug!(%database, table = t.name(), %why, "Glue table is not readable");
+                    }
+                    table.load_open_schema().await;
+                    (t.name().to_lowercase(), Arc::new(table))
                 }
-                (t.name().to_lowercase(), Arc::new(table))
             })
-            .collect())
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        Ok(loaded.into_iter().collect())
     }
 }
 

@@ -61,15 +61,15 @@ async fn local_locations_are_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.csv"), "1\n").unwrap();
     let location = format!("file://{}/", dir.path().display());
-    let runtime = RuntimeEnv::default();
-    let refused = GlueShared::new(client.clone(), &config)
+    let runtime = Arc::new(RuntimeEnv::default());
+    let refused = GlueShared::new(client.clone(), &config, runtime.clone())
         .list_files(&runtime, "db", &location)
         .await
         .unwrap_err()
         .to_string();
     assert!(refused.contains("local disk"), "{refused}");
     config.allow_local_locations = true;
-    let (_, files) = GlueShared::new(client, &config)
+    let (_, files) = GlueShared::new(client, &config, runtime.clone())
         .list_files(&runtime, "db", &location)
         .await
         .unwrap();

@@ -41,6 +41,7 @@ use super::GlueShared;
 use super::partitions::{PartitionKey, is_partition_filter};
 use super::types::hive_to_arrow;
 use crate::error::{PgError, SqlState};
+use crate::lake::as_of::AsOf;
 
 /// How a table's files are read.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,13 @@ pub enum Format {
     Text(TextFormat),
     /// Newline-delimited JSON (Hive / OpenX JsonSerDe).
     Json,
+    /// A Delta Lake table rooted at the location (`table_type = DELTA`, or Spark's
+    /// `spark.sql.sources.provider = delta`).
+    Delta,
+    /// An Apache Iceberg table (`table_type = ICEBERG`) and its metadata file.
+    Iceberg {
+        metadata_location: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +87,8 @@ pub struct GlueTable {
     /// Glue's lower-case name (Glue lower-cases, writers such as Spark keep
     /// `VendorID`). Learned from the first file read; `None` when all match.
     file_spelling: tokio::sync::OnceCell<Option<SchemaRef>>,
+    /// Delta and Iceberg tables: the reader of their log or metadata.
+    open: Option<open::OpenTable>,
 }
 
 impl GlueTable {
@@ -113,22 +123,95 @@ impl GlueTable {
             })
             .collect();
         let file_schema = Arc::new(Schema::new(columns.clone()));
-        let mut all = columns;
-        all.extend(keys.iter().map(|k| k.field.clone()));
-        let format = match (detect_format(table), problem) {
+        let mut format = match (detect_format(table), problem) {
+            (Ok(f @ (Format::Delta | Format::Iceberg { .. })), _) => Ok(f),
             (Ok(_), Some(p)) => Err(p),
             (f, _) => f,
         };
+        let name = table.name().to_lowercase();
+        let location = match &format {
+            Ok(Format::Delta) => delta_location(table),
+            _ => sd.and_then(|sd| sd.location()).map(str::to_owned),
+        };
+        let label = format!("\"{database}\".\"{name}\"");
+        let runtime = glue.runtime.clone();
+        let max_age = glue.listing_ttl();
+        let open = match &format {
+            Ok(Format::Delta) => {
+                match open::OpenTable::delta(label, location.as_deref(), runtime, max_age) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        format = Err(e);
+                        None
+                    }
+                }
+            }
+            Ok(Format::Iceberg { metadata_location }) => Some(open::OpenTable::iceberg(
+                label,
+                metadata_location,
+                runtime,
+                max_age,
+            )),
+            _ => None,
+        };
+        // An open format's columns and partitions are its own; Glue's columns
+        // stand in until its log or metadata has been read.
+        let keys = if open.is_some() { Vec::new() } else { keys };
+        let mut all = columns;
+        all.extend(keys.iter().map(|k| k.field.clone()));
         GlueTable {
             database: database.to_owned(),
-            name: table.name().to_lowercase(),
+            name,
             schema: Arc::new(Schema::new(all)),
             file_schema,
             keys,
-            location: sd.and_then(|sd| sd.location()).map(str::to_owned),
+            location,
             format,
             glue,
             file_spelling: tokio::sync::OnceCell::new(),
+            open,
+        }
+    }
+
+    /// Delta and Iceberg tables: takes the schema of the newest version from the
+    /// table's log or metadata. On failure the table keeps Glue's columns, and a
+    /// query of it reports the reason.
+    pub async fn load_open_schema(&mut self) {
+        let Some(open) = &self.open else { return };
+        match open.schema().await {
+            Ok(schema) => self.schema = schema,
+            Err(e) => tracing::warn!(
+                database = %self.database,
+                table = %self.name,
+                error = %e,
+                "cannot read the table's own schema; listing Glue's columns"
+            ),
+        }
+    }
+
+    /// The table as of an earlier version (Delta and Iceberg only).
+    pub async fn as_of(&self, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
+        let format = self.format.as_ref().map_err(|why| self.unreadable(why))?;
+        match &self.open {
+            Some(open) => {
+                open.provider(&self.glue, &self.database, &self.name, Some(as_of))
+                    .await
+            }
+            None => Err(DataFusionError::External(Box::new(
+                PgError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "table \"{}\".{} has no versions to read ({as_of} was asked for)",
+                        self.database, self.name
+                    ),
+                )
+                .with_hint(match format {
+                    Format::Parquet | Format::Text(_) | Format::Json => {
+                        "time travel (\"table@v12\", \"table@20261201093000000\") reads Delta Lake and Iceberg tables"
+                    }
+                    _ => "",
+                }),
+            ))),
         }
     }
 
@@ -144,7 +227,7 @@ impl GlueTable {
                 self.database, self.name
             ),
         )
-        .with_hint("Sluice reads Hive-style Glue tables stored as Parquet, CSV/TSV or JSON");
+        .with_hint("Sluice reads Glue tables stored as Parquet, CSV/TSV or JSON, and Delta Lake and Apache Iceberg tables");
         DataFusionError::External(Box::new(e))
     }
 }
@@ -185,6 +268,20 @@ impl TableProvider for GlueTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let format = self.format.as_ref().map_err(|why| self.unreadable(why))?;
+        if let Some(open) = &self.open {
+            let newest = open
+                .provider(&self.glue, &self.database, &self.name, None)
+                .await?;
+            return crate::lake::conform::scan(
+                newest.as_ref(),
+                &self.schema,
+                state,
+                projection,
+                filters,
+                limit,
+            )
+            .await;
+        }
         let locations: Vec<(Vec<ScalarValue>, String)> = if self.keys.is_empty() {
             let Some(location) = &self.location else {
                 return Err(self.unreadable("the table has no Location"));
@@ -303,7 +400,7 @@ impl TableProvider for GlueTable {
             let store_url = ObjectStoreUrl::parse(&url)?;
             let file_format = self.file_format(state, format, compression);
             if collect_statistics {
-                files = stats::attach(
+                files = crate::lake::file_stats::attach(
                     state,
                     &file_format,
                     &store_url,
@@ -365,6 +462,13 @@ impl TableProvider for GlueTable {
             exprs.push(ProjectionExpr::new(expr, glue_field.name().clone()));
         }
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+}
+
+#[async_trait]
+impl crate::lake::tables::Versioned for GlueTable {
+    async fn as_of(&self, as_of: AsOf) -> Result<Arc<dyn TableProvider>> {
+        GlueTable::as_of(self, as_of).await
     }
 }
 
@@ -452,7 +556,8 @@ impl GlueTable {
             Format::Parquet => Arc::new(
                 ParquetFormat::default().with_options(state.table_options().parquet.clone()),
             ),
-            Format::Json => {
+            // Open formats never reach here: they are scanned by their own readers.
+            Format::Json | Format::Delta | Format::Iceberg { .. } => {
                 Arc::new(JsonFormat::default().with_file_compression_type(compression.into()))
             }
             Format::Text(t) => {
@@ -540,13 +645,18 @@ pub fn detect_format(table: &Table) -> std::result::Result<Format, String> {
         return Err("it is a Lake Formation governed table".into());
     }
     if param("table_type").as_deref() == Some("iceberg") || class == "iceberg" {
-        return Err("it is an Apache Iceberg table".into());
+        return match params.get("metadata_location").filter(|l| !l.is_empty()) {
+            Some(location) => Ok(Format::Iceberg {
+                metadata_location: location.clone(),
+            }),
+            None => Err("it is an Apache Iceberg table without a metadata_location".into()),
+        };
     }
     if param("table_type").as_deref() == Some("delta")
         || param("spark.sql.sources.provider").as_deref() == Some("delta")
         || class == "delta"
     {
-        return Err("it is a Delta Lake table".into());
+        return Ok(Format::Delta);
     }
     if input.contains("hudi") || input.contains("hoodie") || class == "hudi" {
         return Err("it is an Apache Hudi table".into());
@@ -624,6 +734,19 @@ pub fn detect_format(table: &Table) -> std::result::Result<Format, String> {
     ))
 }
 
+/// A Delta table's root: Spark registers Delta tables with a placeholder Location
+/// and the real one in the SerDe's `path` parameter.
+fn delta_location(table: &Table) -> Option<String> {
+    let sd = table.storage_descriptor()?;
+    let path = sd
+        .serde_info()
+        .and_then(|s| s.parameters())
+        .and_then(|p| p.iter().find(|(k, _)| k.eq_ignore_ascii_case("path")))
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
+    path.or_else(|| sd.location().map(str::to_owned))
+}
+
 fn lower_keys(map: Option<&HashMap<String, String>>) -> HashMap<String, String> {
     map.map(|m| {
         m.iter()
@@ -671,6 +794,6 @@ fn single_byte(v: &str) -> Option<u8> {
     v.parse::<u8>().ok()
 }
 
-mod stats;
+mod open;
 #[cfg(test)]
 mod tests;

@@ -84,10 +84,41 @@ fn formats_from_serde_and_parameters() {
 
 #[test]
 fn unsupported_kinds_are_named() {
+    // Iceberg needs its metadata file; Delta only its root.
     let iceberg = table("x", "x", &[], &[("table_type", "ICEBERG")]);
-    assert!(detect_format(&iceberg).unwrap_err().contains("Iceberg"));
+    assert!(
+        detect_format(&iceberg)
+            .unwrap_err()
+            .contains("metadata_location")
+    );
+    let iceberg = table(
+        "x",
+        "x",
+        &[],
+        &[
+            ("table_type", "ICEBERG"),
+            (
+                "metadata_location",
+                "s3://b/t/metadata/00001-x.metadata.json",
+            ),
+        ],
+    );
+    assert_eq!(
+        detect_format(&iceberg),
+        Ok(Format::Iceberg {
+            metadata_location: "s3://b/t/metadata/00001-x.metadata.json".into()
+        })
+    );
     let delta = table("x", "x", &[], &[("spark.sql.sources.provider", "delta")]);
-    assert!(detect_format(&delta).unwrap_err().contains("Delta"));
+    assert_eq!(detect_format(&delta), Ok(Format::Delta));
+    let delta = table(
+        "x",
+        "x",
+        &[("path", "s3://b/real/")],
+        &[("table_type", "DELTA")],
+    );
+    assert_eq!(detect_format(&delta), Ok(Format::Delta));
+    assert_eq!(delta_location(&delta).as_deref(), Some("s3://b/real/"));
     let hudi = table(
         "x",
         "org.apache.hudi.hadoop.HoodieParquetInputFormat",

@@ -1,6 +1,8 @@
 //! Catalog paging, refresh failures, local-location refusal and file filtering.
 
+use super::shared::is_data_file;
 use super::*;
+use object_store::ObjectMeta;
 use std::sync::Mutex;
 
 #[tokio::test]

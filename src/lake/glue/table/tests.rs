@@ -1,5 +1,6 @@
 //! Reading Glue table definitions: formats, SerDes, partitions, locations.
 
+use super::format::single_byte;
 use super::*;
 use aws_sdk_glue::types::{SerDeInfo, StorageDescriptor};
 

@@ -15,6 +15,8 @@
 pub mod bounds;
 pub mod manifest;
 pub mod metadata;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -505,3 +505,47 @@ async fn time_travel_reads_older_versions_and_new_commits_are_seen() {
         (before_iceberg.0 + added.0, before_iceberg.1 + added.1)
     );
 }
+
+/// The lake query set (what `benches/lake` times) gives the same answers over the
+/// same trips as Parquet, as Delta and as Iceberg (the benchmark's tables, at a
+/// debug-friendly size); `lake_answers.rs` holds the Parquet answers to DuckDB's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_query_set_answers_alike_on_parquet_delta_and_iceberg() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("lake");
+    sluice::lake::demo::ensure_sized(&data, 5_000).expect("data generated");
+    let moto = Moto::start().expect("moto starts");
+    crate::nyc_lake::load_glue(&moto, &data, "nyc", None)
+        .await
+        .expect("trips in moto");
+    writers(serde_json::json!({
+        "do": "nyc", "endpoint": moto.endpoint(), "root": data.display().to_string(),
+        "database": "nyc_formats",
+    }));
+    let port = crate::postgres::free_port().expect("port");
+    let lake = format!(
+        "[lake.glue]\nregion = \"us-east-1\"\naws_endpoint = \"{aws}\"\n\
+         [lake.glue.s3]\nendpoint = \"{aws}\"\npath_style = true\n",
+        aws = moto.endpoint(),
+    );
+    let config = GatewayConfig::demo()
+        .port(port)
+        .lake(&lake)
+        .write(dir.path());
+    let _sluice = spawn_sluice(&config, port, &[]).await;
+    let c = connect_plain(port, "demo", "demo").await.expect("connect");
+    for &(name, sql) in crate::lake_queries::LAKE_QUERIES {
+        let parquet = text_rows(&c, sql).await;
+        assert!(!parquet.is_empty(), "{name}");
+        for table in ["nyc_formats.trips_delta", "nyc_formats.trips_iceberg"] {
+            let got = text_rows(&c, &sql.replace("nyc.trips", table)).await;
+            assert_eq!(got.len(), parquet.len(), "{name} on {table}");
+            for (g, p) in got.iter().zip(&parquet) {
+                assert!(
+                    g.len() == p.len() && g.iter().zip(p).all(|(a, b)| same_cell(a, b)),
+                    "{name} on {table}: {g:?}, Parquet {p:?}"
+                );
+            }
+        }
+    }
+}

@@ -83,6 +83,44 @@ impl LakeStores {
     }
 }
 
+/// Refuses a location on the gateway's own disk unless the catalog allows them
+/// (whoever edits a Glue catalog could otherwise expose the gateway's files).
+pub fn refuse_local(store_url: &Url, location: &str, allowed: bool) -> Result<()> {
+    if store_url.scheme() != "file" || allowed {
+        return Ok(());
+    }
+    Err(DataFusionError::External(Box::new(
+        crate::error::PgError::new(
+            crate::error::SqlState::INSUFFICIENT_PRIVILEGE,
+            format!("table location {location} is on the gateway's local disk"),
+        )
+        .with_hint("local locations are refused unless lake.glue.allow_local_locations = true"),
+    )))
+}
+
+/// Refuses a physical plan that reads files from the gateway's own disk unless
+/// allowed: a Delta log or Iceberg manifest on S3 may still name `file://` paths.
+pub fn refuse_local_files(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    allowed: bool,
+) -> Result<()> {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    if allowed {
+        return Ok(());
+    }
+    if let Some(source) = plan.downcast_ref::<DataSourceExec>()
+        && let Some(files) = source.data_source().downcast_ref::<FileScanConfig>()
+    {
+        let url: &Url = files.object_store_url.as_ref();
+        refuse_local(url, url.as_str(), false)?;
+    }
+    for child in plan.children() {
+        refuse_local_files(child, false)?;
+    }
+    Ok(())
+}
+
 /// The `(store URL, path in the store)` of a table or partition location:
 /// `s3://bucket/a/b/` → (`s3://bucket`, `a/b`); `file:///x/y` or `/x/y` → local files.
 pub fn split_location(location: &str) -> Result<(Url, object_store::path::Path)> {

@@ -97,6 +97,22 @@ impl Rig {
             },
         )
         .await;
+        // A Delta table on the gateway's own disk, which this catalog does not allow.
+        create_table(
+            &moto.glue(),
+            "open",
+            TableSpec {
+                name: "d_local",
+                columns: &[],
+                partition_keys: &[],
+                location: "file:///etc/".into(),
+                serde: PARQUET_SERDE,
+                input: PARQUET_INPUT,
+                serde_params: &[],
+                params: &[("table_type", "DELTA")],
+            },
+        )
+        .await;
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::postgres::free_port().expect("port");
         // A one-second listing age: a commit is seen a second later.
@@ -328,6 +344,15 @@ async fn delta_and_iceberg_tables_answer_as_duckdb_and_prune_files() {
     assert_eq!(sqlstate(&e), "0A000");
     assert!(
         error_message(&e).contains("renamed"),
+        "{}",
+        error_message(&e)
+    );
+    let e = c
+        .simple_query("SELECT * FROM open.d_local")
+        .await
+        .expect_err("local disk refused");
+    assert!(
+        error_message(&e).contains("local disk"),
         "{}",
         error_message(&e)
     );

@@ -294,6 +294,11 @@ impl GlueShared {
             .ok_or_else(|| "Glue no longer gives the table a metadata_location".to_owned())
     }
 
+    /// Whether Glue may name locations on the gateway's own disk.
+    pub fn local_allowed(&self) -> bool {
+        self.allow_local_locations
+    }
+
     pub fn listing_ttl(&self) -> Duration {
         self.listing_ttl
     }
@@ -307,17 +312,7 @@ impl GlueShared {
         location: &str,
     ) -> Result<(ObjectStoreUrl, Arc<Vec<ObjectMeta>>)> {
         let (store_url, prefix) = crate::lake::stores::split_location(location)?;
-        if store_url.scheme() == "file" && !self.allow_local_locations {
-            return Err(DataFusionError::External(Box::new(
-                PgError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!("table location {location} is on the gateway's local disk"),
-                )
-                .with_hint(
-                    "local locations are refused unless lake.glue.allow_local_locations = true",
-                ),
-            )));
-        }
+        crate::lake::stores::refuse_local(&store_url, location, self.allow_local_locations)?;
         let url = ObjectStoreUrl::parse(store_url.as_str())?;
         let cached = self.listings.get(location).await;
         if let Some(c) = &cached

@@ -104,6 +104,20 @@ impl GlueTable {
         let label = format!("\"{database}\".\"{name}\"");
         let runtime = glue.runtime.clone();
         let max_age = glue.listing_ttl();
+        let own_location = match &format {
+            Ok(Format::Delta) => location.clone(),
+            Ok(Format::Iceberg { metadata_location }) => Some(metadata_location.clone()),
+            _ => None,
+        };
+        if let Some(l) = &own_location
+            && let Ok((store_url, _)) = crate::lake::stores::split_location(l)
+            && store_url.scheme() == "file"
+            && !glue.local_allowed()
+        {
+            format = Err(format!(
+                "its location {l} is on the gateway's local disk (refused unless lake.glue.allow_local_locations = true)"
+            ));
+        }
         let open = match &format {
             Ok(Format::Delta) => {
                 match open::OpenTable::delta(label, location.as_deref(), runtime, max_age) {
@@ -162,8 +176,13 @@ impl GlueTable {
         self.format.as_ref().map_err(|why| self.unreadable(why))?;
         match &self.open {
             Some(open) => {
-                open.provider(&self.glue, &self.database, &self.name, Some(as_of))
-                    .await
+                let inner = open
+                    .provider(&self.glue, &self.database, &self.name, Some(as_of))
+                    .await?;
+                Ok(Arc::new(open::LocalChecked {
+                    inner,
+                    local_allowed: self.glue.local_allowed(),
+                }))
             }
             None => Err(DataFusionError::External(Box::new(
                 PgError::new(
@@ -235,7 +254,7 @@ impl TableProvider for GlueTable {
             let newest = open
                 .provider(&self.glue, &self.database, &self.name, None)
                 .await?;
-            return crate::lake::conform::scan(
+            let plan = crate::lake::conform::scan(
                 newest.as_ref(),
                 &self.schema,
                 state,
@@ -243,7 +262,9 @@ impl TableProvider for GlueTable {
                 filters,
                 limit,
             )
-            .await;
+            .await?;
+            crate::lake::stores::refuse_local_files(&plan, self.glue.local_allowed())?;
+            return Ok(plan);
         }
         let locations: Vec<(Vec<ScalarValue>, String)> = if self.keys.is_empty() {
             let Some(location) = &self.location else {

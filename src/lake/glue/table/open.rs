@@ -10,10 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
+use datafusion::datasource::TableType;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::super::GlueShared;
 use crate::lake::as_of::AsOf;
@@ -100,5 +104,43 @@ impl OpenTable {
                 reader.provider(&location, as_of).await
             }
         }
+    }
+}
+
+/// A version of an open-format table as queries read it: its scans are refused
+/// when they would read the gateway's own disk and the catalog does not allow it.
+#[derive(Debug)]
+pub struct LocalChecked {
+    pub inner: Arc<dyn TableProvider>,
+    pub local_allowed: bool,
+}
+
+#[async_trait]
+impl TableProvider for LocalChecked {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        crate::lake::stores::refuse_local_files(&plan, self.local_allowed)?;
+        Ok(plan)
     }
 }

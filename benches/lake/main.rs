@@ -23,9 +23,10 @@
 //!   `execute_stream` as the in-process reference.
 //! - **Observability**: the local lake with query groups, the audit file and the admin
 //!   listener off and on.
-//! - **Formats** (only when asked: `--sections formats`): the query set on S3 over
-//!   the same trips as Parquet, as Delta Lake and as Iceberg, with the ratios to
-//!   Parquet (`formats.rs`; needs PyPI `deltalake` and `pyiceberg`).
+//! - **Formats** (only when asked: `--sections formats`): the query set over the
+//!   same trips as Parquet, as Delta Lake and as Iceberg (Glue tables on local disk
+//!   and in S3, per `--storage`), with the ratios to Parquet (`formats.rs`; needs
+//!   PyPI `deltalake` and `pyiceberg`).
 //! - **Distributed** (only when asked: `--sections distributed`, built with
 //!   `--features distributed`): the query set on the gateway against Ballista with
 //!   two in-process executors, and the fixed cost of a job per stage
@@ -245,7 +246,7 @@ async fn run() -> Result<()> {
         streaming::bench_observability(&local.client, &observed.client, args.iters).await?;
     }
     if args.wants("formats") {
-        formats::bench_formats(&data, args.iters).await?;
+        formats::bench_formats(&data, args.iters, args.local, args.s3).await?;
     }
     if args.wants("distributed") {
         #[cfg(feature = "distributed")]

@@ -322,8 +322,9 @@ def duckdb_answers(queries):
     return out
 
 
-def nyc(root, database):
-    """The benchmark's trips as Delta and Iceberg tables (partitioned by month)."""
+def nyc(root, database, out=None):
+    """The benchmark's trips as Delta and Iceberg tables (partitioned by month), in
+    moto's S3, or under the local folder `out` when given."""
     import glob
 
     import pyarrow.parquet as pq
@@ -332,25 +333,27 @@ def nyc(root, database):
     glue().create_database(DatabaseInput={"Name": database})
     files = sorted(glob.glob(os.path.join(root, "nyc", "trips", "month=*", "*.parquet")))
     cat = catalog()
-    uri = f"s3://{BUCKET}/formats/delta/trips"
+    base = f"file://{out}" if out else f"s3://{BUCKET}/formats"
+    uri = f"{out}/delta/trips" if out else f"{base}/delta/trips"
     ice = None
     for f in files:
         month = os.path.basename(os.path.dirname(f)).split("=", 1)[1]
         data = pq.read_table(f)
         data = data.append_column("month", pa.array([month] * data.num_rows, pa.string()))
         write_deltalake(
-            uri, data, partition_by=["month"], mode="append", storage_options=DELTA_OPTIONS
+            uri, data, partition_by=["month"], mode="append",
+            storage_options=None if out else DELTA_OPTIONS,
         )
         if ice is None:
             ice = cat.create_table(
                 f"{database}.trips_iceberg",
                 schema=data.schema,
-                location=f"s3://{BUCKET}/formats/iceberg/trips",
+                location=f"{base}/iceberg/trips",
             )
             with ice.update_spec() as spec:
                 spec.add_identity("month")
         ice.append(data)
-    register_delta(database, "trips_delta", uri)
+    register_delta(database, "trips_delta", f"file://{uri}" if out else uri)
     return {"iceberg_metadata": ice.metadata_location if ice else None}
 
 
@@ -367,6 +370,6 @@ elif job["do"] == "append":
 elif job["do"] == "duckdb":
     print(json.dumps(duckdb_answers(job["queries"])))
 elif job["do"] == "nyc":
-    print(json.dumps(nyc(job["root"], job["database"])))
+    print(json.dumps(nyc(job["root"], job["database"], job.get("out"))))
 else:
     sys.exit(f"unknown job {job['do']!r}")

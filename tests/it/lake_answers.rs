@@ -59,17 +59,7 @@ async fn lake_queries_answer_as_duckdb_does_locally_and_on_s3() {
                 .unwrap_or_else(|| panic!("{name}: DuckDB gave no answers"));
             assert!(!expected.is_empty(), "{name}: DuckDB returned no rows");
             let got = text_rows(&client, &sql.replace("nyc.trips", table)).await;
-            assert_eq!(
-                got.len(),
-                expected.len(),
-                "{name} ({side}): {got:?} vs DuckDB {expected:?}"
-            );
-            for (g, e) in got.iter().zip(&expected) {
-                assert!(
-                    g.len() == e.len() && g.iter().zip(e).all(|(a, b)| same_cell(a, b)),
-                    "{name} ({side}): row {g:?}, DuckDB {e:?}"
-                );
-            }
+            assert_same_rows(&format!("{name} ({side})"), &got, &expected, "DuckDB");
         }
     }
 }
@@ -93,6 +83,26 @@ pub(crate) async fn text_rows(client: &Client, sql: &str) -> Vec<Vec<Option<Stri
             _ => None,
         })
         .collect()
+}
+
+/// The same rows in the same order, cell by cell as `same_cell` compares them.
+pub(crate) fn assert_same_rows(
+    what: &str,
+    got: &[Vec<Option<String>>],
+    expected: &[Vec<Option<String>>],
+    peer: &str,
+) {
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{what}: {got:?} vs {peer} {expected:?}"
+    );
+    for (g, e) in got.iter().zip(expected) {
+        assert!(
+            g.len() == e.len() && g.iter().zip(e).all(|(a, b)| same_cell(a, b)),
+            "{what}: row {g:?}, {peer} {e:?}"
+        );
+    }
 }
 
 /// Equal text, or numbers equal to 1e-9 relative: engines sum floating-point values

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::glue::{PARQUET_INPUT, PARQUET_SERDE, TableSpec, create_table};
 use crate::harness::{GatewayConfig, connect_plain, error_message, rows, spawn_sluice, sqlstate};
-use crate::lake_answers::{same_cell, text_rows};
+use crate::lake_answers::{assert_same_rows, text_rows};
 use crate::moto::Moto;
 
 /// Runs one job of `open_formats.py`.
@@ -234,17 +234,7 @@ async fn delta_and_iceberg_tables_answer_as_duckdb_and_prune_files() {
             serde_json::from_value(duck[name].clone()).expect("DuckDB rows");
         assert!(!expected.is_empty(), "{name}: DuckDB returned no rows");
         let got = text_rows(&c, ours).await;
-        assert_eq!(
-            got.len(),
-            expected.len(),
-            "{name}: {got:?} vs DuckDB {expected:?}"
-        );
-        for (g, e) in got.iter().zip(&expected) {
-            assert!(
-                g.len() == e.len() && g.iter().zip(e).all(|(a, b)| same_cell(a, b)),
-                "{name}: row {g:?}, DuckDB {e:?}"
-            );
-        }
+        assert_same_rows(name, &got, &expected, "DuckDB");
     }
     // The deletes, the overwrite and the added column are all there.
     let totals = text_rows(
@@ -564,13 +554,7 @@ async fn the_lake_query_set_answers_alike_on_parquet_delta_and_iceberg() {
         assert!(!parquet.is_empty(), "{name}");
         for table in ["nyc_formats.trips_delta", "nyc_formats.trips_iceberg"] {
             let got = text_rows(&c, &sql.replace("nyc.trips", table)).await;
-            assert_eq!(got.len(), parquet.len(), "{name} on {table}");
-            for (g, p) in got.iter().zip(&parquet) {
-                assert!(
-                    g.len() == p.len() && g.iter().zip(p).all(|(a, b)| same_cell(a, b)),
-                    "{name} on {table}: {g:?}, Parquet {p:?}"
-                );
-            }
+            assert_same_rows(&format!("{name} on {table}"), &got, &parquet, "Parquet");
         }
     }
 }
